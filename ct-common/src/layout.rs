@@ -1,0 +1,94 @@
+//! Field offsets of the running kernel's conntrack structures.
+//!
+//! Rust BPF has no CO-RE field relocations, so the agent computes these from the kernel's
+//! BTF at start (ct-user's `btf` module) and writes them into the BPF global `LAYOUT`
+//! before load. Offsets are in bytes from the start of the named struct.
+
+/// Marks a field or argument the running kernel does not have.
+pub const ABSENT: u32 = u32::MAX;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelLayout {
+    /// `struct sk_buff::_nfct` (unsigned long: ct pointer | ctinfo in the low 3 bits).
+    pub skb_nfct: u32,
+    /// `struct nf_conn::status` (unsigned long).
+    pub ct_status: u32,
+    /// `struct nf_conn::timeout` (u32 jiffies; absolute once confirmed).
+    pub ct_timeout: u32,
+    /// `struct nf_conn::tuplehash` (array of 2 `nf_conntrack_tuple_hash`).
+    pub ct_tuplehash: u32,
+    /// `sizeof(struct nf_conntrack_tuple_hash)`.
+    pub tuplehash_size: u32,
+    /// `struct nf_conntrack_tuple_hash::tuple`.
+    pub tuplehash_tuple: u32,
+    /// `struct nf_conntrack_tuple::src.u3` (16 bytes).
+    pub tuple_src_u3: u32,
+    /// `struct nf_conntrack_tuple::src.u.all` (be16).
+    pub tuple_src_port: u32,
+    /// `struct nf_conntrack_tuple::src.l3num` (u16).
+    pub tuple_src_l3num: u32,
+    /// `struct nf_conntrack_tuple::dst.u3`.
+    pub tuple_dst_u3: u32,
+    /// `struct nf_conntrack_tuple::dst.u.all`.
+    pub tuple_dst_port: u32,
+    /// `struct nf_conntrack_tuple::dst.protonum` (u8).
+    pub tuple_dst_protonum: u32,
+    /// `struct nf_conntrack_tuple::dst.dir` (u8).
+    pub tuple_dst_dir: u32,
+    /// `struct nf_conn::ct_net` (`possible_net_t`, whose first member is `struct net *net`).
+    pub ct_net: u32,
+    /// `struct net::ns.inum` (u32).
+    pub net_ns_inum: u32,
+    /// `struct nf_conn::mark`, or [`ABSENT`] without CONFIG_NF_CONNTRACK_MARK.
+    pub ct_mark: u32,
+    /// `struct nf_conn::zone.id`, or [`ABSENT`] without CONFIG_NF_CONNTRACK_ZONES.
+    pub ct_zone_id: u32,
+    /// `struct nf_conn::proto.tcp.state` (u8).
+    pub ct_tcp_state: u32,
+    /// Zero-based index of `struct nf_conntrack_tuple_hash *h` among the arguments of
+    /// `nf_ct_resolve_clash`: 1 on ≥5.7 `(skb, h, reply_hash)`, 3 before `(net, skb, ctinfo, h)`.
+    pub resolve_clash_h_arg: u32,
+    /// Zero-based index of `struct sk_buff *skb` among `nf_ct_resolve_clash`'s arguments.
+    pub resolve_clash_skb_arg: u32,
+    /// `SKB_DROP_REASON_NETFILTER_DROP` on this kernel (values move between versions).
+    pub drop_reason_netfilter: u32,
+    /// Kernel HZ, to turn jiffies into seconds where BPF needs it (0 if unknown).
+    pub hz: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<KernelLayout>() == 22 * 4);
+
+impl KernelLayout {
+    /// All-absent layout: what the BPF object holds until the loader fills it in.
+    pub const fn absent() -> Self {
+        Self {
+            skb_nfct: ABSENT,
+            ct_status: ABSENT,
+            ct_timeout: ABSENT,
+            ct_tuplehash: ABSENT,
+            tuplehash_size: ABSENT,
+            tuplehash_tuple: ABSENT,
+            tuple_src_u3: ABSENT,
+            tuple_src_port: ABSENT,
+            tuple_src_l3num: ABSENT,
+            tuple_dst_u3: ABSENT,
+            tuple_dst_port: ABSENT,
+            tuple_dst_protonum: ABSENT,
+            tuple_dst_dir: ABSENT,
+            ct_net: ABSENT,
+            net_ns_inum: ABSENT,
+            ct_mark: ABSENT,
+            ct_zone_id: ABSENT,
+            ct_tcp_state: ABSENT,
+            resolve_clash_h_arg: ABSENT,
+            resolve_clash_skb_arg: ABSENT,
+            drop_reason_netfilter: ABSENT,
+            hz: 0,
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), only u32 fields, no padding (size asserted above).
+unsafe impl aya::Pod for KernelLayout {}

@@ -1,0 +1,34 @@
+//! The ABI shared by ctscope's BPF programs (`ct-ebpf`) and its agent (`ct-user`).
+//!
+//! Everything here is `#[repr(C)]` with explicit padding so that the kernel side and the
+//! user side agree byte for byte; compile-time asserts pin the sizes. With the `user`
+//! feature the records implement `aya::Pod`, so they can be read from the ring buffer and
+//! written into BPF globals.
+#![no_std]
+
+pub mod event;
+pub mod layout;
+
+pub use event::{
+    Cause, DestroyReason, Event, EventKind, FLAG_FROM_CTNETLINK, FLAG_HAS_WINNER, Tuple,
+};
+pub use layout::{ABSENT, KernelLayout};
+
+/// Indices into the per-CPU `STATS` array the BPF side keeps. The first `EventKind::COUNT`
+/// slots count ring-buffer reserve failures (lost events) by kind; the rest count probe hits.
+pub mod stat {
+    /// Lost events of kind `k` are counted at index `LOST_BASE + k as u32`.
+    pub const LOST_BASE: u32 = 0;
+    /// `nf_conntrack_free` calls: every entry's end, confirmed or not.
+    pub const FREES: u32 = 16;
+    /// `kfree_skb` with reason NETFILTER_DROP and a conntrack entry attached.
+    pub const NF_DROPS_WITH_CT: u32 = 17;
+    /// `kfree_skb` with reason NETFILTER_DROP and no conntrack entry (table full, rules).
+    pub const NF_DROPS_NO_CT: u32 = 18;
+    /// Entry/return state that did not fit in the per-task call stack (nesting too deep).
+    pub const STACK_OVERFLOW: u32 = 19;
+    /// Returns whose entry frame was missing (probe attached mid-call, LRU eviction).
+    pub const STACK_MISS: u32 = 20;
+    /// Size of the array.
+    pub const COUNT: u32 = 32;
+}

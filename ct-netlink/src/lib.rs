@@ -1,0 +1,1 @@
+//! An async ctnetlink client (netfilter's conntrack netlink interface).

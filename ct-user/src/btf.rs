@@ -1,0 +1,1 @@
+//! Field offsets and kernel facts read from the running kernel's BTF.

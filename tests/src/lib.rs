@@ -1,0 +1,1 @@
+//! Helpers for ctscope's integration tests.
