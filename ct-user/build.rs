@@ -31,8 +31,14 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("ct-ebpf manifest has no parent"))?
         .as_str();
     aya_build::build_ebpf(
-        [aya_build::Package { name: "ct-ebpf", root_dir, ..Default::default() }],
+        [aya_build::Package {
+            name: "ct-ebpf",
+            root_dir,
+            ..Default::default()
+        }],
         aya_build::Toolchain::default(),
     )
-    .context("building the BPF programs (needs nightly + rust-src and bpf-linker: `cargo xtask setup`)")
+    .context(
+        "building the BPF programs (needs nightly + rust-src and bpf-linker: `cargo xtask setup`)",
+    )
 }

@@ -184,7 +184,12 @@ const _: () = assert!(core::mem::size_of::<Event>() == 200);
 
 impl Event {
     pub const fn zeroed() -> Self {
-        const T: Tuple = Tuple { src: [0; 16], dst: [0; 16], sport: 0, dport: 0 };
+        const T: Tuple = Tuple {
+            src: [0; 16],
+            dst: [0; 16],
+            sport: 0,
+            dport: 0,
+        };
         Self {
             ts_ns: 0,
             ct: 0,

@@ -1,2 +1,13 @@
 //! ctscope's agent library: BPF loading, event decoding and outputs.
 //! The `ctscope` binary (src/main.rs) is glue over these modules.
+
+pub mod cli;
+pub mod cmd;
+pub mod event;
+pub mod filter;
+pub mod hooks;
+pub mod loader;
+pub mod netns;
+pub mod output;
+pub mod probe;
+pub mod reader;

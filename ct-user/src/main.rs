@@ -1,1 +1,38 @@
-fn main() {}
+//! The `ctscope` binary: parse flags, run one subcommand, map errors to exit codes.
+//! Exit status: 0 success, 1 runtime error (message on stderr), 2 usage error (clap).
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use ctscope::{
+    cli::{Cli, Command},
+    cmd,
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::new()
+        .filter_level(cli.log_level)
+        .format_timestamp(None)
+        .init();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ctscope: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Probe(args) => cmd::probe::run(args),
+        Command::Events(args) => runtime()?.block_on(cmd::events::run(args)),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}

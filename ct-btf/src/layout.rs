@@ -1,0 +1,175 @@
+//! Fills [`KernelLayout`] from BTF.
+
+use ct_common::layout::{ABSENT, KernelLayout};
+
+use crate::{BtfError, KernelBtf, btf::TypeRef};
+
+/// Argument indices `(h, skb)` of `nf_ct_resolve_clash` since ~5.7: `(skb, h, reply_hash)`.
+pub const RESOLVE_CLASH_ARGS_5_7: (u32, u32) = (1, 0);
+/// Argument indices `(h, skb)` before ~5.7: `(net, skb, ctinfo, h)`.
+pub const RESOLVE_CLASH_ARGS_PRE_5_7: (u32, u32) = (3, 1);
+
+const RESOLVE_CLASH: &str = "nf_ct_resolve_clash";
+
+impl KernelBtf {
+    /// Computes the layout; `hz` is left 0. Notes about fallbacks are dropped: use
+    /// [`layout_with_notes`](Self::layout_with_notes) to see them.
+    pub fn layout(&self) -> Result<KernelLayout, BtfError> {
+        self.layout_with_notes().map(|(l, _)| l)
+    }
+
+    /// Computes the layout (`hz` left 0) and says which optional fields are [`ABSENT`]
+    /// and which values are defaults rather than read from BTF.
+    pub fn layout_with_notes(&self) -> Result<(KernelLayout, Vec<String>), BtfError> {
+        let mut notes = Vec::new();
+        let off = |ty: &str, path: &str| self.member_offset(ty, path);
+        let tuple = |path: &str| off("nf_conntrack_tuple", path);
+        let (resolve_clash_h_arg, resolve_clash_skb_arg) = self.resolve_clash_args(&mut notes)?;
+        let layout = KernelLayout {
+            skb_nfct: off("sk_buff", "_nfct")?,
+            ct_status: off("nf_conn", "status")?,
+            ct_timeout: off("nf_conn", "timeout")?,
+            ct_tuplehash: off("nf_conn", "tuplehash")?,
+            tuplehash_size: self.type_size("nf_conntrack_tuple_hash")?,
+            tuplehash_tuple: off("nf_conntrack_tuple_hash", "tuple")?,
+            tuple_src_u3: tuple("src.u3")?,
+            tuple_src_port: tuple("src.u.all")?,
+            tuple_src_l3num: tuple("src.l3num")?,
+            tuple_dst_u3: tuple("dst.u3")?,
+            tuple_dst_port: tuple("dst.u.all")?,
+            tuple_dst_protonum: tuple("dst.protonum")?,
+            tuple_dst_dir: tuple("dst.dir")?,
+            ct_net: self.ct_net()?,
+            net_ns_inum: off("net", "ns.inum")?,
+            ct_mark: self.optional("nf_conn", "mark", "CONFIG_NF_CONNTRACK_MARK", &mut notes)?,
+            ct_zone_id: self.optional(
+                "nf_conn",
+                "zone.id",
+                "CONFIG_NF_CONNTRACK_ZONES",
+                &mut notes,
+            )?,
+            ct_tcp_state: off("nf_conn", "proto.tcp.state")?,
+            resolve_clash_h_arg,
+            resolve_clash_skb_arg,
+            drop_reason_netfilter: self.drop_reason_netfilter(&mut notes),
+            hz: 0,
+        };
+        Ok((layout, notes))
+    }
+
+    /// `nf_conn.ct_net`; BPF reads the `struct net *` at that offset, so
+    /// `possible_net_t.net` must be its first member.
+    fn ct_net(&self) -> Result<u32, BtfError> {
+        let outer = self.member_offset("nf_conn", "ct_net")?;
+        let inner = self.member_offset("nf_conn", "ct_net.net")?;
+        if inner != outer {
+            return Err(BtfError::Unsupported {
+                ty: "nf_conn".into(),
+                path: "ct_net.net".into(),
+                reason: format!(
+                    "at offset {} within possible_net_t, expected 0",
+                    inner - outer
+                ),
+            });
+        }
+        Ok(outer)
+    }
+
+    /// Offset of a member that a kernel config may leave out; missing → [`ABSENT`] + note.
+    fn optional(
+        &self,
+        ty: &str,
+        path: &str,
+        config: &str,
+        notes: &mut Vec<String>,
+    ) -> Result<u32, BtfError> {
+        match self.member_offset(ty, path) {
+            Ok(v) => Ok(v),
+            Err(BtfError::MemberNotFound { .. }) => {
+                notes.push(format!(
+                    "{ty}.{path} absent (kernel built without {config})"
+                ));
+                Ok(ABSENT)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn drop_reason_netfilter(&self, notes: &mut Vec<String>) -> u32 {
+        let v = self.enum_value("skb_drop_reason", "SKB_DROP_REASON_NETFILTER_DROP");
+        match v.and_then(|v| u32::try_from(v).ok()) {
+            Some(v) => v,
+            None => {
+                notes.push(
+                    "SKB_DROP_REASON_NETFILTER_DROP absent (older kernel without that drop reason)"
+                        .into(),
+                );
+                ABSENT
+            }
+        }
+    }
+
+    /// `(h, skb)` argument indices of `nf_ct_resolve_clash`, from its BTF prototype.
+    pub(crate) fn resolve_clash_args(
+        &self,
+        notes: &mut Vec<String>,
+    ) -> Result<(u32, u32), BtfError> {
+        let Some(params) = self.func_proto_params(RESOLVE_CLASH)? else {
+            return Ok(self.resolve_clash_fallback(notes, "the function has no BTF"));
+        };
+        // Pointee type first; the parameter name as a second opinion.
+        let index_of = |pointee: &str, pname: &str| {
+            let by_type = params
+                .iter()
+                .position(|(_, ty)| self.pointee_is(*ty, pointee));
+            by_type
+                .or_else(|| params.iter().position(|(n, _)| n == pname))
+                .map(|i| i as u32)
+        };
+        let h = index_of("nf_conntrack_tuple_hash", "h");
+        if let (Some(h), Some(skb)) = (h, index_of("sk_buff", "skb")) {
+            return Ok((h, skb));
+        }
+        // Pointee types unrecognisable: go by arity, which is what changed in 5.7.
+        let by_arity = match params.len() {
+            3 => Some(RESOLVE_CLASH_ARGS_5_7),
+            4 => Some(RESOLVE_CLASH_ARGS_PRE_5_7),
+            _ => None,
+        };
+        let n = params.len();
+        Ok(match by_arity {
+            Some(args) => {
+                notes.push(format!(
+                    "{RESOLVE_CLASH}: parameter types not recognised; chose (h, skb) = {args:?} from its {n} parameters"
+                ));
+                args
+            }
+            None => self.resolve_clash_fallback(
+                notes,
+                &format!("unexpected prototype with {n} parameters"),
+            ),
+        })
+    }
+
+    fn pointee_is(&self, ty: TypeRef, name: &str) -> bool {
+        self.pointee_name(ty).as_deref() == Some(name)
+    }
+
+    /// No usable prototype: guess from a feature that arrived after the 5.7 change
+    /// (`clash_resolve` stat, 5.10). 5.7–5.9 kernels without BTF get the old guess.
+    fn resolve_clash_fallback(&self, notes: &mut Vec<String>, why: &str) -> (u32, u32) {
+        let (args, sig) = if self.struct_has_member("ip_conntrack_stat", "clash_resolve") {
+            (
+                RESOLVE_CLASH_ARGS_5_7,
+                "RESOLVE_CLASH_ARGS_5_7 (skb, h, reply_hash): kernel has clash_resolve (≥5.10)",
+            )
+        } else {
+            (
+                RESOLVE_CLASH_ARGS_PRE_5_7,
+                "RESOLVE_CLASH_ARGS_PRE_5_7 (net, skb, ctinfo, h): kernel lacks clash_resolve (<5.10)",
+            )
+        };
+        notes.push(format!("{RESOLVE_CLASH}: {why}; assuming {sig}"));
+        args
+    }
+}

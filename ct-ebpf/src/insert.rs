@@ -1,0 +1,45 @@
+//! `nf_conntrack_hash_check_insert`: entries created through ctnetlink (or BPF kfuncs),
+//! which never pass `__nf_conntrack_confirm`.
+
+use aya_ebpf::{
+    macros::{kprobe, kretprobe},
+    programs::{ProbeContext, RetProbeContext},
+};
+use ct_common::{EventKind, FLAG_FROM_CTNETLINK};
+
+use crate::{
+    emit::emit,
+    frames::{F_HASH_CHECK_INSERT, Frame, pop, push},
+    kernel::fill_from_ct,
+};
+
+#[kprobe]
+pub fn hash_insert_enter(ctx: ProbeContext) -> u32 {
+    let Some(ct) = ctx.arg::<u64>(0) else {
+        return 0;
+    };
+    push(
+        F_HASH_CHECK_INSERT,
+        Frame {
+            a: [ct, 0, 0, 0],
+            status: 0,
+            aux: 0,
+        },
+    );
+    0
+}
+
+#[kretprobe]
+pub fn hash_insert_exit(ctx: RetProbeContext) -> u32 {
+    let ret: i32 = ctx.ret();
+    let Some(frame) = pop(F_HASH_CHECK_INSERT) else {
+        return 0;
+    };
+    if ret == 0 {
+        emit(EventKind::New, 0, |e| {
+            fill_from_ct(e, frame.a[0]);
+            e.flags |= FLAG_FROM_CTNETLINK;
+        });
+    }
+    0
+}

@@ -1,0 +1,438 @@
+//! Decoded events: the raw `ct_common::Event` records turned into what users read.
+//!
+//! The JSON form is a protocol (README "Event stream"): one object per line, snake_case
+//! fields, optional fields omitted rather than null. Add fields; never rename them.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ct_common::{
+    Cause, DestroyReason, Event, EventKind, FLAG_FROM_CTNETLINK, FLAG_HAS_WINNER, Tuple,
+};
+use serde::Serialize;
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_ICMPV6: u8 = 58;
+
+/// One line of `ctscope events`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum Record {
+    Conntrack(Box<CtEvent>),
+    Lost(Lost),
+}
+
+/// Events the ring buffer could not take, counted by the BPF side per kind.
+#[derive(Clone, Debug, Serialize)]
+pub struct Lost {
+    pub ts: f64,
+    /// Always "lost".
+    pub kind: &'static str,
+    pub lost_kind: &'static str,
+    pub count: u64,
+}
+
+/// A conntrack event.
+#[derive(Clone, Debug, Serialize)]
+pub struct CtEvent {
+    /// Unix time in seconds.
+    pub ts: f64,
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    pub proto: Proto,
+    /// IP protocol number.
+    pub protonum: u8,
+    pub family: &'static str,
+    pub orig: Side,
+    pub reply: Side,
+    pub status: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_state: Option<&'static str>,
+    pub mark: u32,
+    pub zone: u16,
+    /// Inode of the entry's network namespace.
+    pub netns: u32,
+    /// Seconds before expiry at the time of the event (negative once expired).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<i64>,
+    /// Task in whose context the kernel ran the hook (0: softirq on an idle CPU).
+    pub pid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub winner: Option<Winner>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub from_ctnetlink: bool,
+}
+
+/// The entry already in the table that won a clash.
+#[derive(Clone, Debug, Serialize)]
+pub struct Winner {
+    pub orig: Side,
+    pub reply: Side,
+}
+
+/// The protocol by name where it has one, else by number.
+#[derive(Clone, Copy, Debug, Serialize)]
+#[serde(untagged)]
+pub enum Proto {
+    Name(&'static str),
+    Number(u8),
+}
+
+impl Proto {
+    pub fn from_number(n: u8) -> Self {
+        match proto_name(n) {
+            Some(name) => Self::Name(name),
+            None => Self::Number(n),
+        }
+    }
+}
+
+impl std::fmt::Display for Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Name(n) => f.write_str(n),
+            Self::Number(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// Protocol names as conntrack(8) prints them.
+pub fn proto_name(n: u8) -> Option<&'static str> {
+    Some(match n {
+        1 => "icmp",
+        6 => "tcp",
+        17 => "udp",
+        33 => "dccp",
+        47 => "gre",
+        58 => "icmpv6",
+        132 => "sctp",
+        136 => "udplite",
+        _ => return None,
+    })
+}
+
+/// One direction of a tuple.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Side {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sport: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dport: Option<u16>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub icmp_type: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<u16>,
+}
+
+impl Side {
+    fn decode(t: &Tuple, family: u8, l4: u8) -> Self {
+        let addr = |b: &[u8; 16]| -> IpAddr {
+            if family == AF_INET6 {
+                IpAddr::V6(Ipv6Addr::from(*b))
+            } else {
+                IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+            }
+        };
+        // Ports sit in memory in network order; the raw u16 was read little-endian.
+        let be = |v: u16| u16::from_be_bytes(v.to_le_bytes());
+        let mut side = Side {
+            src: addr(&t.src),
+            dst: addr(&t.dst),
+            sport: None,
+            dport: None,
+            icmp_type: None,
+            code: None,
+            id: None,
+        };
+        if l4 == IPPROTO_ICMP || l4 == IPPROTO_ICMPV6 {
+            let [ty, code] = t.dport.to_le_bytes();
+            side.icmp_type = Some(ty);
+            side.code = Some(code);
+            side.id = Some(be(t.sport));
+        } else if has_ports(l4) {
+            side.sport = Some(be(t.sport));
+            side.dport = Some(be(t.dport));
+        }
+        side
+    }
+}
+
+/// Protocols whose tuple carries ports.
+fn has_ports(l4: u8) -> bool {
+    matches!(l4, 6 | 17 | 33 | 132 | 136)
+}
+
+/// Status bit names as conntrack(8) and the kernel's enum ip_conntrack_status name them.
+pub const STATUS_BITS: [&str; 16] = [
+    "EXPECTED",
+    "SEEN_REPLY",
+    "ASSURED",
+    "CONFIRMED",
+    "SRC_NAT",
+    "DST_NAT",
+    "SEQ_ADJUST",
+    "SRC_NAT_DONE",
+    "DST_NAT_DONE",
+    "DYING",
+    "FIXED_TIMEOUT",
+    "TEMPLATE",
+    "NAT_CLASH",
+    "HELPER",
+    "OFFLOAD",
+    "HW_OFFLOAD",
+];
+
+pub fn status_names(status: u32) -> Vec<&'static str> {
+    STATUS_BITS
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| status & (1 << bit) != 0)
+        .map(|(_, name)| *name)
+        .collect()
+}
+
+/// `enum tcp_conntrack` names.
+pub fn tcp_state_name(s: u8) -> &'static str {
+    match s {
+        0 => "NONE",
+        1 => "SYN_SENT",
+        2 => "SYN_RECV",
+        3 => "ESTABLISHED",
+        4 => "FIN_WAIT",
+        5 => "CLOSE_WAIT",
+        6 => "LAST_ACK",
+        7 => "TIME_WAIT",
+        8 => "CLOSE",
+        9 => "SYN_SENT2",
+        _ => "UNKNOWN",
+    }
+}
+
+pub fn kind_name(k: EventKind) -> &'static str {
+    match k {
+        EventKind::New => "new",
+        EventKind::Destroy => "destroy",
+        EventKind::InsertFailed => "insert_failed",
+        EventKind::ClashResolved => "clash_resolved",
+        EventKind::TableFull => "table_full",
+        EventKind::EarlyDrop => "early_drop",
+    }
+}
+
+pub fn cause_name(c: Cause) -> &'static str {
+    match c {
+        Cause::Unknown => "unknown",
+        Cause::NatPortClash => "nat_port_clash",
+        Cause::SameFlowRace => "same_flow_race",
+        Cause::Dying => "dying",
+        Cause::ChainTooLong => "chain_too_long",
+        Cause::AlreadyConfirmed => "already_confirmed",
+        Cause::Merged => "merged",
+        Cause::NatClashReplyOnly => "nat_clash_reply_only",
+        Cause::TableFull => "table_full",
+    }
+}
+
+pub fn reason_name(r: DestroyReason) -> &'static str {
+    match r {
+        DestroyReason::Unknown => "unknown",
+        DestroyReason::Timeout => "timeout",
+        DestroyReason::TimeoutLookup => "timeout_lookup",
+        DestroyReason::EarlyDrop => "early_drop",
+        DestroyReason::GcEvict => "gc_evict",
+        DestroyReason::Ctnetlink => "ctnetlink",
+        DestroyReason::TcpClose => "tcp_close",
+        DestroyReason::NetnsExit => "netns_exit",
+        DestroyReason::Cleanup => "cleanup",
+    }
+}
+
+/// Turns kernel clocks into wall-clock time and jiffies into seconds.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    /// Realtime minus boottime, in nanoseconds.
+    pub boot_to_unix_ns: i128,
+    /// Kernel HZ; 0 when unknown (timeouts are then omitted).
+    pub hz: u32,
+}
+
+impl Clock {
+    pub fn new(hz: u32) -> Self {
+        let real = clock_ns(libc::CLOCK_REALTIME);
+        let boot = clock_ns(libc::CLOCK_BOOTTIME);
+        Self {
+            boot_to_unix_ns: real - boot,
+            hz,
+        }
+    }
+
+    pub fn unix_secs(&self, boot_ns: u64) -> f64 {
+        (boot_ns as i128 + self.boot_to_unix_ns) as f64 / 1e9
+    }
+
+    pub fn now_unix(&self) -> f64 {
+        clock_ns(libc::CLOCK_REALTIME) as f64 / 1e9
+    }
+
+    fn seconds(&self, jiffies: i32) -> Option<i64> {
+        (self.hz != 0 && jiffies != i32::MIN).then(|| (jiffies as i64).div_euclid(self.hz as i64))
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own; the clocks exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+/// Decodes a raw record; `None` for a kind this build does not know.
+pub fn decode(raw: &Event, clock: &Clock) -> Option<CtEvent> {
+    let kind = EventKind::from_u8(raw.kind)?;
+    let (cause, reason) = match kind {
+        EventKind::InsertFailed | EventKind::ClashResolved | EventKind::TableFull => {
+            (Some(cause_name(Cause::from_u8(raw.cause))), None)
+        }
+        EventKind::Destroy | EventKind::EarlyDrop => {
+            (None, Some(reason_name(DestroyReason::from_u8(raw.cause))))
+        }
+        EventKind::New => (None, None),
+    };
+    let family = raw.l3proto;
+    let l4 = raw.l4proto;
+    let winner = (raw.flags & FLAG_HAS_WINNER != 0).then(|| Winner {
+        orig: Side::decode(&raw.winner_orig, family, l4),
+        reply: Side::decode(&raw.winner_reply, family, l4),
+    });
+    Some(CtEvent {
+        ts: clock.unix_secs(raw.ts_ns),
+        kind: kind_name(kind),
+        cause,
+        reason,
+        proto: Proto::from_number(l4),
+        protonum: l4,
+        family: if family == AF_INET6 {
+            "ipv6"
+        } else if family == AF_INET {
+            "ipv4"
+        } else {
+            "unknown"
+        },
+        orig: Side::decode(&raw.orig, family, l4),
+        reply: Side::decode(&raw.reply, family, l4),
+        status: status_names(raw.status),
+        tcp_state: (l4 == IPPROTO_TCP && kind != EventKind::TableFull)
+            .then(|| tcp_state_name(raw.tcp_state)),
+        mark: raw.mark,
+        zone: raw.zone,
+        netns: raw.netns,
+        timeout: if kind == EventKind::TableFull {
+            None
+        } else {
+            clock.seconds(raw.timeout_jiffies)
+        },
+        pid: raw.pid,
+        winner,
+        from_ctnetlink: raw.flags & FLAG_FROM_CTNETLINK != 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn udp_event() -> Event {
+        let mut e = Event::zeroed();
+        e.kind = EventKind::InsertFailed as u8;
+        e.cause = Cause::NatPortClash as u8;
+        e.l3proto = AF_INET;
+        e.l4proto = 17;
+        e.orig.src[..4].copy_from_slice(&[10, 200, 0, 2]);
+        e.orig.dst[..4].copy_from_slice(&[10, 200, 0, 3]);
+        e.orig.sport = u16::from_le_bytes(5353u16.to_be_bytes());
+        e.orig.dport = u16::from_le_bytes(53u16.to_be_bytes());
+        e.status = (1 << 4) | (1 << 7);
+        e.timeout_jiffies = 7500;
+        e.flags = FLAG_HAS_WINNER;
+        e
+    }
+
+    #[test]
+    fn decodes_ports_addresses_and_cause() {
+        let clock = Clock {
+            boot_to_unix_ns: 0,
+            hz: 250,
+        };
+        let ev = decode(&udp_event(), &clock).unwrap();
+        assert_eq!(ev.kind, "insert_failed");
+        assert_eq!(ev.cause, Some("nat_port_clash"));
+        assert_eq!(ev.orig.src, "10.200.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(ev.orig.sport, Some(5353));
+        assert_eq!(ev.orig.dport, Some(53));
+        assert_eq!(ev.timeout, Some(30));
+        assert_eq!(ev.status, vec!["SRC_NAT", "SRC_NAT_DONE"]);
+        assert!(ev.winner.is_some());
+    }
+
+    #[test]
+    fn icmp_tuple_has_type_code_id() {
+        let mut raw = udp_event();
+        raw.l4proto = IPPROTO_ICMP;
+        raw.orig.sport = u16::from_le_bytes(0x1234u16.to_be_bytes());
+        raw.orig.dport = u16::from_le_bytes([8, 0]);
+        let ev = decode(
+            &raw,
+            &Clock {
+                boot_to_unix_ns: 0,
+                hz: 0,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (ev.orig.icmp_type, ev.orig.code, ev.orig.id),
+            (Some(8), Some(0), Some(0x1234))
+        );
+        assert_eq!(ev.orig.sport, None);
+        assert_eq!(ev.timeout, None, "unknown HZ omits the timeout");
+    }
+
+    #[test]
+    fn json_omits_absent_fields() {
+        let ev = decode(
+            &udp_event(),
+            &Clock {
+                boot_to_unix_ns: 0,
+                hz: 250,
+            },
+        )
+        .unwrap();
+        let v = serde_json::to_value(&ev).unwrap();
+        assert_eq!(v["proto"], "udp");
+        assert!(v.get("reason").is_none());
+        assert!(v.get("tcp_state").is_none());
+        assert!(v.get("from_ctnetlink").is_none());
+        assert_eq!(v["orig"]["dport"], 53);
+    }
+
+    #[test]
+    fn negative_timeouts_round_down() {
+        let clock = Clock {
+            boot_to_unix_ns: 0,
+            hz: 250,
+        };
+        assert_eq!(clock.seconds(-1), Some(-1));
+        assert_eq!(clock.seconds(i32::MIN), None);
+    }
+}

@@ -1,0 +1,91 @@
+//! Event filters shared by `events` (and later `list`): netns, protocol, addresses, ports,
+//! kinds. Every given filter must match.
+
+use std::{net::IpAddr, os::unix::fs::MetadataExt, path::Path};
+
+use crate::event::{CtEvent, Side, proto_name};
+
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub kinds: Vec<String>,
+    pub netns: Option<u32>,
+    pub proto: Option<u8>,
+    /// Either end of either direction.
+    pub addr: Option<IpAddr>,
+    pub src: Option<IpAddr>,
+    pub dst: Option<IpAddr>,
+    /// Either port of the original direction.
+    pub port: Option<u16>,
+    pub sport: Option<u16>,
+    pub dport: Option<u16>,
+}
+
+impl Filter {
+    pub fn matches(&self, ev: &CtEvent) -> bool {
+        let o = &ev.orig;
+        (self.kinds.is_empty() || self.kinds.iter().any(|k| k == ev.kind))
+            && self.netns.is_none_or(|n| n == ev.netns)
+            && self.proto.is_none_or(|p| p == ev.protonum)
+            && self
+                .addr
+                .is_none_or(|a| touches(&ev.orig, a) || touches(&ev.reply, a))
+            && self.src.is_none_or(|a| o.src == a)
+            && self.dst.is_none_or(|a| o.dst == a)
+            && self
+                .port
+                .is_none_or(|p| o.sport == Some(p) || o.dport == Some(p))
+            && self.sport.is_none_or(|p| o.sport == Some(p))
+            && self.dport.is_none_or(|p| o.dport == Some(p))
+    }
+}
+
+fn touches(side: &Side, a: IpAddr) -> bool {
+    side.src == a || side.dst == a
+}
+
+/// `--proto`: a name conntrack(8) knows, or a number.
+pub fn parse_proto(s: &str) -> Result<u8, String> {
+    if let Ok(n) = s.parse::<u8>() {
+        return Ok(n);
+    }
+    let lower = s.to_ascii_lowercase();
+    (0..=255u8)
+        .find(|&n| proto_name(n) == Some(lower.as_str()))
+        .ok_or_else(|| format!("unknown protocol {s:?}: use tcp, udp, icmp, icmpv6, sctp, dccp, gre, udplite or a number"))
+}
+
+/// `--netns`: an inode number, a name under /run/netns, or a path such as /proc/PID/ns/net.
+pub fn parse_netns(s: &str) -> Result<u32, String> {
+    if let Ok(inode) = s.parse::<u32>() {
+        return Ok(inode);
+    }
+    let path = if s.contains('/') {
+        Path::new(s).to_path_buf()
+    } else {
+        Path::new("/run/netns").join(s)
+    };
+    let meta = std::fs::metadata(&path).map_err(|e| {
+        format!("network namespace {s:?} ({}): {e}; give a name from `ip netns list`, a /proc/PID/ns/net path or an inode", path.display())
+    })?;
+    Ok(meta.ino() as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proto_by_name_or_number() {
+        assert_eq!(parse_proto("udp"), Ok(17));
+        assert_eq!(parse_proto("TCP"), Ok(6));
+        assert_eq!(parse_proto("47"), Ok(47));
+        assert!(parse_proto("foo").unwrap_err().contains("unknown protocol"));
+    }
+
+    #[test]
+    fn netns_by_inode_and_missing_name() {
+        assert_eq!(parse_netns("4026531840"), Ok(4026531840));
+        let err = parse_netns("no-such-ns-ctscope").unwrap_err();
+        assert!(err.contains("ip netns list"), "{err}");
+    }
+}

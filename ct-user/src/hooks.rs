@@ -1,0 +1,274 @@
+//! The hook plan: which BPF program goes on which kernel function, and resolving each
+//! function to the symbol this kernel actually has (compilers rename static functions
+//! to `name.isra.0`, `name.constprop.0`, `name.part.0`; `.cold` parts are never targets).
+
+use std::{collections::HashMap, fs, io};
+
+/// How a program attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookKind {
+    Kprobe,
+    Kretprobe,
+    TpBtf,
+}
+
+/// One program of the BPF object and where it goes.
+#[derive(Clone, Copy, Debug)]
+pub struct HookSpec {
+    /// Program name in the BPF object.
+    pub program: &'static str,
+    pub kind: HookKind,
+    /// Candidate kernel functions (or the tracepoint), first available wins.
+    pub targets: &'static [&'static str],
+    /// What ctscope learns from it (shown by `ctscope probe`).
+    pub role: &'static str,
+}
+
+const fn hook(
+    program: &'static str,
+    kind: HookKind,
+    targets: &'static [&'static str],
+    role: &'static str,
+) -> HookSpec {
+    HookSpec {
+        program,
+        kind,
+        targets,
+        role,
+    }
+}
+
+use HookKind::{Kprobe, Kretprobe, TpBtf};
+
+/// Tier 1 of DESIGN.md: kprobes on the conntrack core plus the kfree_skb tracepoint.
+pub const TIER1: &[HookSpec] = &[
+    hook(
+        "confirm_enter",
+        Kprobe,
+        &["__nf_conntrack_confirm"],
+        "new entries and insert outcome",
+    ),
+    hook(
+        "confirm_exit",
+        Kretprobe,
+        &["__nf_conntrack_confirm"],
+        "new / insert_failed verdict",
+    ),
+    hook(
+        "resolve_clash_enter",
+        Kprobe,
+        &["nf_ct_resolve_clash"],
+        "clash direction and winner",
+    ),
+    hook(
+        "alloc_enter",
+        Kprobe,
+        &["__nf_conntrack_alloc"],
+        "table_full: tuples and netns",
+    ),
+    hook(
+        "alloc_exit",
+        Kretprobe,
+        &["__nf_conntrack_alloc"],
+        "table_full: failed allocation",
+    ),
+    hook(
+        "early_drop_enter",
+        Kprobe,
+        &["early_drop"],
+        "early_drop evictions",
+    ),
+    hook(
+        "early_drop_exit",
+        Kretprobe,
+        &["early_drop"],
+        "early_drop evictions",
+    ),
+    hook(
+        "ct_delete_enter",
+        Kprobe,
+        &["nf_ct_delete"],
+        "destroy events and reasons",
+    ),
+    hook(
+        "ct_free_enter",
+        Kprobe,
+        &["nf_conntrack_free"],
+        "end of every entry (counted)",
+    ),
+    hook(
+        "hash_insert_enter",
+        Kprobe,
+        &["nf_conntrack_hash_check_insert"],
+        "ctnetlink inserts",
+    ),
+    hook(
+        "hash_insert_exit",
+        Kretprobe,
+        &["nf_conntrack_hash_check_insert"],
+        "ctnetlink inserts",
+    ),
+    hook(
+        "gc_worker_enter",
+        Kprobe,
+        &["gc_worker"],
+        "destroy reason: gc timeout / eviction",
+    ),
+    hook(
+        "gc_worker_exit",
+        Kretprobe,
+        &["gc_worker"],
+        "destroy reason: gc timeout / eviction",
+    ),
+    hook(
+        "netns_cleanup_enter",
+        Kprobe,
+        &["nf_conntrack_cleanup_net_list"],
+        "destroy reason: netns exit",
+    ),
+    hook(
+        "netns_cleanup_exit",
+        Kretprobe,
+        &["nf_conntrack_cleanup_net_list"],
+        "destroy reason: netns exit",
+    ),
+    hook(
+        "iterate_cleanup_enter",
+        Kprobe,
+        &["nf_ct_iterate_cleanup", "nf_ct_iterate_cleanup_net"],
+        "destroy reason: other cleanups",
+    ),
+    hook(
+        "iterate_cleanup_exit",
+        Kretprobe,
+        &["nf_ct_iterate_cleanup", "nf_ct_iterate_cleanup_net"],
+        "destroy reason: other cleanups",
+    ),
+    hook(
+        "kfree_skb",
+        TpBtf,
+        &["kfree_skb"],
+        "netfilter drops (counted)",
+    ),
+];
+
+/// Text symbols of the running kernel, from /proc/kallsyms.
+#[derive(Debug, Default)]
+pub struct Kallsyms {
+    /// Symbol name → how many text symbols carry it (duplicates cannot be probed by name).
+    names: HashMap<String, u32>,
+}
+
+impl Kallsyms {
+    pub fn read() -> io::Result<Self> {
+        Ok(Self::parse(&fs::read_to_string("/proc/kallsyms")?))
+    }
+
+    pub fn parse(text: &str) -> Self {
+        let mut names = HashMap::new();
+        for line in text.lines() {
+            let mut fields = line.split_whitespace();
+            let (Some(_addr), Some(kind), Some(name)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            if matches!(kind, "t" | "T") {
+                *names.entry(name.to_string()).or_insert(0) += 1;
+            }
+        }
+        Self { names }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// The probe-able symbol for `func`: the exact name, or a compiler-renamed clone.
+    pub fn resolve(&self, func: &str) -> Resolution {
+        if let Some(&n) = self.names.get(func) {
+            return if n == 1 {
+                Resolution::Found(func.to_string())
+            } else {
+                Resolution::Ambiguous(n)
+            };
+        }
+        let mut clones: Vec<&String> = self
+            .names
+            .keys()
+            .filter(|name| is_clone_of(name, func))
+            .collect();
+        clones.sort();
+        match clones.first() {
+            Some(name) => Resolution::Found((*name).clone()),
+            None => Resolution::Missing,
+        }
+    }
+}
+
+/// How a function name maps onto this kernel's symbols.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resolution {
+    Found(String),
+    /// Several text symbols share the name; a kprobe by name would be refused.
+    Ambiguous(u32),
+    /// Not in kallsyms: inlined, renamed, or the code is not built.
+    Missing,
+}
+
+/// `name.isra.0`, `name.constprop.0`, `name.part.0` (and chains of them), never `.cold`.
+fn is_clone_of(symbol: &str, func: &str) -> bool {
+    let Some(rest) = symbol.strip_prefix(func).and_then(|r| r.strip_prefix('.')) else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split('.').collect();
+    parts.chunks(2).all(|pair| {
+        matches!(pair, [kind, num] if matches!(*kind, "isra" | "constprop" | "part")
+            && num.chars().all(|c| c.is_ascii_digit()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+ffffffffc0a01000 t early_drop.constprop.0\t[nf_conntrack]
+ffffffffc0a02000 t gc_worker\t[nf_conntrack]
+ffffffffc0a03000 t nf_ct_delete.cold\t[nf_conntrack]
+ffffffffc0a04000 T nf_ct_delete\t[nf_conntrack]
+ffffffff81000000 t dup\nffffffff81000010 t dup
+ffffffff81000020 d nf_conntrack_max
+";
+
+    #[test]
+    fn resolves_exact_clone_and_rejects_cold_and_data() {
+        let k = Kallsyms::parse(SAMPLE);
+        assert_eq!(
+            k.resolve("nf_ct_delete"),
+            Resolution::Found("nf_ct_delete".into())
+        );
+        assert_eq!(
+            k.resolve("early_drop"),
+            Resolution::Found("early_drop.constprop.0".into())
+        );
+        assert_eq!(k.resolve("dup"), Resolution::Ambiguous(2));
+        assert_eq!(k.resolve("nf_conntrack_max"), Resolution::Missing);
+        assert_eq!(k.resolve("gc"), Resolution::Missing);
+    }
+
+    #[test]
+    fn clone_suffixes() {
+        assert!(is_clone_of("f.isra.0", "f"));
+        assert!(is_clone_of("f.constprop.0.isra.0", "f"));
+        assert!(!is_clone_of("f.cold", "f"));
+        assert!(!is_clone_of("f.part.0.cold", "f"));
+        assert!(!is_clone_of("fg.isra.0", "f"));
+    }
+
+    #[test]
+    fn every_program_has_a_target() {
+        assert!(TIER1.iter().all(|h| !h.targets.is_empty()));
+    }
+}

@@ -1,0 +1,271 @@
+//! Loads the BPF object with this kernel's layout and attaches the hook plan, one hook at a
+//! time: a hook whose function is missing or refused is reported, and the rest still run.
+
+use std::io;
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    programs::{BtfTracePoint, FEntry, KProbe, ProgramError},
+};
+use ct_common::KernelLayout;
+use serde::Serialize;
+
+use crate::hooks::{HookKind, HookSpec, Kallsyms, Resolution, TIER1};
+
+/// The BPF object built by build.rs from the `ct-ebpf` crate.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ct-ebpf"));
+
+/// Default ring buffer size: 16 MiB holds ~80k events of 200 bytes.
+pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "this ctscope was built without its BPF programs (AYA_BUILD_SKIP): rebuild with `cargo xtask build`"
+    )]
+    NoObject,
+    #[error("reading the kernel's BTF for struct offsets: {0}")]
+    Btf(#[from] ct_btf::BtfError),
+    #[error(
+        "the kernel refused to load BPF programs ({0}): run as root, or grant CAP_BPF and CAP_PERFMON (and CAP_NET_ADMIN for ctnetlink)"
+    )]
+    Permission(String),
+    #[error("--ring-size must be a power of two multiple of the page size (4096), got {0}")]
+    RingSize(u32),
+    #[error("loading the BPF object: {0}")]
+    Ebpf(#[from] aya::EbpfError),
+}
+
+/// Where one hook of the plan ended up.
+#[derive(Clone, Debug, Serialize)]
+pub struct HookStatus {
+    /// Program name in the BPF object.
+    pub name: &'static str,
+    pub kind: HookKind,
+    /// The kernel symbol or tracepoint it went on, if one was found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    pub available: bool,
+    /// Why it is not attached (or a note about how it is).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub role: &'static str,
+}
+
+/// The loaded object and what got attached. Dropping it detaches everything.
+pub struct Probes {
+    pub ebpf: Ebpf,
+    pub hooks: Vec<HookStatus>,
+    pub layout: KernelLayout,
+    /// What the BTF reader had to fall back on.
+    pub notes: Vec<String>,
+}
+
+impl Probes {
+    pub fn attached(&self, program: &str) -> bool {
+        self.hooks.iter().any(|h| h.name == program && h.available)
+    }
+}
+
+/// Kernel capabilities that decide which hooks can be tried.
+#[derive(Clone, Copy, Debug)]
+pub struct Support {
+    /// The kprobe PMU exists (CONFIG_KPROBES and CONFIG_KPROBE_EVENTS).
+    pub kprobes: bool,
+}
+
+impl Support {
+    pub fn detect() -> Self {
+        Self {
+            kprobes: std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists(),
+        }
+    }
+}
+
+/// Loads the object and attaches every hook of tier 1 this kernel allows.
+pub fn load(ring_bytes: u32) -> Result<Probes, LoadError> {
+    if OBJECT.is_empty() {
+        return Err(LoadError::NoObject);
+    }
+    if !ring_bytes.is_power_of_two() || ring_bytes < 4096 {
+        return Err(LoadError::RingSize(ring_bytes));
+    }
+    raise_memlock();
+    let (layout, notes) = ct_btf::layout_for_running_kernel()?;
+    let kallsyms = Kallsyms::read().unwrap_or_default();
+    let support = Support::detect();
+    let early_drop = u32::from(
+        support.kprobes && matches!(kallsyms.resolve("early_drop"), Resolution::Found(_)),
+    );
+    let mut ebpf = EbpfLoader::new()
+        .override_global("LAYOUT", &layout, true)
+        .override_global("EARLY_DROP_ATTACHED", &early_drop, true)
+        .map_max_entries("EVENTS", ring_bytes)
+        .load(OBJECT)
+        .map_err(permission_or)?;
+    let btf = Btf::from_sys_fs().ok();
+    let hooks = TIER1
+        .iter()
+        .map(|spec| attach(&mut ebpf, spec, &kallsyms, support, btf.as_ref()))
+        .collect();
+    Ok(Probes {
+        ebpf,
+        hooks,
+        layout,
+        notes,
+    })
+}
+
+/// Whether the kernel lets a trivial fentry program load (some refuse with EPERM).
+pub fn fentry_supported(probes: &mut Probes) -> Result<bool, String> {
+    let btf = Btf::from_sys_fs().map_err(|e| format!("no vmlinux BTF: {e}"))?;
+    let prog: &mut FEntry = program(&mut probes.ebpf, "fentry_feature")?;
+    match prog.load("ktime_get", &btf) {
+        Ok(()) => Ok(true),
+        Err(e) => Err(describe(&e)),
+    }
+}
+
+fn attach(
+    ebpf: &mut Ebpf,
+    spec: &HookSpec,
+    kallsyms: &Kallsyms,
+    support: Support,
+    btf: Option<&Btf>,
+) -> HookStatus {
+    let mut status = HookStatus {
+        name: spec.program,
+        kind: spec.kind,
+        target: None,
+        available: false,
+        reason: None,
+        role: spec.role,
+    };
+    let result = match spec.kind {
+        HookKind::Kprobe | HookKind::Kretprobe => {
+            attach_kprobe(ebpf, spec, kallsyms, support, &mut status.target)
+        }
+        HookKind::TpBtf => {
+            status.target = Some(spec.targets[0].to_string());
+            attach_tp_btf(ebpf, spec, btf)
+        }
+    };
+    match result {
+        Ok(()) => status.available = true,
+        Err(reason) => status.reason = Some(reason),
+    }
+    status
+}
+
+fn attach_kprobe(
+    ebpf: &mut Ebpf,
+    spec: &HookSpec,
+    kallsyms: &Kallsyms,
+    support: Support,
+    target: &mut Option<String>,
+) -> Result<(), String> {
+    // Load before anything else: kernels without kprobes can still verify kprobe-type
+    // programs (uprobes use the same type), which checks them against this verifier.
+    let prog: &mut KProbe = program(ebpf, spec.program)?;
+    prog.load().map_err(|e| describe(&e))?;
+    if !support.kprobes {
+        return Err(
+            "loaded (verifier OK) but not attached: kernel has no kprobes (CONFIG_KPROBES off)"
+                .into(),
+        );
+    }
+    let symbol = resolve_any(kallsyms, spec.targets)?;
+    *target = Some(symbol.clone());
+    prog.attach(&symbol, 0).map(drop).map_err(|e| describe(&e))
+}
+
+fn attach_tp_btf(ebpf: &mut Ebpf, spec: &HookSpec, btf: Option<&Btf>) -> Result<(), String> {
+    let btf = btf.ok_or("kernel has no BTF (/sys/kernel/btf/vmlinux), needed for tp_btf")?;
+    let prog: &mut BtfTracePoint = program(ebpf, spec.program)?;
+    prog.load(spec.targets[0], btf).map_err(|e| describe(&e))?;
+    prog.attach().map(drop).map_err(|e| describe(&e))
+}
+
+fn resolve_any(kallsyms: &Kallsyms, targets: &[&str]) -> Result<String, String> {
+    if kallsyms.is_empty() {
+        return Err("/proc/kallsyms unreadable or empty (needs root)".into());
+    }
+    let mut why = Vec::new();
+    for func in targets {
+        match kallsyms.resolve(func) {
+            Resolution::Found(symbol) => return Ok(symbol),
+            Resolution::Ambiguous(n) => why.push(format!("{func}: {n} symbols share the name")),
+            Resolution::Missing => {
+                why.push(format!("{func}: not in kallsyms (inlined or not built)"))
+            }
+        }
+    }
+    Err(why.join("; "))
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("program {name} missing from object"))?;
+    prog.try_into().map_err(|e: ProgramError| e.to_string())
+}
+
+/// One line for a program error, keeping the verifier's last words when it refused.
+fn describe(e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            // The verifier ends with statistics; the reason is the line(s) before them.
+            let log = verifier_log.to_string();
+            let stats = ["verification time", "stack depth", "processed "];
+            let tail: Vec<&str> = log
+                .lines()
+                .rev()
+                .filter(|l| !l.trim().is_empty() && !stats.iter().any(|s| l.starts_with(s)))
+                .take(2)
+                .collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            format!("load refused: {io_error}; verifier: {}", tail.join(" | "))
+        }
+        other => {
+            let mut s = other.to_string();
+            let mut src = std::error::Error::source(other);
+            while let Some(inner) = src {
+                s.push_str(": ");
+                s.push_str(&inner.to_string());
+                src = inner.source();
+            }
+            s
+        }
+    }
+}
+
+fn permission_or(e: aya::EbpfError) -> LoadError {
+    let text = format!("{e:?}");
+    if text.contains("PermissionDenied") || text.contains("EPERM") || text.contains("os error 1)") {
+        LoadError::Permission(e.to_string())
+    } else {
+        LoadError::Ebpf(e)
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK. Raising it can fail (containers,
+/// microVMs) and is not needed on newer kernels, so failure is only logged.
+fn raise_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct we pass; no other effect on memory.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        log::debug!(
+            "setrlimit(RLIMIT_MEMLOCK) failed: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
