@@ -44,6 +44,10 @@ pub struct CtEvent {
     pub cause: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
+    /// For `reason: "timeout"`: who reaped the expired entry, `gc` (the gc worker) or
+    /// `lookup` (a packet or dump that found it expired).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<&'static str>,
     pub proto: Proto,
     /// IP protocol number.
     pub protonum: u8,
@@ -245,14 +249,22 @@ pub fn cause_name(c: Cause) -> &'static str {
 pub fn reason_name(r: DestroyReason) -> &'static str {
     match r {
         DestroyReason::Unknown => "unknown",
-        DestroyReason::Timeout => "timeout",
-        DestroyReason::TimeoutLookup => "timeout_lookup",
+        DestroyReason::Timeout | DestroyReason::TimeoutLookup => "timeout",
         DestroyReason::EarlyDrop => "early_drop",
         DestroyReason::GcEvict => "gc_evict",
         DestroyReason::Ctnetlink => "ctnetlink",
         DestroyReason::TcpClose => "tcp_close",
         DestroyReason::NetnsExit => "netns_exit",
         DestroyReason::Cleanup => "cleanup",
+    }
+}
+
+/// Which mechanism reaped an expired entry.
+fn timeout_via(r: DestroyReason) -> Option<&'static str> {
+    match r {
+        DestroyReason::Timeout => Some("gc"),
+        DestroyReason::TimeoutLookup => Some("lookup"),
+        _ => None,
     }
 }
 
@@ -301,14 +313,15 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
 /// Decodes a raw record; `None` for a kind this build does not know.
 pub fn decode(raw: &Event, clock: &Clock) -> Option<CtEvent> {
     let kind = EventKind::from_u8(raw.kind)?;
-    let (cause, reason) = match kind {
+    let (cause, reason, via) = match kind {
         EventKind::InsertFailed | EventKind::ClashResolved | EventKind::TableFull => {
-            (Some(cause_name(Cause::from_u8(raw.cause))), None)
+            (Some(cause_name(Cause::from_u8(raw.cause))), None, None)
         }
         EventKind::Destroy | EventKind::EarlyDrop => {
-            (None, Some(reason_name(DestroyReason::from_u8(raw.cause))))
+            let r = DestroyReason::from_u8(raw.cause);
+            (None, Some(reason_name(r)), timeout_via(r))
         }
-        EventKind::New => (None, None),
+        EventKind::New => (None, None, None),
     };
     let family = raw.l3proto;
     let l4 = raw.l4proto;
@@ -321,6 +334,7 @@ pub fn decode(raw: &Event, clock: &Clock) -> Option<CtEvent> {
         kind: kind_name(kind),
         cause,
         reason,
+        via,
         proto: Proto::from_number(l4),
         protonum: l4,
         family: if family == AF_INET6 {
@@ -424,6 +438,26 @@ mod tests {
         assert!(v.get("tcp_state").is_none());
         assert!(v.get("from_ctnetlink").is_none());
         assert_eq!(v["orig"]["dport"], 53);
+    }
+
+    #[test]
+    fn both_timeout_paths_are_timeouts() {
+        let clock = Clock {
+            boot_to_unix_ns: 0,
+            hz: 250,
+        };
+        let mut raw = udp_event();
+        raw.kind = EventKind::Destroy as u8;
+        raw.cause = DestroyReason::TimeoutLookup as u8;
+        let ev = decode(&raw, &clock).unwrap();
+        assert_eq!(
+            (ev.reason, ev.via, ev.cause),
+            (Some("timeout"), Some("lookup"), None)
+        );
+        raw.cause = DestroyReason::Timeout as u8;
+        assert_eq!(decode(&raw, &clock).unwrap().via, Some("gc"));
+        raw.cause = DestroyReason::Ctnetlink as u8;
+        assert_eq!(decode(&raw, &clock).unwrap().via, None);
     }
 
     #[test]

@@ -65,6 +65,9 @@ pub fn text_line(ev: &CtEvent, timestamp: bool) -> String {
     if let Some(reason) = ev.reason {
         s.push_str(&format!("reason={reason} "));
     }
+    if let Some(via) = ev.via {
+        s.push_str(&format!("via={via} "));
+    }
     if let Some(w) = &ev.winner {
         s.push_str("winner=[");
         push_side(&mut s, &w.orig);
