@@ -26,7 +26,7 @@ fn task() -> u64 {
 #[inline(always)]
 fn adjust(which: usize, up: bool) {
     let t = task();
-    if let Some(c) = CONTEXT.get_ptr_mut(&t) {
+    if let Some(c) = CONTEXT.get_ptr_mut(t) {
         // SAFETY: pointer from a successful map lookup, valid for this program run.
         let c = unsafe { &mut *c };
         let v = &mut c[which & 7];
@@ -38,7 +38,7 @@ fn adjust(which: usize, up: bool) {
     } else if up {
         let mut c = [0u8; 8];
         c[which & 7] = 1;
-        let _ = CONTEXT.insert(&t, &c, 0);
+        let _ = CONTEXT.insert(t, c, 0);
     }
 }
 
@@ -52,7 +52,7 @@ pub fn adjust_early_drop(up: bool) {
 #[inline(always)]
 pub fn current() -> [u8; 8] {
     // SAFETY: value copied out immediately.
-    unsafe { CONTEXT.get(&task()).copied().unwrap_or([0; 8]) }
+    unsafe { CONTEXT.get(task()).copied().unwrap_or([0; 8]) }
 }
 
 macro_rules! context_probe {

@@ -111,7 +111,7 @@ pub fn pop(func: u32) -> Option<Frame> {
 /// The innermost open frame of `func` on this task, for nested probes to annotate.
 #[inline(always)]
 pub fn top(func: u32) -> Option<&'static mut Frame> {
-    let stack = FRAMES.get_ptr_mut(&key(func))?;
+    let stack = FRAMES.get_ptr_mut(key(func))?;
     // SAFETY: pointer from a successful map lookup, valid for this program run.
     let stack = unsafe { &mut *stack };
     let d = stack.depth;

@@ -1,1 +1,72 @@
-fn main() {}
+//! ctscope's developer tasks: `cargo xtask <command>` (the alias is in .cargo/config.toml).
+//!
+//! One module per subcommand; `cmd`, `cargo`, `kernels`, `initramfs`, `cpio` and `qemu`
+//! are the helpers they share.
+mod build;
+mod cargo;
+mod cmd;
+mod cpio;
+mod initramfs;
+mod kernels;
+mod qemu;
+mod run;
+mod setup;
+mod test;
+mod vm_run;
+mod vm_test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "ctscope's developer tasks",
+    version
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what a fresh Debian 12 machine needs (apt packages, nightly rust-src,
+    /// bpf-linker, VM kernels); skips what is present.
+    Setup(setup::Options),
+    /// Build ctscope (and, through its build script, the BPF object).
+    Build(build::Options),
+    /// Set up what is missing, build, and run ctscope as root with the arguments after `--`.
+    Run(run::Options),
+    /// Boot a Debian kernel under qemu and run a script inside as root.
+    VmRun(vm_run::Options),
+    /// Run the integration tests inside the VM kernels.
+    VmTest(vm_test::Options),
+    /// Everything CI runs: fmt, clippy, unit tests, host and VM integration tests.
+    Test(test::Options),
+}
+
+fn main() -> ExitCode {
+    match dispatch(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the context chain on one line, without a backtrace even when
+            // RUST_BACKTRACE is set for the builds.
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Setup(opts) => setup::cmd(&opts),
+        Command::Build(opts) => build::cmd(&opts).map(drop),
+        Command::Run(opts) => run::cmd(&opts),
+        Command::VmRun(opts) => vm_run::cmd(&opts),
+        Command::VmTest(opts) => vm_test::cmd(&opts),
+        Command::Test(opts) => test::cmd(&opts),
+    }
+}

@@ -1,0 +1,286 @@
+//! The Debian kernels the VM tests boot: found with apt-cache, fetched with
+//! `apt-get download` and unpacked with `dpkg-deb -x` into a cache directory, never
+//! installed (installing would touch /boot and run update-initramfs).
+//!
+//! Layout: `<cache>/<release>/{boot,lib/modules/<release>}` where `<release>` is the
+//! kernel's `uname -r`, plus a `.complete` stamp written last so that an interrupted
+//! unpack is never taken for a usable kernel.
+use std::{
+    env, fmt, fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::ValueEnum;
+
+use crate::{cargo, cmd, setup::Apt};
+
+/// The Debian flavour we boot. `cloud-amd64` has everything the tests need (netfilter,
+/// nf_tables, NAT, veth and nf_conntrack_netlink as modules; virtio and the 8250 serial
+/// console built in; kprobes and module BTF) and is less than half the size of `amd64`.
+const FLAVOUR: &str = "cloud-amd64";
+const STAMP: &str = ".complete";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Series {
+    /// Debian 12's own kernel (bookworm).
+    #[value(name = "6.1")]
+    V6_1,
+    /// The newer kernel Debian 12 ships through bookworm-security / -backports.
+    #[value(name = "6.12")]
+    V6_12,
+}
+
+impl Series {
+    pub const ALL: [Series; 2] = [Series::V6_1, Series::V6_12];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Series::V6_1 => "6.1",
+            Series::V6_12 => "6.12",
+        }
+    }
+
+    /// What `uname -r` of this series starts with, before the ABI/patch number.
+    fn release_prefix(self) -> &'static str {
+        match self {
+            Series::V6_1 => "6.1.0-", // 6.1.0-56-cloud-amd64
+            Series::V6_12 => "6.12.", // 6.12.117+deb12-cloud-amd64
+        }
+    }
+
+    /// The apt-cache regex matching this series' unsigned image packages.
+    fn package_regex(self) -> String {
+        let middle = match self {
+            Series::V6_1 => r"6\.1\.0-[0-9]+",
+            Series::V6_12 => r"6\.12\.[0-9]+\+deb12",
+        };
+        format!("^linux-image-{middle}-{FLAVOUR}-unsigned$")
+    }
+
+    /// The number that orders releases of this series (ABI number or patch level).
+    fn ordinal(self, release: &str) -> Option<u32> {
+        let rest = release.strip_prefix(self.release_prefix())?;
+        if !release.ends_with(&format!("-{FLAVOUR}")) {
+            return None;
+        }
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    }
+}
+
+impl fmt::Display for Series {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An unpacked kernel in the cache.
+#[derive(Clone, Debug)]
+pub struct Kernel {
+    /// `uname -r` inside the VM.
+    pub release: String,
+    pub dir: PathBuf,
+}
+
+impl Kernel {
+    pub fn vmlinuz(&self) -> PathBuf {
+        self.dir
+            .join("boot")
+            .join(format!("vmlinuz-{}", self.release))
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir
+            .join("boot")
+            .join(format!("config-{}", self.release))
+    }
+
+    pub fn modules_dir(&self) -> PathBuf {
+        self.dir.join("lib/modules").join(&self.release)
+    }
+}
+
+/// `$CTSCOPE_VM_CACHE`, or `vm-kernels` in cargo's target directory.
+pub fn cache_dir() -> Result<PathBuf> {
+    match env::var_os("CTSCOPE_VM_CACHE") {
+        Some(dir) if !dir.is_empty() => Ok(PathBuf::from(dir)),
+        _ => Ok(cargo::target_dir()?.join("vm-kernels")),
+    }
+}
+
+/// The newest complete kernel of `series` in the cache, if any.
+pub fn cached(series: Series) -> Result<Option<Kernel>> {
+    let cache = cache_dir()?;
+    let Ok(entries) = fs::read_dir(&cache) else {
+        return Ok(None);
+    };
+    let mut best: Option<(u32, Kernel)> = None;
+    for entry in entries {
+        let entry = entry?;
+        let release = entry.file_name().to_string_lossy().into_owned();
+        let Some(ordinal) = series.ordinal(&release) else {
+            continue;
+        };
+        if !entry.path().join(STAMP).is_file() || best.as_ref().is_some_and(|(o, _)| *o >= ordinal)
+        {
+            continue;
+        }
+        best = Some((
+            ordinal,
+            Kernel {
+                release,
+                dir: entry.path(),
+            },
+        ));
+    }
+    Ok(best.map(|(_, k)| k))
+}
+
+/// The cached kernel of `series`, or an error that says how to get it.
+pub fn require(series: Series) -> Result<Kernel> {
+    cached(series)?.with_context(|| {
+        format!(
+            "no {series} VM kernel in the cache: run `cargo xtask setup` (or set CTSCOPE_VM_CACHE)"
+        )
+    })
+}
+
+/// Finds the newest package of `series`, downloads and unpacks it into the cache.
+pub fn install(series: Series, apt: &mut Apt) -> Result<Kernel> {
+    let package = newest_package(series, apt)?;
+    let release = release_of(&package)?;
+    let cache = cache_dir()?;
+    let dir = cache.join(&release);
+    let partial = cache.join(format!(".{release}.partial"));
+    if partial.exists() {
+        fs::remove_dir_all(&partial)?;
+    }
+    fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    let deb = download(&package, &partial, apt)?;
+    cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&partial))?;
+    fs::remove_file(&deb)?; // 30 MB we no longer need
+    let kernel = Kernel {
+        release: release.clone(),
+        dir: partial.clone(),
+    };
+    depmod(&kernel)?;
+    fs::write(partial.join(STAMP), format!("{package}\n"))?;
+    if dir.exists() {
+        fs::remove_dir_all(&dir)?;
+    }
+    fs::rename(&partial, &dir)?;
+    println!(
+        "setup: {series} VM kernel {release} unpacked into {}",
+        dir.display()
+    );
+    Ok(Kernel { dir, ..kernel })
+}
+
+/// The newest `series` package apt knows of; refreshes apt's lists once if it knows none
+/// (a fresh machine or container has no lists at all).
+fn newest_package(series: Series, apt: &mut Apt) -> Result<String> {
+    if let Some(pkg) = search_newest(series)? {
+        return Ok(pkg);
+    }
+    apt.update()?;
+    search_newest(series)?.with_context(|| {
+        format!(
+            "apt knows no package matching {} (Debian 12 ships 6.12 in bookworm-security and \
+             bookworm-backports: is one of them in the apt sources?)",
+            series.package_regex()
+        )
+    })
+}
+
+fn search_newest(series: Series) -> Result<Option<String>> {
+    let out = cmd::output(Command::new("apt-cache").args([
+        "search",
+        "--names-only",
+        &series.package_regex(),
+    ]))?;
+    let newest = out
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter_map(|pkg| Some((series.ordinal(&release_of(pkg).ok()?)?, pkg)))
+        .max();
+    Ok(newest.map(|(_, pkg)| pkg.to_owned()))
+}
+
+fn release_of(package: &str) -> Result<String> {
+    package
+        .strip_prefix("linux-image-")
+        .and_then(|s| s.strip_suffix("-unsigned"))
+        .map(str::to_owned)
+        .with_context(|| format!("unexpected kernel package name {package}"))
+}
+
+/// `apt-get download` into `dir`; retried once after `apt-get update`, because stale lists
+/// point at files the mirror has since dropped.
+fn download(package: &str, dir: &Path, apt: &mut Apt) -> Result<PathBuf> {
+    let mut get = Command::new("apt-get");
+    get.args(["download", "-q", package]).current_dir(dir);
+    if cmd::is_root() {
+        // apt would drop to user _apt, who cannot write into our cache dir, and say so.
+        get.args(["-o", "APT::Sandbox::User=root"]);
+    }
+    if cmd::run(&mut get).is_err() {
+        apt.update()?;
+        cmd::run(&mut get)?;
+    }
+    let deb = fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "deb"));
+    deb.with_context(|| {
+        format!(
+            "apt-get download {package} left no .deb in {}",
+            dir.display()
+        )
+    })
+}
+
+/// Debian's image packages ship no modules.dep (their postinst runs depmod): generate it,
+/// since the initramfs builder follows it to collect module dependencies.
+fn depmod(kernel: &Kernel) -> Result<()> {
+    if !kernel.modules_dir().is_dir() {
+        bail!(
+            "{} has no modules directory {}",
+            kernel.release,
+            kernel.modules_dir().display()
+        );
+    }
+    cmd::run(
+        Command::new(depmod_program())
+            .arg("-b")
+            .arg(&kernel.dir)
+            .arg(&kernel.release),
+    )
+}
+
+pub fn depmod_program() -> PathBuf {
+    cmd::find_program("depmod").unwrap_or_else(|| "depmod".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordinals_order_releases_within_a_series() {
+        assert_eq!(Series::V6_1.ordinal("6.1.0-56-cloud-amd64"), Some(56));
+        assert_eq!(
+            Series::V6_12.ordinal("6.12.117+deb12-cloud-amd64"),
+            Some(117)
+        );
+        assert_eq!(Series::V6_1.ordinal("6.12.117+deb12-cloud-amd64"), None);
+        assert_eq!(Series::V6_12.ordinal("6.1.0-56-cloud-amd64"), None);
+        assert_eq!(Series::V6_1.ordinal("6.1.0-56-amd64"), None);
+    }
+
+    #[test]
+    fn release_is_the_package_name_without_prefix_and_suffix() {
+        let release = release_of("linux-image-6.12.117+deb12-cloud-amd64-unsigned").unwrap();
+        assert_eq!(release, "6.12.117+deb12-cloud-amd64");
+    }
+}

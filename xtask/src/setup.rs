@@ -1,0 +1,294 @@
+//! `cargo xtask setup [--check]`: installs what a fresh Debian 12 machine needs, skipping
+//! what is present, and saying what it does. Other subcommands call [`ensure`] so that
+//! `cargo xtask run` / `test` work on a fresh clone.
+use std::{env, process::Command, time::Instant};
+
+use anyhow::{Result, bail};
+use clap::Args;
+
+use crate::{
+    cmd,
+    kernels::{self, Series},
+};
+
+#[derive(Args)]
+pub struct Options {
+    /// Only report what is missing; exit non-zero if anything is.
+    #[arg(long)]
+    check: bool,
+}
+
+/// What a caller is about to do, hence what must be present.
+#[derive(Clone, Copy)]
+pub struct Needs {
+    /// Booting VM kernels: qemu, busybox, cpio, kmod, xz and the kernels themselves.
+    pub vm: bool,
+}
+
+/// Building the BPF object with bpf-linker (which links LLVM 22) and running the
+/// host integration tests (which drive nft, conntrack and ip).
+const BASE_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "conntrack",
+    "nftables",
+    "iproute2",
+];
+const VM_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "kmod",
+    "xz-utils",
+];
+/// rust-src for `-Z build-std=core`; clippy to lint the BPF crate for its own target.
+const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "clippy"];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+pub fn cmd(opts: &Options) -> Result<()> {
+    let needs = Needs { vm: true };
+    if opts.check {
+        let missing = report(needs)?;
+        if !missing.is_empty() {
+            bail!("missing: {} (run `cargo xtask setup`)", names(&missing));
+        }
+        println!("setup: nothing missing");
+        return Ok(());
+    }
+    let start = Instant::now();
+    let missing = report(needs)?;
+    install(&missing)?;
+    println!("setup: done in {:.1} s", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Installs whatever `needs` requires and is missing; silent when nothing is.
+pub fn ensure(needs: &Needs) -> Result<()> {
+    let mut missing = Vec::new();
+    for item in items(*needs) {
+        if item.missing()?.is_some() {
+            missing.push(item);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("setup: missing: {}; installing", names(&missing));
+    install(&missing)
+}
+
+/// Prints the state of every item `needs` requires and returns the missing ones.
+fn report(needs: Needs) -> Result<Vec<Item>> {
+    let mut missing = Vec::new();
+    for item in items(needs) {
+        match item.missing()? {
+            None => println!("setup: {}: present{}", item.name(), item.detail()?),
+            Some(what) => {
+                println!("setup: {}: missing {what}", item.name());
+                missing.push(item);
+            }
+        }
+    }
+    Ok(missing)
+}
+
+fn install(missing: &[Item]) -> Result<()> {
+    let mut apt = Apt::default();
+    for item in missing {
+        println!("setup: installing {}", item.name());
+        item.install(&mut apt)?;
+    }
+    Ok(())
+}
+
+fn names(items: &[Item]) -> String {
+    items.iter().map(Item::name).collect::<Vec<_>>().join(", ")
+}
+
+/// One thing setup can check and install. Order matters: apt first (bpf-linker links
+/// LLVM 22 from apt; kernels need apt-get download).
+enum Item {
+    Apt(Vec<&'static str>),
+    Nightly,
+    BpfLinker,
+    Kernel(Series),
+}
+
+fn items(needs: Needs) -> Vec<Item> {
+    let mut packages = BASE_PACKAGES.to_vec();
+    if needs.vm {
+        packages.extend_from_slice(VM_PACKAGES);
+    }
+    let mut items = vec![Item::Apt(packages), Item::Nightly, Item::BpfLinker];
+    if needs.vm {
+        items.extend(Series::ALL.map(Item::Kernel));
+    }
+    items
+}
+
+impl Item {
+    fn name(&self) -> String {
+        match self {
+            Item::Apt(_) => "apt packages".into(),
+            Item::Nightly => format!("nightly toolchain with {}", NIGHTLY_COMPONENTS.join(", ")),
+            Item::BpfLinker => format!("bpf-linker {BPF_LINKER_VERSION} (LLVM 22)"),
+            Item::Kernel(series) => format!("{series} VM kernel"),
+        }
+    }
+
+    /// None if present, otherwise what is missing.
+    fn missing(&self) -> Result<Option<String>> {
+        Ok(match self {
+            Item::Apt(packages) => {
+                let absent: Vec<_> = packages
+                    .iter()
+                    .filter(|p| !apt_installed(p))
+                    .copied()
+                    .collect();
+                (!absent.is_empty()).then(|| absent.join(" "))
+            }
+            Item::Nightly => missing_nightly(),
+            Item::BpfLinker => (!bpf_linker_present()).then(|| "bpf-linker".into()),
+            Item::Kernel(series) => match kernels::cached(*series)? {
+                Some(_) => None,
+                None => Some(format!("(none in {})", kernels::cache_dir()?.display())),
+            },
+        })
+    }
+
+    /// Which one is present, where that is worth saying.
+    fn detail(&self) -> Result<String> {
+        Ok(match self {
+            Item::Kernel(series) => match kernels::cached(*series)? {
+                Some(k) => format!(" ({} in {})", k.release, k.dir.display()),
+                None => String::new(),
+            },
+            _ => String::new(),
+        })
+    }
+
+    fn install(&self, apt: &mut Apt) -> Result<()> {
+        match self {
+            Item::Apt(packages) => {
+                let absent: Vec<_> = packages
+                    .iter()
+                    .filter(|p| !apt_installed(p))
+                    .copied()
+                    .collect();
+                apt.install(&absent)
+            }
+            Item::Nightly => install_nightly(),
+            Item::BpfLinker => install_bpf_linker(),
+            Item::Kernel(series) => kernels::install(*series, apt).map(drop),
+        }
+    }
+}
+
+fn apt_installed(package: &str) -> bool {
+    let mut query = Command::new("dpkg-query");
+    query.args(["-W", "-f=${db:Status-Abbrev}", package]);
+    cmd::output(&mut query).is_ok_and(|s| s.starts_with("ii"))
+}
+
+/// apt-get, run as root, with `apt-get update` at most once per xtask run and only when
+/// something is about to be installed or downloaded.
+#[derive(Default)]
+pub struct Apt {
+    updated: bool,
+}
+
+impl Apt {
+    pub fn update(&mut self) -> Result<()> {
+        if !self.updated {
+            cmd::run(cmd::as_root("apt-get").args(["update", "-q"]))?;
+            self.updated = true;
+        }
+        Ok(())
+    }
+
+    fn install(&mut self, packages: &[&str]) -> Result<()> {
+        if packages.is_empty() {
+            return Ok(());
+        }
+        self.update()?;
+        let mut get = cmd::as_root("apt-get");
+        get.env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(packages);
+        cmd::run(&mut get)
+    }
+}
+
+fn missing_nightly() -> Option<String> {
+    let installed = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .output();
+    let installed = match installed {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+        _ => return Some("the nightly toolchain".into()),
+    };
+    let absent: Vec<_> = NIGHTLY_COMPONENTS
+        .iter()
+        .filter(|c| {
+            !installed
+                .lines()
+                .any(|l| l.starts_with(&format!("{c}-")) || l == **c)
+        })
+        .copied()
+        .collect();
+    (!absent.is_empty()).then(|| absent.join(", "))
+}
+
+fn install_nightly() -> Result<()> {
+    // --profile minimal: the default profile would also fetch the docs.
+    cmd::run(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        "nightly",
+        "--profile",
+        "minimal",
+    ]))?;
+    let mut add = Command::new("rustup");
+    add.args(["component", "add", "--toolchain", "nightly"])
+        .args(NIGHTLY_COMPONENTS);
+    cmd::run(&mut add)
+}
+
+fn bpf_linker_present() -> bool {
+    let out = Command::new("bpf-linker").arg("--version").output();
+    let major_minor = BPF_LINKER_VERSION
+        .rsplit_once('.')
+        .map_or(BPF_LINKER_VERSION, |(mm, _)| mm);
+    out.is_ok_and(|o| {
+        o.status.success()
+            && String::from_utf8_lossy(&o.stdout).contains(&format!(" {major_minor}."))
+    })
+}
+
+/// Without LLVM_PREFIX, llvm-sys picks LLVM 14 from /usr/bin and the linker it builds
+/// cannot link what rustc's LLVM 22 emits.
+fn install_bpf_linker() -> Result<()> {
+    let mut install = cmd::cargo();
+    install
+        .env("LLVM_PREFIX", LLVM_PREFIX)
+        .args([
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--version",
+            BPF_LINKER_VERSION,
+        ])
+        .args(["--no-default-features", "--features", "llvm-22"]);
+    // Without CARGO_TARGET_DIR, cargo install builds in a temporary directory: keep this
+    // 2-minute tool build out of the workspace's target dir (and its lock).
+    install.env_remove("CARGO_TARGET_DIR");
+    cmd::run(&mut install)?;
+    if !bpf_linker_present() {
+        let home = env::var("CARGO_HOME").unwrap_or_else(|_| "~/.cargo".into());
+        bail!("bpf-linker was installed but is not on PATH: add {home}/bin to PATH");
+    }
+    Ok(())
+}

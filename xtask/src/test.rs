@@ -1,0 +1,166 @@
+//! `cargo xtask test`: the README's test command and what CI (`.ci/run`) runs. Sets up
+//! what is missing, then runs the stages in order, stopping at the first failure and
+//! saying how long each stage took.
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, ValueEnum};
+
+use crate::{cargo, cmd, kernels::Series, setup, vm_test};
+
+#[derive(Args)]
+pub struct Options {
+    /// Skip the VM tests (the `vm` stage).
+    #[arg(long)]
+    no_vm: bool,
+    /// Run only these stages (repeatable); `setup` always runs first.
+    #[arg(long, value_enum)]
+    only: Vec<Stage>,
+    /// Kernels for the `vm` stage (repeatable); default: all.
+    #[arg(long, value_enum)]
+    kernel: Vec<Series>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Stage {
+    /// Install what is missing (`cargo xtask setup`).
+    Setup,
+    /// `cargo fmt --all -- --check`
+    Fmt,
+    /// clippy -D warnings on every crate but the BPF one, all targets.
+    Clippy,
+    /// clippy -D warnings on ct-ebpf, for the BPF target with nightly.
+    ClippyBpf,
+    /// Unit tests of every crate that runs anywhere.
+    Unit,
+    /// Integration tests on this machine's kernel, as root.
+    Host,
+    /// Integration tests inside the VM kernels.
+    Vm,
+}
+
+const ORDER: [Stage; 7] = [
+    Stage::Setup,
+    Stage::Fmt,
+    Stage::Clippy,
+    Stage::ClippyBpf,
+    Stage::Unit,
+    Stage::Host,
+    Stage::Vm,
+];
+
+pub fn cmd(opts: &Options) -> Result<()> {
+    let stages: Vec<Stage> = ORDER.into_iter().filter(|s| selected(opts, *s)).collect();
+    let mut done: Vec<(Stage, Duration)> = Vec::new();
+    for stage in stages {
+        println!("\n==> {}", stage.name());
+        let start = Instant::now();
+        let result = run_stage(opts, stage);
+        let took = start.elapsed();
+        if let Err(e) = result {
+            print_times(&done);
+            bail!(
+                "stage `{}` failed after {:.1} s: {e:#}",
+                stage.name(),
+                took.as_secs_f64()
+            );
+        }
+        println!("<== {} ok ({:.1} s)", stage.name(), took.as_secs_f64());
+        done.push((stage, took));
+    }
+    print_times(&done);
+    println!("test: all stages passed");
+    Ok(())
+}
+
+fn selected(opts: &Options, stage: Stage) -> bool {
+    let vm_ok = !(opts.no_vm && stage == Stage::Vm);
+    vm_ok && (stage == Stage::Setup || opts.only.is_empty() || opts.only.contains(&stage))
+}
+
+fn run_stage(opts: &Options, stage: Stage) -> Result<()> {
+    match stage {
+        Stage::Setup => setup::ensure(&setup::Needs {
+            vm: selected(opts, Stage::Vm),
+        }),
+        Stage::Fmt => cmd::run(cmd::cargo().args(["fmt", "--all", "--", "--check"])),
+        Stage::Clippy => cmd::run(cmd::cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--exclude",
+            "ct-ebpf",
+            "--",
+            "-D",
+            "warnings",
+        ])),
+        Stage::ClippyBpf => clippy_bpf(),
+        Stage::Unit => cmd::run(cmd::cargo().args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "ctscope-tests",
+            "--exclude",
+            "ct-ebpf",
+        ])),
+        Stage::Host => host_tests(),
+        Stage::Vm => vm_test::cmd(&vm_test::Options {
+            kernel: opts.kernel.clone(),
+            ..Default::default()
+        }),
+    }
+}
+
+/// ct-ebpf only builds for bpfel-unknown-none, with nightly's build-std. `rustup run`
+/// rather than `cargo +nightly`: CARGO points at stable's cargo, not rustup's proxy.
+fn clippy_bpf() -> Result<()> {
+    let mut clippy = Command::new("rustup");
+    clippy
+        .args(["run", "nightly", "cargo", "clippy", "-p", "ct-ebpf"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--", "-D", "warnings"])
+        .current_dir(cmd::workspace_root());
+    cmd::run(&mut clippy)
+}
+
+/// The integration tests on this machine's kernel. They create network namespaces and
+/// load BPF, so they run as root; one at a time, because some change global sysctls.
+fn host_tests() -> Result<()> {
+    let ctscope = cargo::build_ctscope(false)?;
+    for test in cargo::build_tests(vm_test::TESTS_PACKAGE, false)? {
+        let mut run = cmd::as_root(&test);
+        run.args(["--test-threads", "1"])
+            .env("CTSCOPE_BIN", &ctscope)
+            // Where `cargo test` would run them.
+            .current_dir(cmd::workspace_root().join("tests"));
+        cmd::run(&mut run).context("host integration tests failed")?;
+    }
+    Ok(())
+}
+
+fn print_times(done: &[(Stage, Duration)]) {
+    if done.is_empty() {
+        return;
+    }
+    println!("\nstage times:");
+    for (stage, took) in done {
+        println!("  {:<11} {:>7.1} s", stage.name(), took.as_secs_f64());
+    }
+}
+
+impl Stage {
+    fn name(self) -> &'static str {
+        match self {
+            Stage::Setup => "setup",
+            Stage::Fmt => "fmt",
+            Stage::Clippy => "clippy",
+            Stage::ClippyBpf => "clippy-bpf",
+            Stage::Unit => "unit",
+            Stage::Host => "host",
+            Stage::Vm => "vm",
+        }
+    }
+}
