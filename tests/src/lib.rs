@@ -1,1 +1,12 @@
-//! Helpers for ctscope's integration tests.
+//! Helpers for ctscope's integration tests: network namespaces joined by veth, nftables
+//! rulesets, traffic generators, the kernel's own conntrack counters, and a driver for the
+//! `ctscope` binary. Everything here needs root and runs `ip`, `nft` and `conntrack`.
+
+pub mod cmd;
+pub mod ctscope;
+pub mod events;
+pub mod kernel;
+pub mod netns;
+pub mod nft;
+pub mod traffic;
+pub mod wait;

@@ -1,0 +1,211 @@
+//! Named network namespaces (deleted on drop, even when a test panics), veth links
+//! between them, and running code inside one.
+
+use std::{
+    fs::File,
+    net::Ipv4Addr,
+    os::unix::fs::MetadataExt,
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use nix::sched::{CloneFlags, setns};
+
+use crate::cmd;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace created with `ip netns add`, removed on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates `ctst-<pid>-<n>` with loopback up and IPv6 off, so router solicitations and
+    /// MLD reports do not add ICMPv6 entries that tests would have to filter out.
+    pub fn new() -> Self {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("ctst-{}-{n}", std::process::id());
+        cmd::run(&["ip", "netns", "add", &name]);
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        // Kernels booted without IPv6 have no such keys, and then nothing to silence.
+        if sysctl_path("net.ipv6.conf.all.disable_ipv6").exists() {
+            ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
+            ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1");
+        }
+        ns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The bind mount that keeps the namespace alive.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// The namespace inode, as ctscope reports it in `netns` and takes in `--netns`.
+    pub fn inode(&self) -> u64 {
+        let path = self.path();
+        std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+            .ino()
+    }
+
+    /// Runs `ip -n NAME ARGS`.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut argv = vec!["ip", "-n", &self.name];
+        argv.extend_from_slice(args);
+        cmd::run(&argv)
+    }
+
+    /// Runs `ip netns exec NAME ARGV` and returns stdout; panics if it fails.
+    pub fn exec(&self, argv: &[&str]) -> String {
+        cmd::run(&self.exec_argv(argv))
+    }
+
+    /// Like [`Netns::exec`] with `stdin`.
+    pub fn exec_with_input(&self, argv: &[&str], stdin: &str) -> String {
+        cmd::run_with_input(&self.exec_argv(argv), Some(stdin))
+    }
+
+    /// Runs `ip netns exec NAME ARGV` and returns the raw output, whatever the status.
+    pub fn exec_output(&self, argv: &[&str]) -> std::process::Output {
+        let full = self.exec_argv(argv);
+        cmd::output(&full, None).unwrap_or_else(|e| panic!("cannot run {full:?}: {e}"))
+    }
+
+    fn exec_argv<'a>(&'a self, argv: &[&'a str]) -> Vec<&'a str> {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(argv);
+        full
+    }
+
+    /// Runs `f` on a thread that has joined this namespace and returns its result.
+    /// Sockets created inside `f` stay in this namespace wherever they are used later.
+    /// A panic in `f` is re-raised here.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = self.path();
+        let handle = std::thread::spawn(move || {
+            // setns changes only the calling thread's namespace, hence the extra thread.
+            let file = File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+            setns(&file, CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("setns {}: {e}", path.display()));
+            f()
+        });
+        handle
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+
+    /// Sets a per-namespace sysctl (`net.netfilter.nf_conntrack_udp_timeout`, ...).
+    /// /proc/sys/net resolves to the namespace of the thread that opens it.
+    /// No restore is needed: the value dies with the namespace.
+    pub fn sysctl(&self, key: &str, value: &str) {
+        let path = sysctl_path(key);
+        let value = value.to_owned();
+        self.run(move || {
+            std::fs::write(&path, &value)
+                .unwrap_or_else(|e| panic!("write {value} to {}: {e}", path.display()))
+        });
+    }
+
+    /// Reads a per-namespace sysctl.
+    pub fn read_sysctl(&self, key: &str) -> String {
+        let path = sysctl_path(key);
+        self.run(move || {
+            std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+                .trim()
+                .to_owned()
+        })
+    }
+}
+
+impl Default for Netns {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Best effort: a failing delete must not turn a test failure into a double panic.
+        if let Err(e) = cmd::output(&["ip", "netns", "del", &self.name], None) {
+            eprintln!("warning: ip netns del {}: {e}", self.name);
+        }
+    }
+}
+
+/// Deletes `ctst-<pid>-<n>` namespaces left by test processes that no longer exist
+/// (killed before their guards ran). Returns how many were removed.
+pub fn remove_stale() -> usize {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return 0;
+    };
+    let stale: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| {
+            let pid = name.strip_prefix("ctst-").and_then(|r| r.split('-').next());
+            pid.is_some_and(|pid| !PathBuf::from("/proc").join(pid).exists())
+        })
+        .collect();
+    for name in &stale {
+        let _ = cmd::output(&["ip", "netns", "del", name], None);
+    }
+    stale.len()
+}
+
+/// `net.netfilter.x` → `/proc/sys/net/netfilter/x`.
+pub fn sysctl_path(key: &str) -> PathBuf {
+    PathBuf::from("/proc/sys").join(key.replace('.', "/"))
+}
+
+/// Two namespaces, client `c` and server `s`, joined by veth `vc` (in c) and `vs` (in s)
+/// on 10.200.`subnet`.0/24: c is .1, s is .2. Names are fixed because each link lives
+/// only inside its own fresh namespace.
+#[derive(Debug)]
+pub struct Pair {
+    pub c: Netns,
+    pub s: Netns,
+    pub c_addr: Ipv4Addr,
+    pub s_addr: Ipv4Addr,
+}
+
+/// The client-side veth name, as used in nft `oifname` rules.
+pub const C_IF: &str = "vc";
+/// The server-side veth name.
+pub const S_IF: &str = "vs";
+
+impl Pair {
+    pub fn new(subnet: u8) -> Self {
+        let (c, s) = (Netns::new(), Netns::new());
+        let c_addr = Ipv4Addr::new(10, 200, subnet, 1);
+        let s_addr = Ipv4Addr::new(10, 200, subnet, 2);
+        c.ip(&[
+            "link",
+            "add",
+            C_IF,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            S_IF,
+            "netns",
+            s.name(),
+        ]);
+        for (ns, ifname, addr) in [(&c, C_IF, c_addr), (&s, S_IF, s_addr)] {
+            ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", ifname]);
+            ns.ip(&["link", "set", ifname, "up"]);
+        }
+        Pair {
+            c,
+            s,
+            c_addr,
+            s_addr,
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Traffic between namespaces: UDP flows with chosen source ports, TCP connections that
+//! close cleanly, and the single-port SNAT clash. Sockets are created inside the
+//! namespace (see [`Netns::run`]).
+
+use std::{
+    io::{self, Read},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use crate::netns::Netns;
+
+/// A UDP socket bound in the server namespace. Receiving is unnecessary: its existence
+/// keeps the server from answering with ICMP port unreachable, which would add RELATED
+/// traffic to the client's conntrack.
+#[derive(Debug)]
+pub struct UdpSink {
+    _socket: UdpSocket,
+}
+
+impl UdpSink {
+    pub fn bind(ns: &Netns, addr: SocketAddrV4) -> Self {
+        let socket = ns.run(move || {
+            UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind UDP sink {addr}: {e}"))
+        });
+        UdpSink { _socket: socket }
+    }
+}
+
+/// Sends one datagram from `src:port` to `dst` for each port, each from its own socket:
+/// one new conntrack entry per port. Returns each `sendto` result in order (EPERM when
+/// netfilter dropped the packet, e.g. table full).
+pub fn udp_flows(
+    ns: &Netns,
+    src: Ipv4Addr,
+    ports: &[u16],
+    dst: SocketAddrV4,
+) -> Vec<io::Result<()>> {
+    let ports = ports.to_vec();
+    ns.run(move || {
+        ports
+            .iter()
+            .map(|&port| {
+                let socket = UdpSocket::bind(SocketAddrV4::new(src, port))
+                    .unwrap_or_else(|e| panic!("bind UDP {src}:{port}: {e}"));
+                socket.send_to(b"ctscope", dst).map(drop)
+            })
+            .collect()
+    })
+}
+
+/// `n` consecutive source ports starting at `first`.
+pub fn ports(first: u16, n: usize) -> Vec<u16> {
+    (0..n)
+        .map(|i| first.checked_add(i as u16).expect("port range overflows"))
+        .collect()
+}
+
+/// A TCP listener in the server namespace that accepts and immediately closes every
+/// connection, so the server sends the first FIN. Stopped and joined on drop.
+#[derive(Debug)]
+pub struct TcpCloser {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<usize>>,
+}
+
+impl TcpCloser {
+    pub fn start(ns: &Netns, addr: SocketAddrV4) -> Self {
+        let listener = ns.run(move || {
+            TcpListener::bind(addr).unwrap_or_else(|e| panic!("listen TCP {addr}: {e}"))
+        });
+        // Non-blocking so the loop can notice `stop` without a wake-up connection.
+        listener.set_nonblocking(true).expect("set_nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut accepted = 0;
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        accepted += 1;
+                        drop(stream);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    Err(e) => panic!("accept on {addr}: {e}"),
+                }
+            }
+            accepted
+        });
+        TcpCloser {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the listener and returns how many connections it accepted.
+    pub fn stop(mut self) -> usize {
+        self.join()
+    }
+
+    fn join(&mut self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take() {
+            Some(t) => t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            None => 0,
+        }
+    }
+}
+
+impl Drop for TcpCloser {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.join();
+        }
+    }
+}
+
+/// Opens `n` TCP connections from `ns` to `dst` (served by a [`TcpCloser`]), waits for the
+/// server's FIN on each, then closes: every conntrack entry ends in TIME_WAIT.
+/// Returns the client source ports, all distinct because the connections overlap.
+pub fn tcp_connections(ns: &Netns, dst: SocketAddrV4, n: usize) -> Vec<u16> {
+    ns.run(move || {
+        let streams: Vec<TcpStream> = (0..n)
+            .map(|i| {
+                TcpStream::connect_timeout(&dst.into(), Duration::from_secs(10))
+                    .unwrap_or_else(|e| panic!("TCP connect #{i} to {dst}: {e}"))
+            })
+            .collect();
+        let ports = streams
+            .iter()
+            .map(|s| s.local_addr().expect("local_addr").port())
+            .collect();
+        for mut stream in streams {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("set_read_timeout");
+            let mut buf = [0u8; 16];
+            let n = stream
+                .read(&mut buf)
+                .unwrap_or_else(|e| panic!("waiting for the server's FIN from {dst}: {e}"));
+            assert_eq!(n, 0, "the server sent data instead of closing");
+        }
+        ports
+    })
+}
+
+/// Outcome of [`snat_clash`].
+#[derive(Debug)]
+pub struct SnatClash {
+    /// Source ports of the two sockets, in sending order.
+    pub ports: [u16; 2],
+    pub first: io::Result<()>,
+    pub second: io::Result<()>,
+}
+
+/// Two UDP sockets send to `dst` (port 53, matched by [`crate::nft::snat_single_port`])
+/// from `src:ports[0]` then `src:ports[1]`. Both are rewritten to the one SNAT tuple; the
+/// second is dropped at confirm and `sendto` fails with EPERM.
+pub fn snat_clash(ns: &Netns, src: Ipv4Addr, ports: [u16; 2], dst: SocketAddrV4) -> SnatClash {
+    let mut results = udp_flows(ns, src, &ports, dst).into_iter();
+    SnatClash {
+        ports,
+        first: results.next().expect("two results"),
+        second: results.next().expect("two results"),
+    }
+}
+
+/// Whether `r` failed the way a netfilter drop of a locally sent packet fails.
+pub fn is_eperm(r: &io::Result<()>) -> bool {
+    matches!(r, Err(e) if e.raw_os_error() == Some(libc_eperm()))
+}
+
+fn libc_eperm() -> i32 {
+    nix::errno::Errno::EPERM as i32
+}

@@ -1,0 +1,104 @@
+//! ctscope integration scenarios in network namespaces, on the host and inside VMs.
+//!
+//! One libtest-mimic binary: `--test-threads 1`, name filters and the libtest summary
+//! work as usual. A scenario this kernel cannot run is an *ignored* trial, announced as
+//! `SKIPPED: <name>: <reason>` before the run, never a pass.
+//!
+//! Scenario trials need ctscope at tier 1 (kprobes). Each also has a `kernel_<name>`
+//! twin that runs the same traffic without ctscope and checks only the kernel's counters,
+//! so the reproducers are proven on kernels (like the project hosts) where ctscope has no
+//! tier 1; where the scenario itself runs, the twin is skipped as redundant.
+
+#[path = "integration/common.rs"]
+mod common;
+#[path = "integration/ctnetlink_delete.rs"]
+mod ctnetlink_delete;
+#[path = "integration/early_drop.rs"]
+mod early_drop;
+#[path = "integration/host_tier.rs"]
+mod host_tier;
+#[path = "integration/snat_port_clash.rs"]
+mod snat_port_clash;
+#[path = "integration/table_full.rs"]
+mod table_full;
+#[path = "integration/udp_tcp_flows.rs"]
+mod udp_tcp_flows;
+
+use common::{Env, Needs, Watch};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+/// A scenario that runs with ctscope watching, or kernel-only.
+type Scenario = fn(Watch);
+
+const SCENARIOS: &[(&str, Scenario)] = &[
+    ("udp_tcp_flows", udp_tcp_flows::run),
+    ("snat_port_clash", snat_port_clash::run),
+    ("table_full", table_full::run),
+    ("ctnetlink_delete", ctnetlink_delete::run),
+    ("early_drop", early_drop::run),
+];
+
+fn main() {
+    let args = Arguments::from_args();
+    let env = Env::detect();
+    env.describe();
+    let mut trials = Trials::default();
+    trials.add(&env, "host_tier", Needs::Root, host_tier::run);
+    let tier1 = env.unmet(Needs::Tier1).is_none();
+    for &(name, scenario) in SCENARIOS {
+        trials.add(&env, name, Needs::Tier1, move || scenario(Watch::Ctscope));
+        let twin_needs = if tier1 {
+            Needs::Redundant(name)
+        } else {
+            Needs::Root
+        };
+        trials.add(&env, &format!("kernel_{name}"), twin_needs, move || {
+            scenario(Watch::KernelOnly)
+        });
+    }
+    trials.announce_skips(&args);
+    libtest_mimic::run(&args, trials.list).exit();
+}
+
+/// The trials, and why each ignored one cannot run here.
+#[derive(Default)]
+struct Trials {
+    list: Vec<Trial>,
+    skipped: Vec<(String, String)>,
+}
+
+impl Trials {
+    /// Adds a trial that runs `body`, or an ignored one when `needs` is not met here.
+    fn add(&mut self, env: &Env, name: &str, needs: Needs, body: impl FnOnce() + Send + 'static) {
+        let trial = match env.unmet(needs) {
+            None => Trial::test(name, move || {
+                body();
+                Ok(())
+            }),
+            Some(reason) => {
+                self.skipped.push((name.to_owned(), reason.clone()));
+                // Run anyway (--ignored) it fails with the reason: a skip is never a pass.
+                Trial::test(name, move || {
+                    Err(Failed::from(format!("skipped: {reason}")))
+                })
+                .with_ignored_flag(true)
+            }
+        };
+        self.list.push(trial);
+    }
+
+    /// Prints `SKIPPED: <name>: <reason>` for every ignored trial the filters select.
+    fn announce_skips(&self, args: &Arguments) {
+        for (name, reason) in &self.skipped {
+            let selected = match &args.filter {
+                Some(f) if args.exact => name == f,
+                Some(f) => name.contains(f.as_str()),
+                None => true,
+            };
+            let excluded = args.skip.iter().any(|s| name.contains(s.as_str()));
+            if selected && !excluded && !args.list {
+                println!("SKIPPED: {name}: {reason}");
+            }
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! What every scenario shares: deciding what can run here, and a client/server namespace
+//! pair with conntrack enabled in the client and (optionally) ctscope watching it.
+
+use std::time::Duration;
+
+use ctscope_tests::{
+    cmd,
+    ctscope::{self, Events, EventsOpts, Probe},
+    events,
+    netns::{self, Pair},
+    nft, wait,
+};
+use serde_json::Value;
+
+/// UDP port of the sink in the server namespace.
+pub const UDP_PORT: u16 = 5300;
+/// TCP port of the server namespace's listener.
+pub const TCP_PORT: u16 = 8080;
+
+/// Whether ctscope watches a scenario or only the kernel's counters are checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Watch {
+    Ctscope,
+    KernelOnly,
+}
+
+/// What a trial needs from this machine.
+#[derive(Clone, Copy, Debug)]
+pub enum Needs {
+    /// Root and the `ip`, `nft`, `conntrack` tools.
+    Root,
+    /// Root, tools, and ctscope at tier 1 (kprobes).
+    Tier1,
+    /// Nothing, but it repeats the named scenario, which runs here.
+    Redundant(&'static str),
+}
+
+/// Facts about this machine, gathered once before the trials are built.
+#[derive(Debug)]
+pub struct Env {
+    root: bool,
+    missing_tools: Vec<&'static str>,
+    probe: Result<Probe, String>,
+}
+
+impl Env {
+    pub fn detect() -> Self {
+        let root = nix::unistd::geteuid().is_root();
+        let missing_tools: Vec<&str> = ["ip", "nft", "conntrack"]
+            .into_iter()
+            .filter(|t| !cmd::on_path(t))
+            .collect();
+        let probe = if root {
+            Probe::run()
+        } else {
+            Err("not root".into())
+        };
+        if root && missing_tools.is_empty() {
+            netns::remove_stale();
+        }
+        Env {
+            root,
+            missing_tools,
+            probe,
+        }
+    }
+
+    /// One line on what runs here, for logs from VMs.
+    pub fn describe(&self) {
+        let bin = ctscope::binary().map_or("none".into(), |b| b.display().to_string());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let probe = match &self.probe {
+            Ok(p) => format!("kprobes={:?} tier={:?}", p.kprobes(), p.tier()),
+            Err(e) => format!("unavailable ({e})"),
+        };
+        println!(
+            "ctscope-tests: kernel {} (CTSCOPE_VM_KERNEL={}), ctscope {bin}, probe {probe}",
+            kernel.trim(),
+            std::env::var("CTSCOPE_VM_KERNEL").unwrap_or_else(|_| "-".into()),
+        );
+    }
+
+    /// `None` if `needs` is met, else the reason.
+    pub fn unmet(&self, needs: Needs) -> Option<String> {
+        if let Needs::Redundant(name) = needs {
+            return Some(format!(
+                "kernel-only twin of `{name}`, which runs at tier 1 here"
+            ));
+        }
+        if !self.root {
+            return Some("needs root (network namespaces, nft, sysctls, BPF)".into());
+        }
+        if !self.missing_tools.is_empty() {
+            return Some(format!(
+                "missing tools on PATH: {}",
+                self.missing_tools.join(", ")
+            ));
+        }
+        match (needs, &self.probe) {
+            (Needs::Tier1, Err(e)) => Some(format!("needs tier 1, but the probe failed: {e}")),
+            (Needs::Tier1, Ok(p)) => p.tier1_missing(),
+            _ => None,
+        }
+    }
+}
+
+/// Prints a scenario's measurements when `CTSCOPE_TEST_VERBOSE` is set or inside the VMs
+/// (`CTSCOPE_VM_KERNEL`), whose logs are the record; quiet otherwise so libtest's
+/// one-line-per-test output stays readable.
+pub fn note(msg: impl AsRef<str>) {
+    let verbose = ["CTSCOPE_TEST_VERBOSE", "CTSCOPE_VM_KERNEL"];
+    if verbose.iter().any(|v| std::env::var_os(v).is_some()) {
+        eprintln!("  note: {}", msg.as_ref());
+    }
+}
+
+/// How long ctscope may take to deliver events after the kernel acted.
+pub fn event_wait() -> Duration {
+    wait::env_secs("CTSCOPE_TEST_EVENT_SECS", 20)
+}
+
+/// A client namespace `c` (conntrack enabled) and server `s` over veth, and ctscope
+/// watching `c` when asked. ctscope is declared first so it stops before the namespaces
+/// are deleted (fields drop in order).
+pub struct Ctx {
+    pub events: Option<Events>,
+    pub pair: Pair,
+    /// Inode of `c`: what ctscope reports in `netns`.
+    pub inode: u64,
+}
+
+impl Ctx {
+    /// Builds the pair on 10.200.`subnet`.0/24, enables conntrack in `c`, runs `setup`
+    /// (rulesets, timeouts), then starts ctscope filtered to `c` if `watch` says so.
+    pub fn new(watch: Watch, subnet: u8, setup: impl FnOnce(&Pair)) -> Self {
+        let pair = Pair::new(subnet);
+        nft::apply(&pair.c, nft::CT_ENABLE);
+        setup(&pair);
+        let inode = pair.c.inode();
+        let events = (watch == Watch::Ctscope).then(|| Events::start(&EventsOpts::netns(inode)));
+        Ctx {
+            events,
+            pair,
+            inode,
+        }
+    }
+
+    /// Waits until `done` holds for the events so far (true at once when not watching).
+    pub fn wait_events(&self, limit: Duration, done: impl Fn(&[Value]) -> bool) -> bool {
+        self.events
+            .as_ref()
+            .is_none_or(|ev| ev.wait_until(limit, done))
+    }
+
+    /// Number of events of `kind` (and `proto`) in `c` so far.
+    pub fn count(events: &[Value], kind: &str, inode: u64, proto: Option<&str>) -> usize {
+        events::select(events, kind, inode, proto).len()
+    }
+
+    /// Stops ctscope; checks it exited cleanly, printed only JSON and lost nothing.
+    /// `None` when not watching.
+    pub fn finish(&mut self) -> Option<Vec<Value>> {
+        let finished = self.events.take()?.stop();
+        finished.assert_clean();
+        events::assert_no_loss(&finished.events);
+        let all: Vec<&Value> = finished.events.iter().collect();
+        note(format!(
+            "ctscope events by kind: {}",
+            events::histogram(&all, "kind")
+        ));
+        Some(finished.events)
+    }
+}

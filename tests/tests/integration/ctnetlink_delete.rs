@@ -1,0 +1,107 @@
+//! Entries removed through ctnetlink: `conntrack -D` of one flow gives one `destroy` with
+//! reason `ctnetlink` and that flow's tuple; `conntrack -F` gives one such `destroy` per
+//! entry the table held before the flush.
+
+use std::{collections::BTreeSet, net::SocketAddrV4};
+
+use ctscope_tests::{
+    events::{self, Tuple},
+    kernel, traffic,
+};
+use serde_json::Value;
+
+use crate::common::{Ctx, UDP_PORT, Watch, event_wait};
+
+const FLOWS: usize = 5;
+
+pub fn run(watch: Watch) {
+    let mut ctx = Ctx::new(watch, 4, |_| {});
+    let p = &ctx.pair;
+    let dst = SocketAddrV4::new(p.s_addr, UDP_PORT);
+    let _sink = traffic::UdpSink::bind(&p.s, dst);
+    let ports = traffic::ports(22000, FLOWS);
+    for (port, r) in ports
+        .iter()
+        .zip(traffic::udp_flows(&p.c, p.c_addr, &ports, dst))
+    {
+        r.unwrap_or_else(|e| panic!("UDP flow from port {port}: {e}"));
+    }
+    assert_eq!(
+        kernel::ct_count(&p.c),
+        FLOWS as u64,
+        "entries after the traffic"
+    );
+
+    let want: BTreeSet<Tuple> = ports
+        .iter()
+        .map(|&sp| Tuple::new(p.c_addr, sp, p.s_addr, UDP_PORT))
+        .collect();
+    let victim = Tuple::new(p.c_addr, ports[0], p.s_addr, UDP_PORT);
+    let (src, dst_addr) = (p.c_addr.to_string(), p.s_addr.to_string());
+    let (sport, dport) = (ports[0].to_string(), UDP_PORT.to_string());
+    let filter = [
+        "-p", "udp", "-s", &src, "-d", &dst_addr, "--sport", &sport, "--dport", &dport,
+    ];
+    assert_eq!(
+        kernel::ct_delete(&p.c, &filter),
+        1,
+        "conntrack -D {filter:?}"
+    );
+    let before_flush = kernel::ct_count(&p.c);
+    assert_eq!(before_flush, FLOWS as u64 - 1, "entries after conntrack -D");
+
+    let inode = ctx.inode;
+    // Flush only after the delete's event arrived, so the two can be told apart.
+    ctx.wait_events(event_wait(), |ev| {
+        Ctx::count(ev, "destroy", inode, None) >= 1
+    });
+    let after_delete = ctx.events.as_ref().map(|e| e.snapshot());
+    kernel::ct_flush(&p.c);
+    assert_eq!(kernel::ct_count(&p.c), 0, "entries after conntrack -F");
+
+    let total = 1 + before_flush as usize;
+    ctx.wait_events(event_wait(), |ev| {
+        Ctx::count(ev, "destroy", inode, None) >= total
+    });
+    let Some(evs) = ctx.finish() else { return };
+
+    let deleted = events::select(
+        after_delete.as_deref().unwrap_or_default(),
+        "destroy",
+        inode,
+        None,
+    );
+    assert_eq!(
+        deleted.len(),
+        1,
+        "`destroy` events after conntrack -D:\n{}",
+        events::sample(&deleted)
+    );
+    assert_eq!(
+        Tuple::of(deleted[0], "orig"),
+        victim,
+        "deleted entry: {}",
+        deleted[0]
+    );
+
+    let destroys = events::select(&evs, "destroy", inode, None);
+    assert_eq!(
+        destroys.len(),
+        total,
+        "`destroy` events: 1 from -D + {before_flush} from -F (reasons {}):\n{}",
+        events::histogram(&destroys, "reason"),
+        events::sample(&destroys)
+    );
+    let not_ctnetlink: Vec<&Value> = destroys
+        .iter()
+        .copied()
+        .filter(|e| e["reason"] != "ctnetlink")
+        .collect();
+    assert!(
+        not_ctnetlink.is_empty(),
+        "reason must be ctnetlink:\n{}",
+        events::sample(&not_ctnetlink)
+    );
+    let got: BTreeSet<Tuple> = destroys.iter().map(|e| Tuple::of(e, "orig")).collect();
+    assert_eq!(got, want, "destroyed tuples");
+}

@@ -1,0 +1,91 @@
+//! Runs everywhere: `ctscope probe --json` is well-formed and honest about kprobes, and
+//! `ctscope events` loads and attaches whatever this kernel offers, then exits cleanly.
+
+use std::time::Duration;
+
+use ctscope_tests::ctscope::{self, Events, EventsOpts, Probe};
+use serde_json::Value;
+
+pub fn run() {
+    let probe = Probe::run().unwrap_or_else(|e| panic!("{e}"));
+    check_shape(&probe);
+    check_kprobes_honest(&probe);
+    check_tracepoints(&probe);
+    check_events_run();
+}
+
+/// Every field of the contract is present with its type.
+fn check_shape(probe: &Probe) {
+    let p = &probe.0;
+    assert!(p["kernel"].is_string(), "kernel: {p}");
+    for field in ["btf", "kprobes", "fentry", "tracepoints", "ringbuf"] {
+        assert!(p[field].is_boolean(), "{field} must be a bool: {p}");
+    }
+    let conntrack = p["conntrack"].as_str().unwrap_or("");
+    assert!(
+        ["builtin", "module", "absent"].contains(&conntrack),
+        "conntrack: {p}"
+    );
+    assert!(
+        p["tier"].is_null() || matches!(p["tier"].as_u64(), Some(1..=3)),
+        "tier must be 1, 2, 3 or null: {p}"
+    );
+    let hooks = p["hooks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("hooks must be an array: {p}"));
+    assert!(!hooks.is_empty(), "no hooks listed: {p}");
+    for h in hooks {
+        assert!(h["name"].is_string() && h["kind"].is_string(), "hook: {h}");
+        assert!(h["available"].is_boolean(), "hook: {h}");
+    }
+}
+
+/// Without kprobes: not tier 1, and every kprobe hook unavailable with a reason.
+fn check_kprobes_honest(probe: &Probe) {
+    if probe.kprobes() != Some(false) {
+        return;
+    }
+    assert_ne!(probe.tier(), Some(1), "tier 1 needs kprobes: {}", probe.0);
+    let kprobe_hook = |h: &&Value| matches!(h["kind"].as_str(), Some("kprobe" | "kretprobe"));
+    for h in probe.hooks().iter().filter(kprobe_hook) {
+        assert_eq!(
+            h["available"], false,
+            "kprobe hook available without kprobes: {h}"
+        );
+        let reason = h["reason"].as_str().unwrap_or("");
+        assert!(!reason.is_empty(), "unavailable hook without a reason: {h}");
+    }
+}
+
+/// Where tracepoints work, ctscope's tracepoint program loaded and attached.
+fn check_tracepoints(probe: &Probe) {
+    if probe.bool("tracepoints") != Some(true) {
+        return;
+    }
+    let tracepoint = |h: &&Value| {
+        let kind = h["kind"].as_str().unwrap_or("");
+        ["tp_btf", "tracepoint", "raw_tp", "raw_tracepoint"].contains(&kind)
+    };
+    let hooks: Vec<&Value> = probe.hooks().iter().filter(tracepoint).collect();
+    assert!(
+        hooks.iter().any(|h| h["available"] == true),
+        "tracepoints work here but no tracepoint hook is available: {hooks:?}"
+    );
+}
+
+/// `ctscope events --json --duration 1` attaches, exits 0, prints only JSON, no error.
+fn check_events_run() {
+    let opts = EventsOpts {
+        duration: Some(1.0),
+        ..Default::default()
+    };
+    let finished =
+        Events::start(&opts).wait_exit(ctscope::ready_timeout() + Duration::from_secs(20));
+    finished.assert_clean();
+    let errors = finished.error_lines();
+    assert!(
+        errors.is_empty(),
+        "ctscope events reported errors:\n{}",
+        errors.join("\n")
+    );
+}
