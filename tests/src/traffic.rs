@@ -54,6 +54,29 @@ pub fn udp_flows(
     })
 }
 
+/// Sends one datagram from a single socket on `src:sport` to each of `dports` on `dst`, as
+/// fast as one thread can: one new conntrack entry per destination port without a bind per
+/// flow. Returns how many sends failed and how long the sending took.
+pub fn udp_spray(
+    ns: &Netns,
+    src: SocketAddrV4,
+    dst: Ipv4Addr,
+    dports: std::ops::Range<u16>,
+) -> (usize, std::time::Duration) {
+    ns.run(move || {
+        let socket = UdpSocket::bind(src).unwrap_or_else(|e| panic!("bind UDP {src}: {e}"));
+        let start = std::time::Instant::now();
+        let failed = dports
+            .filter(|&port| {
+                socket
+                    .send_to(b"ctscope", SocketAddrV4::new(dst, port))
+                    .is_err()
+            })
+            .count();
+        (failed, start.elapsed())
+    })
+}
+
 /// `n` consecutive source ports starting at `first`.
 pub fn ports(first: u16, n: usize) -> Vec<u16> {
     (0..n)

@@ -15,6 +15,8 @@ mod common;
 mod ctnetlink_delete;
 #[path = "integration/early_drop.rs"]
 mod early_drop;
+#[path = "integration/flood.rs"]
+mod flood;
 #[path = "integration/host_tier.rs"]
 mod host_tier;
 #[path = "integration/snat_port_clash.rs"]
@@ -36,6 +38,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("table_full", table_full::run),
     ("ctnetlink_delete", ctnetlink_delete::run),
     ("early_drop", early_drop::run),
+    ("flood", flood::run),
 ];
 
 fn main() {
