@@ -1,5 +1,8 @@
-//! Builds the BPF object (`ct-ebpf`) with nightly and bpf-linker, and places it in OUT_DIR
-//! where `src/loader.rs` embeds it.
+//! Builds the BPF object (`ct-ebpf`) with bpf-linker and places it in OUT_DIR, where
+//! `src/loader.rs` embeds it.
+//!
+//! The toolchain is the one pinned in ct-ebpf/bpf-toolchain (its LLVM must match
+//! bpf-linker's), run with RUSTC_BOOTSTRAP=1 so that it accepts `-Z build-std=core`.
 //!
 //! `AYA_BUILD_SKIP=1` skips the BPF build and embeds an empty object instead, so the
 //! userspace code can be checked, linted and unit-tested on a machine without bpf-linker;
@@ -30,15 +33,34 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .ok_or_else(|| anyhow!("ct-ebpf manifest has no parent"))?
         .as_str();
+    let toolchain_file = format!("{root_dir}/bpf-toolchain");
+    println!("cargo:rerun-if-changed={toolchain_file}");
+    let toolchain = read_toolchain(&toolchain_file)?;
+    // SAFETY: build scripts are single-threaded; aya-build reads this variable and the
+    // cargo it spawns inherits it (it enables `-Z build-std` on a release toolchain).
+    unsafe { env::set_var("RUSTC_BOOTSTRAP", "1") };
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "ct-ebpf",
             root_dir,
             ..Default::default()
         }],
-        aya_build::Toolchain::default(),
+        aya_build::Toolchain::Custom(&toolchain),
     )
-    .context(
-        "building the BPF programs (needs nightly + rust-src and bpf-linker: `cargo xtask setup`)",
-    )
+    .with_context(|| {
+        format!(
+            "building the BPF programs (needs the {toolchain} toolchain with rust-src, and \
+             bpf-linker: run `cargo xtask setup`)"
+        )
+    })
+}
+
+/// The first line of ct-ebpf/bpf-toolchain that is not a comment.
+fn read_toolchain(path: &str) -> anyhow::Result<String> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .ok_or_else(|| anyhow!("{path} names no toolchain"))
 }

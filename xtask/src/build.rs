@@ -1,5 +1,5 @@
 //! `cargo xtask build [--release]`: builds ctscope; ct-user's build script builds the BPF
-//! object with nightly and bpf-linker and embeds it.
+//! object with the pinned BPF toolchain and bpf-linker and embeds it.
 use std::path::PathBuf;
 
 use anyhow::Result;

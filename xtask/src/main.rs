@@ -33,7 +33,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what a fresh Debian 12 machine needs (apt packages, nightly rust-src,
+    /// Install what a fresh Debian 12 machine needs (apt packages, the BPF toolchain's rust-src,
     /// bpf-linker, VM kernels); skips what is present.
     Setup(setup::Options),
     /// Build ctscope (and, through its build script, the BPF object).

@@ -3,7 +3,7 @@
 //! `cargo xtask run` / `test` work on a fresh clone.
 use std::{env, process::Command, time::Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
 use crate::{
@@ -44,7 +44,7 @@ const VM_PACKAGES: &[&str] = &[
     "xz-utils",
 ];
 /// rust-src for `-Z build-std=core`; clippy to lint the BPF crate for its own target.
-const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "clippy"];
+const BPF_TOOLCHAIN_COMPONENTS: &[&str] = &["rust-src", "clippy"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
@@ -112,7 +112,7 @@ fn names(items: &[Item]) -> String {
 /// LLVM 22 from apt; kernels need apt-get download).
 enum Item {
     Apt(Vec<&'static str>),
-    Nightly,
+    BpfToolchain,
     BpfLinker,
     Kernel(Series),
 }
@@ -122,7 +122,7 @@ fn items(needs: Needs) -> Vec<Item> {
     if needs.vm {
         packages.extend_from_slice(VM_PACKAGES);
     }
-    let mut items = vec![Item::Apt(packages), Item::Nightly, Item::BpfLinker];
+    let mut items = vec![Item::Apt(packages), Item::BpfToolchain, Item::BpfLinker];
     if needs.vm {
         items.extend(Series::ALL.map(Item::Kernel));
     }
@@ -133,7 +133,11 @@ impl Item {
     fn name(&self) -> String {
         match self {
             Item::Apt(_) => "apt packages".into(),
-            Item::Nightly => format!("nightly toolchain with {}", NIGHTLY_COMPONENTS.join(", ")),
+            Item::BpfToolchain => format!(
+                "BPF toolchain {} with {}",
+                bpf_toolchain().unwrap_or_default(),
+                BPF_TOOLCHAIN_COMPONENTS.join(", ")
+            ),
             Item::BpfLinker => format!("bpf-linker {BPF_LINKER_VERSION} (LLVM 22)"),
             Item::Kernel(series) => format!("{series} VM kernel"),
         }
@@ -150,7 +154,7 @@ impl Item {
                     .collect();
                 (!absent.is_empty()).then(|| absent.join(" "))
             }
-            Item::Nightly => missing_nightly(),
+            Item::BpfToolchain => missing_bpf_toolchain(),
             Item::BpfLinker => (!bpf_linker_present()).then(|| "bpf-linker".into()),
             Item::Kernel(series) => match kernels::cached(*series)? {
                 Some(_) => None,
@@ -180,7 +184,7 @@ impl Item {
                     .collect();
                 apt.install(&absent)
             }
-            Item::Nightly => install_nightly(),
+            Item::BpfToolchain => install_bpf_toolchain(),
             Item::BpfLinker => install_bpf_linker(),
             Item::Kernel(series) => kernels::install(*series, apt).map(drop),
         }
@@ -222,15 +226,36 @@ impl Apt {
     }
 }
 
-fn missing_nightly() -> Option<String> {
+/// The toolchain named in ct-ebpf/bpf-toolchain (first line that is not a comment).
+pub fn bpf_toolchain() -> Result<String> {
+    let path = cmd::workspace_root().join("ct-ebpf/bpf-toolchain");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .with_context(|| format!("{} names no toolchain", path.display()))
+}
+
+fn missing_bpf_toolchain() -> Option<String> {
+    let Ok(toolchain) = bpf_toolchain() else {
+        return Some("ct-ebpf/bpf-toolchain unreadable".into());
+    };
     let installed = Command::new("rustup")
-        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .args([
+            "component",
+            "list",
+            "--installed",
+            "--toolchain",
+            &toolchain,
+        ])
         .output();
     let installed = match installed {
         Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
-        _ => return Some("the nightly toolchain".into()),
+        _ => return Some(format!("the {toolchain} toolchain")),
     };
-    let absent: Vec<_> = NIGHTLY_COMPONENTS
+    let absent: Vec<_> = BPF_TOOLCHAIN_COMPONENTS
         .iter()
         .filter(|c| {
             !installed
@@ -242,19 +267,17 @@ fn missing_nightly() -> Option<String> {
     (!absent.is_empty()).then(|| absent.join(", "))
 }
 
-fn install_nightly() -> Result<()> {
+/// Installs the pinned BPF toolchain and its components. A pinned version never updates
+/// itself to a newer LLVM, which `rustup toolchain install nightly` would.
+fn install_bpf_toolchain() -> Result<()> {
+    let toolchain = bpf_toolchain()?;
+    let mut install = Command::new("rustup");
     // --profile minimal: the default profile would also fetch the docs.
-    cmd::run(Command::new("rustup").args([
-        "toolchain",
-        "install",
-        "nightly",
-        "--profile",
-        "minimal",
-    ]))?;
-    let mut add = Command::new("rustup");
-    add.args(["component", "add", "--toolchain", "nightly"])
-        .args(NIGHTLY_COMPONENTS);
-    cmd::run(&mut add)
+    install.args(["toolchain", "install", &toolchain, "--profile", "minimal"]);
+    for c in BPF_TOOLCHAIN_COMPONENTS {
+        install.args(["--component", c]);
+    }
+    cmd::run(&mut install)
 }
 
 fn bpf_linker_present() -> bool {

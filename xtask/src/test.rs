@@ -32,7 +32,7 @@ enum Stage {
     Fmt,
     /// clippy -D warnings on every crate but the BPF one, all targets.
     Clippy,
-    /// clippy -D warnings on ct-ebpf, for the BPF target with nightly.
+    /// clippy -D warnings on ct-ebpf, for the BPF target with the pinned BPF toolchain.
     ClippyBpf,
     /// Unit tests of every crate that runs anywhere.
     Unit,
@@ -116,14 +116,17 @@ fn run_stage(opts: &Options, stage: Stage) -> Result<()> {
     }
 }
 
-/// ct-ebpf only builds for bpfel-unknown-none, with nightly's build-std. `rustup run`
-/// rather than `cargo +nightly`: CARGO points at stable's cargo, not rustup's proxy.
+/// ct-ebpf only builds for bpfel-unknown-none with `-Z build-std=core`: the pinned BPF
+/// toolchain in bootstrap mode, as ct-user/build.rs builds it. `rustup run` rather than
+/// `cargo +toolchain`: CARGO points at stable's cargo, not rustup's proxy.
 fn clippy_bpf() -> Result<()> {
+    let toolchain = setup::bpf_toolchain()?;
     let mut clippy = Command::new("rustup");
     clippy
-        .args(["run", "nightly", "cargo", "clippy", "-p", "ct-ebpf"])
+        .args(["run", &toolchain, "cargo", "clippy", "-p", "ct-ebpf"])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .args(["--", "-D", "warnings"])
+        .env("RUSTC_BOOTSTRAP", "1")
         .current_dir(cmd::workspace_root());
     cmd::run(&mut clippy)
 }
