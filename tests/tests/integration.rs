@@ -13,6 +13,8 @@
 mod common;
 #[path = "integration/ctnetlink_delete.rs"]
 mod ctnetlink_delete;
+#[path = "integration/destroy_reasons.rs"]
+mod destroy_reasons;
 #[path = "integration/early_drop.rs"]
 mod early_drop;
 #[path = "integration/flood.rs"]
@@ -39,6 +41,8 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("ctnetlink_delete", ctnetlink_delete::run),
     ("early_drop", early_drop::run),
     ("flood", flood::run),
+    ("tcp_close", destroy_reasons::tcp_close),
+    ("netns_exit", destroy_reasons::netns_exit),
 ];
 
 fn main() {
