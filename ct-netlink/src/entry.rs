@@ -192,7 +192,10 @@ impl Status {
     pub const DYING: u32 = 1 << 9;
     pub const FIXED_TIMEOUT: u32 = 1 << 10;
     pub const TEMPLATE: u32 = 1 << 11;
-    pub const UNTRACKED: u32 = 1 << 12;
+    /// Bit 12: a NAT-clash reply-only entry (~5.7+); the same bit named the untracked
+    /// template before, which never appears in the table.
+    pub const NAT_CLASH: u32 = 1 << 12;
+    pub const UNTRACKED: u32 = Self::NAT_CLASH;
     pub const HELPER: u32 = 1 << 13;
     pub const OFFLOAD: u32 = 1 << 14;
     pub const HW_OFFLOAD: u32 = 1 << 15;
@@ -210,7 +213,7 @@ impl Status {
         "DYING",
         "FIXED_TIMEOUT",
         "TEMPLATE",
-        "UNTRACKED",
+        "NAT_CLASH",
         "HELPER",
         "OFFLOAD",
         "HW_OFFLOAD",
@@ -242,8 +245,12 @@ impl Status {
             .collect()
     }
 
-    /// Bit for a name accepted by `conntrack -u` (case-insensitive).
+    /// Bit for a name accepted by `conntrack -u` (case-insensitive; `UNTRACKED`, its name
+    /// for bit 12, is accepted too).
     pub fn bit_from_name(name: &str) -> Option<u32> {
+        if name.eq_ignore_ascii_case("UNTRACKED") {
+            return Some(Self::UNTRACKED);
+        }
         Self::NAMES
             .iter()
             .position(|n| n.eq_ignore_ascii_case(name))

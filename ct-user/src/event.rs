@@ -8,13 +8,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ct_common::{
     Cause, DestroyReason, Event, EventKind, FLAG_FROM_CTNETLINK, FLAG_HAS_WINNER, Tuple,
 };
+use ct_netlink::{Status, TcpState, proto};
 use serde::Serialize;
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_ICMPV6: u8 = 58;
 
 /// One line of `ctscope events`.
 #[derive(Clone, Debug, Serialize)]
@@ -54,9 +52,10 @@ pub struct CtEvent {
     pub family: &'static str,
     pub orig: Side,
     pub reply: Side,
-    pub status: Vec<&'static str>,
+    /// Serialized as the list of set flag names, as ct-netlink names them.
+    pub status: Status,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tcp_state: Option<&'static str>,
+    pub tcp_state: Option<TcpState>,
     pub mark: u32,
     pub zone: u16,
     /// Inode of the entry's network namespace.
@@ -89,9 +88,9 @@ pub enum Proto {
 
 impl Proto {
     pub fn from_number(n: u8) -> Self {
-        match proto_name(n) {
-            Some(name) => Self::Name(name),
-            None => Self::Number(n),
+        match proto::name(n) {
+            "unknown" => Self::Number(n),
+            name => Self::Name(name),
         }
     }
 }
@@ -103,21 +102,6 @@ impl std::fmt::Display for Proto {
             Self::Number(n) => write!(f, "{n}"),
         }
     }
-}
-
-/// Protocol names as conntrack(8) prints them.
-pub fn proto_name(n: u8) -> Option<&'static str> {
-    Some(match n {
-        1 => "icmp",
-        6 => "tcp",
-        17 => "udp",
-        33 => "dccp",
-        47 => "gre",
-        58 => "icmpv6",
-        132 => "sctp",
-        136 => "udplite",
-        _ => return None,
-    })
 }
 
 /// One direction of a tuple.
@@ -157,7 +141,7 @@ impl Side {
             code: None,
             id: None,
         };
-        if l4 == IPPROTO_ICMP || l4 == IPPROTO_ICMPV6 {
+        if l4 == proto::ICMP || l4 == proto::ICMPV6 {
             let [ty, code] = t.dport.to_le_bytes();
             side.icmp_type = Some(ty);
             side.code = Some(code);
@@ -172,53 +156,10 @@ impl Side {
 
 /// Protocols whose tuple carries ports.
 fn has_ports(l4: u8) -> bool {
-    matches!(l4, 6 | 17 | 33 | 132 | 136)
-}
-
-/// Status bit names as conntrack(8) and the kernel's enum ip_conntrack_status name them.
-pub const STATUS_BITS: [&str; 16] = [
-    "EXPECTED",
-    "SEEN_REPLY",
-    "ASSURED",
-    "CONFIRMED",
-    "SRC_NAT",
-    "DST_NAT",
-    "SEQ_ADJUST",
-    "SRC_NAT_DONE",
-    "DST_NAT_DONE",
-    "DYING",
-    "FIXED_TIMEOUT",
-    "TEMPLATE",
-    "NAT_CLASH",
-    "HELPER",
-    "OFFLOAD",
-    "HW_OFFLOAD",
-];
-
-pub fn status_names(status: u32) -> Vec<&'static str> {
-    STATUS_BITS
-        .iter()
-        .enumerate()
-        .filter(|(bit, _)| status & (1 << bit) != 0)
-        .map(|(_, name)| *name)
-        .collect()
-}
-
-/// `enum tcp_conntrack` names.
-pub fn tcp_state_name(s: u8) -> &'static str {
-    match s {
-        0 => "NONE",
-        1 => "SYN_SENT",
-        2 => "SYN_RECV",
-        3 => "ESTABLISHED",
-        4 => "FIN_WAIT",
-        5 => "CLOSE_WAIT",
-        6 => "LAST_ACK",
-        7 => "TIME_WAIT",
-        8 => "CLOSE",
-        9 => "SYN_SENT2",
-        _ => "UNKNOWN",
-    }
+    matches!(
+        l4,
+        proto::TCP | proto::UDP | proto::DCCP | proto::SCTP | proto::UDPLITE
+    )
 }
 
 pub fn kind_name(k: EventKind) -> &'static str {
@@ -346,9 +287,9 @@ pub fn decode(raw: &Event, clock: &Clock) -> Option<CtEvent> {
         },
         orig: Side::decode(&raw.orig, family, l4),
         reply: Side::decode(&raw.reply, family, l4),
-        status: status_names(raw.status),
-        tcp_state: (l4 == IPPROTO_TCP && kind != EventKind::TableFull)
-            .then(|| tcp_state_name(raw.tcp_state)),
+        status: Status(raw.status),
+        tcp_state: (l4 == proto::TCP && kind != EventKind::TableFull)
+            .then_some(TcpState(raw.tcp_state)),
         mark: raw.mark,
         zone: raw.zone,
         netns: raw.netns,
@@ -396,14 +337,14 @@ mod tests {
         assert_eq!(ev.orig.sport, Some(5353));
         assert_eq!(ev.orig.dport, Some(53));
         assert_eq!(ev.timeout, Some(30));
-        assert_eq!(ev.status, vec!["SRC_NAT", "SRC_NAT_DONE"]);
+        assert_eq!(ev.status.names(), vec!["SRC_NAT", "SRC_NAT_DONE"]);
         assert!(ev.winner.is_some());
     }
 
     #[test]
     fn icmp_tuple_has_type_code_id() {
         let mut raw = udp_event();
-        raw.l4proto = IPPROTO_ICMP;
+        raw.l4proto = proto::ICMP;
         raw.orig.sport = u16::from_le_bytes(0x1234u16.to_be_bytes());
         raw.orig.dport = u16::from_le_bytes([8, 0]);
         let ev = decode(

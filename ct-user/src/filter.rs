@@ -3,7 +3,9 @@
 
 use std::{net::IpAddr, os::unix::fs::MetadataExt, path::Path};
 
-use crate::event::{CtEvent, Side, proto_name};
+use ct_netlink::proto;
+
+use crate::event::{CtEvent, Side};
 
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
@@ -45,13 +47,11 @@ fn touches(side: &Side, a: IpAddr) -> bool {
 
 /// `--proto`: a name conntrack(8) knows, or a number.
 pub fn parse_proto(s: &str) -> Result<u8, String> {
-    if let Ok(n) = s.parse::<u8>() {
-        return Ok(n);
-    }
-    let lower = s.to_ascii_lowercase();
-    (0..=255u8)
-        .find(|&n| proto_name(n) == Some(lower.as_str()))
-        .ok_or_else(|| format!("unknown protocol {s:?}: use tcp, udp, icmp, icmpv6, sctp, dccp, gre, udplite or a number"))
+    proto::from_name(s).ok_or_else(|| {
+        format!(
+            "unknown protocol {s:?}: use tcp, udp, icmp, icmpv6, sctp, dccp, gre, udplite or a number"
+        )
+    })
 }
 
 /// `--netns`: an inode number, a name under /run/netns, or a path such as /proc/PID/ns/net.

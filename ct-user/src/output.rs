@@ -44,15 +44,15 @@ pub fn text_line(ev: &CtEvent, timestamp: bool) -> String {
         s.push_str(&format!("{} ", t.max(0)));
     }
     if let Some(state) = ev.tcp_state {
-        s.push_str(state);
+        s.push_str(state.name());
         s.push(' ');
     }
     push_side(&mut s, &ev.orig);
-    if !ev.status.contains(&"SEEN_REPLY") {
+    if ev.status.is_unreplied() {
         s.push_str("[UNREPLIED] ");
     }
     push_side(&mut s, &ev.reply);
-    if ev.status.contains(&"ASSURED") {
+    if ev.status.is_assured() {
         s.push_str("[ASSURED] ");
     }
     s.push_str(&format!("mark={} ", ev.mark));
