@@ -14,6 +14,7 @@ use anyhow::{Context as _, Result};
 use crate::{cmd, initramfs};
 
 /// What the console showed.
+#[derive(Default)]
 pub struct Outcome {
     /// The script's exit status, if the init got to report it.
     pub exit_code: Option<i32>,
@@ -33,13 +34,7 @@ pub fn boot(vmlinuz: &Path, initrd: &Path, timeout: Duration) -> Result<Outcome>
         .spawn()
         .context("cannot start qemu-system-x86_64 (run `cargo xtask setup`)")?;
     let lines = spawn_reader(child.stdout.take().context("no stdout pipe")?);
-    let mut outcome = Outcome {
-        exit_code: None,
-        boot: None,
-        total: Duration::ZERO,
-        timed_out: false,
-        lines: Vec::new(),
-    };
+    let mut outcome = Outcome::default();
     let deadline = start + timeout;
     loop {
         match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
@@ -157,13 +152,7 @@ mod tests {
 
     #[test]
     fn exit_marker_is_found_inside_a_kernel_line() {
-        let mut outcome = Outcome {
-            exit_code: None,
-            boot: None,
-            total: Duration::ZERO,
-            timed_out: false,
-            lines: Vec::new(),
-        };
+        let mut outcome = Outcome::default();
         let start = Instant::now();
         observe(&mut outcome, "CTSCOPE-VM-READY 6.12", start);
         observe(&mut outcome, "[ 5.1] foo CTSCOPE-VM-EXIT=101", start);

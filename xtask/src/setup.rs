@@ -147,11 +147,7 @@ impl Item {
     fn missing(&self) -> Result<Option<String>> {
         Ok(match self {
             Item::Apt(packages) => {
-                let absent: Vec<_> = packages
-                    .iter()
-                    .filter(|p| !apt_installed(p))
-                    .copied()
-                    .collect();
+                let absent = absent_packages(packages);
                 (!absent.is_empty()).then(|| absent.join(" "))
             }
             Item::BpfToolchain => missing_bpf_toolchain(),
@@ -176,14 +172,7 @@ impl Item {
 
     fn install(&self, apt: &mut Apt) -> Result<()> {
         match self {
-            Item::Apt(packages) => {
-                let absent: Vec<_> = packages
-                    .iter()
-                    .filter(|p| !apt_installed(p))
-                    .copied()
-                    .collect();
-                apt.install(&absent)
-            }
+            Item::Apt(packages) => apt.install(&absent_packages(packages)),
             Item::BpfToolchain => install_bpf_toolchain(),
             Item::BpfLinker => install_bpf_linker(),
             Item::Kernel(series) => kernels::install(*series, apt).map(drop),
@@ -236,6 +225,14 @@ pub fn bpf_toolchain() -> Result<String> {
         .find(|l| !l.is_empty() && !l.starts_with('#'))
         .map(String::from)
         .with_context(|| format!("{} names no toolchain", path.display()))
+}
+
+fn absent_packages<'a>(packages: &[&'a str]) -> Vec<&'a str> {
+    packages
+        .iter()
+        .filter(|p| !apt_installed(p))
+        .copied()
+        .collect()
 }
 
 fn missing_bpf_toolchain() -> Option<String> {
