@@ -13,7 +13,12 @@ use crate::{filter, loader::DEFAULT_RING_BYTES};
 /// entry, every removal with its reason, and every insert failure with its cause.
 /// Needs root (or CAP_BPF + CAP_PERFMON, and CAP_NET_ADMIN for ctnetlink).
 #[derive(Debug, Parser)]
-#[command(name = "ctscope", version, propagate_version = true)]
+#[command(
+    name = "ctscope",
+    version,
+    propagate_version = true,
+    after_help = "Exit status: 0 success, 1 error (the message says what to do), 2 usage error."
+)]
 pub struct Cli {
     /// Log level for diagnostics on stderr (error, warn, info, debug, trace).
     #[arg(long, global = true, default_value = "warn", env = "CTSCOPE_LOG")]
@@ -76,7 +81,8 @@ pub struct EventsArgs {
 pub struct FilterArgs {
     /// Only these kinds (comma-separated): new, destroy, insert_failed, clash_resolved,
     /// table_full, early_drop.
-    #[arg(long, value_delimiter = ',', value_name = "KIND")]
+    #[arg(long, value_delimiter = ',', value_name = "KIND",
+          value_parser = clap::builder::PossibleValuesParser::new(KINDS))]
     pub kind: Vec<String>,
 
     /// Only this network namespace: a name under /run/netns, a path such as
@@ -123,11 +129,8 @@ pub const KINDS: [&str; 6] = [
 ];
 
 impl FilterArgs {
-    pub fn resolve(&self) -> Result<filter::Filter, String> {
-        if let Some(bad) = self.kind.iter().find(|k| !KINDS.contains(&k.as_str())) {
-            return Err(format!("unknown --kind {bad:?}: use {}", KINDS.join(", ")));
-        }
-        Ok(filter::Filter {
+    pub fn resolve(&self) -> filter::Filter {
+        filter::Filter {
             kinds: self.kind.clone(),
             netns: self.netns,
             proto: self.proto,
@@ -137,7 +140,7 @@ impl FilterArgs {
             port: self.port,
             sport: self.sport,
             dport: self.dport,
-        })
+        }
     }
 }
 
@@ -176,7 +179,7 @@ mod tests {
         assert_eq!(args.count, Some(5));
         assert_eq!(args.filter.proto, Some(17));
         assert_eq!(args.filter.kind, vec!["new", "destroy"]);
-        assert!(args.filter.resolve().is_ok());
+        assert_eq!(args.filter.resolve().kinds, vec!["new", "destroy"]);
     }
 
     #[test]
@@ -185,15 +188,11 @@ mod tests {
         assert!(err.to_string().contains("70000"));
         let err = Cli::try_parse_from(["ctscope", "events", "-p", "bogus"]).unwrap_err();
         assert!(err.to_string().contains("unknown protocol"));
-        let cli = Cli::try_parse_from(["ctscope", "events", "--kind", "nope"]).unwrap();
-        let Command::Events(args) = cli.command else {
-            panic!("not events")
-        };
+        let err = Cli::try_parse_from(["ctscope", "events", "--kind", "nope"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
         assert!(
-            args.filter
-                .resolve()
-                .unwrap_err()
-                .contains("unknown --kind")
+            err.to_string().contains("insert_failed"),
+            "lists the kinds: {err}"
         );
     }
 }

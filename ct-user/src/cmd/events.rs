@@ -26,7 +26,7 @@ use crate::{
 const LOSS_POLL: Duration = Duration::from_millis(200);
 
 pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
-    let filter = args.filter.resolve().map_err(anyhow::Error::msg)?;
+    let filter = args.filter.resolve();
     if args.duration.is_some_and(|d| !(d.is_finite() && d > 0.0)) {
         bail!("--duration must be a positive number of seconds");
     }
