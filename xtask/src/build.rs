@@ -18,6 +18,6 @@ pub struct Options {
 pub fn cmd(opts: &Options) -> Result<PathBuf> {
     setup::ensure(&setup::Needs { vm: false })?;
     let ctscope = cargo::build_ctscope(opts.release)?;
-    println!("build: {}", ctscope.display());
+    eprintln!("build: {}", ctscope.display());
     Ok(ctscope)
 }

@@ -171,7 +171,7 @@ pub fn install(series: Series, apt: &mut Apt) -> Result<Kernel> {
         fs::remove_dir_all(&dir)?;
     }
     fs::rename(&partial, &dir)?;
-    println!(
+    eprintln!(
         "setup: {series} VM kernel {release} unpacked into {}",
         dir.display()
     );

@@ -55,13 +55,13 @@ pub fn cmd(opts: &Options) -> Result<()> {
         if !missing.is_empty() {
             bail!("missing: {} (run `cargo xtask setup`)", names(&missing));
         }
-        println!("setup: nothing missing");
+        eprintln!("setup: nothing missing");
         return Ok(());
     }
     let start = Instant::now();
     let missing = report(needs)?;
     install(&missing)?;
-    println!("setup: done in {:.1} s", start.elapsed().as_secs_f64());
+    eprintln!("setup: done in {:.1} s", start.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -76,7 +76,7 @@ pub fn ensure(needs: &Needs) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    println!("setup: missing: {}; installing", names(&missing));
+    eprintln!("setup: missing: {}; installing", names(&missing));
     install(&missing)
 }
 
@@ -85,9 +85,9 @@ fn report(needs: Needs) -> Result<Vec<Item>> {
     let mut missing = Vec::new();
     for item in items(needs) {
         match item.missing()? {
-            None => println!("setup: {}: present{}", item.name(), item.detail()?),
+            None => eprintln!("setup: {}: present{}", item.name(), item.detail()?),
             Some(what) => {
-                println!("setup: {}: missing {what}", item.name());
+                eprintln!("setup: {}: missing {what}", item.name());
                 missing.push(item);
             }
         }
@@ -98,7 +98,7 @@ fn report(needs: Needs) -> Result<Vec<Item>> {
 fn install(missing: &[Item]) -> Result<()> {
     let mut apt = Apt::default();
     for item in missing {
-        println!("setup: installing {}", item.name());
+        eprintln!("setup: installing {}", item.name());
         item.install(&mut apt)?;
     }
     Ok(())
