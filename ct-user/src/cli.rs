@@ -3,7 +3,8 @@
 
 use std::{net::IpAddr, path::PathBuf};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum, error::ErrorKind};
+use ct_netlink::{Family, TupleFilter};
 
 use crate::{filter, loader::DEFAULT_RING_BYTES};
 
@@ -36,6 +37,232 @@ pub enum Command {
     /// Stream conntrack events: new, destroy (with reason), insert_failed (with cause),
     /// clash_resolved, table_full, early_drop, and lost (ring buffer overflow).
     Events(EventsArgs),
+    /// List the conntrack table through ctnetlink, in `conntrack -L` text or JSON.
+    List(ListArgs),
+    /// Count the entries of the table (`conntrack -C`), per namespace with --all-netns.
+    Count(CountArgs),
+    /// Per-CPU conntrack counters (`conntrack -S`) and the table size and limit.
+    Stats(StatsArgs),
+    /// Delete the entries matching the filters (`conntrack -D`); at least one filter.
+    Delete(DeleteArgs),
+    /// Delete every entry, or every entry of one family (`conntrack -F`).
+    Flush(FlushArgs),
+}
+
+impl Cli {
+    /// Checks clap cannot express; a failure is a usage error (exit 2).
+    pub fn validate(&self) -> Result<(), clap::Error> {
+        match &self.command {
+            Command::List(a) => a.filter.check_families("list"),
+            Command::Delete(a) if a.filter.is_empty() => Err(usage_error(
+                "delete",
+                ErrorKind::MissingRequiredArgument,
+                "delete needs at least one filter (-p, -s, -d, --sport, --dport, --mark, \
+                 --zone, -f); to delete every entry use `ctscope flush`",
+            )),
+            Command::Delete(a) => a.filter.check_families("delete"),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A clap error in the style (and with the usage line) of subcommand `sub`.
+fn usage_error(sub: &str, kind: ErrorKind, msg: impl std::fmt::Display) -> clap::Error {
+    let mut cmd = Cli::command();
+    cmd.build();
+    match cmd.find_subcommand_mut(sub) {
+        Some(sub) => sub.error(kind, msg),
+        None => cmd.error(kind, msg),
+    }
+}
+
+/// Where a table command looks: one namespace, or all of them.
+#[derive(Debug, Args, Default)]
+pub struct NetnsArgs {
+    /// The network namespace to use: a name under /run/netns, a path such as
+    /// /proc/PID/ns/net, or an inode. Default: ctscope's own.
+    #[arg(long, value_name = "NS")]
+    pub netns: Option<String>,
+
+    /// Every network namespace (of processes and under /run/netns), each result tagged
+    /// with its namespace inode; namespaces without ctnetlink are skipped.
+    #[arg(long, conflicts_with = "netns")]
+    pub all_netns: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// One JSON object per entry and line instead of `conntrack -L` text.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub filter: TableFilterArgs,
+
+    #[command(flatten)]
+    pub netns: NetnsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CountArgs {
+    /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub netns: NetnsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// JSON (per-CPU objects and totals) instead of `conntrack -S` text.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub netns: NetnsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    #[command(flatten)]
+    pub filter: TableFilterArgs,
+
+    /// The network namespace: a name under /run/netns, a /proc/PID/ns/net path, or an
+    /// inode. Default: ctscope's own.
+    #[arg(long, value_name = "NS")]
+    pub netns: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct FlushArgs {
+    /// Only entries of this family.
+    #[arg(long, short = 'f', value_enum)]
+    pub family: Option<FamilyArg>,
+
+    /// The network namespace: a name under /run/netns, a /proc/PID/ns/net path, or an
+    /// inode. Default: ctscope's own.
+    #[arg(long, value_name = "NS")]
+    pub netns: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FamilyArg {
+    Ipv4,
+    Ipv6,
+}
+
+impl From<FamilyArg> for Family {
+    fn from(f: FamilyArg) -> Self {
+        match f {
+            FamilyArg::Ipv4 => Family::Ipv4,
+            FamilyArg::Ipv6 => Family::Ipv6,
+        }
+    }
+}
+
+/// Entry filters of `list` and `delete`; every one given must match.
+#[derive(Debug, Args, Default)]
+pub struct TableFilterArgs {
+    /// Only this protocol: tcp, udp, icmp, icmpv6, sctp, dccp, gre, udplite or a number.
+    #[arg(long, short = 'p', value_name = "PROTO", value_parser = filter::parse_proto)]
+    pub proto: Option<u8>,
+
+    /// Only this original-direction source address.
+    #[arg(long, short = 's', value_name = "ADDR")]
+    pub src: Option<IpAddr>,
+
+    /// Only this original-direction destination address.
+    #[arg(long, short = 'd', value_name = "ADDR")]
+    pub dst: Option<IpAddr>,
+
+    /// Only this original-direction source port.
+    #[arg(long, value_name = "PORT")]
+    pub sport: Option<u16>,
+
+    /// Only this original-direction destination port.
+    #[arg(long, value_name = "PORT")]
+    pub dport: Option<u16>,
+
+    /// Only entries whose mark, masked, equals MARK: `MARK` or `MARK/MASK` (decimal or 0x).
+    #[arg(long, short = 'm', value_name = "MARK[/MASK]", value_parser = parse_mark)]
+    pub mark: Option<(u32, u32)>,
+
+    /// Only this conntrack zone (0 is the default zone).
+    #[arg(long, short = 'w', value_name = "ZONE")]
+    pub zone: Option<u16>,
+
+    /// Only this address family.
+    #[arg(long, short = 'f', value_enum)]
+    pub family: Option<FamilyArg>,
+}
+
+impl TableFilterArgs {
+    pub fn is_empty(&self) -> bool {
+        self.proto.is_none()
+            && self.src.is_none()
+            && self.dst.is_none()
+            && self.sport.is_none()
+            && self.dport.is_none()
+            && self.mark.is_none()
+            && self.zone.is_none()
+            && self.family.is_none()
+    }
+
+    /// The family the filter implies (from -f or the addresses).
+    fn families(&self) -> Vec<Family> {
+        let addrs = [self.src, self.dst].into_iter().flatten();
+        self.family
+            .map(Family::from)
+            .into_iter()
+            .chain(addrs.map(|a| Family::of(&a)))
+            .collect()
+    }
+
+    /// -f and the addresses must agree on the family, or nothing could match.
+    fn check_families(&self, sub: &str) -> Result<(), clap::Error> {
+        let fams = self.families();
+        match fams.iter().find(|f| **f != fams[0]) {
+            Some(_) => Err(usage_error(
+                sub,
+                ErrorKind::ArgumentConflict,
+                "the family (-f) and the addresses (-s, -d) disagree: use one family",
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// The ct-netlink filter (its family taken from -f or the addresses).
+    pub fn tuple_filter(&self) -> TupleFilter {
+        TupleFilter {
+            family: self.families().first().copied(),
+            proto: self.proto,
+            orig_src: self.src,
+            orig_dst: self.dst,
+            orig_src_port: self.sport,
+            orig_dst_port: self.dport,
+            mark: self.mark,
+            zone: self.zone,
+            ..TupleFilter::default()
+        }
+    }
+}
+
+/// `--mark`: `MARK` (mask all ones) or `MARK/MASK`, each decimal or 0x-hex.
+pub fn parse_mark(s: &str) -> Result<(u32, u32), String> {
+    let num = |t: &str| {
+        let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+            Some(hex) => u32::from_str_radix(hex, 16),
+            None => t.parse(),
+        };
+        parsed.map_err(|_| {
+            format!("bad mark {s:?}: use MARK or MARK/MASK (decimal or 0x hex, 32 bits)")
+        })
+    };
+    match s.split_once('/') {
+        Some((m, mask)) => Ok((num(m)?, num(mask)?)),
+        None => Ok((num(s)?, u32::MAX)),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -194,5 +421,61 @@ mod tests {
             err.to_string().contains("insert_failed"),
             "lists the kinds: {err}"
         );
+    }
+
+    #[test]
+    fn table_filters_parse() {
+        let cli = Cli::try_parse_from([
+            "ctscope",
+            "list",
+            "--json",
+            "-p",
+            "udp",
+            "-s",
+            "10.0.0.1",
+            "--dport",
+            "53",
+            "--mark",
+            "0x10/0xf0",
+            "--zone",
+            "3",
+            "--all-netns",
+        ])
+        .unwrap();
+        cli.validate().unwrap();
+        let Command::List(args) = cli.command else {
+            panic!("not list")
+        };
+        assert!(args.json && args.netns.all_netns);
+        let f = args.filter.tuple_filter();
+        assert_eq!(f.proto, Some(17));
+        assert_eq!(f.family, Some(Family::Ipv4), "implied by -s");
+        assert_eq!(f.orig_dst_port, Some(53));
+        assert_eq!(f.mark, Some((0x10, 0xf0)));
+        assert_eq!(f.zone, Some(3));
+    }
+
+    #[test]
+    fn marks() {
+        assert_eq!(parse_mark("7"), Ok((7, u32::MAX)));
+        assert_eq!(parse_mark("1/3"), Ok((1, 3)));
+        assert!(parse_mark("x").is_err());
+        assert!(parse_mark("1/0x100000000").is_err());
+    }
+
+    #[test]
+    fn table_usage_errors() {
+        let cli = Cli::try_parse_from(["ctscope", "delete", "--netns", "x"]).unwrap();
+        let err = cli.validate().unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("ctscope flush"), "{err}");
+        let cli = Cli::try_parse_from(["ctscope", "list", "-f", "ipv6", "-s", "1.2.3.4"]).unwrap();
+        assert_eq!(cli.validate().unwrap_err().exit_code(), 2);
+        let err = Cli::try_parse_from(["ctscope", "delete", "--dport", "70000"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let err = Cli::try_parse_from(["ctscope", "delete", "--all-netns", "-p", "tcp"]);
+        assert!(err.is_err(), "delete has no --all-netns");
+        let err = Cli::try_parse_from(["ctscope", "list", "--netns", "a", "--all-netns"]);
+        assert_eq!(err.unwrap_err().exit_code(), 2);
     }
 }

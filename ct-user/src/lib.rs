@@ -1,4 +1,5 @@
-//! ctscope's agent library: BPF loading, event decoding and outputs.
+//! ctscope's agent library: BPF loading, event decoding, outputs, and the ctnetlink
+//! table commands.
 //! The `ctscope` binary (src/main.rs) is glue over these modules.
 
 pub mod cli;
@@ -11,3 +12,4 @@ pub mod netns;
 pub mod output;
 pub mod probe;
 pub mod reader;
+pub mod table_text;

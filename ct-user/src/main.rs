@@ -11,6 +11,9 @@ use ctscope::{
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = cli.validate() {
+        e.exit();
+    }
     env_logger::Builder::new()
         .filter_level(cli.log_level)
         .format_timestamp(None)
@@ -28,6 +31,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Probe(args) => cmd::probe::run(args),
         Command::Events(args) => runtime()?.block_on(cmd::events::run(args)),
+        Command::List(args) => runtime()?.block_on(cmd::list::run(args)),
+        Command::Count(args) => runtime()?.block_on(cmd::count::run(args)),
+        Command::Stats(args) => runtime()?.block_on(cmd::stats::run(args)),
+        Command::Delete(args) => runtime()?.block_on(cmd::delete::run(args)),
+        Command::Flush(args) => runtime()?.block_on(cmd::flush::run(args)),
     }
 }
 

@@ -9,8 +9,12 @@
 //! so the reproducers are proven on kernels (like the project hosts) where ctscope has no
 //! tier 1; where the scenario itself runs, the twin is skipped as redundant.
 
+#[path = "integration/clash_resolve.rs"]
+mod clash_resolve;
 #[path = "integration/common.rs"]
 mod common;
+#[path = "integration/ctnetlink_cli.rs"]
+mod ctnetlink_cli;
 #[path = "integration/ctnetlink_delete.rs"]
 mod ctnetlink_delete;
 #[path = "integration/destroy_reasons.rs"]
@@ -43,6 +47,19 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("flood", flood::run),
     ("tcp_close", destroy_reasons::tcp_close),
     ("netns_exit", destroy_reasons::netns_exit),
+    ("clash_resolve", clash_resolve::merged),
+    ("clash_resolve_dnat", clash_resolve::dnat),
+];
+
+/// ctscope's ctnetlink table commands against conntrack(8); no BPF needed.
+const CTNETLINK_CLI: [(&str, fn()); 4] = [
+    ("ctnetlink_cli_list", ctnetlink_cli::list),
+    ("ctnetlink_cli_count_stats", ctnetlink_cli::count_and_stats),
+    (
+        "ctnetlink_cli_delete_flush",
+        ctnetlink_cli::delete_and_flush,
+    ),
+    ("ctnetlink_cli_errors", ctnetlink_cli::errors),
 ];
 
 fn main() {
@@ -51,6 +68,9 @@ fn main() {
     env.describe();
     let mut trials = Trials::default();
     trials.add(&env, "host_tier", Needs::Root, host_tier::run);
+    for (name, body) in CTNETLINK_CLI {
+        trials.add(&env, name, Needs::Root, body);
+    }
     let tier1 = env.unmet(Needs::Tier1).is_none();
     for &(name, scenario) in SCENARIOS {
         trials.add(&env, name, Needs::Tier1, move || scenario(Watch::Ctscope));

@@ -1,4 +1,138 @@
 //! One module per subcommand; each returns `anyhow::Result` and the binary maps errors
-//! to exit codes.
+//! to exit codes. The table commands (list, count, stats, delete, flush) share
+//! [`Target`]: which namespace they talk to, and how ctnetlink errors read.
+pub mod count;
+pub mod delete;
 pub mod events;
+pub mod flush;
+pub mod list;
 pub mod probe;
+pub mod stats;
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use anyhow::bail;
+use ct_netlink::Conntrack;
+
+use crate::{cli::NetnsArgs, netns};
+
+/// A namespace a table command talks to.
+#[derive(Debug)]
+pub struct Target {
+    /// None: ctscope's own namespace.
+    path: Option<PathBuf>,
+    /// How messages name it.
+    label: String,
+    /// Set with --all-netns: the namespace results are tagged with.
+    pub tag: Option<netns::Netns>,
+}
+
+impl Target {
+    /// `--netns NS` (a name, a path or an inode), or ctscope's own namespace.
+    pub fn one(arg: Option<&str>) -> anyhow::Result<Self> {
+        let Some(arg) = arg else {
+            return Ok(Target {
+                path: None,
+                label: "this network namespace".into(),
+                tag: None,
+            });
+        };
+        Ok(Target {
+            path: Some(resolve_netns(arg)?),
+            label: format!("network namespace {arg:?}"),
+            tag: None,
+        })
+    }
+
+    /// Every namespace with --all-netns, else the one `--netns` names.
+    pub fn from_args(args: &NetnsArgs) -> anyhow::Result<Vec<Self>> {
+        if !args.all_netns {
+            return Ok(vec![Self::one(args.netns.as_deref())?]);
+        }
+        Ok(netns::list()
+            .into_iter()
+            .map(|ns| Target {
+                path: Some(ns.path.clone()),
+                label: format!("network namespace {}", ns.inode),
+                tag: Some(ns),
+            })
+            .collect())
+    }
+
+    /// Opens ctnetlink in the namespace and runs `op`. `Ok(None)` (after a warning) when
+    /// iterating all namespaces and this one has no ctnetlink or has vanished.
+    pub async fn run<T>(
+        &self,
+        op: impl AsyncFnOnce(&mut Conntrack) -> ct_netlink::Result<T>,
+    ) -> anyhow::Result<Option<T>> {
+        let opened = match &self.path {
+            Some(p) => Conntrack::open_in_netns(p),
+            None => Conntrack::open(),
+        };
+        let result = match opened {
+            Ok(mut ct) => op(&mut ct).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if self.tag.is_some() && skippable(&e) => {
+                eprintln!("ctscope: warning: skipping {}: {e}", self.label);
+                Ok(None)
+            }
+            Err(e) => Err(explain(&self.label, e)),
+        }
+    }
+}
+
+/// Errors that mean "no ctnetlink here" rather than "ctscope cannot work".
+fn skippable(e: &ct_netlink::Error) -> bool {
+    use ct_netlink::Error as E;
+    match e {
+        E::Unavailable { .. } | E::NetnsNotFound { .. } => true,
+        // A process's namespace can vanish between listing and entering it.
+        E::Netns { source, .. } => source.kind() == io::ErrorKind::NotFound,
+        _ => false,
+    }
+}
+
+/// A ctnetlink error with what to do about it.
+fn explain(label: &str, e: ct_netlink::Error) -> anyhow::Error {
+    let denied = matches!(e.errno(), Some(libc::EPERM | libc::EACCES));
+    if denied {
+        anyhow::anyhow!(
+            "{label}: {e}: run ctscope as root or with CAP_NET_ADMIN (and CAP_SYS_ADMIN to \
+             enter another namespace)"
+        )
+    } else {
+        anyhow::Error::new(e).context(label.to_owned())
+    }
+}
+
+/// `--netns`: a name under /run/netns, a path, or the inode of a listed namespace.
+fn resolve_netns(arg: &str) -> anyhow::Result<PathBuf> {
+    let path = ct_netlink::netns_path(arg);
+    if path.exists() {
+        return Ok(path);
+    }
+    if let Ok(inode) = arg.parse::<u32>()
+        && let Some(ns) = netns::list().into_iter().find(|n| n.inode == inode)
+    {
+        return Ok(ns.path);
+    }
+    bail!(
+        "unknown network namespace {arg:?} ({} does not exist): give a name from `ip netns \
+         list`, a /proc/PID/ns/net path or an inode",
+        Path::new(&path).display()
+    )
+}
+
+/// Stdout write errors, with a closed pipe (`ctscope list | head`) counted as success.
+pub fn ignore_broken_pipe(r: io::Result<()>) -> anyhow::Result<()> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}

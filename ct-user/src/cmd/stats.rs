@@ -1,0 +1,128 @@
+//! `ctscope stats`: per-CPU counters in `conntrack -S` format, then the table size and
+//! limit; JSON with per-CPU objects and totals.
+
+use std::collections::BTreeMap;
+
+use ct_netlink::{CpuStats, GlobalStats};
+use serde::Serialize;
+
+use super::Target;
+use crate::cli::StatsArgs;
+
+/// One namespace's statistics, as `--json` prints them.
+#[derive(Serialize)]
+struct NsStats {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    netns: Option<u32>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    names: Vec<String>,
+    cpus: Vec<CpuStats>,
+    /// Every counter summed over the CPUs.
+    totals: BTreeMap<&'static str, u64>,
+    entries: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_entries: Option<u32>,
+}
+
+pub async fn run(args: &StatsArgs) -> anyhow::Result<()> {
+    for target in Target::from_args(&args.netns)? {
+        let read = target
+            .run(async |ct| Ok((ct.stats_cpu().await?, ct.stats_global().await?)))
+            .await?;
+        let Some((cpus, global)) = read else {
+            continue;
+        };
+        let ns = target.tag.as_ref();
+        let stats = NsStats::new(
+            cpus,
+            global,
+            ns.map(|n| n.inode),
+            ns.map(|n| n.names.clone()),
+        );
+        if args.json {
+            println!("{}", serde_json::to_string(&stats)?);
+        } else {
+            print!("{}", stats.text());
+        }
+    }
+    Ok(())
+}
+
+impl NsStats {
+    fn new(
+        cpus: Vec<CpuStats>,
+        global: GlobalStats,
+        netns: Option<u32>,
+        names: Option<Vec<String>>,
+    ) -> Self {
+        let mut totals = BTreeMap::new();
+        for (name, v) in cpus.iter().flat_map(CpuStats::fields) {
+            *totals.entry(name).or_insert(0) += u64::from(v);
+        }
+        NsStats {
+            netns,
+            names: names.unwrap_or_default(),
+            cpus,
+            totals,
+            entries: global.entries,
+            max_entries: global.max_entries,
+        }
+    }
+
+    /// `conntrack -S` lines (`cpu=%-4u\t` then `name=value ` pairs), then
+    /// `entries=N max_entries=M`; each with `netns=INODE` appended under --all-netns.
+    fn text(&self) -> String {
+        let tag = self.netns.map(|n| format!("netns={n}")).unwrap_or_default();
+        let mut s = String::new();
+        for cpu in &self.cpus {
+            s.push_str(&format!("cpu={:<4}\t", cpu.cpu));
+            for (name, v) in cpu.fields() {
+                s.push_str(&format!("{name}={v} "));
+            }
+            s.push_str(&tag);
+            s.push('\n');
+        }
+        let mut global = format!("entries={}", self.entries);
+        if let Some(max) = self.max_entries {
+            global.push_str(&format!(" max_entries={max}"));
+        }
+        if !tag.is_empty() {
+            global.push(' ');
+            global.push_str(&tag);
+        }
+        s.push_str(&global);
+        s.push('\n');
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_conntrack_s_then_size() {
+        let cpu = |n, found| CpuStats {
+            cpu: n,
+            found: Some(found),
+            insert_failed: Some(1),
+            ..CpuStats::default()
+        };
+        let global = GlobalStats {
+            entries: 3,
+            max_entries: Some(100),
+        };
+        let s = NsStats::new(vec![cpu(0, 2), cpu(1, 5)], global, None, None);
+        assert_eq!(
+            s.text(),
+            "cpu=0   \tfound=2 insert_failed=1 \ncpu=1   \tfound=5 insert_failed=1 \n\
+             entries=3 max_entries=100\n"
+        );
+        assert_eq!(s.totals["found"], 7);
+        let tagged = NsStats::new(vec![cpu(0, 2)], global, Some(9), None);
+        assert_eq!(
+            tagged.text(),
+            "cpu=0   \tfound=2 insert_failed=1 netns=9\nentries=3 max_entries=100 netns=9\n"
+        );
+    }
+}

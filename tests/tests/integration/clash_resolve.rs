@@ -1,0 +1,163 @@
+//! The parallel DNS A/AAAA race without NAT: two threads send the same datagram from one
+//! UDP socket at the same moment, so two CPUs build identical unconfirmed entries and the
+//! second confirm finds the first. The kernel merges the loser into the winner
+//! (`clash_resolve` +1, no drop). Every merge must appear as one `clash_resolved` event
+//! with cause `merged` and the winner, and every round as exactly one `new`.
+//!
+//! With DNAT to two backends (kube-proxy style), racing packets may pick different
+//! backends: their reply tuples differ, so instead of merging the kernel inserts the loser
+//! reply-only with IPS_NAT_CLASH (`nat_clash_reply_only`); still `clash_resolve` +1.
+//!
+//! How often the race is won depends on scheduling; the scenarios assert equality with
+//! the kernel's count, whatever it is, and note it.
+
+use std::{
+    hint,
+    net::{SocketAddrV4, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    thread,
+};
+
+use ctscope_tests::{events, kernel::CtStats, netns::Pair, nft, traffic};
+
+use serde_json::Value;
+
+use crate::common::{Ctx, UDP_PORT, Watch, event_wait, note};
+
+const ROUNDS: u16 = 3000;
+const FIRST_PORT: u16 = 33000;
+
+pub fn merged(watch: Watch) {
+    let ctx = Ctx::new(watch, 20, |_| {});
+    let Some(clashes) = race_and_check(ctx, &["merged"]) else {
+        return;
+    };
+    for c in &clashes {
+        assert_eq!(
+            c["winner"]["orig"], c["orig"],
+            "a merge has identical tuples: {c}"
+        );
+    }
+}
+
+pub fn dnat(watch: Watch) {
+    let ctx = Ctx::new(watch, 21, |p| {
+        p.s.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", second_backend(p)),
+            "dev",
+            "vs",
+        ]);
+        nft::apply(&p.c, &dnat_two_backends(p));
+    });
+    let Some(clashes) = race_and_check(ctx, &["merged", "nat_clash_reply_only"]) else {
+        return;
+    };
+    let reply_only = clashes
+        .iter()
+        .filter(|c| c["cause"] == "nat_clash_reply_only")
+        .count();
+    note(format!(
+        "clash_resolve dnat: {reply_only} of {} resolved reply-only",
+        clashes.len()
+    ));
+}
+
+/// Races ROUNDS pairs from `c`, checks the kernel counters, then that every clash the
+/// kernel resolved is one `clash_resolved` event with one of `causes`; returns them
+/// (`None` when ctscope is not watching).
+fn race_and_check(mut ctx: Ctx, causes: &[&str]) -> Option<Vec<Value>> {
+    let p = &ctx.pair;
+    let _sink = traffic::UdpSink::bind(&p.s, SocketAddrV4::new(p.s_addr, UDP_PORT));
+    let before = CtStats::read(&p.c);
+    let (src, dst) = (SocketAddrV4::new(p.c_addr, 5454), p.s_addr);
+    let failed = p.c.run(move || race(src, dst));
+    let delta = CtStats::read(&p.c).since(&before);
+    assert_eq!(failed, 0, "sends failed; kernel delta {delta}");
+    assert_eq!(
+        delta.get("drop"),
+        0,
+        "a resolved clash drops nothing: {delta}"
+    );
+    let resolved = delta.get("clash_resolve");
+    note(format!(
+        "clash_resolve: {resolved} of {ROUNDS} rounds raced; kernel delta {delta}"
+    ));
+
+    let inode = ctx.inode;
+    ctx.wait_events(event_wait(), |ev| {
+        Ctx::count(ev, "new", inode, Some("udp")) >= usize::from(ROUNDS)
+            && Ctx::count(ev, "clash_resolved", inode, Some("udp")) as u64 >= resolved
+    });
+    let evs = ctx.finish()?;
+    let news = events::select(&evs, "new", inode, Some("udp"));
+    assert_eq!(news.len(), usize::from(ROUNDS), "one `new` per round");
+    let clashes = events::select(&evs, "clash_resolved", inode, Some("udp"));
+    assert_eq!(
+        clashes.len() as u64,
+        resolved,
+        "`clash_resolved` events vs the kernel's clash_resolve delta ({delta}):\n{}",
+        events::sample(&clashes)
+    );
+    for c in &clashes {
+        let cause = c["cause"].as_str().unwrap_or_default();
+        assert!(
+            causes.contains(&cause),
+            "cause {cause:?} not in {causes:?}: {c}"
+        );
+        assert!(c.get("winner").is_some(), "clash without winner: {c}");
+    }
+    Some(clashes.into_iter().cloned().collect())
+}
+
+/// A second address on `s`, the other DNAT backend.
+fn second_backend(p: &Pair) -> std::net::Ipv4Addr {
+    let [a, b, c, _] = p.s_addr.octets();
+    std::net::Ipv4Addr::new(a, b, c, 4)
+}
+
+/// DNAT of the race's destination ports to one of two backends at random.
+fn dnat_two_backends(p: &Pair) -> String {
+    let last = FIRST_PORT + ROUNDS - 1;
+    format!(
+        "table ip ctst_dnat {{
+    chain out {{
+        type nat hook output priority -100;
+        udp dport {FIRST_PORT}-{last} dnat to numgen random mod 2 map {{ 0 : {}, 1 : {} }}
+    }}
+}}
+",
+        p.s_addr,
+        second_backend(p)
+    )
+}
+
+/// Each round, both threads send one datagram to the same destination port from the
+/// same socket, released together by a spinning barrier (a sleeping one wakes the second
+/// thread microseconds late, after the first has confirmed). Returns failed sends.
+fn race(src: SocketAddrV4, dst: std::net::Ipv4Addr) -> usize {
+    let socket = Arc::new(UdpSocket::bind(src).unwrap_or_else(|e| panic!("bind {src}: {e}")));
+    let arrivals = Arc::new(AtomicU32::new(0));
+    let sender = |socket: Arc<UdpSocket>, arrivals: Arc<AtomicU32>| {
+        thread::spawn(move || {
+            (0..ROUNDS)
+                .filter(|&round| {
+                    let release = 2 * (u32::from(round) + 1);
+                    arrivals.fetch_add(1, Ordering::AcqRel);
+                    while arrivals.load(Ordering::Acquire) < release {
+                        hint::spin_loop();
+                    }
+                    let dst = SocketAddrV4::new(dst, FIRST_PORT + round);
+                    socket.send_to(b"A?", dst).is_err()
+                })
+                .count()
+        })
+    };
+    let a = sender(socket.clone(), arrivals.clone());
+    let b = sender(socket, arrivals);
+    a.join().expect("sender a") + b.join().expect("sender b")
+}
