@@ -298,28 +298,9 @@ pub(crate) fn decode_entry(af: u8, attrs: &[ConntrackAttribute]) -> Option<Entry
         ConntrackAttribute::CtaTupleReply(t) => decode_tuple(t),
         _ => None,
     })?;
-    let mut entry = Entry {
-        family: Family::from_af(af).unwrap_or_else(|| orig.family()),
-        proto: orig.proto,
-        orig,
-        reply,
-        status: Status(0),
-        timeout: None,
-        mark: None,
-        zone: None,
-        use_count: None,
-        id: None,
-        tcp: None,
-        sctp: None,
-        dccp: None,
-        counters_orig: None,
-        counters_reply: None,
-        timestamp: None,
-        labels: None,
-        helper: None,
-        secctx: None,
-        secmark: None,
-    };
+    let family = Family::from_af(af).unwrap_or_else(|| orig.family());
+    let mut entry = Entry::new(orig, reply);
+    entry.family = family;
     for attr in attrs {
         match attr {
             ConntrackAttribute::CtaStatus(s) => entry.status = Status(s.bits()),

@@ -442,6 +442,35 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// An entry with these tuples and nothing else known: family and protocol from `orig`,
+    /// no status bits, every optional field `None`.
+    pub fn new(orig: Tuple, reply: Tuple) -> Self {
+        Entry {
+            family: orig.family(),
+            proto: orig.proto,
+            orig,
+            reply,
+            status: Status(0),
+            timeout: None,
+            mark: None,
+            zone: None,
+            use_count: None,
+            id: None,
+            tcp: None,
+            sctp: None,
+            dccp: None,
+            counters_orig: None,
+            counters_reply: None,
+            timestamp: None,
+            labels: None,
+            helper: None,
+            secctx: None,
+            secmark: None,
+        }
+    }
+}
+
+impl Entry {
     /// Label bit numbers that are set.
     pub fn label_bits(&self) -> Vec<u32> {
         let Some(bytes) = &self.labels else {

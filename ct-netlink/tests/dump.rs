@@ -5,7 +5,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use common::{NetNs, cli_keys, ctnetlink_missing, lib_keys, skip};
+use common::{NetNs, cli_keys, lib_keys, skip};
 use ct_netlink::{Conntrack, Error, Family, NewEntry, Tuple, proto};
 
 fn v4() -> IpAddr {
@@ -18,13 +18,9 @@ fn v6() -> IpAddr {
 
 #[tokio::test]
 async fn dump_matches_conntrack_list() {
-    if skip() {
+    let Some(ns) = common::netns_with_ctnetlink() else {
         return;
-    }
-    let ns = NetNs::new();
-    if ctnetlink_missing(&ns) {
-        return;
-    }
+    };
     ns.enable_acct();
     ns.sh("sysctl -qw net.netfilter.nf_conntrack_timestamp=1");
     ns.udp_flows(v4(), 5000, 5);
@@ -73,13 +69,9 @@ async fn dump_matches_conntrack_list() {
 
 #[tokio::test]
 async fn count_and_get_match_conntrack() {
-    if skip() {
+    let Some(ns) = common::netns_with_ctnetlink() else {
         return;
-    }
-    let ns = NetNs::new();
-    if ctnetlink_missing(&ns) {
-        return;
-    }
+    };
     let ports = ns.udp_flows(v4(), 6000, 4);
     let mut ct = ns.open();
     let (code, out) = ns.conntrack(&["-C"]);
@@ -145,13 +137,9 @@ fn cli_stats(ns: &NetNs) -> Vec<BTreeMap<String, u32>> {
 
 #[tokio::test]
 async fn stats_cpu_match_conntrack_s() {
-    if skip() {
+    let Some(ns) = common::netns_with_ctnetlink() else {
         return;
-    }
-    let ns = NetNs::new();
-    if ctnetlink_missing(&ns) {
-        return;
-    }
+    };
     ns.udp_flows(v4(), 7000, 6);
     let mut ct = ns.open();
     // `insert` only counts ctnetlink inserts (nf_conntrack_hash_check_insert).

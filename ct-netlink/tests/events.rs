@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
-use common::{NetNs, ctnetlink_missing, skip};
+use common::NetNs;
 use ct_netlink::{
     Event, EventGroups, EventKind, EventListener, ListenerOptions, NewEntry, Tuple, proto,
 };
@@ -42,13 +42,9 @@ async fn collect(l: &mut EventListener, kind: EventKind, n: usize) -> BTreeSet<u
 
 #[tokio::test]
 async fn new_then_destroy_events() {
-    if skip() {
+    let Some(ns) = common::netns_with_ctnetlink() else {
         return;
-    }
-    let ns = NetNs::new();
-    if ctnetlink_missing(&ns) {
-        return;
-    }
+    };
     // Subscribe before the flows exist: with nf_conntrack_events=2 only flows
     // created while a listener exists carry the event extension.
     let mut l = EventListener::subscribe(EventGroups::ALL, &options(&ns, 1 << 20)).unwrap();
@@ -68,13 +64,9 @@ async fn new_then_destroy_events() {
 
 #[tokio::test]
 async fn only_subscribed_groups_arrive() {
-    if skip() {
+    let Some(ns) = common::netns_with_ctnetlink() else {
         return;
-    }
-    let ns = NetNs::new();
-    if ctnetlink_missing(&ns) {
-        return;
-    }
+    };
     let mut l = EventListener::subscribe(EventGroups::DESTROY, &options(&ns, 1 << 20)).unwrap();
     let ports: BTreeSet<u16> = ns
         .udp_flows("::1".parse().unwrap(), 9001, 3)
@@ -99,13 +91,9 @@ async fn only_subscribed_groups_arrive() {
 
 #[tokio::test]
 async fn overflow_surfaces_as_overrun() {
-    if skip() {
+    let Some(ns) = common::netns_with_ctnetlink() else {
         return;
-    }
-    let ns = NetNs::new();
-    if ctnetlink_missing(&ns) {
-        return;
-    }
+    };
     // A tiny buffer and no reading while 500 entries are created: the kernel
     // must drop events, and the listener must say so instead of going quiet.
     let mut l = EventListener::subscribe(EventGroups::NEW, &options(&ns, 4096)).unwrap();
@@ -149,13 +137,9 @@ fn cli_event_keys(out: &str, tag: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn events_match_conntrack_e() {
-    if skip() {
+    let Some(ns) = common::netns_with_ctnetlink() else {
         return;
-    }
-    let ns = NetNs::new();
-    if ctnetlink_missing(&ns) {
-        return;
-    }
+    };
     let mut l = EventListener::subscribe(EventGroups::NEW, &options(&ns, 1 << 20)).unwrap();
     let cli = std::process::Command::new("ip")
         .args([

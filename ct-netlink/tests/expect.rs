@@ -4,7 +4,7 @@ mod common;
 
 use std::net::IpAddr;
 
-use common::{NetNs, ctnetlink_missing, skip};
+use common::NetNs;
 use ct_netlink::{DumpFilter, NewEntry, NewExpectation, Table, Tuple, proto};
 
 fn ip(s: &str) -> IpAddr {
@@ -54,13 +54,9 @@ fn new_expectation(master: &Tuple, dport: u16) -> NewExpectation {
 
 #[tokio::test]
 async fn expectations_list_delete_flush() {
-    if skip() {
+    let Some(ns) = common::netns_with_ctnetlink() else {
         return;
-    }
-    let ns = NetNs::new();
-    if ctnetlink_missing(&ns) {
-        return;
-    }
+    };
     let mut ct = ns.open();
     // FTP control connections with the ftp helper attached are the masters; the
     // ftp helper allows one expectation per master.
@@ -117,13 +113,9 @@ async fn expectations_list_delete_flush() {
 
 #[tokio::test]
 async fn dying_and_unconfirmed_lists_match() {
-    if skip() {
+    let Some(ns) = common::netns_with_ctnetlink() else {
         return;
-    }
-    let ns = NetNs::new();
-    if ctnetlink_missing(&ns) {
-        return;
-    }
+    };
     ns.udp_flows(ip("127.0.0.1"), 5353, 2);
     let mut ct = ns.open();
     for (table, name) in [(Table::Dying, "dying"), (Table::Unconfirmed, "unconfirmed")] {

@@ -4,7 +4,7 @@ mod common;
 
 use std::net::IpAddr;
 
-use common::{NetNs, cli_keys, ctnetlink_missing, lib_keys, skip};
+use common::{cli_keys, lib_keys};
 use ct_netlink::{DumpFilter, NewEntry, Status, Tuple, Update, proto};
 
 fn udp(sport: u16) -> Tuple {
@@ -15,13 +15,9 @@ fn udp(sport: u16) -> Tuple {
 
 #[tokio::test]
 async fn mark_zone_status_filters_match_conntrack() {
-    if skip() {
+    let Some(ns) = common::netns_with_ctnetlink() else {
         return;
-    }
-    let ns = NetNs::new();
-    if ctnetlink_missing(&ns) {
-        return;
-    }
+    };
     let mut ct = ns.open();
     for (sport, mark, zone, assured) in [
         (1, 0x105, None, false),
@@ -71,13 +67,9 @@ async fn mark_zone_status_filters_match_conntrack() {
 
 #[tokio::test]
 async fn zero_counters_while_dumping() {
-    if skip() {
+    let Some(ns) = common::netns_with_ctnetlink() else {
         return;
-    }
-    let ns = NetNs::new();
-    if ctnetlink_missing(&ns) {
-        return;
-    }
+    };
     ns.enable_acct();
     ns.udp_flows("127.0.0.1".parse().unwrap(), 5000, 2);
     let mut ct = ns.open();
@@ -94,13 +86,9 @@ async fn zero_counters_while_dumping() {
 
 #[tokio::test]
 async fn labels_roundtrip() {
-    if skip() {
+    let Some(ns) = common::netns_with_ctnetlink() else {
         return;
-    }
-    let ns = NetNs::new();
-    if ctnetlink_missing(&ns) {
-        return;
-    }
+    };
     // The kernel attaches the label extension only once something in the
     // namespace uses labels.
     ns.sh("nft add rule inet t c ct label set 1");

@@ -4,7 +4,7 @@ mod common;
 
 use std::net::IpAddr;
 
-use common::{NetNs, cli_keys, ctnetlink_missing, key_of_entry, lib_keys, skip};
+use common::{cli_keys, key_of_entry, lib_keys};
 use ct_netlink::{Error, Family, NewEntry, Status, TcpState, Tuple, TupleFilter, Update, proto};
 
 fn ip(s: &str) -> IpAddr {
@@ -17,13 +17,9 @@ fn udp(sport: u16, dport: u16) -> Tuple {
 
 #[tokio::test]
 async fn create_shows_in_conntrack_list() {
-    if skip() {
+    let Some(ns) = common::netns_with_ctnetlink() else {
         return;
-    }
-    let ns = NetNs::new();
-    if ctnetlink_missing(&ns) {
-        return;
-    }
+    };
     let mut ct = ns.open();
     let tcp = Tuple::ports(proto::TCP, ip("127.0.0.1"), ip("127.0.0.2"), 1111, 80);
     let mut new = NewEntry::new(tcp.clone(), 120);
@@ -97,13 +93,9 @@ async fn create_shows_in_conntrack_list() {
 
 #[tokio::test]
 async fn other_protocols_and_nat_tuples() {
-    if skip() {
+    let Some(ns) = common::netns_with_ctnetlink() else {
         return;
-    }
-    let ns = NetNs::new();
-    if ctnetlink_missing(&ns) {
-        return;
-    }
+    };
     let mut ct = ns.open();
     let (a, b) = (ip("127.0.0.1"), ip("127.0.0.2"));
     for p in [proto::SCTP, proto::UDPLITE, proto::GRE] {
@@ -130,13 +122,9 @@ async fn other_protocols_and_nat_tuples() {
 
 #[tokio::test]
 async fn update_changes_what_conntrack_shows() {
-    if skip() {
+    let Some(ns) = common::netns_with_ctnetlink() else {
         return;
-    }
-    let ns = NetNs::new();
-    if ctnetlink_missing(&ns) {
-        return;
-    }
+    };
     let mut ct = ns.open();
     ct.create(&NewEntry::new(udp(10, 20), 30)).await.unwrap();
     let mut upd = Update::new(udp(10, 20));
@@ -176,13 +164,9 @@ async fn update_changes_what_conntrack_shows() {
 
 #[tokio::test]
 async fn delete_and_flush_match_conntrack() {
-    if skip() {
+    let Some(ns) = common::netns_with_ctnetlink() else {
         return;
-    }
-    let ns = NetNs::new();
-    if ctnetlink_missing(&ns) {
-        return;
-    }
+    };
     let ports = ns.udp_flows(ip("127.0.0.1"), 8000, 4);
     ns.udp_flows(ip("::1"), 8001, 2);
     let mut ct = ns.open();

@@ -7,19 +7,14 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
 
-use common::{NetNs, ctnetlink_missing, skip};
 use ct_netlink::{NewEntry, Tuple, proto};
 
 #[tokio::test]
 #[ignore]
 async fn dump_large_table() {
-    if skip() {
+    let Some(ns) = common::netns_with_ctnetlink() else {
         return;
-    }
-    let ns = NetNs::new();
-    if ctnetlink_missing(&ns) {
-        return;
-    }
+    };
     let n: u32 = std::env::var("CTNL_PERF_ENTRIES")
         .ok()
         .and_then(|v| v.parse().ok())

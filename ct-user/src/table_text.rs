@@ -133,27 +133,14 @@ mod tests {
     }
 
     fn entry(orig: Tuple, status: u32) -> Entry {
+        let reply = orig.inverted();
         Entry {
-            family: orig.family(),
-            proto: orig.proto,
-            reply: orig.inverted(),
-            orig,
             status: Status(status),
             timeout: Some(29),
             mark: Some(0),
-            zone: None,
             use_count: Some(1),
             id: Some(12345),
-            tcp: None,
-            sctp: None,
-            dccp: None,
-            counters_orig: None,
-            counters_reply: None,
-            timestamp: None,
-            labels: None,
-            helper: None,
-            secctx: None,
-            secmark: None,
+            ..Entry::new(orig, reply)
         }
     }
 

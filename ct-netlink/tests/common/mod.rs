@@ -154,6 +154,16 @@ fn run(cmd: &mut Command) -> Output {
     out
 }
 
+/// A fresh namespace where ctnetlink works, or `None` after printing why the test
+/// cannot run (the usual first line of a test).
+pub fn netns_with_ctnetlink() -> Option<NetNs> {
+    if skip() {
+        return None;
+    }
+    let ns = NetNs::new();
+    (!ctnetlink_missing(&ns)).then_some(ns)
+}
+
 /// Whether ctnetlink works at all here (prints SKIPPED otherwise).
 pub fn ctnetlink_missing(ns: &NetNs) -> bool {
     match Conntrack::open_in_netns(ns.path()) {
