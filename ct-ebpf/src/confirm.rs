@@ -25,18 +25,15 @@ const NF_DROP: i32 = 0;
 
 #[kprobe]
 pub fn confirm_enter(ctx: ProbeContext) -> u32 {
-    let Some(skb) = ctx.arg::<u64>(0) else {
-        return 0;
-    };
+    // Always push, even without a ct: every return pops, and an unbalanced stack would
+    // hand a nested call its parent's frame.
+    let skb = ctx.arg::<u64>(0).unwrap_or(0);
     let ct = skb_ct(skb);
-    if ct == 0 {
-        return 0;
-    }
     push(
         F_CONFIRM,
         Frame {
             a: [skb, ct, 0, 0],
-            status: ct_status(ct),
+            status: if ct != 0 { ct_status(ct) } else { 0 },
             aux: 0,
         },
     );
@@ -67,6 +64,9 @@ pub fn confirm_exit(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     let [skb, ct, ..] = frame.a;
+    if ct == 0 {
+        return 0;
+    }
     if frame.aux != 0 {
         clash(ret, skb, ct, frame.aux);
     } else if ret == NF_DROP {

@@ -15,9 +15,8 @@ use crate::{
 
 #[kprobe]
 pub fn hash_insert_enter(ctx: ProbeContext) -> u32 {
-    let Some(ct) = ctx.arg::<u64>(0) else {
-        return 0;
-    };
+    // Pushed unconditionally to keep entry/return balanced; a null ct is skipped at return.
+    let ct = ctx.arg::<u64>(0).unwrap_or(0);
     push(
         F_HASH_CHECK_INSERT,
         Frame {
@@ -35,7 +34,7 @@ pub fn hash_insert_exit(ctx: RetProbeContext) -> u32 {
     let Some(frame) = pop(F_HASH_CHECK_INSERT) else {
         return 0;
     };
-    if ret == 0 {
+    if ret == 0 && frame.a[0] != 0 {
         emit(EventKind::New, 0, |e| {
             fill_from_ct(e, frame.a[0]);
             e.flags |= FLAG_FROM_CTNETLINK;

@@ -1,6 +1,7 @@
-//! Entries removed through ctnetlink: `conntrack -D` of one flow gives one `destroy` with
+//! Entries changed through ctnetlink: `conntrack -D` of one flow gives one `destroy` with
 //! reason `ctnetlink` and that flow's tuple; `conntrack -F` gives one such `destroy` per
-//! entry the table held before the flush.
+//! entry the table held before the flush; `conntrack -I` gives one `new` marked
+//! `from_ctnetlink` (it never passes the packet path's confirm).
 
 use std::{collections::BTreeSet, net::SocketAddrV4};
 
@@ -13,6 +14,8 @@ use serde_json::Value;
 use crate::common::{Ctx, UDP_PORT, Watch, event_wait};
 
 const FLOWS: usize = 5;
+/// Source port of the entry created with `conntrack -I` (outside the flows' ports).
+const INSERTED_SPORT: u16 = 21999;
 
 pub fn run(watch: Watch) {
     let mut ctx = Ctx::new(watch, 4, |_| {});
@@ -63,7 +66,45 @@ pub fn run(watch: Watch) {
     ctx.wait_events(event_wait(), |ev| {
         Ctx::count(ev, "destroy", inode, None) >= total
     });
+    let inserted = Tuple::new(p.c_addr, INSERTED_SPORT, p.s_addr, UDP_PORT);
+    let sport = INSERTED_SPORT.to_string();
+    p.c.exec(&[
+        "conntrack",
+        "-I",
+        "-p",
+        "udp",
+        "-s",
+        &src,
+        "-d",
+        &dst_addr,
+        "--sport",
+        &sport,
+        "--dport",
+        &dport,
+        "-t",
+        "60",
+    ]);
+    ctx.wait_events(event_wait(), |ev| {
+        Ctx::count(ev, "new", inode, None) > FLOWS
+    });
     let Some(evs) = ctx.finish() else { return };
+
+    let from_ctnetlink: Vec<&Value> = events::select(&evs, "new", inode, None)
+        .into_iter()
+        .filter(|e| e["from_ctnetlink"] == true)
+        .collect();
+    assert_eq!(
+        from_ctnetlink.len(),
+        1,
+        "one `new` from conntrack -I:\n{}",
+        events::sample(&from_ctnetlink)
+    );
+    assert_eq!(
+        Tuple::of(from_ctnetlink[0], "orig"),
+        inserted,
+        "{}",
+        from_ctnetlink[0]
+    );
 
     let deleted = events::select(
         after_delete.as_deref().unwrap_or_default(),
