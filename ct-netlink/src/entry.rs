@@ -93,15 +93,17 @@ pub struct Tuple {
     pub dst: IpAddr,
     /// Layer-4 protocol number.
     pub proto: u8,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    // JSON names match ctscope's event stream (`sport`, `dport`, `type`, `code`, `id`):
+    // one vocabulary for tuples across every command.
+    #[serde(rename = "sport", skip_serializing_if = "Option::is_none")]
     pub src_port: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "dport", skip_serializing_if = "Option::is_none")]
     pub dst_port: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     pub icmp_type: Option<u8>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "code", skip_serializing_if = "Option::is_none")]
     pub icmp_code: Option<u8>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "id", skip_serializing_if = "Option::is_none")]
     pub icmp_id: Option<u16>,
     /// Directional zone (`CTA_TUPLE_ZONE`), when the kernel reports one.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -508,7 +510,7 @@ mod tests {
         let t = serde_json::to_value(Tuple::ports(proto::UDP, a, a, 1, 2)).unwrap();
         assert_eq!(
             t,
-            serde_json::json!({"src": "127.0.0.1", "dst": "127.0.0.1", "proto": 17, "src_port": 1, "dst_port": 2})
+            serde_json::json!({"src": "127.0.0.1", "dst": "127.0.0.1", "proto": 17, "sport": 1, "dport": 2})
         );
     }
 

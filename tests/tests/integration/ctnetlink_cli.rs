@@ -224,15 +224,7 @@ fn json_tuple(entry: &Value) -> String {
         other => panic!("unexpected proto {other:?} in {entry}"),
     };
     let mut key = vec![name.to_owned()];
-    for field in [
-        "src",
-        "dst",
-        "src_port",
-        "dst_port",
-        "icmp_type",
-        "icmp_code",
-        "icmp_id",
-    ] {
+    for field in ["src", "dst", "sport", "dport", "type", "code", "id"] {
         match &o[field] {
             Value::Null => {}
             Value::String(s) => key.push(s.clone()),
