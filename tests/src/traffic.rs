@@ -196,6 +196,22 @@ pub fn snat_clash(ns: &Netns, src: Ipv4Addr, ports: [u16; 2], dst: SocketAddrV4)
 }
 
 /// Whether `r` failed the way a netfilter drop of a locally sent packet fails.
+/// The ports whose send netfilter dropped (EPERM), given `udp_flows`' results for
+/// `ports`; panics on any other send error.
+pub fn dropped_ports(ports: &[u16], results: &[io::Result<()>]) -> Vec<u16> {
+    let other: Vec<_> = results
+        .iter()
+        .filter(|r| r.is_err() && !is_eperm(r))
+        .collect();
+    assert!(other.is_empty(), "unexpected send errors: {other:?}");
+    ports
+        .iter()
+        .zip(results)
+        .filter(|(_, r)| is_eperm(r))
+        .map(|(&port, _)| port)
+        .collect()
+}
+
 pub fn is_eperm(r: &io::Result<()>) -> bool {
     matches!(r, Err(e) if e.raw_os_error() == Some(libc_eperm()))
 }

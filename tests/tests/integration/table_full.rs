@@ -30,17 +30,7 @@ pub fn run(watch: Watch) {
     };
     let delta = CtStats::read(&p.c).since(&before);
 
-    let failed: Vec<u16> = ports
-        .iter()
-        .zip(&results)
-        .filter(|(_, r)| traffic::is_eperm(r))
-        .map(|(&port, _)| port)
-        .collect();
-    let other: Vec<_> = results
-        .iter()
-        .filter(|r| r.is_err() && !traffic::is_eperm(r))
-        .collect();
-    assert!(other.is_empty(), "unexpected send errors: {other:?}");
+    let failed = traffic::dropped_ports(&ports, &results);
     note(format!(
         "table_full: {} of {FLOWS} sends got EPERM; kernel delta {delta}",
         failed.len()
