@@ -1,7 +1,7 @@
 //! Event filters shared by `events` (and later `list`): netns, protocol, addresses, ports,
 //! kinds. Every given filter must match.
 
-use std::{net::IpAddr, os::unix::fs::MetadataExt, path::Path};
+use std::{net::IpAddr, os::unix::fs::MetadataExt};
 
 use ct_netlink::proto;
 
@@ -59,11 +59,7 @@ pub fn parse_netns(s: &str) -> Result<u32, String> {
     if let Ok(inode) = s.parse::<u32>() {
         return Ok(inode);
     }
-    let path = if s.contains('/') {
-        Path::new(s).to_path_buf()
-    } else {
-        Path::new("/run/netns").join(s)
-    };
+    let path = ct_netlink::netns_path(s);
     let meta = std::fs::metadata(&path).map_err(|e| {
         format!("network namespace {s:?} ({}): {e}; give a name from `ip netns list`, a /proc/PID/ns/net path or an inode", path.display())
     })?;
