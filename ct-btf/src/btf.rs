@@ -231,6 +231,50 @@ impl KernelBtf {
             .map(Some)
     }
 
+    /// Arguments of raw tracepoint `name` (what tp_btf programs see), from the typedef
+    /// `btf_trace_<name>`: a pointer to a FUNC_PROTO whose first parameter is the hidden
+    /// `void *__data`, dropped here. `Ok(None)` if the kernel has no such tracepoint.
+    pub(crate) fn tracepoint_params(
+        &self,
+        name: &str,
+    ) -> Result<Option<Vec<(String, TypeRef)>>, BtfError> {
+        let typedef = format!("btf_trace_{name}");
+        let Some(r) = self.find(&typedef, |k| matches!(k, Kind::Typedef(_))) else {
+            return Ok(None);
+        };
+        let (ptr, t) = self.strip(r)?;
+        let Kind::Ptr(target) = t.kind else {
+            return Err(self.malformed(ptr.obj, format!("{typedef} is not a pointer")));
+        };
+        let (pobj, pt) = self.strip(TypeRef {
+            obj: ptr.obj,
+            id: target,
+        })?;
+        let Kind::FuncProto { params, .. } = &pt.kind else {
+            return Err(self.malformed(pobj.obj, format!("{typedef} has no FUNC_PROTO")));
+        };
+        params
+            .iter()
+            .skip(1)
+            .map(|&(n, id)| {
+                let pname = self.str_in(pobj.obj, n)?.to_owned();
+                Ok((pname, TypeRef { obj: pobj.obj, id }))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    /// Pointee names of a tracepoint's arguments (`""` for non-pointers), or `None`.
+    pub fn tracepoint_arg_types(&self, name: &str) -> Option<Vec<String>> {
+        let params = self.tracepoint_params(name).ok()??;
+        Some(
+            params
+                .into_iter()
+                .map(|(_, ty)| self.pointee_name(ty).unwrap_or_default())
+                .collect(),
+        )
+    }
+
     /// Name of the struct/union a pointer parameter points to, through qualifiers.
     pub(crate) fn pointee_name(&self, r: TypeRef) -> Option<String> {
         let (ptr, t) = self.strip(r).ok()?;

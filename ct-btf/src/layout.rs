@@ -53,6 +53,16 @@ impl KernelBtf {
             resolve_clash_skb_arg,
             drop_reason_netfilter: self.drop_reason_netfilter(&mut notes),
             hz: 0,
+            kmem_cache_name: self.optional_or_absent("kmem_cache", "name", &mut notes),
+            kmem_free_arg_is_name: self.kmem_free_arg_kind(&mut notes),
+            net_ns_ref: self.net_ns_ref(&mut notes),
+            skb_dev: off("sk_buff", "dev")?,
+            skb_sk: off("sk_buff", "sk")?,
+            skb_head: off("sk_buff", "head")?,
+            skb_network_header: off("sk_buff", "network_header")?,
+            skb_transport_header: off("sk_buff", "transport_header")?,
+            dev_nd_net: self.optional_or_absent("net_device", "nd_net", &mut notes),
+            sk_net: self.optional_or_absent("sock", "__sk_common.skc_net", &mut notes),
         };
         Ok((layout, notes))
     }
@@ -93,6 +103,42 @@ impl KernelBtf {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Offset of a member tier 2 uses; any failure → [`ABSENT`] + note (tier 1 is unaffected).
+    fn optional_or_absent(&self, ty: &str, path: &str, notes: &mut Vec<String>) -> u32 {
+        self.member_offset(ty, path).unwrap_or_else(|e| {
+            notes.push(format!("{ty}.{path}: {e} (tier 2 loses what it gives)"));
+            ABSENT
+        })
+    }
+
+    /// `kmem_cache_free`'s third tracepoint argument: the cache (0) or its name (1).
+    fn kmem_free_arg_kind(&self, notes: &mut Vec<String>) -> u32 {
+        let args = self.tracepoint_arg_types("kmem_cache_free");
+        match args.as_deref().and_then(|a| a.get(2)).map(String::as_str) {
+            Some("kmem_cache") => 0,
+            Some("char") => 1,
+            _ => {
+                notes.push(format!(
+                    "kmem_cache_free tracepoint does not name the cache ({args:?}): no tier 2"
+                ));
+                ABSENT
+            }
+        }
+    }
+
+    /// The namespace refcount in `struct net`, renamed `ns.__ns_ref` in 6.18.
+    fn net_ns_ref(&self, notes: &mut Vec<String>) -> u32 {
+        ["ns.__ns_ref", "ns.count", "count"]
+            .iter()
+            .find_map(|p| self.member_offset("net", p).ok())
+            .unwrap_or_else(|| {
+                notes.push(
+                    "struct net has no ns refcount: netns_exit not recognised on tier 2".into(),
+                );
+                ABSENT
+            })
     }
 
     fn drop_reason_netfilter(&self, notes: &mut Vec<String>) -> u32 {

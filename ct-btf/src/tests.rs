@@ -564,3 +564,28 @@ fn resolve_clash_by_name_then_arity() {
     );
     assert!(notes[0].contains("not recognised"), "{notes:?}");
 }
+
+#[test]
+fn tier2_tracepoint_args_and_offsets() {
+    let Some(btf) = sys_btf() else { return };
+    let free = btf
+        .tracepoint_arg_types("kmem_cache_free")
+        .expect("kmem_cache_free");
+    let queue = btf
+        .tracepoint_arg_types("net_dev_queue")
+        .expect("net_dev_queue");
+    assert_eq!(queue, ["sk_buff"]);
+    assert_eq!(btf.tracepoint_arg_types("no_such_tracepoint"), None);
+    let (l, notes) = btf.layout_with_notes().expect("layout");
+    println!("kmem_cache_free args {free:?}; notes {notes:?}");
+    assert_ne!(l.kmem_free_arg_is_name, ABSENT, "{notes:?}");
+    for v in [l.kmem_cache_name, l.net_ns_ref, l.dev_nd_net, l.sk_net] {
+        assert_ne!(v, ABSENT, "{notes:?}");
+    }
+    if is_6_18() {
+        assert_eq!(free, ["", "", "kmem_cache"]);
+        assert_eq!(l.kmem_free_arg_is_name, 0);
+        assert_eq!(l.net_ns_ref, 180);
+        assert_eq!(l.kmem_cache_name, 104);
+    }
+}

@@ -132,6 +132,10 @@ pub struct Tuple {
 pub const FLAG_HAS_WINNER: u8 = 1;
 /// `Event::flags`: a `New` that came from `nf_conntrack_hash_check_insert` (ctnetlink/BPF).
 pub const FLAG_FROM_CTNETLINK: u8 = 2;
+/// `Event::flags`: a tier-2 candidate the tracepoints cannot decide alone (an insert
+/// failure, a table-full drop, a merged clash, or a destroy by early_drop or ctnetlink);
+/// the agent confirms it against the kernel's per-namespace counter deltas.
+pub const FLAG_UNVERIFIED: u8 = 4;
 
 /// The record every program writes into the ring buffer.
 #[repr(C)]

@@ -55,9 +55,33 @@ pub struct KernelLayout {
     pub drop_reason_netfilter: u32,
     /// Kernel HZ, to turn jiffies into seconds where BPF needs it (0 if unknown).
     pub hz: u32,
+    // ---- tier 2 (tracepoints only) ----
+    /// `struct kmem_cache::name` (const char *).
+    pub kmem_cache_name: u32,
+    /// What the third argument of the `kmem_cache_free` tracepoint is: 0 the
+    /// `struct kmem_cache *` (≥6.2), 1 the cache's name (`const char *`, 5.12–6.1), or
+    /// [`ABSENT`] when the tracepoint does not name the cache (tier 2 cannot run).
+    pub kmem_free_arg_is_name: u32,
+    /// The namespace refcount inside `struct net` (`ns.count`, `ns.__ns_ref` on ≥6.18):
+    /// zero while the namespace is being torn down.
+    pub net_ns_ref: u32,
+    /// `struct sk_buff::dev` (struct net_device *).
+    pub skb_dev: u32,
+    /// `struct sk_buff::sk` (struct sock *).
+    pub skb_sk: u32,
+    /// `struct sk_buff::head` (unsigned char *).
+    pub skb_head: u32,
+    /// `struct sk_buff::network_header` (u16 offset from head).
+    pub skb_network_header: u32,
+    /// `struct sk_buff::transport_header` (u16 offset from head; 0xffff if unset).
+    pub skb_transport_header: u32,
+    /// `struct net_device::nd_net` (possible_net_t: `struct net *` first).
+    pub dev_nd_net: u32,
+    /// `struct sock::__sk_common.skc_net` (possible_net_t).
+    pub sk_net: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelLayout>() == 22 * 4);
+const _: () = assert!(core::mem::size_of::<KernelLayout>() == 32 * 4);
 
 impl KernelLayout {
     /// All-absent layout: what the BPF object holds until the loader fills it in.
@@ -85,6 +109,16 @@ impl KernelLayout {
             resolve_clash_skb_arg: ABSENT,
             drop_reason_netfilter: ABSENT,
             hz: 0,
+            kmem_cache_name: ABSENT,
+            kmem_free_arg_is_name: ABSENT,
+            net_ns_ref: ABSENT,
+            skb_dev: ABSENT,
+            skb_sk: ABSENT,
+            skb_head: ABSENT,
+            skb_network_header: ABSENT,
+            skb_transport_header: ABSENT,
+            dev_nd_net: ABSENT,
+            sk_net: ABSENT,
         }
     }
 }

@@ -11,6 +11,13 @@ use ct_common::{Event, EventKind, stat};
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
+/// The reader is woken only once this much is waiting; below it, it polls on a short
+/// timer. A wakeup per event would cost a syscall and an irq_work per event under load.
+const WAKEUP_BYTES: u64 = 64 * 1024;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+
 /// Per-CPU counters, indexed by `ct_common::stat`.
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
@@ -38,5 +45,10 @@ pub fn emit(kind: EventKind, cause: u8, fill: impl FnOnce(&mut Event)) {
     e.kind = kind as u8;
     e.cause = cause;
     fill(e);
-    entry.submit(0);
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags);
 }

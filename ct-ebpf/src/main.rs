@@ -17,6 +17,7 @@ mod feature;
 mod frames;
 mod insert;
 mod kernel;
+mod tier2;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -335,6 +335,27 @@ impl Conntrack {
         }
     }
 
+    /// The cookie of the namespace this socket lives in (see `SO_NETNS_COOKIE`).
+    pub fn netns_cookie(&self) -> Result<u64> {
+        self.sock.netns_cookie()
+    }
+
+    /// The entry with this reply tuple, or `None` (finds the owner of a NAT mapping).
+    pub async fn get_by_reply(
+        &mut self,
+        reply: &Tuple,
+        zone: Option<u16>,
+    ) -> Result<Option<Entry>> {
+        let mut req = Request::new("get", IPCTNL_MSG_CT_GET, reply.family().to_af());
+        req.attrs.push(tuple_reply(reply));
+        push_zone(&mut req, zone);
+        match self.collect_entries(req).await {
+            Ok(mut v) => Ok(v.pop()),
+            Err(Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Delete the entry with this original tuple ([`Error::NotFound`] if none).
     pub async fn delete(&mut self, orig: &Tuple, zone: Option<u16>) -> Result<()> {
         let mut req = Request::new("delete", IPCTNL_MSG_CT_DELETE, orig.family().to_af());

@@ -169,6 +169,31 @@ impl NlSocket {
         })
     }
 
+    /// The network namespace cookie of this socket (`SO_NETNS_COOKIE`, Linux ≥5.14):
+    /// unique per namespace for the boot, unlike inode numbers, which are recycled.
+    pub fn netns_cookie(&self) -> Result<u64> {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(netlink_sys::AsyncSocket::socket_ref(&self.sock));
+        let mut cookie = 0u64;
+        let mut len = size_of::<u64>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `cookie`, which we own.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_NETNS_COOKIE,
+                (&raw mut cookie).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(Error::from_io(
+                "getsockopt",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(cookie)
+    }
+
     /// Send `req` and feed each reply message of the same sequence to `on_reply`,
     /// until NLMSG_DONE (dumps) or the ACK (other requests).
     pub async fn request(

@@ -4,7 +4,7 @@
 use std::{net::IpAddr, path::PathBuf};
 
 use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum, error::ErrorKind};
-use ct_netlink::{Family, TupleFilter};
+use ct_netlink::{Family, Status, TcpState, Tuple, TupleFilter};
 
 use crate::{filter, loader::DEFAULT_RING_BYTES};
 
@@ -47,6 +47,285 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Delete every entry, or every entry of one family (`conntrack -F`).
     Flush(FlushArgs),
+    /// conntrack(8) 1.4.7 syntax and behaviour: `ctscope conntrack -L -p tcp`, ...
+    ///
+    /// Everything after `conntrack` is parsed as conntrack parses it (`ctscope conntrack
+    /// -h` prints conntrack's usage); output, summaries, messages and exit statuses are
+    /// conntrack's (0 ok, 1 operation failed or nothing affected, 2 parameter problem).
+    /// `alias conntrack='ctscope conntrack'` works. Extension: `--netns NS` runs the
+    /// command in another network namespace. Not supported (exit 2, saying so):
+    /// labels, -o xml/ktimestamp/labels, -I/-E/-S on expectations, NAT on -I.
+    #[command(disable_help_flag = true, disable_version_flag = true)]
+    Conntrack(ConntrackArgs),
+    /// Show the entry with this original tuple (`conntrack -G`); exit 1 if there is none.
+    Get(GetArgs),
+    /// Create an entry (`conntrack -I`) and show it; exit 1 if the tuple is taken.
+    Insert(InsertArgs),
+    /// Change the timeout, mark, status or TCP state of the entry with this original
+    /// tuple (`conntrack -U`) and show it; exit 1 if there is none.
+    Update(UpdateArgs),
+    /// The expectation table (`conntrack -L/-G/-D/-F expect`, `-C expect`).
+    Expect(ExpectArgs),
+}
+
+/// `ctscope conntrack ARGS...`: the raw conntrack arguments.
+#[derive(Debug, Args)]
+pub struct ConntrackArgs {
+    /// conntrack(8) arguments, e.g. `-L -p udp --dport 53 -o extended`.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        num_args = 0..,
+        value_name = "CONNTRACK_ARGS"
+    )]
+    pub args: Vec<String>,
+}
+
+/// The original tuple that names one entry (get, insert, update, expect get/delete).
+#[derive(Debug, Args, Clone)]
+pub struct TupleArgs {
+    /// Protocol: tcp, udp, icmp, icmpv6, sctp, dccp, gre, udplite or a number.
+    #[arg(long, short = 'p', value_name = "PROTO", value_parser = filter::parse_proto)]
+    pub proto: u8,
+
+    /// Original source address.
+    #[arg(long, short = 's', value_name = "ADDR")]
+    pub src: IpAddr,
+
+    /// Original destination address (same family as --src).
+    #[arg(long, short = 'd', value_name = "ADDR")]
+    pub dst: IpAddr,
+
+    /// Original source port (port protocols).
+    #[arg(long, value_name = "PORT")]
+    pub sport: Option<u16>,
+
+    /// Original destination port (port protocols).
+    #[arg(long, value_name = "PORT")]
+    pub dport: Option<u16>,
+
+    /// ICMP/ICMPv6 type.
+    #[arg(long, value_name = "TYPE")]
+    pub icmp_type: Option<u8>,
+
+    /// ICMP/ICMPv6 code.
+    #[arg(long, value_name = "CODE")]
+    pub icmp_code: Option<u8>,
+
+    /// ICMP/ICMPv6 identifier.
+    #[arg(long, value_name = "ID")]
+    pub icmp_id: Option<u16>,
+
+    /// Conntrack zone (default 0).
+    #[arg(long, short = 'w', value_name = "ZONE")]
+    pub zone: Option<u16>,
+}
+
+impl TupleArgs {
+    /// The ct-netlink tuple; a usage error when the fields do not fit the protocol.
+    pub fn tuple(&self) -> Result<Tuple, clap::Error> {
+        let usage = |msg: String| Cli::command().error(ErrorKind::ArgumentConflict, msg);
+        if Family::of(&self.src) != Family::of(&self.dst) {
+            return Err(usage(
+                "--src and --dst must be of one family (both IPv4 or both IPv6)".into(),
+            ));
+        }
+        let icmp = self.icmp_type.is_some() || self.icmp_code.is_some() || self.icmp_id.is_some();
+        let ports = self.sport.is_some() || self.dport.is_some();
+        match self.proto {
+            ct_netlink::proto::ICMP | ct_netlink::proto::ICMPV6 => {
+                if ports {
+                    return Err(usage(
+                        "ICMP has no ports: use --icmp-type/--icmp-code/--icmp-id".into(),
+                    ));
+                }
+                Ok(Tuple::icmp(
+                    self.src,
+                    self.dst,
+                    self.icmp_type.unwrap_or(8),
+                    self.icmp_code.unwrap_or(0),
+                    self.icmp_id.unwrap_or(0),
+                ))
+            }
+            p => {
+                if icmp {
+                    return Err(usage(format!(
+                        "--icmp-* need -p icmp or icmpv6, not {}",
+                        ct_netlink::proto::name(p)
+                    )));
+                }
+                let (Some(sport), Some(dport)) = (self.sport, self.dport) else {
+                    return Err(usage(
+                        "--sport and --dport are required for this protocol".into(),
+                    ));
+                };
+                Ok(Tuple::ports(p, self.src, self.dst, sport, dport))
+            }
+        }
+    }
+}
+
+/// Status flag names (`SEEN_REPLY,ASSURED`, as in `conntrack -u`) to bits.
+pub fn parse_status(s: &str) -> Result<u32, String> {
+    s.split(',').try_fold(0, |acc, name| {
+        Status::bit_from_name(name.trim())
+            .map(|b| acc | b)
+            .ok_or_else(|| {
+                format!(
+                    "unknown status {name:?}: use names like SEEN_REPLY, ASSURED, FIXED_TIMEOUT"
+                )
+            })
+    })
+}
+
+/// A TCP state name (`ESTABLISHED`, `TIME_WAIT`, ...).
+pub fn parse_tcp_state(s: &str) -> Result<TcpState, String> {
+    TcpState::from_name(s).ok_or_else(|| {
+        format!("unknown TCP state {s:?}: use SYN_SENT, ESTABLISHED, TIME_WAIT, CLOSE, ...")
+    })
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub tuple: TupleArgs,
+
+    /// One JSON object (the fields of `list --json`) instead of `conntrack -L` text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// The network namespace: a name under /run/netns, a /proc/PID/ns/net path, or an
+    /// inode. Default: ctscope's own.
+    #[arg(long, value_name = "NS")]
+    pub netns: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct InsertArgs {
+    #[command(flatten)]
+    pub tuple: TupleArgs,
+
+    /// Seconds until the entry expires.
+    #[arg(long, short = 't', value_name = "S", default_value_t = 120)]
+    pub timeout: u32,
+
+    /// Reply-direction source address (NAT-style entries); default: the original
+    /// destination.
+    #[arg(long, value_name = "ADDR", requires = "reply_dst")]
+    pub reply_src: Option<IpAddr>,
+
+    /// Reply-direction destination address; default: the original source.
+    #[arg(long, value_name = "ADDR", requires = "reply_src")]
+    pub reply_dst: Option<IpAddr>,
+
+    /// Reply-direction source port; default: the original destination port.
+    #[arg(long, value_name = "PORT")]
+    pub reply_sport: Option<u16>,
+
+    /// Reply-direction destination port; default: the original source port.
+    #[arg(long, value_name = "PORT")]
+    pub reply_dport: Option<u16>,
+
+    /// Status flags, comma-separated (SEEN_REPLY, ASSURED, FIXED_TIMEOUT, ...).
+    #[arg(long, short = 'u', value_name = "FLAGS", value_parser = parse_status)]
+    pub status: Option<u32>,
+
+    /// Connection mark.
+    #[arg(long, short = 'm', value_name = "MARK", value_parser = parse_mark)]
+    pub mark: Option<(u32, u32)>,
+
+    /// TCP state (TCP only), e.g. ESTABLISHED.
+    #[arg(long, value_name = "STATE", value_parser = parse_tcp_state)]
+    pub state: Option<TcpState>,
+
+    /// Print the created entry as one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// The network namespace: a name under /run/netns, a /proc/PID/ns/net path, or an
+    /// inode. Default: ctscope's own.
+    #[arg(long, value_name = "NS")]
+    pub netns: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    #[command(flatten)]
+    pub tuple: TupleArgs,
+
+    /// New timeout in seconds.
+    #[arg(long, short = 't', value_name = "S")]
+    pub timeout: Option<u32>,
+
+    /// New mark, or MARK/MASK to change only the bits of MASK.
+    #[arg(long, short = 'm', value_name = "MARK[/MASK]", value_parser = parse_mark)]
+    pub mark: Option<(u32, u32)>,
+
+    /// Status flags to set, comma-separated (the kernel never clears SEEN_REPLY or
+    /// ASSURED).
+    #[arg(long, short = 'u', value_name = "FLAGS", value_parser = parse_status)]
+    pub status: Option<u32>,
+
+    /// New TCP state (TCP only).
+    #[arg(long, value_name = "STATE", value_parser = parse_tcp_state)]
+    pub state: Option<TcpState>,
+
+    /// Print the updated entry as one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// The network namespace: a name under /run/netns, a /proc/PID/ns/net path, or an
+    /// inode. Default: ctscope's own.
+    #[arg(long, value_name = "NS")]
+    pub netns: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExpectArgs {
+    #[command(subcommand)]
+    pub op: ExpectOp,
+
+    /// The network namespace: a name under /run/netns, a /proc/PID/ns/net path, or an
+    /// inode. Default: ctscope's own.
+    #[arg(long, global = true, value_name = "NS")]
+    pub netns: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExpectOp {
+    /// List expectations (`conntrack -L expect`).
+    List {
+        /// One JSON object per expectation and line.
+        #[arg(long)]
+        json: bool,
+        /// Only this family.
+        #[arg(long, short = 'f', value_enum)]
+        family: Option<FamilyArg>,
+    },
+    /// Show the expectation with this expected tuple; exit 1 if there is none.
+    Get {
+        #[command(flatten)]
+        tuple: TupleArgs,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete the expectation with this expected tuple; exit 1 if there is none.
+    Delete {
+        #[command(flatten)]
+        tuple: TupleArgs,
+    },
+    /// Delete every expectation (of one family).
+    Flush {
+        #[arg(long, short = 'f', value_enum)]
+        family: Option<FamilyArg>,
+    },
+    /// Number of expectations.
+    Count {
+        /// `{"count": N}` instead of the number.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl Cli {
@@ -301,6 +580,11 @@ pub struct EventsArgs {
     /// Create this file once the probes are attached (for scripts and tests).
     #[arg(long, hide = true, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
+
+    /// Hook tier: 1 kprobes (exact causes), 2 tracepoints only, 3 ctnetlink events
+    /// (no BPF). Default: the best this kernel allows (`ctscope probe` explains it).
+    #[arg(long, value_enum, value_name = "N")]
+    pub tier: Option<crate::loader::Tier>,
 }
 
 /// Filters; every one given must match.

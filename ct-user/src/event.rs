@@ -6,7 +6,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ct_common::{
-    Cause, DestroyReason, Event, EventKind, FLAG_FROM_CTNETLINK, FLAG_HAS_WINNER, Tuple,
+    Cause, DestroyReason, Event, EventKind, FLAG_FROM_CTNETLINK, FLAG_HAS_WINNER, FLAG_UNVERIFIED,
+    Tuple,
 };
 use ct_netlink::{Status, TcpState, proto};
 use serde::Serialize;
@@ -69,6 +70,10 @@ pub struct CtEvent {
     pub winner: Option<Winner>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub from_ctnetlink: bool,
+    /// Tier 2: a candidate the kernel's counters could not confirm (its namespace's
+    /// ctnetlink was unreachable); the cause or reason is the tracepoints' best guess.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unverified: bool,
 }
 
 /// The entry already in the table that won a clash.
@@ -119,6 +124,20 @@ pub struct Side {
     pub code: Option<u8>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<u16>,
+}
+
+impl From<&ct_netlink::Tuple> for Side {
+    fn from(t: &ct_netlink::Tuple) -> Self {
+        Side {
+            src: t.src,
+            dst: t.dst,
+            sport: t.src_port,
+            dport: t.dst_port,
+            icmp_type: t.icmp_type,
+            code: t.icmp_code,
+            id: t.icmp_id,
+        }
+    }
 }
 
 impl Side {
@@ -301,6 +320,7 @@ pub fn decode(raw: &Event, clock: &Clock) -> Option<CtEvent> {
         pid: raw.pid,
         winner,
         from_ctnetlink: raw.flags & FLAG_FROM_CTNETLINK != 0,
+        unverified: raw.flags & FLAG_UNVERIFIED != 0,
     })
 }
 

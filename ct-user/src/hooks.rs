@@ -11,6 +11,8 @@ pub enum HookKind {
     Kprobe,
     Kretprobe,
     TpBtf,
+    /// Raw tracepoint: untyped arguments, for tracepoints tp_btf cannot read everywhere.
+    RawTp,
 }
 
 /// One program of the BPF object and where it goes.
@@ -39,7 +41,7 @@ const fn hook(
     }
 }
 
-use HookKind::{Kprobe, Kretprobe, TpBtf};
+use HookKind::{Kprobe, Kretprobe, RawTp, TpBtf};
 
 /// Tier 1 of DESIGN.md: kprobes on the conntrack core plus the kfree_skb tracepoint.
 pub const TIER1: &[HookSpec] = &[
@@ -152,6 +154,32 @@ pub const TIER1: &[HookSpec] = &[
         "netfilter drops (counted)",
     ),
 ];
+
+/// Tier 2 of DESIGN.md: tracepoints only, for kernels without kprobes or fentry.
+pub const TIER2: &[HookSpec] = &[
+    hook(
+        "t2_ct_free",
+        RawTp,
+        &["kmem_cache_free"],
+        "end of every entry: destroy and its reason",
+    ),
+    hook(
+        "t2_dev_queue",
+        TpBtf,
+        &["net_dev_queue"],
+        "new entries (first seen confirmed on egress), NAT-clash inserts",
+    ),
+    hook(
+        "t2_nf_drop",
+        TpBtf,
+        &["kfree_skb"],
+        "insert_failed and table_full drops (checked against counters)",
+    ),
+];
+
+/// Programs without which a tier cannot tell new, failed and destroyed entries apart.
+pub const TIER1_ESSENTIAL: &[&str] = &["confirm_enter", "confirm_exit", "ct_delete_enter"];
+pub const TIER2_ESSENTIAL: &[&str] = &["t2_ct_free", "t2_dev_queue", "t2_nf_drop"];
 
 /// Text symbols of the running kernel, from /proc/kallsyms.
 #[derive(Debug, Default)]
@@ -269,6 +297,12 @@ ffffffff81000020 d nf_conntrack_max
 
     #[test]
     fn every_program_has_a_target() {
-        assert!(TIER1.iter().all(|h| !h.targets.is_empty()));
+        assert!(TIER1.iter().chain(TIER2).all(|h| !h.targets.is_empty()));
+        for name in TIER1_ESSENTIAL {
+            assert!(TIER1.iter().any(|h| h.program == *name), "{name}");
+        }
+        for name in TIER2_ESSENTIAL {
+            assert!(TIER2.iter().any(|h| h.program == *name), "{name}");
+        }
     }
 }

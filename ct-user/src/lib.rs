@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod cmd;
+pub mod compat;
 pub mod event;
 pub mod filter;
 pub mod hooks;
@@ -12,4 +13,6 @@ pub mod netns;
 pub mod output;
 pub mod probe;
 pub mod reader;
+pub mod settle;
 pub mod table_text;
+pub mod tier3;

@@ -5,12 +5,14 @@ use std::io;
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    programs::{BtfTracePoint, FEntry, KProbe, ProgramError},
+    programs::{BtfTracePoint, FEntry, KProbe, ProgramError, RawTracePoint},
 };
 use ct_common::KernelLayout;
 use serde::Serialize;
 
-use crate::hooks::{HookKind, HookSpec, Kallsyms, Resolution, TIER1};
+use crate::hooks::{
+    HookKind, HookSpec, Kallsyms, Resolution, TIER1, TIER1_ESSENTIAL, TIER2, TIER2_ESSENTIAL,
+};
 
 /// The BPF object built by build.rs from the `ct-ebpf` crate.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ct-ebpf"));
@@ -32,6 +34,8 @@ pub enum LoadError {
     Permission(String),
     #[error("--ring-size must be a power of two multiple of the page size (4096), got {0}")]
     RingSize(u32),
+    #[error("tier {0} cannot run on this kernel: {1}")]
+    Tier(u8, String),
     #[error("loading the BPF object: {0}")]
     Ebpf(#[from] aya::EbpfError),
 }
@@ -52,9 +56,63 @@ pub struct HookStatus {
     pub role: &'static str,
 }
 
+/// The hook tiers of DESIGN.md, best first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+pub enum Tier {
+    /// kprobes on the conntrack core: every event with its exact cause.
+    #[value(name = "1")]
+    #[serde(rename = "1")]
+    Kprobes,
+    /// Tracepoints only (slab free, egress, drops), settled against kernel counters.
+    #[value(name = "2")]
+    #[serde(rename = "2")]
+    Tracepoints,
+    /// No BPF: ctnetlink events, like `conntrack -E` (no causes, can lose events).
+    #[value(name = "3")]
+    #[serde(rename = "3")]
+    Ctnetlink,
+}
+
+impl Tier {
+    pub fn number(self) -> u8 {
+        match self {
+            Tier::Kprobes => 1,
+            Tier::Tracepoints => 2,
+            Tier::Ctnetlink => 3,
+        }
+    }
+
+    /// What this tier can and cannot see, for `probe` and the startup warning.
+    pub fn sees(self) -> &'static str {
+        match self {
+            Tier::Kprobes => {
+                "every new, destroy (exact reason), insert_failed (cause and winner), \
+                 clash_resolved, table_full and early_drop event, from the conntrack core"
+            }
+            Tier::Tracepoints => {
+                "new (entries first seen on egress; ctnetlink inserts and ingress-only flows \
+                 are not reported), destroy (reason from expiry, TCP state, netns and \
+                 context; early_drop vs ctnetlink from the counters), insert_failed and \
+                 table_full (drops checked against the kernel's counters), merged and \
+                 NAT-clash clashes; winners are looked up through ctnetlink"
+            }
+            Tier::Ctnetlink => {
+                "new and destroy from ctnetlink events only: no reasons or causes, no \
+                 insert_failed or table_full, and events can be lost under load"
+            }
+        }
+    }
+}
+
 /// The loaded object and what got attached. Dropping it detaches everything.
 pub struct Probes {
     pub ebpf: Ebpf,
+    /// The tier the attached hooks deliver.
+    pub tier: Tier,
+    /// Why that tier (and not a better one).
+    pub tier_reason: String,
+    /// Why tier 1 did not run (`None` when it does).
+    pub tier1_unavailable: Option<String>,
     pub hooks: Vec<HookStatus>,
     pub layout: KernelLayout,
     /// What the BTF reader had to fall back on.
@@ -82,8 +140,9 @@ impl Support {
     }
 }
 
-/// Loads the object and attaches every hook of tier 1 this kernel allows.
-pub fn load(ring_bytes: u32) -> Result<Probes, LoadError> {
+/// Loads the object and attaches the best tier this kernel allows (tier 1, else 2), or
+/// the tier `forced`. Tier 3 needs no BPF and is the caller's fallback on error.
+pub fn load(ring_bytes: u32, forced: Option<Tier>) -> Result<Probes, LoadError> {
     if OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
@@ -104,16 +163,116 @@ pub fn load(ring_bytes: u32) -> Result<Probes, LoadError> {
         .load(OBJECT)
         .map_err(permission_or)?;
     let btf = Btf::from_sys_fs().ok();
-    let hooks = TIER1
-        .iter()
-        .map(|spec| attach(&mut ebpf, spec, &kallsyms, support, btf.as_ref()))
-        .collect();
-    Ok(Probes {
+    let attach_all = |ebpf: &mut Ebpf, specs: &[HookSpec]| -> Vec<HookStatus> {
+        specs
+            .iter()
+            .map(|spec| attach(ebpf, spec, &kallsyms, support, btf.as_ref()))
+            .collect()
+    };
+    let mut hooks = Vec::new();
+    let mut why_not_1 = None;
+    if forced != Some(Tier::Tracepoints) {
+        hooks = attach_all(&mut ebpf, TIER1);
+        match missing(&hooks, TIER1_ESSENTIAL) {
+            None => {
+                let reason = "kprobes on the conntrack core attached".to_string();
+                let p = probes(ebpf, Tier::Kprobes, reason, hooks, layout, notes);
+                return Ok(p);
+            }
+            Some(why) if forced == Some(Tier::Kprobes) => return Err(LoadError::Tier(1, why)),
+            Some(why) => why_not_1 = Some(why),
+        }
+        // Partial tier 1 would report some events twice next to tier 2.
+        unload_kprobes(&mut ebpf, &mut hooks);
+    }
+    hooks.extend(attach_all(&mut ebpf, TIER2));
+    match (missing(&hooks, TIER2_ESSENTIAL), why_not_1) {
+        (None, why_not_1) => {
+            let reason = match &why_not_1 {
+                Some(why) => format!("tracepoints only: tier 1 unavailable ({why})"),
+                None => "tier 2 forced (--tier 2)".into(),
+            };
+            let mut p = probes(ebpf, Tier::Tracepoints, reason, hooks, layout, notes);
+            p.tier1_unavailable = why_not_1;
+            Ok(p)
+        }
+        (Some(why), None) => Err(LoadError::Tier(2, why)),
+        (Some(why), Some(why_not_1)) => Err(LoadError::Tier(
+            2,
+            format!("{why}; tier 1 unavailable too ({why_not_1})"),
+        )),
+    }
+}
+
+fn probes(
+    ebpf: Ebpf,
+    tier: Tier,
+    tier_reason: String,
+    hooks: Vec<HookStatus>,
+    layout: KernelLayout,
+    notes: Vec<String>,
+) -> Probes {
+    Probes {
         ebpf,
+        tier,
+        tier_reason,
+        tier1_unavailable: None,
         hooks,
         layout,
         notes,
-    })
+    }
+}
+
+/// `None` if every essential program attached, else which did not and why.
+fn missing(hooks: &[HookStatus], essential: &[&str]) -> Option<String> {
+    let failed: Vec<(&str, &str)> = essential
+        .iter()
+        .filter_map(|name| match hooks.iter().find(|h| h.name == *name) {
+            Some(h) if h.available => None,
+            Some(h) => Some((*name, h.reason.as_deref().unwrap_or("?"))),
+            None => Some((*name, "not tried")),
+        })
+        .collect();
+    let (_, first) = *failed.first()?;
+    // One shared reason (no kprobes at all) reads better once.
+    if failed.iter().all(|(_, why)| *why == first) {
+        let names: Vec<&str> = failed.iter().map(|(n, _)| *n).collect();
+        return Some(format!("{}: {first}", names.join(", ")));
+    }
+    let each: Vec<String> = failed
+        .iter()
+        .map(|(n, why)| format!("{n}: {why}"))
+        .collect();
+    Some(each.join("; "))
+}
+
+/// Detaches and unloads every kprobe program, marking its hook unavailable.
+fn unload_kprobes(ebpf: &mut Ebpf, hooks: &mut [HookStatus]) {
+    let kprobe = |h: &&mut HookStatus| matches!(h.kind, HookKind::Kprobe | HookKind::Kretprobe);
+    for h in hooks.iter_mut().filter(kprobe) {
+        if let Ok(prog) = program::<KProbe>(ebpf, h.name) {
+            let _ = prog.unload();
+        }
+        if h.available {
+            h.available = false;
+            h.reason = Some("detached: the rest of tier 1 is missing, tier 2 runs instead".into());
+        }
+    }
+}
+
+/// Tells tier 2 which namespaces run conntrack (by inode), so drops without an entry
+/// there are checked as table-full candidates from the first one.
+pub fn mark_conntrack_netns(probes: &mut Probes, inodes: &[u32]) -> Result<(), String> {
+    let map = probes
+        .ebpf
+        .map_mut("CT_NETNS")
+        .ok_or("map CT_NETNS missing from the object")?;
+    let mut map: aya::maps::HashMap<_, u32, u8> =
+        aya::maps::HashMap::try_from(map).map_err(|e| e.to_string())?;
+    for inode in inodes {
+        map.insert(inode, 1, 0).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// Whether the kernel lets a trivial fentry program load (some refuse with EPERM).
@@ -148,6 +307,10 @@ fn attach(
         HookKind::TpBtf => {
             status.target = Some(spec.targets[0].to_string());
             attach_tp_btf(ebpf, spec, btf)
+        }
+        HookKind::RawTp => {
+            status.target = Some(spec.targets[0].to_string());
+            attach_raw_tp(ebpf, spec)
         }
     };
     match result {
@@ -184,6 +347,14 @@ fn attach_tp_btf(ebpf: &mut Ebpf, spec: &HookSpec, btf: Option<&Btf>) -> Result<
     let prog: &mut BtfTracePoint = program(ebpf, spec.program)?;
     prog.load(spec.targets[0], btf).map_err(|e| describe(&e))?;
     prog.attach().map(drop).map_err(|e| describe(&e))
+}
+
+fn attach_raw_tp(ebpf: &mut Ebpf, spec: &HookSpec) -> Result<(), String> {
+    let prog: &mut RawTracePoint = program(ebpf, spec.program)?;
+    prog.load().map_err(|e| describe(&e))?;
+    prog.attach(spec.targets[0])
+        .map(drop)
+        .map_err(|e| describe(&e))
 }
 
 fn resolve_any(kallsyms: &Kallsyms, targets: &[&str]) -> Result<String, String> {

@@ -11,6 +11,10 @@ use ctscope::{
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // conntrack's own syntax, messages and exit statuses (see compat).
+    if let Command::Conntrack(args) = &cli.command {
+        return ctscope::compat::main(&args.args);
+    }
     if let Err(e) = cli.validate() {
         e.exit();
     }
@@ -36,6 +40,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Stats(args) => runtime()?.block_on(cmd::stats::run(args)),
         Command::Delete(args) => runtime()?.block_on(cmd::delete::run(args)),
         Command::Flush(args) => runtime()?.block_on(cmd::flush::run(args)),
+        Command::Get(args) => runtime()?.block_on(cmd::entry::get(args)),
+        Command::Insert(args) => runtime()?.block_on(cmd::entry::insert(args)),
+        Command::Update(args) => runtime()?.block_on(cmd::entry::update(args)),
+        Command::Expect(args) => runtime()?.block_on(cmd::expect::run(args)),
+        Command::Conntrack(_) => unreachable!("handled in main"),
     }
 }
 

@@ -6,12 +6,9 @@ use std::{fs, path::Path};
 use serde::Serialize;
 
 use crate::{
-    loader::{self, DEFAULT_RING_BYTES, HookStatus},
+    loader::{self, DEFAULT_RING_BYTES, HookStatus, Tier},
     netns,
 };
-
-/// Programs without which tier 1 cannot tell new, failed and destroyed entries apart.
-const TIER1_ESSENTIAL: [&str; 3] = ["confirm_enter", "confirm_exit", "ct_delete_enter"];
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -28,11 +25,24 @@ pub struct Report {
     pub hz: u32,
     pub tier: Option<u8>,
     pub tier_reason: String,
+    /// What the chosen tier can and cannot see on this kernel.
+    pub tier_sees: String,
+    /// Every tier, tried for real: whether it can run here, why not, what it sees.
+    pub tiers: Vec<TierReport>,
     pub hooks: Vec<HookStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub load_error: Option<String>,
     pub notes: Vec<String>,
     pub namespaces: Vec<NetnsReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TierReport {
+    pub tier: u8,
+    pub available: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub sees: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -60,12 +70,15 @@ pub fn run() -> Report {
         hz: 0,
         tier: None,
         tier_reason: String::new(),
+        tier_sees: String::new(),
+        tiers: Vec::new(),
         hooks: Vec::new(),
         load_error: None,
         notes: Vec::new(),
         namespaces: namespaces(),
     };
-    match loader::load(DEFAULT_RING_BYTES) {
+    let mut tier1_unavailable = None;
+    let tier = match loader::load(DEFAULT_RING_BYTES, None) {
         Ok(mut probes) => {
             report.ringbuf = true;
             report.hz = probes.layout.hz;
@@ -76,35 +89,61 @@ pub fn run() -> Report {
                 Err(why) => report.fentry_reason = Some(why),
             }
             report.hooks = probes.hooks.clone();
+            report.tier_reason = probes.tier_reason.clone();
+            tier1_unavailable = probes.tier1_unavailable.clone();
+            probes.tier
         }
-        Err(e) => report.load_error = Some(e.to_string()),
-    }
-    decide_tier(&mut report);
+        Err(e) => {
+            report.load_error = Some(e.to_string());
+            report.tier_reason = format!("no BPF tier: {e}; ctnetlink events only");
+            Tier::Ctnetlink
+        }
+    };
+    report.tier = Some(tier.number());
+    report.tier_sees = tier.sees().into();
+    report.tiers = tiers(
+        tier,
+        tier1_unavailable.unwrap_or_else(|| report.tier_reason.clone()),
+    );
     report
 }
 
-fn decide_tier(r: &mut Report) {
-    let attached = |name: &str| r.hooks.iter().any(|h| h.name == name && h.available);
-    if TIER1_ESSENTIAL.iter().all(|p| attached(p)) {
-        r.tier = Some(1);
-        r.tier_reason = "kprobes on the conntrack core attached: full events with causes".into();
-    } else if !r.kprobes {
-        r.tier_reason = "no kprobes on this kernel (CONFIG_KPROBES off): tier 1 is unavailable; \
-             tier 2 (tracepoints only) and tier 3 (ctnetlink) are not built yet"
-            .into();
-    } else if let Some(e) = &r.load_error {
-        r.tier_reason = format!("BPF programs could not be loaded: {e}");
-    } else {
-        let missing: Vec<&str> = TIER1_ESSENTIAL
-            .iter()
-            .copied()
-            .filter(|p| !attached(p))
-            .collect();
-        r.tier_reason = format!(
-            "essential tier-1 hooks failed to attach: {}",
-            missing.join(", ")
-        );
-    }
+/// The chosen tier is known to work; the others are tried (tier 2 even where tier 1 won,
+/// so tests and users know whether `--tier 2` would run).
+fn tiers(chosen: Tier, why_not_1: String) -> Vec<TierReport> {
+    let tried = |t: Tier, result: Result<(), String>| TierReport {
+        tier: t.number(),
+        available: result.is_ok(),
+        reason: result.err(),
+        sees: t.sees(),
+    };
+    let one = match chosen {
+        Tier::Kprobes => Ok(()),
+        _ => Err(why_not_1),
+    };
+    let two = match chosen {
+        Tier::Tracepoints => Ok(()),
+        _ => loader::load(DEFAULT_RING_BYTES, Some(Tier::Tracepoints))
+            .map(drop)
+            .map_err(|e| e.to_string()),
+    };
+    vec![
+        tried(Tier::Kprobes, one),
+        tried(Tier::Tracepoints, two),
+        tried(Tier::Ctnetlink, ctnetlink_works()),
+    ]
+}
+
+/// Tier 3 needs only a ctnetlink socket that answers.
+fn ctnetlink_works() -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let mut ct = ct_netlink::Conntrack::open().map_err(|e| e.to_string())?;
+        ct.count().await.map(drop).map_err(|e| e.to_string())
+    })
 }
 
 fn conntrack_presence() -> &'static str {
@@ -151,6 +190,14 @@ pub fn text(r: &Report) -> String {
     match r.tier {
         Some(t) => s.push_str(&format!("tier         {t}: {}\n", r.tier_reason)),
         None => s.push_str(&format!("tier         none: {}\n", r.tier_reason)),
+    }
+    s.push_str(&format!("sees         {}\n", r.tier_sees));
+    for t in &r.tiers {
+        let state = match &t.reason {
+            None => "available".to_string(),
+            Some(why) => format!("unavailable: {why}"),
+        };
+        s.push_str(&format!("  tier {}     {state}\n", t.tier));
     }
     if let Some(e) = &r.load_error {
         s.push_str(&format!("load error   {e}\n"));

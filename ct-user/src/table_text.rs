@@ -57,26 +57,7 @@ fn known_or_none(name: &'static str) -> &'static str {
 /// `src= dst= ` then the protocol part, the directional zone and the counters.
 fn push_tuple(s: &mut String, t: &Tuple, dir: &str, counters: Option<ct_netlink::Counters>) {
     let _ = write!(s, "src={} dst={} ", t.src, t.dst);
-    match t.proto {
-        proto::TCP | proto::UDP | proto::UDPLITE | proto::SCTP | proto::DCCP => {
-            let (sp, dp) = (t.src_port.unwrap_or(0), t.dst_port.unwrap_or(0));
-            let _ = write!(s, "sport={sp} dport={dp} ");
-        }
-        proto::GRE => {
-            let (sk, dk) = (t.src_port.unwrap_or(0), t.dst_port.unwrap_or(0));
-            let _ = write!(s, "srckey={sk:#x} dstkey={dk:#x} ");
-        }
-        proto::ICMP | proto::ICMPV6 => {
-            let _ = write!(
-                s,
-                "type={} code={} id={} ",
-                t.icmp_type.unwrap_or(0),
-                t.icmp_code.unwrap_or(0),
-                t.icmp_id.unwrap_or(0)
-            );
-        }
-        _ => {}
-    }
+    push_l4(s, t, true);
     if let Some(z) = t.zone {
         let _ = write!(s, "zone-{dir}={z} ");
     }
@@ -119,6 +100,31 @@ fn push_trailer(s: &mut String, e: &Entry, now: u64) {
     }
     if let Some(u) = e.use_count {
         let _ = write!(s, "use={u} ");
+    }
+}
+
+/// The layer-4 part of a tuple (`sport= dport= `, ICMP `type= code= id= `, and GRE keys
+/// when `gre_keys`: expectation lines leave them out).
+pub fn push_l4(s: &mut String, t: &Tuple, gre_keys: bool) {
+    match t.proto {
+        proto::TCP | proto::UDP | proto::UDPLITE | proto::SCTP | proto::DCCP => {
+            let (sp, dp) = (t.src_port.unwrap_or(0), t.dst_port.unwrap_or(0));
+            let _ = write!(s, "sport={sp} dport={dp} ");
+        }
+        proto::GRE if gre_keys => {
+            let (sk, dk) = (t.src_port.unwrap_or(0), t.dst_port.unwrap_or(0));
+            let _ = write!(s, "srckey={sk:#x} dstkey={dk:#x} ");
+        }
+        proto::ICMP | proto::ICMPV6 => {
+            let _ = write!(
+                s,
+                "type={} code={} id={} ",
+                t.icmp_type.unwrap_or(0),
+                t.icmp_code.unwrap_or(0),
+                t.icmp_id.unwrap_or(0)
+            );
+        }
+        _ => {}
     }
 }
 

@@ -87,6 +87,20 @@ impl Probe {
         self.0["hooks"].as_array().map(Vec::as_slice).unwrap_or(&[])
     }
 
+    /// `None` if tier `n` can run here (`probe` tries every tier), else why not.
+    pub fn tier_missing(&self, n: u64) -> Option<String> {
+        let tiers = self.0["tiers"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        match tiers.iter().find(|t| t["tier"].as_u64() == Some(n)) {
+            Some(t) if t["available"] == true => None,
+            Some(t) => Some(format!(
+                "needs tier {n}, probe on kernel {} says: {}",
+                self.kernel(),
+                t["reason"].as_str().unwrap_or("unavailable")
+            )),
+            None => Some(format!("needs tier {n}, probe does not report tiers")),
+        }
+    }
+
     /// `None` if tier-1 scenarios can run here, else why not.
     pub fn tier1_missing(&self) -> Option<String> {
         match (self.kprobes(), self.tier()) {

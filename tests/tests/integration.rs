@@ -4,15 +4,17 @@
 //! work as usual. A scenario this kernel cannot run is an *ignored* trial, announced as
 //! `SKIPPED: <name>: <reason>` before the run, never a pass.
 //!
-//! Scenario trials need ctscope at tier 1 (kprobes). Each also has a `kernel_<name>`
-//! twin that runs the same traffic without ctscope and checks only the kernel's counters,
-//! so the reproducers are proven on kernels (like the project hosts) where ctscope has no
-//! tier 1; where the scenario itself runs, the twin is skipped as redundant.
+//! Scenario trials need ctscope at tier 1 (kprobes); each has a `t2_<name>` twin that
+//! runs the same scenario with `--tier 2` (tracepoints only, which is all the project
+//! hosts allow) and a `kernel_<name>` twin that runs the traffic without ctscope and
+//! checks only the kernel's counters, skipped as redundant wherever a ctscope tier runs.
 
 #[path = "integration/clash_resolve.rs"]
 mod clash_resolve;
 #[path = "integration/common.rs"]
 mod common;
+#[path = "integration/conntrack_compat.rs"]
+mod conntrack_compat;
 #[path = "integration/ctnetlink_cli.rs"]
 mod ctnetlink_cli;
 #[path = "integration/ctnetlink_delete.rs"]
@@ -71,10 +73,14 @@ fn main() {
     for (name, body) in CTNETLINK_CLI {
         trials.add(&env, name, Needs::Root, body);
     }
-    let tier1 = env.unmet(Needs::Tier1).is_none();
+    trials.add(&env, "conntrack_compat", Needs::Root, conntrack_compat::run);
+    let watched = env.unmet(Needs::Tier1).is_none() || env.unmet(Needs::Tier2).is_none();
     for &(name, scenario) in SCENARIOS {
         trials.add(&env, name, Needs::Tier1, move || scenario(Watch::Ctscope));
-        let twin_needs = if tier1 {
+        trials.add(&env, &format!("t2_{name}"), Needs::Tier2, move || {
+            scenario(Watch::Tier2)
+        });
+        let twin_needs = if watched {
             Needs::Redundant(name)
         } else {
             Needs::Root

@@ -24,6 +24,17 @@ pub fn build_ctscope(release: bool) -> Result<PathBuf> {
         .context("cargo built no `ctscope` executable")
 }
 
+/// Builds the binary `bin` of `package` and returns its path.
+pub fn build_bin(package: &str, bin: &str, release: bool) -> Result<PathBuf> {
+    let mut build = cmd::cargo();
+    build.args(["build", "-p", package, "--bin", bin]);
+    profile(&mut build, release);
+    let exes = executables(&mut build, |a| a["target"]["name"] == bin)?;
+    exes.into_iter()
+        .next()
+        .with_context(|| format!("cargo built no `{bin}` executable"))
+}
+
 /// Builds the integration test targets (`tests/*.rs`, `[[test]]`) of `package` without
 /// running them and returns their executables.
 pub fn build_tests(package: &str, release: bool) -> Result<Vec<PathBuf>> {

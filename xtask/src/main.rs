@@ -1,7 +1,8 @@
 //! ctscope's developer tasks: `cargo xtask <command>` (the alias is in .cargo/config.toml).
 //!
-//! One module per subcommand; `cmd`, `cargo`, `kernels`, `initramfs`, `cpio` and `qemu`
+//! One module per subcommand (`bench` also has its sender, `src/bin/ct-flood.rs`); `cmd`, `cargo`, `kernels`, `initramfs`, `cpio` and `qemu`
 //! are the helpers they share.
+mod bench;
 mod build;
 mod cargo;
 mod cmd;
@@ -46,6 +47,9 @@ enum Command {
     VmTest(vm_test::Options),
     /// Everything CI runs: fmt, clippy, unit tests, host and VM integration tests.
     Test(test::Options),
+    /// Flood new UDP flows and compare the flow rate and the events received with no
+    /// listener, with `ctscope events` and with `conntrack -E` (root).
+    Bench(bench::Options),
 }
 
 fn main() -> ExitCode {
@@ -68,5 +72,6 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::VmRun(opts) => vm_run::cmd(&opts),
         Command::VmTest(opts) => vm_test::cmd(&opts),
         Command::Test(opts) => test::cmd(&opts),
+        Command::Bench(opts) => bench::cmd(&opts),
     }
 }

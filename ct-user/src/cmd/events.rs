@@ -15,27 +15,28 @@ use tokio::{
 
 use crate::{
     cli::EventsArgs,
-    event::{Clock, Record},
+    event::{Clock, CtEvent, Lost, Record},
     filter::Filter,
-    loader::{self, Probes},
+    loader::{self, LoadError, Probes, Tier},
     output::{Format, write_record},
     reader::EventReader,
+    settle::Settler,
+    tier3,
 };
 
 /// How often loss counters are checked when no event wakes the reader.
 const LOSS_POLL: Duration = Duration::from_millis(200);
 
+/// The BPF side wakes the reader only for a backlog; below that the reader polls.
+const RING_POLL: Duration = Duration::from_millis(10);
+
+/// How long tier-2 candidates wait before they are settled against the counters.
+const SETTLE_EVERY: Duration = Duration::from_millis(100);
+
 pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
     let filter = args.filter.resolve();
     if args.duration.is_some_and(|d| !(d.is_finite() && d > 0.0)) {
         bail!("--duration must be a positive number of seconds");
-    }
-    let mut probes = loader::load(args.ring_size)?;
-    warn_about_hooks(&probes);
-    let clock = Clock::new(probes.layout.hz);
-    let mut reader = EventReader::new(&mut probes, clock)?;
-    if let Some(path) = &args.ready_file {
-        fs::write(path, b"ready\n").with_context(|| format!("writing {}", path.display()))?;
     }
     let format = if args.json {
         Format::Json
@@ -45,17 +46,61 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
         }
     };
     let mut printer = Printer::new(format, filter, args.count);
-    let result = stream(args, &mut reader, &mut printer).await;
-    printer.finish(&mut reader);
+    let mut probes = match loader::load(args.ring_size, args.tier) {
+        Ok(p) => p,
+        Err(e @ (LoadError::Tier(..) | LoadError::Btf(_))) if args.tier.is_none() => {
+            eprintln!("ctscope: warning: no BPF tier on this kernel ({e}); falling back to tier 3");
+            return run_tier3(args, &mut printer).await;
+        }
+        Err(_) if args.tier == Some(Tier::Ctnetlink) => {
+            return run_tier3(args, &mut printer).await;
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if args.tier == Some(Tier::Ctnetlink) {
+        drop(probes);
+        return run_tier3(args, &mut printer).await;
+    }
+    announce(&probes);
+    let clock = Clock::new(probes.layout.hz);
+    let mut reader = EventReader::new(&mut probes, clock)?;
+    let mut settler = match probes.tier {
+        Tier::Tracepoints => Some(Settler::new().await),
+        _ => None,
+    };
+    if let Some(s) = &settler
+        && let Err(e) = loader::mark_conntrack_netns(&mut probes, &s.with_entries)
+    {
+        log::warn!("seeding the namespaces with conntrack: {e}");
+    }
+    ready(args)?;
+    let result = stream(args, &mut reader, settler.as_mut(), &mut printer).await;
+    printer.finish(&mut reader, settler.as_mut()).await;
     match result {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         other => other.context("reading events"),
     }
 }
 
+fn ready(args: &EventsArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.ready_file {
+        fs::write(path, b"ready\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The deadline of `--duration`, as a future that never ends without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn stream(
     args: &EventsArgs,
     reader: &mut EventReader,
+    mut settler: Option<&mut Settler>,
     printer: &mut Printer,
 ) -> io::Result<()> {
     let deadline = args
@@ -64,23 +109,70 @@ async fn stream(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut losses = interval(LOSS_POLL);
+    let mut settle = interval(SETTLE_EVERY);
+    let mut poll = interval(RING_POLL);
     let mut batch = Vec::new();
     while !printer.done() {
-        let until = async {
-            match deadline {
-                Some(d) => sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             r = reader.read(&mut batch) => r?,
+            _ = poll.tick() => reader.drain_now(&mut batch),
             _ = losses.tick() => printer.losses(reader.new_losses()),
+            _ = settle.tick() => {
+                if let Some(s) = settler.as_deref_mut().filter(|s| s.has_pending()) {
+                    s.settle().await.into_iter().for_each(|ev| printer.event(ev));
+                }
+            }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
-            () = until => break,
+            () = until(deadline) => break,
         }
-        batch.drain(..).for_each(|ev| printer.event(ev));
+        for ev in batch.drain(..) {
+            printer.route(ev, settler.as_deref_mut());
+        }
         printer.flush()?;
+    }
+    Ok(())
+}
+
+/// Tier 3: ctnetlink events of one namespace, overruns reported as `lost`.
+async fn run_tier3(args: &EventsArgs, printer: &mut Printer) -> anyhow::Result<()> {
+    let (mut listener, inode) = tier3::subscribe(printer.filter.netns)?;
+    eprintln!(
+        "ctscope: tier 3 (ctnetlink events, netns {inode}): {}",
+        Tier::Ctnetlink.sees()
+    );
+    ready(args)?;
+    let clock = Clock::new(ct_btf::kernel_hz().unwrap_or(0));
+    let deadline = args
+        .duration
+        .map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    while !printer.done() {
+        tokio::select! {
+            ev = listener.next() => match ev? {
+                ct_netlink::Event::Conntrack { kind, entry } => {
+                    if kind != ct_netlink::EventKind::Update {
+                        printer.event(tier3::to_event(kind, &entry, inode, &clock));
+                    }
+                }
+                ct_netlink::Event::Overrun { .. } => printer.losses(vec![Record::Lost(Lost {
+                    ts: clock.now_unix(),
+                    kind: "lost",
+                    lost_kind: "ctnetlink_overrun",
+                    count: 1,
+                })]),
+            },
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            () = until(deadline) => break,
+        }
+        if let Err(e) = printer.flush() {
+            if e.kind() == io::ErrorKind::BrokenPipe {
+                break;
+            }
+            return Err(e).context("writing events");
+        }
     }
     Ok(())
 }
@@ -109,7 +201,15 @@ impl Printer {
         self.remaining == Some(0) || self.error.is_some()
     }
 
-    fn event(&mut self, ev: crate::event::CtEvent) {
+    /// Holds tier-2 candidates for settling; prints everything else.
+    fn route(&mut self, ev: CtEvent, settler: Option<&mut Settler>) {
+        match settler {
+            Some(s) if Settler::needs(&ev) => s.push(ev),
+            _ => self.event(ev),
+        }
+    }
+
+    fn event(&mut self, ev: CtEvent) {
         if self.done() || !self.filter.matches(&ev) {
             return;
         }
@@ -140,41 +240,36 @@ impl Printer {
         self.out.flush()
     }
 
-    /// Drains what is left and reports losses so nothing seen is dropped at exit.
-    fn finish(&mut self, reader: &mut EventReader) {
+    /// Drains what is left, settles it and reports losses so nothing seen is dropped at exit.
+    async fn finish(&mut self, reader: &mut EventReader, mut settler: Option<&mut Settler>) {
         let mut batch = Vec::new();
         reader.drain_now(&mut batch);
-        batch.into_iter().for_each(|ev| self.event(ev));
+        for ev in batch {
+            self.route(ev, settler.as_deref_mut());
+        }
+        if let Some(s) = settler {
+            s.settle().await.into_iter().for_each(|ev| self.event(ev));
+        }
         self.losses(reader.new_losses());
         let _ = self.out.flush();
     }
 }
 
-fn warn_about_hooks(probes: &Probes) {
-    let missing: Vec<_> = probes.hooks.iter().filter(|h| !h.available).collect();
-    for h in &missing {
+/// Says on stderr which tier runs when it is not the best one, and which hooks failed.
+fn announce(probes: &Probes) {
+    for h in probes.hooks.iter().filter(|h| !h.available) {
         log::info!(
             "hook {} not attached: {}",
             h.name,
             h.reason.as_deref().unwrap_or("?")
         );
     }
-    if !probes.attached("confirm_exit") {
+    if probes.tier != Tier::Kprobes {
         eprintln!(
-            "ctscope: warning: tier-1 hooks are not attached on this kernel ({}); only \
-             counters are available. Run `ctscope probe` for details.",
-            missing
-                .iter()
-                .find(|h| h.kind != crate::hooks::HookKind::TpBtf)
-                .and_then(|h| h.reason.as_deref())
-                .unwrap_or("unknown reason")
-        );
-    } else if !missing.is_empty() {
-        let names: Vec<&str> = missing.iter().map(|h| h.name).collect();
-        eprintln!(
-            "ctscope: warning: {} hook(s) not attached ({}); run `ctscope probe` for reasons",
-            missing.len(),
-            names.join(", ")
+            "ctscope: tier {} ({}). It sees: {}. Run `ctscope probe` for details.",
+            probes.tier.number(),
+            probes.tier_reason,
+            probes.tier.sees()
         );
     }
 }

@@ -1,9 +1,12 @@
 //! One module per subcommand; each returns `anyhow::Result` and the binary maps errors
-//! to exit codes. The table commands (list, count, stats, delete, flush) share
+//! to exit codes. The table commands (list, count, stats, delete, flush, get, insert,
+//! update, expect) share
 //! [`Target`]: which namespace they talk to, and how ctnetlink errors read.
 pub mod count;
 pub mod delete;
+pub mod entry;
 pub mod events;
+pub mod expect;
 pub mod flush;
 pub mod list;
 pub mod probe;

@@ -17,11 +17,33 @@ pub const UDP_PORT: u16 = 5300;
 /// TCP port of the server namespace's listener.
 pub const TCP_PORT: u16 = 8080;
 
-/// Whether ctscope watches a scenario or only the kernel's counters are checked.
+/// Whether ctscope watches a scenario (at the best tier, or forced to tier 2) or only
+/// the kernel's counters are checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Watch {
     Ctscope,
+    Tier2,
     KernelOnly,
+}
+
+impl Watch {
+    /// ctscope's options for watching namespace `inode`, or `None` when not watching.
+    pub fn opts(self, inode: u64) -> Option<EventsOpts> {
+        let mut opts = EventsOpts::netns(inode);
+        match self {
+            Watch::Ctscope => Some(opts),
+            Watch::Tier2 => {
+                opts.extra.extend(["--tier".into(), "2".into()]);
+                Some(opts)
+            }
+            Watch::KernelOnly => None,
+        }
+    }
+
+    /// Starts ctscope on namespace `inode` when watching.
+    pub fn start(self, inode: u64) -> Option<Events> {
+        self.opts(inode).map(|o| Events::start(&o))
+    }
 }
 
 /// What a trial needs from this machine.
@@ -31,6 +53,8 @@ pub enum Needs {
     Root,
     /// Root, tools, and ctscope at tier 1 (kprobes).
     Tier1,
+    /// Root, tools, and ctscope's tier 2 (tracepoints only) working.
+    Tier2,
     /// Nothing, but it repeats the named scenario, which runs here.
     Redundant(&'static str),
 }
@@ -84,7 +108,7 @@ impl Env {
     pub fn unmet(&self, needs: Needs) -> Option<String> {
         if let Needs::Redundant(name) = needs {
             return Some(format!(
-                "kernel-only twin of `{name}`, which runs at tier 1 here"
+                "kernel-only twin of `{name}`, which runs with ctscope here"
             ));
         }
         if !self.root {
@@ -99,6 +123,8 @@ impl Env {
         match (needs, &self.probe) {
             (Needs::Tier1, Err(e)) => Some(format!("needs tier 1, but the probe failed: {e}")),
             (Needs::Tier1, Ok(p)) => p.tier1_missing(),
+            (Needs::Tier2, Err(e)) => Some(format!("needs tier 2, but the probe failed: {e}")),
+            (Needs::Tier2, Ok(p)) => p.tier_missing(2),
             _ => None,
         }
     }
@@ -137,7 +163,7 @@ impl Ctx {
         nft::apply(&pair.c, nft::CT_ENABLE);
         setup(&pair);
         let inode = pair.c.inode();
-        let events = (watch == Watch::Ctscope).then(|| Events::start(&EventsOpts::netns(inode)));
+        let events = watch.start(inode);
         Ctx {
             events,
             pair,

@@ -7,12 +7,7 @@ use std::{
     time::Duration,
 };
 
-use ctscope_tests::{
-    ctscope::{Events, EventsOpts},
-    events, kernel,
-    netns::Pair,
-    nft, traffic,
-};
+use ctscope_tests::{events, kernel, netns::Pair, nft, traffic};
 use serde_json::Value;
 
 use crate::common::{Ctx, Watch, event_wait, note};
@@ -57,7 +52,7 @@ pub fn netns_exit(watch: Watch) {
     let pair = Pair::new(8);
     nft::apply(&pair.c, nft::CT_ENABLE);
     let inode = pair.c.inode();
-    let watching = (watch == Watch::Ctscope).then(|| Events::start(&EventsOpts::netns(inode)));
+    let watching = watch.start(inode);
     let src = SocketAddrV4::new(pair.c_addr, 5353);
     let (failed, _) = traffic::udp_spray(&pair.c, src, pair.s_addr, 31000..31000 + NETNS_FLOWS);
     assert_eq!(failed, 0);

@@ -11,7 +11,48 @@ pub fn run() {
     check_shape(&probe);
     check_kprobes_honest(&probe);
     check_tracepoints(&probe);
-    check_events_run();
+    check_tiers(&probe);
+    check_events_run(&[]);
+    // Tier 3 needs no BPF: it must run wherever ctnetlink answers.
+    check_events_run(&["--tier", "3"]);
+}
+
+/// `tiers` lists tiers 1–3, each tried; the chosen one is available, and tier 3 works on
+/// any machine with ctnetlink (all of ours).
+fn check_tiers(probe: &Probe) {
+    let p = &probe.0;
+    let tiers = p["tiers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("tiers must be an array: {p}"));
+    let numbers: Vec<u64> = tiers.iter().filter_map(|t| t["tier"].as_u64()).collect();
+    assert_eq!(numbers, [1, 2, 3], "tiers: {p}");
+    for t in tiers {
+        assert!(
+            t["available"].is_boolean() && t["sees"].is_string(),
+            "tier: {t}"
+        );
+        if t["available"] == false {
+            assert!(
+                t["reason"].is_string(),
+                "unavailable tier without a reason: {t}"
+            );
+        }
+    }
+    let chosen = probe
+        .tier()
+        .unwrap_or_else(|| panic!("no tier chosen: {p}"));
+    assert_eq!(
+        tiers[chosen as usize - 1]["available"],
+        true,
+        "chosen tier: {p}"
+    );
+    assert_eq!(tiers[2]["available"], true, "tier 3 (ctnetlink): {p}");
+    if probe.kprobes() == Some(false) && probe.bool("tracepoints") == Some(true) {
+        assert_eq!(
+            chosen, 2,
+            "no kprobes but tracepoints: tier 2 expected: {p}"
+        );
+    }
 }
 
 /// Every field of the contract is present with its type.
@@ -73,10 +114,11 @@ fn check_tracepoints(probe: &Probe) {
     );
 }
 
-/// `ctscope events --json --duration 1` attaches, exits 0, prints only JSON, no error.
-fn check_events_run() {
+/// `ctscope events --json --duration 1 EXTRA` attaches, exits 0, prints only JSON, no error.
+fn check_events_run(extra: &[&str]) {
     let opts = EventsOpts {
         duration: Some(1.0),
+        extra: extra.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
     };
     let finished =

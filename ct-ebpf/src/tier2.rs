@@ -1,0 +1,329 @@
+//! Tier 2: the conntrack lifecycle from tracepoints alone, for kernels without kprobes or
+//! fentry (DESIGN.md hook plan (C), KERNEL.md §4).
+//!
+//! - `kmem_cache_free` on the `nf_conntrack` slab: the end of every entry, with its fields
+//!   still intact. Confirmed entries give `destroy`; the reason comes from expiry, TCP
+//!   state, a dying namespace and whether a kworker freed it. Unconfirmed entries freed
+//!   without a netfilter drop are merged clash losers (or nothing): a candidate.
+//! - `net_dev_queue`: the first time an entry shows up confirmed on egress is its `new`
+//!   (or, with IPS_NAT_CLASH, the reply-only insert of a NAT clash).
+//! - `kfree_skb` with NETFILTER_DROP: an unconfirmed entry is an insert failure (or a rule
+//!   drop); no entry at all is a table-full drop (or a rule or invalid drop).
+//!
+//! What the tracepoints cannot decide is marked `FLAG_UNVERIFIED`; the agent settles it
+//! against the namespace's ctnetlink counters (insert_failed, drop, clash_resolve,
+//! early_drop), so a candidate only becomes an event when the kernel counted one.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_comm,
+    macros::{btf_tracepoint, map, raw_tracepoint},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    programs::{BtfTracePointContext, RawTracePointContext},
+};
+use ct_common::{ABSENT, Cause, DestroyReason, Event, EventKind, FLAG_UNVERIFIED, stat};
+
+use crate::{
+    emit::{count, emit},
+    kernel::{
+        IPPROTO_TCP, IPS_CONFIRMED, IPS_DYING, IPS_NAT_CLASH, TCP_CONNTRACK_CLOSE,
+        TCP_CONNTRACK_TIME_WAIT, ct_status, fill_from_ct, net_inum, off, read, skb_ct,
+    },
+};
+
+/// IPS_SRC_NAT | IPS_DST_NAT: the entry is NATed, so a clash is in the reply direction.
+const IPS_NAT_MASK: u64 = (1 << 4) | (1 << 5);
+const AF_INET: u8 = 2;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
+const AF_INET6: u8 = 10;
+/// Live entries ctscope has already reported as `new`; sized above the usual tables.
+const SEEN_ENTRIES: u32 = 1 << 18;
+const CT_NETNS_ENTRIES: u32 = 4096;
+/// `bpf_map_update_elem` flag: fail if the key exists.
+const BPF_NOEXIST: u64 = 1;
+
+/// The `nf_conntrack` slab cache, learned from its name on first sight.
+#[map]
+static CT_CACHE: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Entries already reported as `new` (removed when the entry is freed, so a recycled
+/// address is new again).
+#[map]
+static SEEN: LruHashMap<u64, u8> = LruHashMap::with_max_entries(SEEN_ENTRIES, 0);
+
+/// Namespaces (by inode) where conntrack holds entries: learned from every entry seen,
+/// and seeded by the agent at start. A drop without an entry elsewhere is a rule's drop
+/// in a namespace without conntrack, never a table-full drop, so it is not reported.
+#[map]
+static CT_NETNS: HashMap<u32, u8> = HashMap::with_max_entries(CT_NETNS_ENTRIES, 0);
+
+/// The entry of the last netfilter drop on this CPU: its free right after is not a merge.
+#[map]
+static LAST_DROP: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+// A raw tracepoint, not tp_btf: before ~6.2 the verifier refuses tp_btf reads of this
+// tracepoint's `const void *ptr` ("type UNKNOWN is not a struct").
+#[raw_tracepoint(tracepoint = "kmem_cache_free")]
+pub fn t2_ct_free(ctx: RawTracePointContext) -> i32 {
+    // Args: (call_site, ptr, s) — `s` is the cache, or its name before 6.2.
+    let ptr: u64 = ctx.arg(1);
+    let s: u64 = ctx.arg(2);
+    if ptr == 0 || !is_ct_cache(s) {
+        return 0;
+    }
+    count(stat::T2_CT_FREES);
+    // Absent when never reported as new (older than ctscope, or never on egress).
+    let _ = SEEN.remove(ptr);
+    let status = ct_status(ptr);
+    if status & IPS_CONFIRMED != 0 {
+        note_netns(ptr);
+        destroyed(ptr);
+    } else if !take_last_drop(ptr) {
+        // Freed unconfirmed without a drop: a clash loser merged into the winner, or an
+        // entry whose packet died elsewhere. The clash_resolve counter decides.
+        emit(EventKind::ClashResolved, Cause::Merged as u8, |e| {
+            fill_from_ct(e, ptr);
+            e.flags |= FLAG_UNVERIFIED;
+        });
+    }
+    0
+}
+
+#[btf_tracepoint(function = "net_dev_queue")]
+pub fn t2_dev_queue(ctx: BtfTracePointContext) -> u32 {
+    let skb: u64 = ctx.arg(0);
+    let ct = skb_ct(skb);
+    if ct == 0 {
+        return 0;
+    }
+    // SAFETY: a lookup in our own map; the value is not kept.
+    if unsafe { SEEN.get(ct) }.is_some() {
+        return 0;
+    }
+    let status = ct_status(ct);
+    // BPF_NOEXIST: when two CPUs send the first packets of one entry at once (a merged
+    // clash), only the first insert succeeds, so the entry is reported once.
+    if status & IPS_CONFIRMED == 0 || SEEN.insert(ct, 1, BPF_NOEXIST).is_err() {
+        return 0;
+    }
+    count(stat::T2_FIRST_SEEN);
+    note_netns(ct);
+    if status & IPS_NAT_CLASH != 0 {
+        // Unverified only so the agent looks up the winner and counts it as a clash.
+        emit(
+            EventKind::ClashResolved,
+            Cause::NatClashReplyOnly as u8,
+            |e| {
+                fill_from_ct(e, ct);
+                e.flags |= FLAG_UNVERIFIED;
+            },
+        );
+    } else {
+        emit(EventKind::New, 0, |e| fill_from_ct(e, ct));
+    }
+    0
+}
+
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn t2_nf_drop(ctx: BtfTracePointContext) -> u32 {
+    let skb: u64 = ctx.arg(0);
+    let reason: u32 = ctx.arg::<u64>(2) as u32;
+    if reason != off(|l| &l.drop_reason_netfilter) {
+        return 0;
+    }
+    let ct = skb_ct(skb);
+    if ct == 0 {
+        // No entry: table full (or an invalid packet a rule dropped).
+        let netns = net_inum(skb_net(skb));
+        // SAFETY: a lookup in our own map; the value is not kept.
+        if unsafe { CT_NETNS.get(netns) }.is_none() {
+            return 0;
+        }
+        emit(EventKind::TableFull, Cause::TableFull as u8, |e| {
+            e.netns = netns;
+            packet_tuple(skb, e);
+            e.flags |= FLAG_UNVERIFIED;
+        });
+        return 0;
+    }
+    let status = ct_status(ct);
+    if status & IPS_CONFIRMED != 0 {
+        return 0; // A rule dropped a packet of an entry already in the table.
+    }
+    if let Some(slot) = LAST_DROP.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+        unsafe { *slot = ct };
+    }
+    let cause = if status & IPS_DYING != 0 {
+        Cause::Dying
+    } else if status & IPS_NAT_MASK != 0 {
+        Cause::NatPortClash
+    } else {
+        Cause::SameFlowRace
+    };
+    emit(EventKind::InsertFailed, cause as u8, |e| {
+        fill_from_ct(e, ct);
+        e.flags |= FLAG_UNVERIFIED;
+    });
+    0
+}
+
+/// Remembers the namespace of entry `ct` as one where conntrack runs.
+#[inline(always)]
+fn note_netns(ct: u64) {
+    let net: u64 = read(ct, off(|l| &l.ct_net)).unwrap_or(0);
+    let inum = net_inum(net);
+    // SAFETY: a lookup in our own map; the value is not kept.
+    if inum != 0 && unsafe { CT_NETNS.get(inum) }.is_none() {
+        let _ = CT_NETNS.insert(inum, 1, 0);
+    }
+}
+
+/// True for the `nf_conntrack` slab; the cache pointer is remembered once seen.
+#[inline(always)]
+fn is_ct_cache(s: u64) -> bool {
+    let by_name = off(|l| &l.kmem_free_arg_is_name);
+    if by_name == 1 {
+        return is_ct_cache_name(s);
+    }
+    if by_name != 0 {
+        return false;
+    }
+    let Some(slot) = CT_CACHE.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: our own one-element array; a racing writer stores the same value.
+    let known = unsafe { *slot };
+    if known != 0 {
+        return s == known;
+    }
+    let name: u64 = read(s, off(|l| &l.kmem_cache_name)).unwrap_or(0);
+    if !is_ct_cache_name(name) {
+        return false;
+    }
+    // SAFETY: as above.
+    unsafe { *slot = s };
+    true
+}
+
+/// Compares the C string at `name` with "nf_conntrack" (not "nf_conntrack_expect").
+#[inline(always)]
+fn is_ct_cache_name(name: u64) -> bool {
+    read::<[u8; 13]>(name, 0).is_some_and(|n| &n == b"nf_conntrack\0")
+}
+
+/// Reports a confirmed entry's end. Early-drop and ctnetlink deletions look alike from
+/// here (a non-worker task, not expired); they go out `Unknown` and unverified, and the
+/// agent tells them apart with the early_drop counter.
+#[inline(always)]
+fn destroyed(ct: u64) {
+    let kworker = bpf_get_current_comm().is_ok_and(|c| c.starts_with(b"kworker/"));
+    emit(EventKind::Destroy, 0, |e| {
+        fill_from_ct(e, ct);
+        let net: u64 = read(ct, off(|l| &l.ct_net)).unwrap_or(0);
+        let reason = destroy_reason(e, kworker, netns_dying(net));
+        if reason == DestroyReason::Unknown {
+            e.flags |= FLAG_UNVERIFIED;
+        }
+        e.cause = reason as u8;
+    });
+}
+
+#[inline(always)]
+fn destroy_reason(e: &Event, kworker: bool, netns_dying: bool) -> DestroyReason {
+    let left = e.timeout_jiffies;
+    let expired = left != i32::MIN && left <= 0;
+    let closed = e.l4proto == IPPROTO_TCP
+        && (e.tcp_state == TCP_CONNTRACK_CLOSE || e.tcp_state == TCP_CONNTRACK_TIME_WAIT);
+    if netns_dying {
+        DestroyReason::NetnsExit
+    } else if expired && kworker {
+        DestroyReason::Timeout
+    } else if expired {
+        DestroyReason::TimeoutLookup
+    } else if closed {
+        DestroyReason::TcpClose
+    } else if kworker {
+        DestroyReason::GcEvict
+    } else {
+        DestroyReason::Unknown
+    }
+}
+
+/// The namespace's refcount is zero while `cleanup_net` tears it down.
+#[inline(always)]
+fn netns_dying(net: u64) -> bool {
+    off(|l| &l.net_ns_ref) != ABSENT && read::<u32>(net, off(|l| &l.net_ns_ref)) == Some(0)
+}
+
+/// Takes this CPU's last-dropped entry if it is `ct`.
+#[inline(always)]
+fn take_last_drop(ct: u64) -> bool {
+    let Some(slot) = LAST_DROP.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+    unsafe {
+        if *slot != ct {
+            return false;
+        }
+        *slot = 0;
+    }
+    true
+}
+
+/// The namespace of a packet: its socket's (local output) or its device's.
+#[inline(always)]
+fn skb_net(skb: u64) -> u64 {
+    let sk: u64 = read(skb, off(|l| &l.skb_sk)).unwrap_or(0);
+    if let Some(net) = read::<u64>(sk, off(|l| &l.sk_net)).filter(|&n| n != 0) {
+        return net;
+    }
+    let dev: u64 = read(skb, off(|l| &l.skb_dev)).unwrap_or(0);
+    read(dev, off(|l| &l.dev_nd_net)).unwrap_or(0)
+}
+
+/// Fills the event's tuples from the packet headers (no entry exists to read them from).
+#[inline(always)]
+fn packet_tuple(skb: u64, e: &mut Event) {
+    let head: u64 = read(skb, off(|l| &l.skb_head)).unwrap_or(0);
+    let nh: u16 = read(skb, off(|l| &l.skb_network_header)).unwrap_or(0);
+    let th: u16 = read(skb, off(|l| &l.skb_transport_header)).unwrap_or(0xffff);
+    if head == 0 {
+        return;
+    }
+    let ip = head + nh as u64;
+    let Some(b0) = read::<u8>(ip, 0) else { return };
+    let ihl = if b0 >> 4 == 4 {
+        e.l3proto = AF_INET;
+        e.l4proto = read(ip, 9).unwrap_or(0);
+        let addrs: [u8; 8] = read(ip, 12).unwrap_or([0; 8]);
+        e.orig.src[..4].copy_from_slice(&addrs[..4]);
+        e.orig.dst[..4].copy_from_slice(&addrs[4..]);
+        (b0 & 0xf) as u64 * 4
+    } else if b0 >> 4 == 6 {
+        e.l3proto = AF_INET6;
+        e.l4proto = read(ip, 6).unwrap_or(0);
+        e.orig.src = read(ip, 8).unwrap_or([0; 16]);
+        e.orig.dst = read(ip, 24).unwrap_or([0; 16]);
+        40
+    } else {
+        return;
+    };
+    let l4 = if th != 0xffff {
+        head + th as u64
+    } else {
+        ip + ihl
+    };
+    let mut ports: [u16; 2] = read(l4, 0).unwrap_or([0; 2]);
+    if e.l4proto == IPPROTO_ICMP || e.l4proto == IPPROTO_ICMPV6 {
+        // Tuples hold the ICMP id as "source" and type/code as "destination".
+        ports = [read(l4, 4).unwrap_or(0), ports[0]];
+    }
+    e.orig.sport = ports[0];
+    e.orig.dport = ports[1];
+    e.reply.src = e.orig.dst;
+    e.reply.dst = e.orig.src;
+    e.reply.sport = ports[1];
+    e.reply.dport = ports[0];
+}

@@ -1,0 +1,110 @@
+//! `ctscope get`, `insert` and `update`: one entry by its original tuple, like
+//! `conntrack -G`, `-I` and `-U`, printed as a `conntrack -L` line or one JSON object
+//! (the fields of `list --json`).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::bail;
+use ct_netlink::{Entry, NewEntry, Tuple, Update};
+
+use super::Target;
+use crate::{
+    cli::{GetArgs, InsertArgs, TupleArgs, UpdateArgs},
+    table_text,
+};
+
+fn print(e: &Entry, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(e)?);
+    } else {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        println!("{}", table_text::entry_line(e, now));
+    }
+    Ok(())
+}
+
+/// The tuple, or clap's usage error (exit 2).
+fn tuple_of(args: &TupleArgs) -> Tuple {
+    args.tuple().unwrap_or_else(|e| e.exit())
+}
+
+pub async fn get(args: &GetArgs) -> anyhow::Result<()> {
+    let orig = tuple_of(&args.tuple);
+    let zone = args.tuple.zone;
+    let target = Target::one(args.netns.as_deref())?;
+    match target
+        .run(async |ct| ct.get(&orig, zone).await)
+        .await?
+        .flatten()
+    {
+        Some(e) => print(&e, args.json),
+        None => bail!("no conntrack entry has this original tuple"),
+    }
+}
+
+pub async fn insert(args: &InsertArgs) -> anyhow::Result<()> {
+    let orig = tuple_of(&args.tuple);
+    let mut reply = orig.inverted();
+    if let (Some(src), Some(dst)) = (args.reply_src, args.reply_dst) {
+        reply.src = src;
+        reply.dst = dst;
+    }
+    if let Some(p) = args.reply_sport {
+        reply.src_port = Some(p);
+    }
+    if let Some(p) = args.reply_dport {
+        reply.dst_port = Some(p);
+    }
+    let mut n = NewEntry::new(orig.clone(), args.timeout);
+    n.reply = Some(reply);
+    n.status = args.status;
+    n.mark = args.mark.map(|(m, _)| m);
+    n.zone = args.tuple.zone;
+    n.tcp_state = args.state;
+    let zone = n.zone;
+    let target = Target::one(args.netns.as_deref())?;
+    let created = target
+        .run(async |ct| {
+            ct.create(&n).await?;
+            ct.get(&orig, zone).await
+        })
+        .await;
+    match created {
+        Ok(Some(Some(e))) => print(&e, args.json),
+        Ok(_) => bail!("the entry was created but has already gone (timeout too short?)"),
+        Err(e) if format!("{e:#}").contains("already exists") => {
+            bail!("{e:#} (use `ctscope update` to change it)")
+        }
+        Err(e) => Err(e),
+    }
+}
+
+pub async fn update(args: &UpdateArgs) -> anyhow::Result<()> {
+    let orig = tuple_of(&args.tuple);
+    let zone = args.tuple.zone;
+    let mut u = Update::new(orig.clone());
+    u.zone = zone;
+    u.timeout = args.timeout;
+    if let Some((mark, mask)) = args.mark {
+        u.mark = Some(mark & mask);
+        if mask != u32::MAX {
+            u.mark_mask = Some(mask);
+        }
+    }
+    u.status = args.status;
+    u.tcp_state = args.state;
+    let target = Target::one(args.netns.as_deref())?;
+    let updated = target
+        .run(async |ct| {
+            ct.update(&u).await?;
+            ct.get(&orig, zone).await
+        })
+        .await?
+        .flatten();
+    match updated {
+        Some(e) => print(&e, args.json),
+        None => bail!("the entry was updated but has already gone"),
+    }
+}

@@ -1,0 +1,66 @@
+//! Tier 3: no BPF at all. ctnetlink NEW and DESTROY events, as `conntrack -E` gets them,
+//! turned into ctscope's event records. No causes or reasons, nothing about failed
+//! inserts, and a full socket buffer loses events (reported as `lost`).
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use ct_netlink::{Entry, EventGroups, EventListener, ListenerOptions};
+
+use crate::{
+    event::{Clock, CtEvent, Proto, Side},
+    netns,
+};
+
+/// A listener in namespace `inode` (ctscope's own without one). ctnetlink events are
+/// per namespace, so tier 3 watches exactly one.
+pub fn subscribe(inode: Option<u32>) -> anyhow::Result<(EventListener, u32)> {
+    let namespaces = netns::list();
+    let target = match inode {
+        Some(i) => namespaces
+            .iter()
+            .find(|n| n.inode == i)
+            .with_context(|| format!("network namespace {i} not found"))?,
+        None => namespaces
+            .iter()
+            .find(|n| n.current)
+            .context("ctscope's own network namespace not found in /proc")?,
+    };
+    let opts = ListenerOptions {
+        netns: Some(PathBuf::from(&target.path)),
+        ..ListenerOptions::default()
+    };
+    let listener = EventListener::subscribe(EventGroups::NEW | EventGroups::DESTROY, &opts)
+        .context("subscribing to ctnetlink events (needs CAP_NET_ADMIN)")?;
+    Ok((listener, target.inode))
+}
+
+/// One ctnetlink event as a ctscope record.
+pub fn to_event(kind: ct_netlink::EventKind, e: &Entry, netns: u32, clock: &Clock) -> CtEvent {
+    let destroy = kind == ct_netlink::EventKind::Destroy;
+    CtEvent {
+        ts: clock.now_unix(),
+        kind: if destroy { "destroy" } else { "new" },
+        cause: None,
+        reason: destroy.then_some("unknown"),
+        via: None,
+        proto: Proto::from_number(e.proto),
+        protonum: e.proto,
+        family: match e.family {
+            ct_netlink::Family::Ipv4 => "ipv4",
+            ct_netlink::Family::Ipv6 => "ipv6",
+        },
+        orig: Side::from(&e.orig),
+        reply: Side::from(&e.reply),
+        status: e.status,
+        tcp_state: e.tcp.as_ref().map(|t| t.state),
+        mark: e.mark.unwrap_or(0),
+        zone: e.zone.unwrap_or(0),
+        netns,
+        timeout: e.timeout.map(i64::from),
+        pid: 0,
+        winner: None,
+        from_ctnetlink: false,
+        unverified: false,
+    }
+}
