@@ -1,6 +1,9 @@
 //! Fills [`KernelLayout`] from BTF.
 
-use ct_common::layout::{ABSENT, KernelLayout};
+use ct_common::{
+    RAW_CT_BYTES,
+    layout::{ABSENT, KernelLayout},
+};
 
 use crate::{BtfError, KernelBtf, btf::TypeRef};
 
@@ -10,6 +13,33 @@ pub const RESOLVE_CLASH_ARGS_5_7: (u32, u32) = (1, 0);
 pub const RESOLVE_CLASH_ARGS_PRE_5_7: (u32, u32) = (3, 1);
 
 const RESOLVE_CLASH: &str = "nf_ct_resolve_clash";
+
+/// How much of `struct nf_conn` a raw record must copy to hold every field the agent
+/// parses from it; [`ABSENT`] (parse in BPF instead) when that exceeds [`RAW_CT_BYTES`].
+fn raw_bytes(l: &KernelLayout, notes: &mut Vec<String>) -> u32 {
+    let tuples_end = l.ct_tuplehash + 2 * l.tuplehash_size;
+    let fields = [
+        (l.ct_status, 8),
+        (l.ct_timeout, 4),
+        (tuples_end, 0),
+        (l.ct_mark, 4),
+        (l.ct_zone_id, 2),
+        (l.ct_tcp_state, 1),
+    ];
+    let need = fields
+        .iter()
+        .filter(|(off, _)| *off != ABSENT)
+        .map(|(off, len)| off + len)
+        .max()
+        .unwrap_or(0);
+    if need as usize > RAW_CT_BYTES {
+        notes.push(format!(
+            "struct nf_conn fields end at byte {need}, beyond a raw record ({RAW_CT_BYTES}): tier 2 parses entries in BPF"
+        ));
+        return ABSENT;
+    }
+    need
+}
 
 impl KernelBtf {
     /// Computes the layout; `hz` is left 0. Notes about fallbacks are dropped: use
@@ -63,6 +93,11 @@ impl KernelBtf {
             skb_transport_header: off("sk_buff", "transport_header")?,
             dev_nd_net: self.optional_or_absent("net_device", "nd_net", &mut notes),
             sk_net: self.optional_or_absent("sock", "__sk_common.skc_net", &mut notes),
+            ct_raw_bytes: ABSENT,
+        };
+        let layout = KernelLayout {
+            ct_raw_bytes: raw_bytes(&layout, &mut notes),
+            ..layout
         };
         Ok((layout, notes))
     }

@@ -582,6 +582,11 @@ fn tier2_tracepoint_args_and_offsets() {
     for v in [l.kmem_cache_name, l.net_ns_ref, l.dev_nd_net, l.sk_net] {
         assert_ne!(v, ABSENT, "{notes:?}");
     }
+    // Raw records copy the entry's head: every parsed field must lie inside the struct.
+    let ct_size = btf.type_size("nf_conn").expect("sizeof nf_conn");
+    assert_ne!(l.ct_raw_bytes, ABSENT, "{notes:?}");
+    assert!(l.ct_raw_bytes <= ct_size, "{} > {ct_size}", l.ct_raw_bytes);
+    assert!(l.ct_raw_bytes > l.ct_tcp_state, "{l:?}");
     if is_6_18() {
         assert_eq!(free, ["", "", "kmem_cache"]);
         assert_eq!(l.kmem_free_arg_is_name, 0);

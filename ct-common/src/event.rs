@@ -136,6 +136,8 @@ pub const FLAG_FROM_CTNETLINK: u8 = 2;
 /// failure, a table-full drop, a merged clash, or a destroy by early_drop or ctnetlink);
 /// the agent confirms it against the kernel's per-namespace counter deltas.
 pub const FLAG_UNVERIFIED: u8 = 4;
+/// `Event::flags`: the record is a [`crate::RawCtEvent`]; its entry fields are in `raw`.
+pub const FLAG_RAW_CT: u8 = 8;
 
 /// The record every program writes into the ring buffer.
 #[repr(C)]

@@ -79,9 +79,12 @@ pub struct KernelLayout {
     pub dev_nd_net: u32,
     /// `struct sock::__sk_common.skc_net` (possible_net_t).
     pub sk_net: u32,
+    /// Bytes of `struct nf_conn` a raw record copies: enough for every field above that
+    /// lives in it, at most `RAW_CT_BYTES`; [`ABSENT`] if they do not fit (no raw records).
+    pub ct_raw_bytes: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelLayout>() == 32 * 4);
+const _: () = assert!(core::mem::size_of::<KernelLayout>() == 33 * 4);
 
 impl KernelLayout {
     /// All-absent layout: what the BPF object holds until the loader fills it in.
@@ -119,6 +122,7 @@ impl KernelLayout {
             skb_transport_header: ABSENT,
             dev_nd_net: ABSENT,
             sk_net: ABSENT,
+            ct_raw_bytes: ABSENT,
         }
     }
 }

@@ -8,12 +8,14 @@
 
 pub mod event;
 pub mod layout;
+pub mod raw;
 
 pub use event::{
-    Cause, DestroyReason, Event, EventKind, FLAG_FROM_CTNETLINK, FLAG_HAS_WINNER, FLAG_UNVERIFIED,
-    Tuple,
+    Cause, DestroyReason, Event, EventKind, FLAG_FROM_CTNETLINK, FLAG_HAS_WINNER, FLAG_RAW_CT,
+    FLAG_UNVERIFIED, Tuple,
 };
 pub use layout::{ABSENT, KernelLayout};
+pub use raw::{RAW_CT_BYTES, RawCtEvent};
 
 /// Indices into the per-CPU `STATS` array the BPF side keeps. The first `EventKind::COUNT`
 /// slots count ring-buffer reserve failures (lost events) by kind; the rest count probe hits.

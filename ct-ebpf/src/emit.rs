@@ -1,11 +1,16 @@
 //! The ring buffer and the per-CPU counters, including loss by event kind.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel_buf,
+        generated::bpf_jiffies64,
+    },
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
-use ct_common::{Event, EventKind, stat};
+use ct_common::{ABSENT, Event, EventKind, FLAG_RAW_CT, RAW_CT_BYTES, RawCtEvent, stat};
+
+use crate::kernel::{fill_from_ct, off};
 
 /// Events to userspace. The loader resizes it (`--ring-size`).
 #[map]
@@ -45,10 +50,55 @@ pub fn emit(kind: EventKind, cause: u8, fill: impl FnOnce(&mut Event)) {
     e.kind = kind as u8;
     e.cause = cause;
     fill(e);
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+    entry.submit(wakeup());
+}
+
+/// Like [`emit`] for an event about entry `ct`, but the entry's fields travel as one bulk
+/// copy of the `struct nf_conn` for the agent to parse ([`RawCtEvent`]); `fill` sets the
+/// rest. Falls back to [`emit`] with fields parsed here when the layout allows no copy.
+#[inline(always)]
+pub fn emit_raw(kind: EventKind, cause: u8, ct: u64, fill: impl FnOnce(&mut Event)) {
+    let n = off(|l| &l.ct_raw_bytes);
+    if n == ABSENT || n as usize > RAW_CT_BYTES {
+        emit(kind, cause, |e| {
+            fill_from_ct(e, ct);
+            fill(e);
+        });
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<RawCtEvent>(0) else {
+        count(stat::LOST_BASE + kind as u32);
+        return;
+    };
+    let r = entry.as_mut_ptr();
+    // SAFETY: `r` points at the reserved record, exclusively ours until submit; the head
+    // is written whole before use, `raw` only through the helper (bounded by the check
+    // above), and the bytes past `n` are never read by the agent.
+    unsafe {
+        core::ptr::write(&raw mut (*r).event, Event::zeroed());
+        let e = &mut (*r).event;
+        e.ts_ns = bpf_ktime_get_boot_ns();
+        e.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        e.kind = kind as u8;
+        e.cause = cause;
+        e.ct = ct;
+        e.flags = FLAG_RAW_CT;
+        fill(e);
+        (*r).jiffies = bpf_jiffies64();
+        let raw = &mut (*r).raw;
+        if bpf_probe_read_kernel_buf(ct as *const u8, &mut raw[..n as usize]).is_err() {
+            e.flags &= !FLAG_RAW_CT;
+        }
+    }
+    entry.submit(wakeup());
+}
+
+/// Submit flags: wake the reader only once a backlog built up (it polls otherwise).
+#[inline(always)]
+fn wakeup() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
-    };
-    entry.submit(flags);
+    }
 }

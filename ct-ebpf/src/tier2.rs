@@ -17,16 +17,17 @@
 use aya_ebpf::{
     helpers::bpf_get_current_comm,
     macros::{btf_tracepoint, map, raw_tracepoint},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use ct_common::{ABSENT, Cause, DestroyReason, Event, EventKind, FLAG_UNVERIFIED, stat};
 
 use crate::{
-    emit::{count, emit},
+    emit::{count, emit, emit_raw},
     kernel::{
         IPPROTO_TCP, IPS_CONFIRMED, IPS_DYING, IPS_NAT_CLASH, TCP_CONNTRACK_CLOSE,
         TCP_CONNTRACK_TIME_WAIT, ct_status, fill_from_ct, net_inum, off, read, skb_ct,
+        timeout_left,
     },
 };
 
@@ -36,26 +37,32 @@ const AF_INET: u8 = 2;
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_ICMPV6: u8 = 58;
 const AF_INET6: u8 = 10;
-/// Live entries ctscope has already reported as `new`; sized above the usual tables.
-const SEEN_ENTRIES: u32 = 1 << 18;
+
+/// Slots of the first-seen filter (2 MiB).
+const SEEN_SLOTS: u32 = 1 << 18;
 const CT_NETNS_ENTRIES: u32 = 4096;
-/// `bpf_map_update_elem` flag: fail if the key exists.
-const BPF_NOEXIST: u64 = 1;
 
 /// The `nf_conntrack` slab cache, learned from its name on first sight.
 #[map]
 static CT_CACHE: Array<u64> = Array::with_max_entries(1, 0);
 
-/// Entries already reported as `new` (removed when the entry is freed, so a recycled
-/// address is new again).
+/// Entries already reported as `new`, direct-mapped by address: one array slot per hash,
+/// cleared when its entry is freed (so a recycled address is new again). A collision
+/// evicts, and two CPUs can report one entry at once; both only repeat a `new`, which the
+/// agent drops (it knows the live entries). An LRU hash would be exact but costs an
+/// insert per new entry on the packet path.
 #[map]
-static SEEN: LruHashMap<u64, u8> = LruHashMap::with_max_entries(SEEN_ENTRIES, 0);
+static SEEN: Array<u64> = Array::with_max_entries(SEEN_SLOTS, 0);
 
 /// Namespaces (by inode) where conntrack holds entries: learned from every entry seen,
 /// and seeded by the agent at start. A drop without an entry elsewhere is a rule's drop
 /// in a namespace without conntrack, never a table-full drop, so it is not reported.
 #[map]
 static CT_NETNS: HashMap<u32, u8> = HashMap::with_max_entries(CT_NETNS_ENTRIES, 0);
+
+/// The last namespace [`note_netns`] recorded on this CPU.
+#[map]
+static LAST_NETNS: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// The entry of the last netfilter drop on this CPU: its free right after is not a merge.
 #[map]
@@ -72,11 +79,9 @@ pub fn t2_ct_free(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     count(stat::T2_CT_FREES);
-    // Absent when never reported as new (older than ctscope, or never on egress).
-    let _ = SEEN.remove(ptr);
+    forget(ptr);
     let status = ct_status(ptr);
     if status & IPS_CONFIRMED != 0 {
-        note_netns(ptr);
         destroyed(ptr);
     } else if !take_last_drop(ptr) {
         // Freed unconfirmed without a drop: a clash loser merged into the winner, or an
@@ -96,18 +101,22 @@ pub fn t2_dev_queue(ctx: BtfTracePointContext) -> u32 {
     if ct == 0 {
         return 0;
     }
-    // SAFETY: a lookup in our own map; the value is not kept.
-    if unsafe { SEEN.get(ct) }.is_some() {
+    let Some(slot) = SEEN.get_ptr_mut(seen_slot(ct)) else {
+        return 0;
+    };
+    // SAFETY: a slot of our own array; racing writers only cause a repeated `new`.
+    if unsafe { *slot } == ct {
         return 0;
     }
     let status = ct_status(ct);
-    // BPF_NOEXIST: when two CPUs send the first packets of one entry at once (a merged
-    // clash), only the first insert succeeds, so the entry is reported once.
-    if status & IPS_CONFIRMED == 0 || SEEN.insert(ct, 1, BPF_NOEXIST).is_err() {
+    if status & IPS_CONFIRMED == 0 {
         return 0;
     }
+    // SAFETY: as above.
+    unsafe { *slot = ct };
     count(stat::T2_FIRST_SEEN);
-    note_netns(ct);
+    let netns = ct_netns(ct);
+    note_netns(netns);
     if status & IPS_NAT_CLASH != 0 {
         // Unverified only so the agent looks up the winner and counts it as a clash.
         emit(
@@ -119,9 +128,34 @@ pub fn t2_dev_queue(ctx: BtfTracePointContext) -> u32 {
             },
         );
     } else {
-        emit(EventKind::New, 0, |e| fill_from_ct(e, ct));
+        emit_raw(EventKind::New, 0, ct, |e| e.netns = netns);
     }
     0
+}
+
+/// The first-seen slot of entry `ct` (objects are 256-byte aligned or so: drop low bits).
+#[inline(always)]
+fn seen_slot(ct: u64) -> u32 {
+    ((ct >> 8).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 46) as u32 & (SEEN_SLOTS - 1)
+}
+
+/// Clears `ct`'s first-seen slot if it holds `ct`: the address may come back as a new entry.
+#[inline(always)]
+fn forget(ct: u64) {
+    if let Some(slot) = SEEN.get_ptr_mut(seen_slot(ct)) {
+        // SAFETY: a slot of our own array.
+        unsafe {
+            if *slot == ct {
+                *slot = 0;
+            }
+        }
+    }
+}
+
+/// Inode of the namespace of entry `ct`.
+#[inline(always)]
+fn ct_netns(ct: u64) -> u32 {
+    net_inum(read(ct, off(|l| &l.ct_net)).unwrap_or(0))
 }
 
 #[btf_tracepoint(function = "kfree_skb")]
@@ -168,15 +202,23 @@ pub fn t2_nf_drop(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// Remembers the namespace of entry `ct` as one where conntrack runs.
+/// Remembers namespace `inum` as one where conntrack runs. A per-CPU copy of the last one
+/// noted spares the hash lookup for runs of entries from one namespace.
 #[inline(always)]
-fn note_netns(ct: u64) {
-    let net: u64 = read(ct, off(|l| &l.ct_net)).unwrap_or(0);
-    let inum = net_inum(net);
+fn note_netns(inum: u32) {
+    let Some(last) = LAST_NETNS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+    if inum == 0 || unsafe { *last } == inum {
+        return;
+    }
     // SAFETY: a lookup in our own map; the value is not kept.
-    if inum != 0 && unsafe { CT_NETNS.get(inum) }.is_none() {
+    if unsafe { CT_NETNS.get(inum) }.is_none() {
         let _ = CT_NETNS.insert(inum, 1, 0);
     }
+    // SAFETY: as above.
+    unsafe { *last = inum };
 }
 
 /// True for the `nf_conntrack` slab; the cache pointer is remembered once seen.
@@ -218,23 +260,49 @@ fn is_ct_cache_name(name: u64) -> bool {
 #[inline(always)]
 fn destroyed(ct: u64) {
     let kworker = bpf_get_current_comm().is_ok_and(|c| c.starts_with(b"kworker/"));
-    emit(EventKind::Destroy, 0, |e| {
-        fill_from_ct(e, ct);
-        let net: u64 = read(ct, off(|l| &l.ct_net)).unwrap_or(0);
-        let reason = destroy_reason(e, kworker, netns_dying(net));
+    let net: u64 = read(ct, off(|l| &l.ct_net)).unwrap_or(0);
+    let reason = destroy_reason(&Signals::read(ct), kworker, netns_dying(net));
+    let netns = net_inum(net);
+    note_netns(netns);
+    emit_raw(EventKind::Destroy, reason as u8, ct, |e| {
+        e.netns = netns;
         if reason == DestroyReason::Unknown {
             e.flags |= FLAG_UNVERIFIED;
         }
-        e.cause = reason as u8;
     });
 }
 
+/// What the destroy reason depends on, read from the entry.
+struct Signals {
+    left: i32,
+    l4proto: u8,
+    tcp_state: u8,
+}
+
+impl Signals {
+    #[inline(always)]
+    fn read(ct: u64) -> Self {
+        let proto_off = off(|l| &l.ct_tuplehash)
+            .wrapping_add(off(|l| &l.tuplehash_tuple))
+            .wrapping_add(off(|l| &l.tuple_dst_protonum));
+        let l4proto: u8 = read(ct, proto_off).unwrap_or(0);
+        Signals {
+            left: timeout_left(ct, ct_status(ct)),
+            l4proto,
+            tcp_state: if l4proto == IPPROTO_TCP {
+                read(ct, off(|l| &l.ct_tcp_state)).unwrap_or(0)
+            } else {
+                0
+            },
+        }
+    }
+}
+
 #[inline(always)]
-fn destroy_reason(e: &Event, kworker: bool, netns_dying: bool) -> DestroyReason {
-    let left = e.timeout_jiffies;
-    let expired = left != i32::MIN && left <= 0;
-    let closed = e.l4proto == IPPROTO_TCP
-        && (e.tcp_state == TCP_CONNTRACK_CLOSE || e.tcp_state == TCP_CONNTRACK_TIME_WAIT);
+fn destroy_reason(sig: &Signals, kworker: bool, netns_dying: bool) -> DestroyReason {
+    let expired = sig.left != i32::MIN && sig.left <= 0;
+    let closed = sig.l4proto == IPPROTO_TCP
+        && (sig.tcp_state == TCP_CONNTRACK_CLOSE || sig.tcp_state == TCP_CONNTRACK_TIME_WAIT);
     if netns_dying {
         DestroyReason::NetnsExit
     } else if expired && kworker {

@@ -70,6 +70,9 @@ pub struct CtEvent {
     pub winner: Option<Winner>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub from_ctnetlink: bool,
+    /// Address of the kernel's entry: its identity while it lives (not printed).
+    #[serde(skip)]
+    pub ct: u64,
     /// Tier 2: a candidate the kernel's counters could not confirm (its namespace's
     /// ctnetlink was unreachable); the cause or reason is the tracepoints' best guess.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -321,6 +324,7 @@ pub fn decode(raw: &Event, clock: &Clock) -> Option<CtEvent> {
         winner,
         from_ctnetlink: raw.flags & FLAG_FROM_CTNETLINK != 0,
         unverified: raw.flags & FLAG_UNVERIFIED != 0,
+        ct: raw.ct,
     })
 }
 

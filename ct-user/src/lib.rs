@@ -8,6 +8,7 @@ pub mod compat;
 pub mod event;
 pub mod filter;
 pub mod hooks;
+pub mod live;
 pub mod loader;
 pub mod netns;
 pub mod output;

@@ -4,7 +4,7 @@
 use std::{io, ptr};
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use ct_common::{Event, EventKind, stat};
+use ct_common::{Event, EventKind, FLAG_RAW_CT, KernelLayout, RawCtEvent, stat};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -30,6 +30,8 @@ pub struct EventReader {
     stats: PerCpuArray<MapData, u64>,
     lost_seen: [u64; EventKind::COUNT],
     clock: Clock,
+    /// Offsets to parse raw entry copies with (the ones the BPF side was given).
+    layout: KernelLayout,
 }
 
 impl EventReader {
@@ -53,6 +55,7 @@ impl EventReader {
             stats,
             lost_seen: [0; EventKind::COUNT],
             clock,
+            layout: probes.layout,
         };
         // Losses before we started reading are not ours to report.
         reader.lost_seen = reader.lost_totals();
@@ -62,14 +65,14 @@ impl EventReader {
     /// Waits until the ring buffer has data, then appends every decoded event to `batch`.
     pub async fn read(&mut self, batch: &mut Vec<CtEvent>) -> io::Result<()> {
         let mut guard = self.ring.readable_mut().await?;
-        drain(guard.get_inner_mut(), &self.clock, batch);
+        drain(guard.get_inner_mut(), &self.clock, &self.layout, batch);
         guard.clear_ready();
         Ok(())
     }
 
     /// Reads whatever is there without waiting (at shutdown).
     pub fn drain_now(&mut self, batch: &mut Vec<CtEvent>) {
-        drain(self.ring.get_mut(), &self.clock, batch);
+        drain(self.ring.get_mut(), &self.clock, &self.layout, batch);
     }
 
     /// Losses since the last call, one record per kind that lost events.
@@ -115,16 +118,37 @@ fn take(probes: &mut Probes, name: &'static str) -> Result<aya::maps::Map, Reade
         .ok_or(ReaderError::MissingMap(name))
 }
 
-fn drain(ring: &mut RingBuf<MapData>, clock: &Clock, batch: &mut Vec<CtEvent>) {
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    clock: &Clock,
+    layout: &KernelLayout,
+    batch: &mut Vec<CtEvent>,
+) {
     while let Some(item) = ring.next() {
-        if item.len() < size_of::<Event>() {
+        let Some(raw) = record(&item, layout) else {
             continue;
-        }
-        // SAFETY: the BPF side writes whole `Event` records (size checked above); the ring
-        // buffer only guarantees 8-byte alignment, so read unaligned.
-        let raw: Event = unsafe { ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
+        };
         if let Some(ev) = decode(&raw, clock) {
             batch.push(ev);
         }
     }
+}
+
+/// One ring record as an `Event`: an `Event` as written, or a `RawCtEvent` parsed.
+fn record(item: &[u8], layout: &KernelLayout) -> Option<Event> {
+    if item.len() >= size_of::<RawCtEvent>() {
+        // SAFETY: the BPF side writes whole records (size checked); the ring buffer only
+        // guarantees 8-byte alignment, so read unaligned.
+        let raw: RawCtEvent = unsafe { ptr::read_unaligned(item.as_ptr().cast()) };
+        return Some(if raw.event.flags & FLAG_RAW_CT != 0 {
+            raw.parse(layout)
+        } else {
+            raw.event
+        });
+    }
+    if item.len() < size_of::<Event>() {
+        return None;
+    }
+    // SAFETY: as above, for an `Event`.
+    Some(unsafe { ptr::read_unaligned(item.as_ptr().cast()) })
 }

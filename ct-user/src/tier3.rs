@@ -62,5 +62,6 @@ pub fn to_event(kind: ct_netlink::EventKind, e: &Entry, netns: u32, clock: &Cloc
         winner: None,
         from_ctnetlink: false,
         unverified: false,
+        ct: 0,
     }
 }

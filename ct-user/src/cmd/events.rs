@@ -17,6 +17,7 @@ use crate::{
     cli::EventsArgs,
     event::{Clock, CtEvent, Lost, Record},
     filter::Filter,
+    live::LiveEntries,
     loader::{self, LoadError, Probes, Tier},
     output::{Format, write_record},
     reader::EventReader,
@@ -64,18 +65,13 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
     announce(&probes);
     let clock = Clock::new(probes.layout.hz);
     let mut reader = EventReader::new(&mut probes, clock)?;
-    let mut settler = match probes.tier {
-        Tier::Tracepoints => Some(Settler::new().await),
+    let mut tier2 = match probes.tier {
+        Tier::Tracepoints => Some(Tier2::start(&mut probes).await),
         _ => None,
     };
-    if let Some(s) = &settler
-        && let Err(e) = loader::mark_conntrack_netns(&mut probes, &s.with_entries)
-    {
-        log::warn!("seeding the namespaces with conntrack: {e}");
-    }
     ready(args)?;
-    let result = stream(args, &mut reader, settler.as_mut(), &mut printer).await;
-    printer.finish(&mut reader, settler.as_mut()).await;
+    let result = stream(args, &mut reader, tier2.as_mut(), &mut printer).await;
+    printer.finish(&mut reader, tier2.as_mut()).await;
     match result {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         other => other.context("reading events"),
@@ -97,10 +93,29 @@ async fn until(deadline: Option<Instant>) {
     }
 }
 
+/// Tier 2's userspace half: repeated `new`s dropped, candidates settled.
+struct Tier2 {
+    live: LiveEntries,
+    settler: Settler,
+}
+
+impl Tier2 {
+    async fn start(probes: &mut Probes) -> Self {
+        let settler = Settler::new().await;
+        if let Err(e) = loader::mark_conntrack_netns(probes, &settler.with_entries) {
+            log::warn!("seeding the namespaces with conntrack: {e}");
+        }
+        Tier2 {
+            live: LiveEntries::default(),
+            settler,
+        }
+    }
+}
+
 async fn stream(
     args: &EventsArgs,
     reader: &mut EventReader,
-    mut settler: Option<&mut Settler>,
+    mut tier2: Option<&mut Tier2>,
     printer: &mut Printer,
 ) -> io::Result<()> {
     let deadline = args
@@ -116,10 +131,16 @@ async fn stream(
         tokio::select! {
             r = reader.read(&mut batch) => r?,
             _ = poll.tick() => reader.drain_now(&mut batch),
-            _ = losses.tick() => printer.losses(reader.new_losses()),
+            _ = losses.tick() => {
+                let lost = reader.new_losses();
+                if let Some(t) = tier2.as_deref_mut().filter(|_| !lost.is_empty()) {
+                    t.live.reset();
+                }
+                printer.losses(lost);
+            }
             _ = settle.tick() => {
-                if let Some(s) = settler.as_deref_mut().filter(|s| s.has_pending()) {
-                    s.settle().await.into_iter().for_each(|ev| printer.event(ev));
+                if let Some(t) = tier2.as_deref_mut().filter(|t| t.settler.has_pending()) {
+                    t.settler.settle().await.into_iter().for_each(|ev| printer.event(ev));
                 }
             }
             _ = sigint.recv() => break,
@@ -127,7 +148,7 @@ async fn stream(
             () = until(deadline) => break,
         }
         for ev in batch.drain(..) {
-            printer.route(ev, settler.as_deref_mut());
+            printer.route(ev, tier2.as_deref_mut());
         }
         printer.flush()?;
     }
@@ -201,11 +222,18 @@ impl Printer {
         self.remaining == Some(0) || self.error.is_some()
     }
 
-    /// Holds tier-2 candidates for settling; prints everything else.
-    fn route(&mut self, ev: CtEvent, settler: Option<&mut Settler>) {
-        match settler {
-            Some(s) if Settler::needs(&ev) => s.push(ev),
-            _ => self.event(ev),
+    /// Tier 2: drops repeated `new`s and holds candidates for settling. Prints the rest.
+    fn route(&mut self, ev: CtEvent, tier2: Option<&mut Tier2>) {
+        let Some(t) = tier2 else {
+            return self.event(ev);
+        };
+        if !t.live.admit(&ev) {
+            return;
+        }
+        if Settler::needs(&ev) {
+            t.settler.push(ev);
+        } else {
+            self.event(ev);
         }
     }
 
@@ -241,14 +269,19 @@ impl Printer {
     }
 
     /// Drains what is left, settles it and reports losses so nothing seen is dropped at exit.
-    async fn finish(&mut self, reader: &mut EventReader, mut settler: Option<&mut Settler>) {
+    async fn finish(&mut self, reader: &mut EventReader, mut tier2: Option<&mut Tier2>) {
         let mut batch = Vec::new();
         reader.drain_now(&mut batch);
         for ev in batch {
-            self.route(ev, settler.as_deref_mut());
+            self.route(ev, tier2.as_deref_mut());
         }
-        if let Some(s) = settler {
-            s.settle().await.into_iter().for_each(|ev| self.event(ev));
+        if let Some(t) = tier2 {
+            t.settler
+                .settle()
+                .await
+                .into_iter()
+                .for_each(|ev| self.event(ev));
+            log::info!("tier 2: {} repeated `new` reports dropped", t.live.repeats);
         }
         self.losses(reader.new_losses());
         let _ = self.out.flush();

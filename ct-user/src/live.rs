@@ -1,0 +1,38 @@
+//! Tier 2 reports an entry's `new` the first time it sees it leave on egress; its BPF
+//! first-seen filter is direct-mapped (cheap on the packet path) and can repeat one after a
+//! hash collision or when two CPUs send an entry's first packets at once. The agent knows
+//! which entries live, by kernel address, and drops the repeats here.
+
+use std::collections::HashSet;
+
+use crate::event::CtEvent;
+
+#[derive(Debug, Default)]
+pub struct LiveEntries {
+    live: HashSet<u64>,
+    /// Repeated `new` reports dropped so far.
+    pub repeats: u64,
+}
+
+impl LiveEntries {
+    /// False for a repeated `new` of an entry already live; tracks births and deaths.
+    pub fn admit(&mut self, ev: &CtEvent) -> bool {
+        let birth = ev.kind == "new"
+            || (ev.kind == "clash_resolved" && ev.cause == Some("nat_clash_reply_only"));
+        if birth {
+            let first = self.live.insert(ev.ct);
+            self.repeats += u64::from(!first);
+            return first;
+        }
+        if matches!(ev.kind, "destroy" | "early_drop") {
+            self.live.remove(&ev.ct);
+        }
+        true
+    }
+
+    /// After lost events the set may hold dead addresses that come back as new entries:
+    /// forget everything rather than hide them.
+    pub fn reset(&mut self) {
+        self.live.clear();
+    }
+}
