@@ -15,7 +15,7 @@ pub use event::{
     FLAG_UNVERIFIED, Tuple,
 };
 pub use layout::{ABSENT, KernelLayout};
-pub use raw::{RAW_CT_BYTES, RawCtEvent};
+pub use raw::{RAW_CT_BYTES, RawCtEvent, RawHead};
 
 /// Indices into the per-CPU `STATS` array the BPF side keeps. The first `EventKind::COUNT`
 /// slots count ring-buffer reserve failures (lost events) by kind; the rest count probe hits.

@@ -3,34 +3,58 @@
 //! costs a fraction of a dozen small reads on the packet path; the agent parses the copy
 //! here, with the same [`KernelLayout`] offsets the BPF side would have used.
 
-use crate::{ABSENT, Event, KernelLayout, Tuple};
+use crate::{ABSENT, Event, FLAG_RAW_CT, KernelLayout, Tuple};
 
 /// Bytes of `struct nf_conn` a raw record can hold (the loader sets how many to copy,
 /// `KernelLayout::ct_raw_bytes`, from the fields read; 248 on 6.18).
 pub const RAW_CT_BYTES: usize = 320;
 
-/// An [`Event`] whose entry fields are still in `raw` (`flags` has `FLAG_RAW_CT`).
+/// The fields of an [`Event`] that do not come from the entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RawHead {
+    pub ts_ns: u64,
+    /// Address of the entry.
+    pub ct: u64,
+    /// `jiffies` at the event, to turn the entry's deadline into time left.
+    pub jiffies: u64,
+    pub netns: u32,
+    pub pid: u32,
+    pub kind: u8,
+    pub cause: u8,
+    /// `FLAG_*` bits; `FLAG_RAW_CT` is clear if the copy failed.
+    pub flags: u8,
+    pub _pad: [u8; 5],
+}
+
+/// An event whose entry fields are still in `raw`: tuples, status, mark, zone, TCP state
+/// and timeout are parsed by [`RawCtEvent::parse`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct RawCtEvent {
-    /// Kind, cause, time, task and namespace are filled; tuples, status, mark, zone, TCP
-    /// state and timeout come from `raw`.
-    pub event: Event,
-    /// `jiffies` at the event, to turn the entry's deadline into time left.
-    pub jiffies: u64,
+    pub head: RawHead,
     /// The first `ct_raw_bytes` bytes of the entry.
     pub raw: [u8; RAW_CT_BYTES],
 }
 
-const _: () = assert!(core::mem::size_of::<RawCtEvent>() == 200 + 8 + RAW_CT_BYTES);
+const _: () = assert!(core::mem::size_of::<RawHead>() == 40);
+const _: () = assert!(core::mem::size_of::<RawCtEvent>() == 40 + RAW_CT_BYTES);
+// The reader tells records apart by size.
+const _: () = assert!(core::mem::size_of::<RawCtEvent>() != core::mem::size_of::<Event>());
 
 const IPS_CONFIRMED: u32 = 1 << 3;
 const IPPROTO_TCP: u8 = 6;
 
 impl RawCtEvent {
-    /// The event with every entry field parsed from the copy.
+    /// The event with every entry field parsed from the copy (none if it failed).
     pub fn parse(&self, l: &KernelLayout) -> Event {
-        let mut e = self.event;
+        let h = &self.head;
+        let mut e = Event::zeroed();
+        (e.ts_ns, e.ct, e.netns, e.pid) = (h.ts_ns, h.ct, h.netns, h.pid);
+        (e.kind, e.cause, e.flags) = (h.kind, h.cause, h.flags & !FLAG_RAW_CT);
+        if h.flags & FLAG_RAW_CT == 0 {
+            return e;
+        }
         let raw = &self.raw[..(l.ct_raw_bytes as usize).min(RAW_CT_BYTES)];
         let status = get::<4>(raw, l.ct_status).map_or(0, u32::from_le_bytes);
         e.status = status;
@@ -48,7 +72,7 @@ impl RawCtEvent {
             None => i32::MIN,
             // Unconfirmed entries hold a relative timeout until confirm adds "now".
             Some(t) if status & IPS_CONFIRMED == 0 => t as i32,
-            Some(t) => t.wrapping_sub(self.jiffies as u32) as i32,
+            Some(t) => t.wrapping_sub(h.jiffies as u32) as i32,
         };
         e
     }
@@ -76,7 +100,7 @@ fn parse_tuple(raw: &[u8], at: u32, l: &KernelLayout, out: &mut Tuple) -> (u16, 
 }
 
 #[cfg(feature = "user")]
-// SAFETY: repr(C); Event is Pod, then a u64 and a byte array: no padding (size asserted).
+// SAFETY: repr(C), integers and byte arrays with explicit padding (sizes asserted).
 unsafe impl aya::Pod for RawCtEvent {}
 
 #[cfg(test)]
@@ -108,9 +132,13 @@ mod tests {
     #[test]
     fn parses_tuples_status_and_time_left() {
         let l = layout();
-        let mut r = RawCtEvent {
-            event: Event::zeroed(),
+        let head = RawHead {
             jiffies: 1000,
+            flags: FLAG_RAW_CT,
+            ..RawHead::default()
+        };
+        let mut r = RawCtEvent {
+            head,
             raw: [0; RAW_CT_BYTES],
         };
         r.raw[128..132].copy_from_slice(&(IPS_CONFIRMED | 1 << 1).to_le_bytes());
@@ -133,13 +161,16 @@ mod tests {
     #[test]
     fn fields_beyond_the_copy_read_as_absent() {
         let mut l = layout();
-        l.ct_raw_bytes = 100; // mark (168) and TCP state (200) are outside
-        let r = RawCtEvent {
-            event: Event::zeroed(),
-            jiffies: 0,
+        l.ct_raw_bytes = 150; // status (128) inside; mark (168) and TCP state (200) outside
+        let mut r = RawCtEvent {
+            head: RawHead::default(),
             raw: [0xff; RAW_CT_BYTES],
         };
+        // A failed copy: nothing parsed.
+        assert_eq!(r.parse(&l).status, 0);
+        r.head.flags = FLAG_RAW_CT;
         let e = r.parse(&l);
-        assert_eq!((e.mark, e.status), (0, 0));
+        assert_eq!(e.mark, 0);
+        assert_eq!(e.status, u32::MAX);
     }
 }

@@ -8,7 +8,7 @@ use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
-use ct_common::{ABSENT, Event, EventKind, FLAG_RAW_CT, RAW_CT_BYTES, RawCtEvent, stat};
+use ct_common::{ABSENT, Event, EventKind, FLAG_RAW_CT, RAW_CT_BYTES, RawCtEvent, RawHead, stat};
 
 use crate::kernel::{fill_from_ct, off};
 
@@ -53,16 +53,17 @@ pub fn emit(kind: EventKind, cause: u8, fill: impl FnOnce(&mut Event)) {
     entry.submit(wakeup());
 }
 
-/// Like [`emit`] for an event about entry `ct`, but the entry's fields travel as one bulk
-/// copy of the `struct nf_conn` for the agent to parse ([`RawCtEvent`]); `fill` sets the
-/// rest. Falls back to [`emit`] with fields parsed here when the layout allows no copy.
+/// Like [`emit`] for an event about entry `ct` in namespace `netns`, but the entry's
+/// fields travel as one bulk copy of the `struct nf_conn` for the agent to parse
+/// ([`RawCtEvent`]). Falls back to [`emit`] with fields parsed here when the layout allows
+/// no copy.
 #[inline(always)]
-pub fn emit_raw(kind: EventKind, cause: u8, ct: u64, fill: impl FnOnce(&mut Event)) {
+pub fn emit_raw(kind: EventKind, cause: u8, ct: u64, netns: u32, flags: u8) {
     let n = off(|l| &l.ct_raw_bytes);
     if n == ABSENT || n as usize > RAW_CT_BYTES {
         emit(kind, cause, |e| {
             fill_from_ct(e, ct);
-            fill(e);
+            e.flags |= flags;
         });
         return;
     }
@@ -72,23 +73,25 @@ pub fn emit_raw(kind: EventKind, cause: u8, ct: u64, fill: impl FnOnce(&mut Even
     };
     let r = entry.as_mut_ptr();
     // SAFETY: `r` points at the reserved record, exclusively ours until submit; the head
-    // is written whole before use, `raw` only through the helper (bounded by the check
-    // above), and the bytes past `n` are never read by the agent.
+    // is written whole, `raw` only through the helper (bounded by the check above), and
+    // the bytes past `n` are never read by the agent.
     unsafe {
-        core::ptr::write(&raw mut (*r).event, Event::zeroed());
-        let e = &mut (*r).event;
-        e.ts_ns = bpf_ktime_get_boot_ns();
-        e.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        e.kind = kind as u8;
-        e.cause = cause;
-        e.ct = ct;
-        e.flags = FLAG_RAW_CT;
-        fill(e);
-        (*r).jiffies = bpf_jiffies64();
+        let mut head = RawHead {
+            ts_ns: bpf_ktime_get_boot_ns(),
+            ct,
+            jiffies: bpf_jiffies64(),
+            netns,
+            pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+            kind: kind as u8,
+            cause,
+            flags: flags | FLAG_RAW_CT,
+            _pad: [0; 5],
+        };
         let raw = &mut (*r).raw;
         if bpf_probe_read_kernel_buf(ct as *const u8, &mut raw[..n as usize]).is_err() {
-            e.flags &= !FLAG_RAW_CT;
+            head.flags &= !FLAG_RAW_CT;
         }
+        core::ptr::write(&raw mut (*r).head, head);
     }
     entry.submit(wakeup());
 }

@@ -128,7 +128,7 @@ pub fn t2_dev_queue(ctx: BtfTracePointContext) -> u32 {
             },
         );
     } else {
-        emit_raw(EventKind::New, 0, ct, |e| e.netns = netns);
+        emit_raw(EventKind::New, 0, ct, netns, 0);
     }
     0
 }
@@ -166,6 +166,12 @@ pub fn t2_nf_drop(ctx: BtfTracePointContext) -> u32 {
         return 0;
     }
     let ct = skb_ct(skb);
+    // Tier 2 counts here what tier 1's `kfree_skb` program counts (it is not attached).
+    count(if ct != 0 {
+        stat::NF_DROPS_WITH_CT
+    } else {
+        stat::NF_DROPS_NO_CT
+    });
     if ct == 0 {
         // No entry: table full (or an invalid packet a rule dropped).
         let netns = net_inum(skb_net(skb));
@@ -264,12 +270,12 @@ fn destroyed(ct: u64) {
     let reason = destroy_reason(&Signals::read(ct), kworker, netns_dying(net));
     let netns = net_inum(net);
     note_netns(netns);
-    emit_raw(EventKind::Destroy, reason as u8, ct, |e| {
-        e.netns = netns;
-        if reason == DestroyReason::Unknown {
-            e.flags |= FLAG_UNVERIFIED;
-        }
-    });
+    let flags = if reason == DestroyReason::Unknown {
+        FLAG_UNVERIFIED
+    } else {
+        0
+    };
+    emit_raw(EventKind::Destroy, reason as u8, ct, netns, flags);
 }
 
 /// What the destroy reason depends on, read from the entry.

@@ -246,14 +246,18 @@ fn missing(hooks: &[HookStatus], essential: &[&str]) -> Option<String> {
     Some(each.join("; "))
 }
 
-/// Detaches and unloads every kprobe program, marking its hook unavailable.
+/// Detaches and unloads every tier-1 program, marking its hook unavailable. Tier 2's
+/// `t2_nf_drop` also counts what tier 1's `kfree_skb` counts: one program per drop is cheaper.
 fn unload_kprobes(ebpf: &mut Ebpf, hooks: &mut [HookStatus]) {
-    let kprobe = |h: &&mut HookStatus| matches!(h.kind, HookKind::Kprobe | HookKind::Kretprobe);
-    for h in hooks.iter_mut().filter(kprobe) {
-        if let Ok(prog) = program::<KProbe>(ebpf, h.name) {
-            let _ = prog.unload();
-        }
-        if h.available {
+    for h in hooks.iter_mut() {
+        let unloaded = match h.kind {
+            HookKind::Kprobe | HookKind::Kretprobe => {
+                program::<KProbe>(ebpf, h.name).map(|p| p.unload().is_ok())
+            }
+            HookKind::TpBtf => program::<BtfTracePoint>(ebpf, h.name).map(|p| p.unload().is_ok()),
+            HookKind::RawTp => Ok(false),
+        };
+        if h.available && unloaded.is_ok() {
             h.available = false;
             h.reason = Some("detached: the rest of tier 1 is missing, tier 2 runs instead".into());
         }

@@ -83,7 +83,7 @@ pub fn run() -> Report {
             report.ringbuf = true;
             report.hz = probes.layout.hz;
             report.notes = probes.notes.clone();
-            report.tracepoints = probes.attached("kfree_skb");
+            report.tracepoints = probes.attached("kfree_skb") || probes.attached("t2_nf_drop");
             match loader::fentry_supported(&mut probes) {
                 Ok(ok) => report.fentry = ok,
                 Err(why) => report.fentry_reason = Some(why),

@@ -4,7 +4,7 @@
 use std::{io, ptr};
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use ct_common::{Event, EventKind, FLAG_RAW_CT, KernelLayout, RawCtEvent, stat};
+use ct_common::{Event, EventKind, KernelLayout, RawCtEvent, stat};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -140,11 +140,7 @@ fn record(item: &[u8], layout: &KernelLayout) -> Option<Event> {
         // SAFETY: the BPF side writes whole records (size checked); the ring buffer only
         // guarantees 8-byte alignment, so read unaligned.
         let raw: RawCtEvent = unsafe { ptr::read_unaligned(item.as_ptr().cast()) };
-        return Some(if raw.event.flags & FLAG_RAW_CT != 0 {
-            raw.parse(layout)
-        } else {
-            raw.event
-        });
+        return Some(raw.parse(layout));
     }
     if item.len() < size_of::<Event>() {
         return None;
