@@ -160,34 +160,7 @@ impl Settler {
         let mut avail = now.saturating_sub(ns.explained);
         let mut discarded = Discarded::default();
         for mut ev in pending {
-            let used = &mut ns.explained;
-            let keep = match ev.kind {
-                "insert_failed" => {
-                    let ok = take(&mut avail.insert_failed, &mut used.insert_failed);
-                    if ok && ev.cause != Some("dying") {
-                        // A clash drop also counts in `drop`.
-                        take(&mut avail.drop, &mut used.drop);
-                    }
-                    ok
-                }
-                "table_full" => take(&mut avail.drop, &mut used.drop),
-                "clash_resolved" => {
-                    // A NAT-clash insert is certain (the entry carries IPS_NAT_CLASH); it
-                    // only takes its share of the counter.
-                    take(&mut avail.clash_resolve, &mut used.clash_resolve)
-                        || ev.cause == Some("nat_clash_reply_only")
-                }
-                "destroy" => {
-                    if take(&mut avail.early_drop, &mut used.early_drop) {
-                        ev.kind = "early_drop";
-                        ev.reason = Some("early_drop");
-                    } else {
-                        ev.reason = Some("ctnetlink");
-                    }
-                    true
-                }
-                _ => true,
-            };
+            let keep = credit(&mut ev, &mut avail, &mut ns.explained);
             if !keep {
                 match ev.kind {
                     "clash_resolved" => discarded.unconfirmed_frees += 1,
@@ -212,6 +185,40 @@ impl Settler {
             explained: Counters::default(),
             pending: Vec::new(),
         })
+    }
+}
+
+/// Decides candidate `ev` against the counter increments no event has claimed yet
+/// (`avail`), moving what it claims into `used`; false if the kernel counted nothing for
+/// it (a rule's drop, an unconfirmed entry that was not a clash loser). A destroy always
+/// stays: early_drop if that counter has room, else a ctnetlink delete.
+fn credit(ev: &mut CtEvent, avail: &mut Counters, used: &mut Counters) -> bool {
+    match ev.kind {
+        "insert_failed" => {
+            let ok = take(&mut avail.insert_failed, &mut used.insert_failed);
+            if ok && ev.cause != Some("dying") {
+                // A clash drop also counts in `drop`.
+                take(&mut avail.drop, &mut used.drop);
+            }
+            ok
+        }
+        "table_full" => take(&mut avail.drop, &mut used.drop),
+        // A NAT-clash insert is certain (the entry carries IPS_NAT_CLASH); it only takes
+        // its share of the counter.
+        "clash_resolved" => {
+            take(&mut avail.clash_resolve, &mut used.clash_resolve)
+                || ev.cause == Some("nat_clash_reply_only")
+        }
+        "destroy" => {
+            if take(&mut avail.early_drop, &mut used.early_drop) {
+                ev.kind = "early_drop";
+                ev.reason = Some("early_drop");
+            } else {
+                ev.reason = Some("ctnetlink");
+            }
+            true
+        }
+        _ => true,
     }
 }
 
@@ -313,4 +320,77 @@ fn winner(e: &Entry) -> Winner {
 fn same_tuple(a: &Tuple, b: &Tuple) -> bool {
     (a.src, a.dst, a.proto, a.src_port, a.dst_port)
         == (b.src, b.dst, b.proto, b.src_port, b.dst_port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(kind: &'static str, cause: Option<&'static str>) -> CtEvent {
+        let mut raw = ct_common::Event::zeroed();
+        raw.kind = ct_common::EventKind::New as u8;
+        let mut ev = crate::event::decode(&raw, &crate::event::Clock::new(250)).unwrap();
+        ev.kind = kind;
+        ev.cause = cause;
+        ev.unverified = true;
+        ev
+    }
+
+    fn counters(insert_failed: u64, drop: u64, clash_resolve: u64, early_drop: u64) -> Counters {
+        Counters {
+            insert_failed,
+            drop,
+            clash_resolve,
+            early_drop,
+        }
+    }
+
+    #[test]
+    fn a_kind_never_outnumbers_its_counter() {
+        let mut avail = counters(1, 3, 0, 0);
+        let mut used = Counters::default();
+        let mut kept = 0;
+        for _ in 0..3 {
+            let mut ev = candidate("insert_failed", Some("nat_port_clash"));
+            kept += usize::from(credit(&mut ev, &mut avail, &mut used));
+        }
+        assert_eq!(kept, 1, "one insert_failed counted, one event");
+        // The clash took one drop with it; two are left for table-full candidates.
+        assert_eq!(used, counters(1, 1, 0, 0));
+        let mut full = 0;
+        for _ in 0..5 {
+            let mut ev = candidate("table_full", Some("table_full"));
+            full += usize::from(credit(&mut ev, &mut avail, &mut used));
+        }
+        assert_eq!(full, 2);
+        assert_eq!(avail, Counters::default());
+    }
+
+    #[test]
+    fn dying_takes_no_drop_and_nat_clash_is_kept_without_credit() {
+        let mut avail = counters(1, 1, 0, 0);
+        let mut used = Counters::default();
+        let mut ev = candidate("insert_failed", Some("dying"));
+        assert!(credit(&mut ev, &mut avail, &mut used));
+        assert_eq!(avail, counters(0, 1, 0, 0));
+        let mut merged = candidate("clash_resolved", Some("merged"));
+        assert!(!credit(&mut merged, &mut avail, &mut used));
+        let mut reply_only = candidate("clash_resolved", Some("nat_clash_reply_only"));
+        assert!(credit(&mut reply_only, &mut avail, &mut used));
+    }
+
+    #[test]
+    fn destroys_split_into_early_drop_and_ctnetlink() {
+        let mut avail = counters(0, 0, 0, 1);
+        let mut used = Counters::default();
+        let mut first = candidate("destroy", Some("unknown"));
+        let mut second = candidate("destroy", Some("unknown"));
+        assert!(credit(&mut first, &mut avail, &mut used));
+        assert!(credit(&mut second, &mut avail, &mut used));
+        assert_eq!(
+            (first.kind, first.reason),
+            ("early_drop", Some("early_drop"))
+        );
+        assert_eq!((second.kind, second.reason), ("destroy", Some("ctnetlink")));
+    }
 }
