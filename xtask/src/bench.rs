@@ -4,7 +4,7 @@
 //!
 //! Set-up (all removed on exit, errors and Ctrl-C included): namespaces
 //! `ctbench-<pid>-c` (client; conntrack on through an nft `ct state` rule) and
-//! `ctbench-<pid>-s` (server; drops all IP at prerouting, so no ICMP comes back) joined by a
+//! `ctbench-<pid>-s` (server; routes the flows into a blackhole, so no ICMP comes back) joined by a
 //! veth on 10.77.0.0/24. The flows go from one socket on 10.77.0.1 to 10.77.1.0/24, routed
 //! through the server. The sender is `ct-flood` (xtask/src/bin/ct-flood.rs). Every run
 //! starts from an empty table (`conntrack -F`); the kernel's counters (`conntrack -S`,
@@ -1004,11 +1004,11 @@ fn configure(client: &Netns, server: &Netns) -> Result<()> {
          add chain inet ctbench out { type filter hook output priority filter; policy accept; }; \
          add rule inet ctbench out ct state new counter",
     ))?;
-    // The server answers nothing, so no ICMP errors come back.
-    cmd::run(server.exec("nft").arg(
-        "add table inet ctbench; \
-         add chain inet ctbench pre { type filter hook prerouting priority raw; policy drop; }",
-    ))?;
+    // The server routes the flows into a blackhole: no ICMP errors come back (it forwards,
+    // so the route is used rather than "host unreachable"), and the drop is not a
+    // netfilter one (a deployment does not drop every flow in a ruleset).
+    cmd::run(server.exec("sysctl").args(["-qw", "net.ipv4.conf.all.forwarding=1"]))?;
+    ip(server, &["route", "add", "blackhole", FLOW_NET])?;
     Ok(())
 }
 
