@@ -3,15 +3,28 @@
 //! hash collision or when two CPUs send an entry's first packets at once. The agent knows
 //! which entries live, by kernel address, and drops the repeats here.
 
-use std::collections::HashSet;
+use rustc_hash::FxHashSet;
 
 use crate::event::CtEvent;
 
-#[derive(Debug, Default)]
+/// Room for this many live entries before the set first grows.
+const INITIAL: usize = 1 << 16;
+
+#[derive(Debug)]
 pub struct LiveEntries {
-    live: HashSet<u64>,
+    /// Kernel addresses: FxHash, as SipHash showed up in profiles at 100k events/s.
+    live: FxHashSet<u64>,
     /// Repeated `new` reports dropped so far.
     pub repeats: u64,
+}
+
+impl Default for LiveEntries {
+    fn default() -> Self {
+        LiveEntries {
+            live: FxHashSet::with_capacity_and_hasher(INITIAL, Default::default()),
+            repeats: 0,
+        }
+    }
 }
 
 impl LiveEntries {

@@ -12,6 +12,18 @@ pub enum Format {
     Json,
 }
 
+/// One conntrack event (what [`write_record`] does for `Record::Conntrack`, without
+/// boxing the event first: this runs once per event).
+pub fn write_event(out: &mut impl Write, format: Format, ev: &CtEvent) -> io::Result<()> {
+    match format {
+        Format::Json => {
+            serde_json::to_writer(&mut *out, ev)?;
+            out.write_all(b"\n")
+        }
+        Format::Text { timestamp } => writeln!(out, "{}", text_line(ev, timestamp)),
+    }
+}
+
 pub fn write_record(out: &mut impl Write, format: Format, record: &Record) -> io::Result<()> {
     match (format, record) {
         (Format::Json, r) => {

@@ -19,7 +19,7 @@ use crate::{
     filter::Filter,
     live::LiveEntries,
     loader::{self, LoadError, Probes, Tier},
-    output::{Format, write_record},
+    output::{Format, write_event, write_record},
     reader::EventReader,
     settle::Settler,
     tier3,
@@ -241,7 +241,11 @@ impl Printer {
         if self.done() || !self.filter.matches(&ev) {
             return;
         }
-        self.write(&Record::Conntrack(Box::new(ev)));
+        if self.error.is_none()
+            && let Err(e) = write_event(&mut self.out, self.format, &ev)
+        {
+            self.error = Some(e);
+        }
         if let Some(n) = &mut self.remaining {
             *n -= 1;
         }
