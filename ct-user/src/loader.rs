@@ -34,7 +34,9 @@ pub enum LoadError {
     Permission(String),
     #[error("--ring-size must be a power of two multiple of the page size (4096), got {0}")]
     RingSize(u32),
-    #[error("tier {0} cannot run on this kernel: {1}")]
+    #[error(
+        "tier {0} cannot run on this kernel: {1}. Omit --tier to let ctscope pick the best tier (`ctscope probe` lists them)"
+    )]
     Tier(u8, String),
     #[error("loading the BPF object: {0}")]
     Ebpf(#[from] aya::EbpfError),

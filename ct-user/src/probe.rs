@@ -6,7 +6,7 @@ use std::{fs, path::Path};
 use serde::Serialize;
 
 use crate::{
-    loader::{self, DEFAULT_RING_BYTES, HookStatus, Tier},
+    loader::{self, DEFAULT_RING_BYTES, HookStatus, LoadError, Tier},
     netns,
 };
 
@@ -125,7 +125,10 @@ fn tiers(chosen: Tier, why_not_1: String) -> Vec<TierReport> {
         Tier::Tracepoints => Ok(()),
         _ => loader::load(DEFAULT_RING_BYTES, Some(Tier::Tracepoints))
             .map(drop)
-            .map_err(|e| e.to_string()),
+            .map_err(|e| match e {
+                LoadError::Tier(_, why) => why,
+                other => other.to_string(),
+            }),
     };
     vec![
         tried(Tier::Kprobes, one),
