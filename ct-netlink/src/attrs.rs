@@ -18,12 +18,14 @@ use crate::entry::{
 
 // enum ctattr_type (TUPLE_ORIG/REPLY, STATUS, PROTOINFO: netlink-packet-netfilter)
 pub(crate) const CTA_HELP: u16 = 5;
+pub(crate) const CTA_NAT_SRC: u16 = 6;
 pub(crate) const CTA_TIMEOUT: u16 = 7;
 pub(crate) const CTA_MARK: u16 = 8;
 pub(crate) const CTA_COUNTERS_ORIG: u16 = 9;
 pub(crate) const CTA_COUNTERS_REPLY: u16 = 10;
 pub(crate) const CTA_USE: u16 = 11;
 pub(crate) const CTA_ID: u16 = 12;
+pub(crate) const CTA_NAT_DST: u16 = 13;
 pub(crate) const CTA_SECMARK: u16 = 17;
 pub(crate) const CTA_ZONE: u16 = 18;
 pub(crate) const CTA_SECCTX: u16 = 19;
@@ -59,6 +61,15 @@ const CTA_COUNTERS32_BYTES: u16 = 4;
 const CTA_TIMESTAMP_START: u16 = 1;
 const CTA_TIMESTAMP_STOP: u16 = 2;
 const CTA_HELP_NAME: u16 = 1;
+
+// enum ctattr_nat / ctattr_protonat
+const CTA_NAT_V4_MINIP: u16 = 1;
+const CTA_NAT_V4_MAXIP: u16 = 2;
+const CTA_NAT_PROTO: u16 = 3;
+const CTA_NAT_V6_MINIP: u16 = 4;
+const CTA_NAT_V6_MAXIP: u16 = 5;
+const CTA_PROTONAT_PORT_MIN: u16 = 1;
+const CTA_PROTONAT_PORT_MAX: u16 = 2;
 const CTA_SECCTX_NAME: u16 = 1;
 
 /// Bytes and type (flags masked) of an attribute netlink-packet-netfilter left raw.
@@ -432,6 +443,27 @@ pub(crate) fn helper_attr(name: &str) -> ConntrackAttribute {
     ConntrackAttribute::Other(nest(CTA_HELP, &[nla(CTA_HELP_NAME, v)]))
 }
 
+/// `CTA_NAT_SRC` / `CTA_NAT_DST`: one address and optionally one port, each as a
+/// min = max range (what libnetfilter_conntrack sends for `conntrack -I --src-nat`).
+pub(crate) fn nat_attr(kind: u16, addr: IpAddr, port: Option<u16>) -> ConntrackAttribute {
+    let (min, max, bytes) = match addr {
+        IpAddr::V4(a) => (CTA_NAT_V4_MINIP, CTA_NAT_V4_MAXIP, a.octets().to_vec()),
+        IpAddr::V6(a) => (CTA_NAT_V6_MINIP, CTA_NAT_V6_MAXIP, a.octets().to_vec()),
+    };
+    let mut children = vec![nla(min, bytes.clone()), nla(max, bytes)];
+    if let Some(p) = port {
+        let be = p.to_be_bytes().to_vec();
+        children.push(nest(
+            CTA_NAT_PROTO,
+            &[
+                nla(CTA_PROTONAT_PORT_MIN, be.clone()),
+                nla(CTA_PROTONAT_PORT_MAX, be),
+            ],
+        ));
+    }
+    ConntrackAttribute::Other(nest(kind, &children))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -455,6 +487,38 @@ mod tests {
         assert_eq!(e.reply.icmp_type, Some(129));
         assert_eq!(e.id, Some(9));
         assert_eq!(e.family, Family::Ipv6);
+    }
+
+    #[test]
+    fn nat_attribute_layout() {
+        let ConntrackAttribute::Other(n) =
+            nat_attr(CTA_NAT_SRC, "10.0.0.9".parse().unwrap(), Some(53))
+        else {
+            panic!("not a raw attribute")
+        };
+        let (kind, value) = raw(&n);
+        assert_eq!(kind, CTA_NAT_SRC);
+        let children: Vec<(u16, Vec<u8>)> = nested(&value).map(|(k, v)| (k, v.to_vec())).collect();
+        assert_eq!(children[0], (CTA_NAT_V4_MINIP, vec![10, 0, 0, 9]));
+        assert_eq!(children[1], (CTA_NAT_V4_MAXIP, vec![10, 0, 0, 9]));
+        assert_eq!(children[2].0, CTA_NAT_PROTO);
+        let ports: Vec<(u16, Vec<u8>)> = nested(&children[2].1)
+            .map(|(k, v)| (k, v.to_vec()))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                (CTA_PROTONAT_PORT_MIN, vec![0, 53]),
+                (CTA_PROTONAT_PORT_MAX, vec![0, 53])
+            ]
+        );
+        let ConntrackAttribute::Other(n) = nat_attr(CTA_NAT_DST, "::1".parse().unwrap(), None)
+        else {
+            panic!("not a raw attribute")
+        };
+        let (_, value) = raw(&n);
+        let kinds: Vec<u16> = nested(&value).map(|(k, _)| k).collect();
+        assert_eq!(kinds, [CTA_NAT_V6_MINIP, CTA_NAT_V6_MAXIP]);
     }
 
     #[test]

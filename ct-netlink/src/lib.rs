@@ -36,7 +36,7 @@ pub use error::{Error, Result};
 pub use events::{Event, EventGroups, EventKind, EventListener, ListenerOptions};
 pub use expect::{Expectation, NewExpectation};
 pub use netns::netns_path;
-pub use ops::{Conntrack, DumpFilter, NewEntry, Table, TupleFilter, Update};
+pub use ops::{Conntrack, DumpFilter, NatRange, NewEntry, Table, TupleFilter, Update};
 pub use stats::{CpuStats, GlobalStats};
 
 #[cfg(test)]

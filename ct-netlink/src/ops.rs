@@ -115,6 +115,20 @@ pub struct NewEntry {
     pub tcp_state: Option<TcpState>,
     pub labels: Option<Vec<u8>>,
     pub helper: Option<String>,
+    /// Source NAT set up at creation (`CTA_NAT_SRC`, `conntrack -I --src-nat`): the
+    /// kernel rewrites the reply tuple's destination (needs the nf_nat module).
+    pub src_nat: Option<NatRange>,
+    /// Destination NAT (`CTA_NAT_DST`, `conntrack -I --dst-nat`): the reply tuple's
+    /// source is rewritten.
+    pub dst_nat: Option<NatRange>,
+}
+
+/// A NAT mapping for [`NewEntry`]: one address (same family as the entry) and an
+/// optional port, each sent as a min = max range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatRange {
+    pub addr: IpAddr,
+    pub port: Option<u16>,
 }
 
 impl NewEntry {
@@ -130,6 +144,8 @@ impl NewEntry {
             tcp_state: None,
             labels: None,
             helper: None,
+            src_nat: None,
+            dst_nat: None,
         }
     }
 }
@@ -412,6 +428,12 @@ impl Conntrack {
         }
         if let Some(helper) = &n.helper {
             req.attrs.push(helper_attr(helper));
+        }
+        if let Some(nat) = n.src_nat {
+            req.attrs.push(nat_attr(CTA_NAT_SRC, nat.addr, nat.port));
+        }
+        if let Some(nat) = n.dst_nat {
+            req.attrs.push(nat_attr(CTA_NAT_DST, nat.addr, nat.port));
         }
         self.sock.request(&req, |_| Ok(())).await
     }

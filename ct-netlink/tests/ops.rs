@@ -5,7 +5,9 @@ mod common;
 use std::net::IpAddr;
 
 use common::{cli_keys, key_of_entry, lib_keys};
-use ct_netlink::{Error, Family, NewEntry, Status, TcpState, Tuple, TupleFilter, Update, proto};
+use ct_netlink::{
+    Error, Family, NatRange, NewEntry, Status, TcpState, Tuple, TupleFilter, Update, proto,
+};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -234,4 +236,59 @@ async fn delete_and_flush_match_conntrack() {
     let (code, _) = ns.conntrack(&["-F"]);
     assert_eq!(code, 0);
     assert_eq!(ct.count().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn create_with_nat_matches_conntrack() {
+    let Some(ns) = common::netns_with_ctnetlink() else {
+        return;
+    };
+    let mut ct = ns.open();
+    // SNAT to an address and port, DNAT to an address: the kernel rewrites the reply.
+    let mut new = NewEntry::new(udp(7, 53), 120);
+    new.src_nat = Some(NatRange {
+        addr: ip("127.0.0.9"),
+        port: Some(5000),
+    });
+    new.dst_nat = Some(NatRange {
+        addr: ip("127.0.0.8"),
+        port: None,
+    });
+    ct.create(&new).await.unwrap();
+    let e = ct.get(&udp(7, 53), None).await.unwrap().unwrap();
+    assert_eq!(e.reply.dst, ip("127.0.0.9"));
+    assert_eq!(e.reply.dst_port, Some(5000));
+    assert_eq!(e.reply.src, ip("127.0.0.8"));
+    assert!(
+        e.status
+            .contains(Status::SRC_NAT_DONE | Status::DST_NAT_DONE)
+    );
+    // The same entry made by conntrack -I lists the same.
+    let (code, _) = ns.conntrack(&[
+        "-I",
+        "-p",
+        "udp",
+        "-s",
+        "127.0.0.1",
+        "-d",
+        "127.0.0.2",
+        "--sport",
+        "8",
+        "--dport",
+        "53",
+        "-t",
+        "120",
+        "--src-nat",
+        "127.0.0.9:5001",
+        "--dst-nat",
+        "127.0.0.8",
+    ]);
+    assert_eq!(code, 0);
+    let theirs = ct.get(&udp(8, 53), None).await.unwrap().unwrap();
+    assert_eq!(theirs.reply.dst_port, Some(5001));
+    assert_eq!(
+        (theirs.reply.src, theirs.reply.dst),
+        (e.reply.src, e.reply.dst)
+    );
+    assert_eq!(theirs.status, e.status);
 }

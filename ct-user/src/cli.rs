@@ -4,7 +4,7 @@
 use std::{net::IpAddr, path::PathBuf};
 
 use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum, error::ErrorKind};
-use ct_netlink::{Family, Status, TcpState, Tuple, TupleFilter};
+use ct_netlink::{Family, NatRange, Status, TcpState, Tuple, TupleFilter};
 
 use crate::{filter, loader::DEFAULT_RING_BYTES};
 
@@ -238,6 +238,16 @@ pub struct InsertArgs {
     #[arg(long, value_name = "STATE", value_parser = parse_tcp_state)]
     pub state: Option<TcpState>,
 
+    /// Source NAT: the kernel rewrites the reply destination to ADDR (and its port to
+    /// PORT), as `conntrack -I --src-nat`. IPv6 with a port: `[ADDR]:PORT`.
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_nat)]
+    pub src_nat: Option<NatRange>,
+
+    /// Destination NAT: the reply source becomes ADDR[:PORT], as `conntrack -I
+    /// --dst-nat`.
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_nat)]
+    pub dst_nat: Option<NatRange>,
+
     /// Print the created entry as one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -346,6 +356,25 @@ impl Cli {
 }
 
 /// A clap error in the style (and with the usage line) of subcommand `sub`.
+impl InsertArgs {
+    /// `--src-nat`/`--dst-nat` in another family than the tuple: a usage error.
+    pub fn check_nat(&self, family: Family) -> Result<(), clap::Error> {
+        for nat in [self.src_nat, self.dst_nat].into_iter().flatten() {
+            if Family::of(&nat.addr) != family {
+                return Err(usage_error(
+                    "insert",
+                    ErrorKind::ValueValidation,
+                    format!(
+                        "NAT address {} is not in the entry's address family",
+                        nat.addr
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn usage_error(sub: &str, kind: ErrorKind, msg: impl std::fmt::Display) -> clap::Error {
     let mut cmd = Cli::command();
     cmd.build();
@@ -528,6 +557,40 @@ impl TableFilterArgs {
 }
 
 /// `--mark`: `MARK` (mask all ones) or `MARK/MASK`, each decimal or 0x-hex.
+/// `ADDR`, `ADDR:PORT` or `[IPV6]:PORT` (`--src-nat`, `--dst-nat`).
+pub fn parse_nat(s: &str) -> Result<NatRange, String> {
+    let (addr, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (a, tail) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("`{s}`: no closing `]`"))?;
+        match tail {
+            "" => (a, None),
+            t => (
+                a,
+                Some(
+                    t.strip_prefix(':')
+                        .ok_or_else(|| format!("`{s}`: expected `:PORT` after `]`"))?,
+                ),
+            ),
+        }
+    } else {
+        match s.split_once(':') {
+            Some((a, p)) if !p.contains(':') => (a, Some(p)),
+            _ => (s, None),
+        }
+    };
+    let addr: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("`{addr}` is not an IP address"))?;
+    let port = port
+        .map(|p| {
+            p.parse::<u16>()
+                .map_err(|_| format!("`{p}` is not a port (0-65535)"))
+        })
+        .transpose()?;
+    Ok(NatRange { addr, port })
+}
+
 pub fn parse_mark(s: &str) -> Result<(u32, u32), String> {
     let num = |t: &str| {
         let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {

@@ -1007,7 +1007,11 @@ fn configure(client: &Netns, server: &Netns) -> Result<()> {
     // The server routes the flows into a blackhole: no ICMP errors come back (it forwards,
     // so the route is used rather than "host unreachable"), and the drop is not a
     // netfilter one (a deployment does not drop every flow in a ruleset).
-    cmd::run(server.exec("sysctl").args(["-qw", "net.ipv4.conf.all.forwarding=1"]))?;
+    cmd::run(
+        server
+            .exec("sysctl")
+            .args(["-qw", "net.ipv4.conf.all.forwarding=1"]),
+    )?;
     ip(server, &["route", "add", "blackhole", FLOW_NET])?;
     Ok(())
 }

@@ -63,6 +63,9 @@ pub async fn insert(args: &InsertArgs) -> anyhow::Result<()> {
     n.mark = args.mark.map(|(m, _)| m);
     n.zone = args.tuple.zone;
     n.tcp_state = args.state;
+    args.check_nat(orig.family()).unwrap_or_else(|e| e.exit());
+    n.src_nat = args.src_nat;
+    n.dst_nat = args.dst_nat;
     let zone = n.zone;
     let target = Target::one(args.netns.as_deref())?;
     let created = target

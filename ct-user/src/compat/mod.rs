@@ -4,8 +4,10 @@
 //!
 //! Exit statuses, as conntrack's: 0 success; 1 an operation failed or (for -G, -D, -U,
 //! -I) no entry was affected; 2 a parameter problem. What ctscope does not implement
-//! (labels, XML, expectation creation, ...) fails with exit 2 and says so.
+//! (expectation creation and events, expectation tuples, ...) fails with exit 2 and
+//! says so.
 
+mod labels;
 pub(crate) mod output;
 pub mod parse;
 mod run;
@@ -61,23 +63,35 @@ impl Fail {
     }
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime, Fail> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Fail::Other(format!("Can't open handler: {e}")))
+}
+
 /// Runs a conntrack command line (the arguments after `conntrack`).
 pub fn main(args: &[String]) -> ExitCode {
-    if args.len() > 1 && matches!(args[0].as_str(), "-R" | "--load-file") {
-        let f = Fail::Unsupported("-R/--load-file (run one command per line)".into());
-        f.report();
-        return ExitCode::from(f.exit_code() as u8);
-    }
-    let result = parse::parse(args).and_then(|p| {
-        for w in &p.warnings {
-            eprintln!("{w}");
+    // ctscope's `--netns NS` may come first, also before -R.
+    let (netns, rest) = match args {
+        [flag, ns, rest @ ..] if flag == "--netns" => (Some(ns.clone()), rest),
+        [flag, rest @ ..] if flag.starts_with("--netns=") => {
+            (Some(flag["--netns=".len()..].to_owned()), rest)
         }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Fail::Other(format!("Can't open handler: {e}")))?;
-        rt.block_on(run::run(&p))
-    });
+        _ => (None, args),
+    };
+    // conntrack takes -R only as the first argument and with a file after it; anything
+    // after the file is ignored.
+    let result = if rest.len() > 1 && matches!(rest[0].as_str(), "-R" | "--load-file") {
+        load_file(&rest[1], netns)
+    } else {
+        parse::parse(args).and_then(|p| {
+            for w in &p.warnings {
+                eprintln!("{w}");
+            }
+            runtime()?.block_on(run::run(&p))
+        })
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
@@ -87,11 +101,124 @@ pub fn main(args: &[String]) -> ExitCode {
     }
 }
 
+/// `-R FILE` (`-` for stdin): every line is a conntrack command line; all are parsed
+/// first (a parameter problem stops before anything runs), only -I, -A, -U, -D and -F
+/// are allowed, then they run in order without summaries; the first failed operation
+/// stops with its error.
+fn load_file(name: &str, netns: Option<String>) -> Result<(), Fail> {
+    let name = if name == "-" { "/dev/stdin" } else { name };
+    let text = std::fs::read(name)
+        .map_err(|_| Fail::Param(format!("Failed to open file {name} for reading")))?;
+    let text = String::from_utf8_lossy(&text);
+    let mut cmds = Vec::new();
+    // conntrack's output flags are global: each line adds to them.
+    let mut output = 0;
+    for line in text.split_inclusive('\n') {
+        let line = line.trim_start_matches([' ', '\t']);
+        if line.is_empty() || line.starts_with('\n') || line.starts_with('#') {
+            continue;
+        }
+        let mut p = parse::parse(&split_line(line))?;
+        for w in &p.warnings {
+            eprintln!("{w}");
+        }
+        output |= p.output;
+        p.output = output;
+        p.batch = true;
+        if p.netns.is_none() {
+            p.netns.clone_from(&netns);
+        }
+        cmds.push(p);
+    }
+    use parse::Cmd;
+    for p in &cmds {
+        let allowed = matches!(
+            p.cmd,
+            Some(Cmd::Create | Cmd::Add | Cmd::Update | Cmd::Delete | Cmd::Flush)
+        );
+        if !allowed {
+            let what = match p.cmd {
+                _ if p.no_command => "unknown",
+                Some(Cmd::List) => "-L",
+                Some(Cmd::Get) => "-G",
+                Some(Cmd::Event) => "-E",
+                Some(Cmd::Version) => "-V",
+                Some(Cmd::Help) => "-h",
+                Some(Cmd::ExpList) => "-L expect",
+                Some(Cmd::ExpCreate | Cmd::ExpCount) => "-C expect",
+                Some(Cmd::ExpDelete) => "-D expect",
+                Some(Cmd::ExpGet) => "-G expect",
+                Some(Cmd::ExpFlush) => "-F expect",
+                Some(Cmd::ExpEvent) => "-E expect",
+                Some(Cmd::Count) => "-C",
+                Some(Cmd::Stats) => "-S",
+                Some(Cmd::ExpStats) => "-S expect",
+                _ => "unknown",
+            };
+            return Err(Fail::Param(format!(
+                "Cannot use command `{what}' with --load-file"
+            )));
+        }
+    }
+    let rt = runtime()?;
+    for p in &cmds {
+        rt.block_on(run::run(p))?;
+    }
+    Ok(())
+}
+
+/// One load-file line as argv, like conntrack's add_param_to_argv: blanks separate
+/// words; inside double quotes blanks are kept and a backslash escapes the next
+/// character; a closing quote ends the word.
+fn split_line(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let (mut quoted, mut escaped) = (false, false);
+    for c in line.chars() {
+        if quoted {
+            if escaped {
+                word.push(c);
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                // The closing quote ends the word, even an empty one.
+                quoted = false;
+                words.push(std::mem::take(&mut word));
+            } else {
+                word.push(c);
+            }
+            continue;
+        }
+        match c {
+            '"' => quoted = true,
+            ' ' | '\t' | '\n' => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            _ => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser as _;
 
     use crate::cli::{Cli, Command};
+
+    #[test]
+    fn load_file_words() {
+        assert_eq!(
+            super::split_line("-I  -t 5\t-p \"u\\\"dp\"\n"),
+            ["-I", "-t", "5", "-p", "u\"dp"]
+        );
+    }
 
     /// Everything after `conntrack` reaches the compat parser untouched, including
     /// `-h`, `-V` and options ctscope's clap definitions also have.

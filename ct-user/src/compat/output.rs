@@ -154,6 +154,233 @@ fn save(e: &Entry, op: &str) -> String {
     s
 }
 
+/// C's ctime() without the newline, in local time: `Sun Nov  2 08:21:51 2026`.
+pub fn ctime(secs: i64) -> String {
+    const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let t: libc::time_t = secs as libc::time_t;
+    // SAFETY: tm is plain data; localtime_r writes it and reads only `t`.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call.
+    if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
+        return "?".into();
+    }
+    format!(
+        "{} {}{:3} {:02}:{:02}:{:02} {}",
+        DAYS.get(tm.tm_wday as usize).unwrap_or(&"???"),
+        MONTHS.get(tm.tm_mon as usize).unwrap_or(&"???"),
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec,
+        1900 + i64::from(tm.tm_year)
+    )
+}
+
+/// `-o ktimestamp` in text: ` [start=...] [stop=...]` after `delta-time=N`
+/// (libnetfilter_conntrack prints them between delta-time and helper/use).
+pub fn with_ktimestamp(line: String, e: &Entry) -> String {
+    let Some(ts) = e.timestamp else {
+        return line;
+    };
+    let mut add = format!(" [start={}]", ctime((ts.start / 1_000_000_000) as i64));
+    if let Some(stop) = ts.stop {
+        let _ = write!(add, " [stop={}]", ctime((stop / 1_000_000_000) as i64));
+    }
+    let Some(at) = line.find(" delta-time=") else {
+        return line;
+    };
+    let end = line[at + 1..].find(' ').map_or(line.len(), |i| at + 1 + i);
+    let mut out = line;
+    out.insert_str(end, &add);
+    out
+}
+
+/// The XML document conntrack opens before its first flow.
+pub const XML_HEADER: &str = "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<conntrack>";
+pub const XML_FOOTER: &str = "</conntrack>";
+
+/// What a `<flow>` element shows beyond the entry.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct XmlOpts {
+    /// `-o ktimestamp`: `<timestamp><start>` / `<stop>`.
+    pub ktimestamp: bool,
+    /// `-E -o xml,timestamp`: `<when>` with the local time.
+    pub when: bool,
+}
+
+fn xml_tuple(s: &mut String, t: &Tuple, dir: &str, counters: Option<ct_netlink::Counters>) {
+    let (l3num, l3name) = match Family::of(&t.src) {
+        Family::Ipv4 => (2, "ipv4"),
+        Family::Ipv6 => (10, "ipv6"),
+    };
+    let _ = write!(
+        s,
+        "<meta direction=\"{dir}\"><layer3 protonum=\"{l3num}\" protoname=\"{l3name}\">\
+         <src>{}</src><dst>{}</dst></layer3><layer4 protonum=\"{}\" protoname=\"{}\">",
+        t.src,
+        t.dst,
+        t.proto,
+        proto::name(t.proto)
+    );
+    match t.proto {
+        proto::TCP | proto::UDP | proto::UDPLITE | proto::SCTP | proto::DCCP => {
+            let _ = write!(
+                s,
+                "<sport>{}</sport><dport>{}</dport>",
+                t.src_port.unwrap_or(0),
+                t.dst_port.unwrap_or(0)
+            );
+        }
+        proto::GRE => {
+            let _ = write!(
+                s,
+                "<srckey>{:#x}</srckey><dstkey>{:#x}</dstkey>",
+                t.src_port.unwrap_or(0),
+                t.dst_port.unwrap_or(0)
+            );
+        }
+        _ => {}
+    }
+    s.push_str("</layer4>");
+    if let Some(z) = t.zone {
+        let _ = write!(s, "<zone>{z}</zone>");
+    }
+    if let Some(c) = counters {
+        let _ = write!(
+            s,
+            "<counters><packets>{}</packets><bytes>{}</bytes></counters>",
+            c.packets, c.bytes
+        );
+    }
+    s.push_str("</meta>");
+}
+
+/// One `<flow>` element as libnetfilter_conntrack's XML printer writes it (one line).
+/// `labels`: the label names, when the label map is loaded.
+pub fn xml_flow(
+    e: &Entry,
+    kind: Option<EventKind>,
+    opts: XmlOpts,
+    labels: Option<Vec<String>>,
+    now: u64,
+) -> String {
+    let mut s = String::with_capacity(600);
+    match kind {
+        Some(EventKind::New) => s.push_str("<flow type=\"new\">"),
+        Some(EventKind::Update) => s.push_str("<flow type=\"update\">"),
+        Some(EventKind::Destroy) => s.push_str("<flow type=\"destroy\">"),
+        None => s.push_str("<flow>"),
+    }
+    // Counters of both directions are shown when the original's are there.
+    let reply_counters = e
+        .counters_orig
+        .map(|_| e.counters_reply.unwrap_or_default());
+    xml_tuple(&mut s, &e.orig, "original", e.counters_orig);
+    xml_tuple(&mut s, &e.reply, "reply", reply_counters);
+    s.push_str("<meta direction=\"independent\">");
+    // libnetfilter_conntrack names SCTP and DCCP states from its TCP table here.
+    for st in [
+        e.tcp.as_ref().map(|t| t.state.0),
+        e.sctp.as_ref().map(|t| t.state.0),
+        e.dccp.as_ref().map(|t| t.state.0),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let name = if st < 10 {
+            ct_netlink::TcpState(st).name()
+        } else {
+            "NONE"
+        };
+        let _ = write!(s, "<state>{name}</state>");
+    }
+    if let Some(t) = e.timeout {
+        let _ = write!(s, "<timeout>{t}</timeout>");
+    }
+    if let Some(m) = e.mark {
+        let _ = write!(s, "<mark>{m}</mark>");
+    }
+    if let Some(names) = labels {
+        s.push_str("<labels>");
+        for n in names {
+            let _ = write!(s, "<label>{n}</label>");
+        }
+        s.push_str("</labels>");
+    }
+    if let Some(m) = e.secmark {
+        let _ = write!(s, "<secmark>{m}</secmark>");
+    }
+    if let Some(c) = &e.secctx {
+        let _ = write!(s, "<secctx>{c}</secctx>");
+    }
+    if let Some(z) = e.zone {
+        let _ = write!(s, "<zone>{z}</zone>");
+    }
+    if let Some(u) = e.use_count {
+        let _ = write!(s, "<use>{u}</use>");
+    }
+    if let Some(id) = e.id {
+        let _ = write!(s, "<id>{id}</id>");
+    }
+    if e.status.is_assured() {
+        s.push_str("<assured/>");
+    }
+    if e.status.is_unreplied() {
+        s.push_str("<unreplied/>");
+    }
+    if let Some(ts) = e.timestamp {
+        if opts.ktimestamp {
+            let _ = write!(s, "<timestamp><start>{}</start>", ts.start);
+            if let Some(stop) = ts.stop {
+                let _ = write!(s, "<stop>{stop}</stop>");
+            }
+            s.push_str("</timestamp>");
+        }
+        let delta = match ts.stop {
+            Some(stop) => stop.wrapping_sub(ts.start) / 1_000_000_000,
+            None => now.wrapping_sub(ts.start / 1_000_000_000),
+        };
+        let _ = write!(s, "<deltatime>{delta}</deltatime>");
+    }
+    s.push_str("</meta>");
+    if opts.when {
+        xml_when(&mut s);
+    }
+    if let Some(h) = &e.helper {
+        let _ = write!(s, "<helper>{h}</helper>");
+    }
+    s.push_str("</flow>");
+    s
+}
+
+/// `<when>` with the local time now.
+fn xml_when(s: &mut String) {
+    let t: libc::time_t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as libc::time_t;
+    // SAFETY: as in ctime().
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call.
+    if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
+        return;
+    }
+    let _ = write!(
+        s,
+        "<when><hour>{}</hour><min>{:02}</min><sec>{:02}</sec><wday>{}</wday><day>{}</day>\
+         <month>{}</month><year>{}</year></when>",
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec,
+        tm.tm_wday + 1,
+        tm.tm_mday,
+        tm.tm_mon + 1,
+        1900 + i64::from(tm.tm_year)
+    );
+}
+
 /// `src= dst= ` and the layer-4 part of a tuple, as in expectation lines.
 fn exp_tuple(s: &mut String, t: &Tuple, prefix: &str) {
     let _ = write!(s, "{prefix}src={} {prefix}dst={} ", t.src, t.dst);
@@ -253,6 +480,41 @@ mod tests {
             entry(&e, out::SAVE, 0)
         );
         assert!(entry(&e, out::SAVE, 0).starts_with("-A -t 99 -u ASSURED -s"));
+    }
+
+    #[test]
+    fn xml_flow_and_ktimestamp() {
+        let mut e = udp();
+        e.timestamp = Some(ct_netlink::Timestamps {
+            start: 5_000_000_000,
+            stop: Some(7_500_000_000),
+        });
+        assert_eq!(
+            xml_flow(
+                &e,
+                Some(EventKind::Destroy),
+                XmlOpts {
+                    ktimestamp: true,
+                    when: false
+                },
+                Some(vec!["a".into()]),
+                0
+            ),
+            "<flow type=\"destroy\"><meta direction=\"original\"><layer3 protonum=\"2\" \
+             protoname=\"ipv4\"><src>10.9.0.1</src><dst>10.9.0.2</dst></layer3><layer4 \
+             protonum=\"17\" protoname=\"udp\"><sport>1</sport><dport>53</dport></layer4>\
+             </meta><meta direction=\"reply\"><layer3 protonum=\"2\" protoname=\"ipv4\">\
+             <src>10.9.0.2</src><dst>10.9.0.1</dst></layer3><layer4 protonum=\"17\" \
+             protoname=\"udp\"><sport>53</sport><dport>1</dport></layer4></meta><meta \
+             direction=\"independent\"><timeout>99</timeout><mark>0</mark><labels><label>a\
+             </label></labels><use>1</use><id>1351222991</id><unreplied/><timestamp><start>\
+             5000000000</start><stop>7500000000</stop></timestamp><deltatime>2</deltatime>\
+             </meta></flow>"
+        );
+        let line = with_ktimestamp("udp 17 1 delta-time=2 use=1".into(), &e);
+        assert!(line.starts_with("udp 17 1 delta-time=2 [start="), "{line}");
+        assert!(line.ends_with("] use=1"), "{line}");
+        assert_eq!(line.matches("[st").count(), 2);
     }
 
     #[test]

@@ -3,11 +3,11 @@
 //! prefixes, protocol options that exist only after `-p`, and the table of legal
 //! command/option combinations. Errors carry conntrack's text and exit status.
 
-use std::net::IpAddr;
+use std::{collections::BTreeSet, net::IpAddr};
 
 use ct_netlink::{Family, Status, TcpState, proto};
 
-use super::Fail;
+use super::{Fail, labels::LabelMap};
 
 /// conntrack's commands, in its `CT_*`/`EXP_*` bit order (the rows of [`LEGAL`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -410,6 +410,18 @@ pub struct Parsed {
     /// Protocol option bits given (index as in the protocol's names).
     pub l4_options: u32,
     pub netns: Option<String>,
+    /// The label map, once an option needed it (`-l`, `--label-add/del`, `-o labels`);
+    /// `None` also when the file could not be read (a warning says so).
+    pub labelmap: Option<LabelMap>,
+    labelmap_loaded: bool,
+    /// `-l`: label bits an entry must all have.
+    pub label_filter: Option<BTreeSet<u32>>,
+    /// `--label-add` / `--label-del` bits; `None` with `--label-del` alone (all).
+    pub label_modify: Option<BTreeSet<u32>>,
+    /// No command was given (conntrack then shows its usage).
+    pub no_command: bool,
+    /// A line of `-R` (load-file): no summaries.
+    pub batch: bool,
     /// Warnings conntrack prints while parsing (on stderr).
     pub warnings: Vec<String>,
 }
@@ -933,7 +945,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, Fail> {
                 p.cmd = Some(cmd);
                 p.table = table;
             }
-            Key::Opt(c) => parse_opt(&mut p, &mut sc, c, &v, &mut proto_kind)?,
+            Key::Opt(c) => parse_opt(&mut p, &mut sc, c, &v, value.is_some(), &mut proto_kind)?,
             Key::Proto(i) => parse_proto_opt(&mut p, proto_kind, i, &v)?,
         }
     }
@@ -946,6 +958,7 @@ fn parse_opt(
     sc: &mut Scanner<'_>,
     c: char,
     v: &str,
+    value_given: bool,
     proto_kind: &mut Option<ProtoKind>,
 ) -> Result<(), Fail> {
     match c {
@@ -996,6 +1009,9 @@ fn parse_opt(
         'o' => {
             p.options |= opt::OUTPUT;
             parse_list(v, OUTPUT_NAMES, &mut p.output, &mut p.warnings)?;
+            if p.output & out::LABELS != 0 {
+                labelmap_init(p);
+            }
             let others = out::EXT | out::TMS | out::ID | out::KTMS | out::LABELS | out::XML;
             if p.output & out::SAVE != 0 && p.output & others != 0 {
                 return Err(Fail::Other(
@@ -1069,9 +1085,46 @@ fn parse_opt(
             p.buffer_size = Some(atol(v).max(0) as usize);
         }
         'l' | '<' | '>' => {
-            return Err(Fail::Unsupported(
-                "connection labels (-l, --label-add, --label-del)".into(),
-            ));
+            p.options |= match c {
+                'l' => opt::LABEL,
+                '<' => opt::ADD_LABEL,
+                _ => opt::DEL_LABEL,
+            };
+            labelmap_init(p);
+            if p.options & (opt::ADD_LABEL | opt::DEL_LABEL) == opt::ADD_LABEL | opt::DEL_LABEL {
+                return Err(Fail::Other(
+                    "cannot use --label-add and --label-del at the same time".into(),
+                ));
+            }
+            let names = if c == '>' {
+                // conntrack's get_optional_arg: nothing when the option had `=VALUE`.
+                if value_given {
+                    None
+                } else {
+                    sc.optional_next()
+                }
+            } else {
+                Some(v.to_owned())
+            };
+            let Some(names) = names else {
+                // `--label-del` alone: delete every label.
+                return Ok(());
+            };
+            let mut bits = BTreeSet::new();
+            for name in names.split(',') {
+                match p.labelmap.as_ref().and_then(|m| m.bit(name)) {
+                    Some(b) => {
+                        bits.insert(b);
+                    }
+                    None => return Err(param(format!("unknown label '{name}'"))),
+                }
+            }
+            let set = if c == 'l' {
+                &mut p.label_filter
+            } else {
+                &mut p.label_modify
+            };
+            set.get_or_insert_with(BTreeSet::new).extend(bits);
         }
         '[' | ']' | '{' | '}' => {
             return Err(Fail::Unsupported(
@@ -1083,6 +1136,18 @@ fn parse_opt(
         _ => return Err(param(format!("unknown option `-{c}'"))),
     }
     Ok(())
+}
+
+/// conntrack's labelmap_init: load the map once; perror's line when it cannot.
+fn labelmap_init(p: &mut Parsed) {
+    if p.labelmap_loaded {
+        return;
+    }
+    p.labelmap_loaded = true;
+    match LabelMap::load() {
+        Ok(m) => p.labelmap = Some(m),
+        Err(e) => p.warnings.push(format!("nfct_labelmap_new: {e}")),
+    }
 }
 
 fn parse_proto_opt(p: &mut Parsed, kind: Option<ProtoKind>, i: usize, v: &str) -> Result<(), Fail> {
@@ -1143,6 +1208,7 @@ fn check(p: &mut Parsed, kind: Option<ProtoKind>) -> Result<(), Fail> {
             )));
         }
         p.cmd = Some(Cmd::Help);
+        p.no_command = true;
         return Ok(());
     };
     if p.family.is_none()

@@ -8,13 +8,13 @@ use std::{
 };
 
 use ct_netlink::{
-    Conntrack, DumpFilter, Entry, Event, EventGroups, EventListener, Expectation, ListenerOptions,
-    NewEntry, Status, Table, TcpState, Tuple, Update, proto,
+    Conntrack, DumpFilter, Entry, Event, EventGroups, EventKind, EventListener, Expectation,
+    ListenerOptions, NatRange, NewEntry, Status, Table, TcpState, Tuple, Update, proto,
 };
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::{
-    Fail,
+    Fail, labels,
     output::{self, is_dnat, is_dpat, is_snat, is_spat},
     parse::{Cmd, NatArg, Parsed, ProtoKind, TableArg, ev, opt, out},
     prefix,
@@ -59,7 +59,11 @@ fn failed(cmd: Cmd) -> impl Fn(ct_netlink::Error) -> Fail {
 
 /// conntrack's print_stats: the summary on stderr; exit 1 when nothing was affected
 /// (except for listings).
-fn summary(cmd: Cmd, counter: usize) -> Result<(), Fail> {
+fn summary(p: &Parsed, cmd: Cmd, counter: usize) -> Result<(), Fail> {
+    // -R (load-file) prints no summaries and goes on when nothing matched.
+    if p.batch {
+        return Ok(());
+    }
     let what = match cmd {
         Cmd::List | Cmd::Get => "flow entries have been shown.",
         Cmd::Create => "flow entries have been created.",
@@ -87,13 +91,6 @@ fn stdout_line(out: &mut impl Write, line: &str) -> Result<(), Fail> {
 
 pub async fn run(p: &Parsed) -> Result<(), Fail> {
     let cmd = p.cmd.unwrap_or(Cmd::Help);
-    if p.output & (out::XML | out::KTMS | out::LABELS) != 0 {
-        return Err(Fail::Unsupported(
-            "the output types xml, ktimestamp and labels (-o extended, id, timestamp and \
-             save are)"
-                .into(),
-        ));
-    }
     match cmd {
         Cmd::Version => {
             println!("conntrack v{} (conntrack-tools)", super::VERSION);
@@ -107,6 +104,9 @@ pub async fn run(p: &Parsed) -> Result<(), Fail> {
             return Err(Fail::Unsupported(
                 "-I expect, -E expect and -S expect (use `ctscope expect`)".into(),
             ));
+        }
+        Cmd::ExpList | Cmd::ExpGet if xml(p) => {
+            return Err(Fail::Unsupported("-o xml for expectations".into()));
         }
         _ => {}
     }
@@ -141,11 +141,18 @@ pub async fn run(p: &Parsed) -> Result<(), Fail> {
             let now = now();
             let mut counter = 0;
             for e in entries.iter().filter(|e| matches(p, e)) {
-                stdout_line(&mut so, &output::entry(e, p.output, now))?;
+                if counter == 0 && xml(p) {
+                    stdout_line(&mut so, output::XML_HEADER)?;
+                }
+                stdout_line(&mut so, &render(p, e, now, Printer::Dump))?;
                 counter += 1;
             }
+            // conntrack closes the document only for the main table.
+            if counter > 0 && xml(p) && plain {
+                stdout_line(&mut so, output::XML_FOOTER)?;
+            }
             drop(so);
-            summary(cmd, counter)
+            summary(p, cmd, counter)
         }
         Cmd::Get => {
             let Some(tuple) = orig_tuple(p) else {
@@ -159,9 +166,17 @@ pub async fn run(p: &Parsed) -> Result<(), Fail> {
                     "Operation failed: such conntrack doesn't exist".into(),
                 ));
             };
-            stdout_line(&mut so, &output::entry(&e, p.output, now()))?;
+            if !labels_match(p, &e) {
+                drop(so);
+                return summary(p, cmd, 0);
+            }
+            // -G opens the XML document and never closes it, as conntrack does.
+            if xml(p) {
+                stdout_line(&mut so, output::XML_HEADER)?;
+            }
+            stdout_line(&mut so, &render(p, &e, now(), Printer::Dump))?;
             drop(so);
-            summary(cmd, 1)
+            summary(p, cmd, 1)
         }
         Cmd::Delete => {
             let f = DumpFilter {
@@ -178,11 +193,11 @@ pub async fn run(p: &Parsed) -> Result<(), Fail> {
                     Err(ct_netlink::Error::NotFound { .. }) => continue,
                     Err(err) => return Err(failed(cmd)(err)),
                 }
-                stdout_line(&mut so, &output::deleted(e, p.output, now))?;
+                stdout_line(&mut so, &render(p, e, now, Printer::Delete))?;
                 counter += 1;
             }
             drop(so);
-            summary(cmd, counter)
+            summary(p, cmd, counter)
         }
         Cmd::Update => {
             let entries = ct.dump(p.family).await.map_err(failed(cmd))?;
@@ -195,16 +210,20 @@ pub async fn run(p: &Parsed) -> Result<(), Fail> {
                 match ct.update(&u).await {
                     Ok(()) => {}
                     Err(ct_netlink::Error::NotFound { .. }) => continue,
-                    Err(err) => return Err(failed(cmd)(err)),
+                    // conntrack 1.4.7 reports a failed update (no prefix) and goes on to
+                    // show and count the entry.
+                    Err(err) => eprintln!("Operation failed: {}", err2str(cmd, &err)),
                 }
                 match ct.get(&e.orig, e.zone).await.map_err(failed(cmd))? {
-                    Some(after) => stdout_line(&mut so, &output::entry(&after, p.output, now))?,
+                    Some(after) => {
+                        stdout_line(&mut so, &render(p, &after, now, Printer::Update))?;
+                    }
                     None => continue,
                 }
                 counter += 1;
             }
             drop(so);
-            summary(cmd, counter)
+            summary(p, cmd, counter)
         }
         Cmd::Create | Cmd::Add => {
             let n = new_entry(p)?;
@@ -213,13 +232,15 @@ pub async fn run(p: &Parsed) -> Result<(), Fail> {
                 // conntrack 1.4.7 leaves an existing entry as it is, reports 0 and
                 // exits 0.
                 Err(ct_netlink::Error::Exists { .. }) if cmd == Cmd::Add => {
-                    eprintln!("{}0 flow entries have been added.", prefix());
+                    if !p.batch {
+                        eprintln!("{}0 flow entries have been added.", prefix());
+                    }
                     return Ok(());
                 }
                 Err(e) => return Err(failed(cmd)(e)),
             }
             drop(so);
-            summary(cmd, 1)
+            summary(p, cmd, 1)
         }
         Cmd::Flush => {
             ct.flush(p.family).await.map_err(failed(cmd))?;
@@ -247,7 +268,7 @@ pub async fn run(p: &Parsed) -> Result<(), Fail> {
                 stdout_line(&mut so, &output::expectation(x))?;
             }
             drop(so);
-            summary(cmd, list.len())
+            summary(p, cmd, list.len())
         }
         Cmd::ExpCount => {
             let list = ct.expectations(p.family).await.map_err(failed(cmd))?;
@@ -268,7 +289,7 @@ pub async fn run(p: &Parsed) -> Result<(), Fail> {
                 ct.delete_expectation(&tuple).await.map_err(failed(cmd))?;
                 // conntrack counts nothing here, so it reports 0 and exits 1.
                 drop(so);
-                return summary(cmd, 0);
+                return summary(p, cmd, 0);
             }
             let found: Option<Expectation> =
                 ct.get_expectation(&tuple).await.map_err(failed(cmd))?;
@@ -285,6 +306,67 @@ pub async fn run(p: &Parsed) -> Result<(), Fail> {
         }
         _ => Err(Fail::Unsupported(format!("{cmd:?}"))),
     }
+}
+
+/// Which of conntrack's print callbacks shows an entry: they differ in the `-o` flags
+/// they honour (-U and -D ignore ktimestamp, -D shows no labels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Printer {
+    /// -L and -G.
+    Dump,
+    Update,
+    Delete,
+    Event(EventKind),
+}
+
+/// One entry as conntrack prints it for this command and `-o` (one line, also XML).
+fn render(p: &Parsed, e: &Entry, now: u64, how: Printer) -> String {
+    if p.output & out::SAVE != 0 {
+        return match how {
+            Printer::Delete => output::deleted(e, p.output, now),
+            Printer::Event(k) => output::event(k, e, p.output, now),
+            _ => output::entry(e, p.output, now),
+        };
+    }
+    let ktms = p.output & out::KTMS != 0 && matches!(how, Printer::Dump | Printer::Event(_));
+    let map = p.labelmap.as_ref().filter(|_| how != Printer::Delete);
+    if p.output & out::XML != 0 {
+        let kind = match how {
+            Printer::Event(k) => Some(k),
+            _ => None,
+        };
+        let opts = output::XmlOpts {
+            ktimestamp: ktms,
+            when: kind.is_some() && p.output & out::TMS != 0,
+        };
+        let names = map.and_then(|m| e.labels.as_deref().map(|b| labels::names(m, b)));
+        return output::xml_flow(e, kind, opts, names, now);
+    }
+    let mut line = match how {
+        Printer::Event(k) => output::event(k, e, p.output, now),
+        Printer::Delete => output::deleted(e, p.output, now),
+        _ => output::entry(e, p.output, now),
+    };
+    if ktms {
+        line = output::with_ktimestamp(line, e);
+    }
+    if let Some(m) = map {
+        line.push_str(&labels::suffix(m, e.labels.as_deref()));
+    }
+    line
+}
+
+fn xml(p: &Parsed) -> bool {
+    p.output & (out::XML | out::SAVE) == out::XML
+}
+
+/// `-l`: the entry has every label asked for.
+fn labels_match(p: &Parsed, e: &Entry) -> bool {
+    p.label_filter.as_ref().is_none_or(|want| {
+        e.labels
+            .as_deref()
+            .is_some_and(|have| want.is_subset(&labels::bits_of(have)))
+    })
 }
 
 fn open(p: &Parsed) -> ct_netlink::Result<Conntrack> {
@@ -342,13 +424,17 @@ async fn events(p: &Parsed) -> Result<(), Fail> {
                     continue;
                 }
                 let mut line = String::new();
-                if p.output & out::TMS != 0 {
+                if counter == 0 && xml(p) {
+                    line.push_str(output::XML_HEADER);
+                    line.push('\n');
+                }
+                if p.output & out::TMS != 0 && p.output & out::XML == 0 {
                     let t = SystemTime::now()
                         .duration_since(UNIX_EPOCH)
                         .unwrap_or_default();
                     line.push_str(&format!("[{}.{:06}]\t", t.as_secs(), t.subsec_micros()));
                 }
-                line.push_str(&output::event(kind, &entry, p.output, now()));
+                line.push_str(&render(p, &entry, now(), Printer::Event(kind)));
                 let mut so = io::stdout().lock();
                 stdout_line(&mut so, &line)?;
                 let _ = so.flush();
@@ -365,6 +451,11 @@ async fn events(p: &Parsed) -> Result<(), Fail> {
                 )));
             }
         }
+    }
+    if counter > 0 && xml(p) {
+        let mut so = io::stdout().lock();
+        stdout_line(&mut so, output::XML_FOOTER)?;
+        let _ = so.flush();
     }
     eprintln!("{}{counter} flow events have been shown.", prefix());
     Ok(())
@@ -400,16 +491,6 @@ fn tuple(p: &Parsed, src: IpAddr, dst: IpAddr, sport: Option<u16>, dport: Option
 
 /// -I / -A: the entry to create (reply set up from the original or the reverse).
 fn new_entry(p: &Parsed) -> Result<NewEntry, Fail> {
-    if p.options & (opt::SRC_NAT | opt::DST_NAT | opt::ANY_NAT) != 0 {
-        return Err(Fail::Unsupported(
-            "NAT on -I (--src-nat, --dst-nat, --any-nat)".into(),
-        ));
-    }
-    if p.options & (opt::ORIG_ZONE | opt::REPL_ZONE) != 0 {
-        return Err(Fail::Unsupported(
-            "directional zones on -I (--orig-zone, --reply-zone); -w is".into(),
-        ));
-    }
     let orig = p
         .orig_src
         .zip(p.orig_dst)
@@ -427,28 +508,33 @@ fn new_entry(p: &Parsed) -> Result<NewEntry, Fail> {
             ));
         }
     };
+    // Directional zones go into their own tuple only (conntrack's reply set-up does
+    // not copy the original's zone).
+    let mut reply = reply.unwrap_or_else(|| orig.inverted());
     orig.zone = p.orig_zone;
-    let reply = reply.map(|mut r| {
-        r.zone = p.reply_zone;
-        r
-    });
+    reply.zone = p.reply_zone;
     let mut n = NewEntry::new(orig, p.timeout.unwrap_or(0));
-    n.reply = reply.or_else(|| {
-        p.reply_zone.map(|z| {
-            let mut r = n.orig.inverted();
-            r.zone = Some(z);
-            r
-        })
-    });
-    if let Some(r) = &mut n.reply
-        && r.zone.is_none()
-    {
-        r.zone = p.reply_zone;
-    }
+    n.reply = Some(reply);
     n.status = (p.options & opt::STATUS != 0).then_some(p.status);
     n.mark = p.mark.map(|(m, _)| m);
     n.zone = p.zone;
     n.tcp_state = p.l4.state.map(TcpState);
+    // libnetfilter_conntrack sends the NAT port only for TCP and UDP.
+    let with_port = matches!(p.proto, Some(proto::TCP | proto::UDP));
+    let range = |nat: Option<NatArg>| {
+        nat.and_then(|a| {
+            Some(NatRange {
+                addr: a.addr?,
+                port: a.port.filter(|_| with_port),
+            })
+        })
+    };
+    if p.options & opt::ADD_LABEL != 0 {
+        let bits = p.label_modify.clone().unwrap_or_default();
+        n.labels = Some(labels::bytes_of(&bits, 0));
+    }
+    n.src_nat = range(p.src_nat);
+    n.dst_nat = range(p.dst_nat);
     Ok(n)
 }
 
@@ -571,6 +657,7 @@ fn matches(p: &Parsed, e: &Entry) -> bool {
         p.l4.state
             .is_none_or(|s| e.tcp.as_ref().is_some_and(|t| t.state.0 == s));
     nat_matches(p, e)
+        && labels_match(p, e)
         && mark_ok
         && orig_matches(p, e)
         && reply_matches(p, e)
@@ -586,6 +673,7 @@ fn matches(p: &Parsed, e: &Entry) -> bool {
 /// -U selects by NAT, masks, id and the tuples only (mark and status are new values).
 fn update_matches(p: &Parsed, e: &Entry) -> bool {
     nat_matches(p, e)
+        && labels_match(p, e)
         && eq(p.id, e.id)
         && (p.options & (opt::ORIG_SRC | opt::ORIG_DST | opt::PROTO) == 0 || orig_matches(p, e))
         && (p.options & (opt::REPL_SRC | opt::REPL_DST | opt::PROTO) == 0 || reply_matches(p, e))
@@ -618,6 +706,31 @@ fn update_for(p: &Parsed, e: &Entry) -> Option<Update> {
     {
         u.tcp_state = Some(TcpState(s));
         changed |= e.tcp.as_ref().is_none_or(|t| t.state.0 != s);
+    }
+    if p.options & (opt::ADD_LABEL | opt::DEL_LABEL) != 0 {
+        let modify = p.label_modify.clone().unwrap_or_default();
+        let add = p.options & opt::ADD_LABEL != 0;
+        match e.labels.as_deref() {
+            // conntrack sends labels and a mask as long as the kernel's, which makes
+            // every entry with labels count as updated, even when nothing changes.
+            Some(have) => {
+                let mut bits = labels::bits_of(have);
+                if add {
+                    bits.extend(modify);
+                } else if p.label_modify.is_some() {
+                    bits.retain(|b| !modify.contains(b));
+                } else {
+                    bits.clear();
+                }
+                u.labels = Some(labels::bytes_of(&bits, have.len()));
+                changed = true;
+            }
+            None if add => {
+                u.labels = Some(labels::bytes_of(&modify, 0));
+                changed = true;
+            }
+            None => {}
+        }
     }
     changed.then_some(u)
 }

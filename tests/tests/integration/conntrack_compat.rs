@@ -46,8 +46,17 @@ fn baseline() -> Vec<Vec<String>> {
         ),
         format!("-p icmp -s {A} -d {B} --icmp-type 8 --icmp-code 0 --icmp-id 9"),
         format!("-p udp -s {A6} -d {B6} --sport 1003 --dport 53"),
-        format!("-p tcp -s {A} -d {B} --sport 1004 --dport 443 --state SYN_SENT -m 0x12"),
+        format!(
+            "-p tcp -s {A} -d {B} --sport 1004 --dport 443 --state SYN_SENT -m 0x12 \
+             --label-add eth0-in,bar"
+        ),
         format!("-p icmpv6 -s {A6} -d {B6} --icmpv6-type 128 --icmpv6-code 0 --icmpv6-id 10"),
+        // SNAT; UDP-Lite from .3 so that no -U form updates it together with another
+        // entry (conntrack 1.4.7 prints only the first entry -U updated: it reads the
+        // acknowledgement of one request as the answer to the next).
+        format!(
+            "-p udplite -s 10.200.30.3 -d {B} --sport 1005 --dport 5353 --src-nat 10.200.30.99"
+        ),
     ];
     lines
         .iter()
@@ -133,6 +142,39 @@ fn read_only() -> Vec<String> {
         "-L --orig",
         "-L --sta",
         "-j 1.2.3.4 -n",
+        // NAT filters (the baseline has one SNAT entry).
+        "-L -n",
+        "-L -n 10.200.30.99",
+        "-L --src-nat 10.200.30.99:1005",
+        "-L --src-nat 10.200.30.99:6001",
+        "-L -p udplite --src-nat 10.200.30.98",
+        "-L -g",
+        "-L -j 10.200.30.99 -o save",
+        // NAT and directional zones on -I: parameter errors.
+        "-I -p udp -s fd00::1 -d fd00::4 --sport 1 --dport 2 -t 100 --dst-nat 10.0.0.1",
+        "-I -p udp -s 10.0.0.1 -d 10.0.0.2 --sport 1 --dport 2 -t 100 --src-nat 10.0.0.9:70000",
+        "-I -p udp -s 10.0.0.1 -d 10.0.0.2 --sport 1 --dport 2 -t 100 --src-nat :5",
+        "-I -p udp -s 10.0.0.1 -d 10.0.0.2 --sport 1 --dport 2 -t 100 --src-nat 10.0.0.9:",
+        "-I -p udp -s fd00::1 -d fd00::2 --sport 1 --dport 2 -t 100 --src-nat [fd00::9",
+        "-I -p udp -s 10.0.0.1 -d 10.0.0.2 --sport 1 --dport 2 -t 100 --any-nat 10.0.0.9",
+        // Connection labels (names from the test's label map).
+        "-L -o labels",
+        "-L -o labels,extended,id",
+        "-L -l bar",
+        "-L -l eth0-in -l bar -o labels",
+        "-L -l eth1-in",
+        "-L -l nope",
+        "-L -l bar -o save",
+        "-U -f ipv4 --label-add bar --label-del bar",
+        "-I -p udp -s 10.0.0.1 -d 10.0.0.2 --sport 1 --dport 2 -t 100 -l bar",
+        "-I -p udp -s 10.0.0.1 -d 10.0.0.2 --sport 1 --dport 2 -t 100 --label-del bar",
+        // XML.
+        "-L -o xml",
+        "-L -o xml,extended,id,labels",
+        "-L -p tcp -o xml",
+        "-L dying -o xml",
+        "-L -l eth1-in -o xml",
+        "-L -o xml,save",
     ]
     .map(String::from)
     .to_vec();
@@ -144,6 +186,9 @@ fn read_only() -> Vec<String> {
         format!("-L -r {B} -p tcp --reply-port-src 80"),
         format!("-L -d {B6}"),
         format!("-L --orig-src {A} --dst {B} -p tcp --sport 1004"),
+        format!("-G -p tcp -s {A} -d {B} --sport 1004 --dport 443 -o labels"),
+        format!("-G -p tcp -s {A} -d {B} --sport 1004 --dport 443 -l eth1-in"),
+        format!("-G -p tcp -s {A} -d {B} --sport 1004 --dport 443 -o xml,labels"),
     ]);
     v
 }
@@ -171,6 +216,36 @@ fn mutating() -> Vec<String> {
         "-I -p udp -s fd00:30::5 -d fd00:30::6 --sport 7 --dport 8 -t 300",
         "-I -p udp -s fd00:30::5 -d 10.200.30.6 --sport 7 --dport 8 -t 300",
         "-I -p udp -f ipv6 -s 10.200.30.5 -d 10.200.30.6 --sport 7 --dport 8 -t 300",
+        // NAT set up on creation (CTA_NAT_SRC / CTA_NAT_DST).
+        "-I -p udp -s 10.200.30.5 -d 10.200.30.6 --sport 7 --dport 8 -t 300 --src-nat 10.200.30.9:5000",
+        "-I -p udp -s 10.200.30.5 -d 10.200.30.6 --sport 7 --dport 8 -t 300 --src-nat 10.200.30.9",
+        "-I -p tcp -s 10.200.30.5 -d 10.200.30.6 --sport 7 --dport 8 -t 300 --state ESTABLISHED --dst-nat 10.200.30.9:88",
+        "-I -p udp -s 10.200.30.5 -d 10.200.30.6 --sport 7 --dport 8 -t 300 --src-nat 10.200.30.9 --dst-nat 10.200.30.10:77",
+        "-I -p udp -s fd00:30::5 -d fd00:30::6 --sport 7 --dport 8 -t 300 --src-nat [fd00:30::9]:77 --dst-nat fd00:30::8",
+        "-I -p icmp -s 10.200.30.7 -d 10.200.30.8 --icmp-type 8 --icmp-code 0 --icmp-id 3 -t 300 --src-nat 10.200.30.9:99",
+        "-I -p udp -s 10.200.30.5 -d 10.200.30.6 --sport 7 --dport 8 -t 300 --src-nat",
+        "-A -p udp -s 10.200.30.5 -d 10.200.30.6 --sport 7 --dport 8 -t 300 --dst-nat 10.200.30.9:53",
+        // Directional zones (both at once: the kernel says EINVAL).
+        "-I -p udp -s 10.200.30.5 -d 10.200.30.6 --sport 7 --dport 8 -t 300 --orig-zone 3",
+        "-I -p udp -s 10.200.30.5 -d 10.200.30.6 --sport 7 --dport 8 -t 300 --reply-zone 4",
+        "-I -p udp -s 10.200.30.5 -d 10.200.30.6 --sport 7 --dport 8 -t 300 --orig-zone 3 --reply-zone 4",
+        "-I -p udp -s 10.200.30.5 -d 10.200.30.6 --sport 7 --dport 8 -t 300 --reply-zone 4 -w 5",
+        "-D -n",
+        "-U -f ipv4 -n -m 9",
+        // Labels on -I, -U and -D (each -U changes one entry: see the baseline).
+        "-I -p udp -s 10.200.30.5 -d 10.200.30.6 --sport 7 --dport 8 -t 300 --label-add eth1-in,high",
+        "-U -f ipv4 -p udp --dport 53 --label-add eth1-in",
+        "-U -f ipv4 -p tcp --dport 443 --label-add high",
+        "-U -f ipv4 -p tcp --dport 443 --label-add bar",
+        "-U -f ipv4 -p tcp --dport 443 --label-del bar -o labels",
+        "-U -f ipv4 -p tcp --dport 443 --label-del",
+        "-U -f ipv4 -p udp --dport 53 --label-del",
+        "-U -f ipv4 -l bar -m 7",
+        "-D -l bar",
+        "-D -l eth1-in",
+        "-D -p udp --dport 53 -o xml",
+        "-U -f ipv4 -p udp --dport 53 -m 1 -o xml",
+        "-U -f ipv4 -p tcp --dport 443 --label-add high -o xml",
     ]
     .map(String::from)
     .to_vec();
@@ -185,6 +260,107 @@ fn mutating() -> Vec<String> {
         format!("-A -p udp -s {A} -d {B} --sport 1001 --dport 53 -t 100 -m 4"),
     ]);
     v
+}
+
+/// Kernel timestamps (`-o ktimestamp`, `delta-time=`) need this per-namespace sysctl on
+/// when the entries are created.
+const TSTAMP: &str = "net.netfilter.nf_conntrack_timestamp";
+
+/// Forms run with timestamps on (`true`: the form changes the table).
+fn stamped() -> Vec<(String, bool)> {
+    let mut v: Vec<(String, bool)> = [
+        "-L",
+        "-L -o ktimestamp",
+        "-L -o ktimestamp,extended,id,labels",
+        "-L -o xml",
+        "-L -o xml,ktimestamp,labels",
+    ]
+    .into_iter()
+    .map(|f| (f.to_owned(), false))
+    .collect();
+    v.push((
+        format!("-G -p udp -s {A} -d {B} --sport 1001 --dport 53 -o ktimestamp"),
+        false,
+    ));
+    v.push(("-D -p udp --dport 53 -o ktimestamp".into(), true));
+    v
+}
+
+/// Files for `-R` (load-file) forms, in a directory removed on drop.
+struct LoadFiles {
+    dir: std::path::PathBuf,
+}
+
+impl LoadFiles {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("ctscope-compat-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        let files = LoadFiles { dir };
+        // Restoring `-o save` output (after a flush), with comments, blank lines and
+        // leading blanks. -U last: conntrack 1.4.7 applies the mark and labels of the
+        // file's last line to every -U of the file.
+        files.write(
+            "restore",
+            &format!(
+                "-F\n# saved\n\n  -A -t 300 -u SEEN_REPLY,ASSURED -s 10.200.30.5 -d 10.200.30.6 \
+                 -r 10.200.30.6 -q 10.200.30.5 -p tcp --sport 7 --dport 8 --reply-port-src 8 \
+                 --reply-port-dst 7 --state ESTABLISHED\n\
+                 -A -t 300 -u UNSET -s {A6} -d {B6} -r {B6} -q {A6} -p udp --sport 9 --dport 53 \
+                 --reply-port-src 53 --reply-port-dst 9\n\
+                 -I -t 300 -p udp -s 10.200.30.7 -d 10.200.30.8 --sport 1 --dport 2 -m 4\n\
+                 -U -f ipv4 -p tcp --dport 8 -m 9\n"
+            ),
+        );
+        files.write(
+            "mixed",
+            &format!(
+                "-D -p udp --dport 53 -o save\n-A -t 300 -p udp -s {A} -d {B} --sport 1001 \
+                 --dport 53\n-D -p icmp\n-D -p udp --dport 9999\n\
+                 -I -t 300 -p icmp -s {A} -d {B} --icmp-type 8 --icmp-code 0 --icmp-id 77\n"
+            ),
+        );
+        files.write(
+            "list",
+            "-I -t 300 -p udp -s 10.0.0.1 -d 10.0.0.2 --sport 1 --dport 2\n-L\n",
+        );
+        files.write("nocmd", "bogus\n");
+        files.write("parse", "-F\n-I -p udp -s 10.0.0.1\n");
+        files.write(
+            "exists",
+            &format!("-I -t 300 -p udp -s {A} -d {B} --sport 1001 --dport 53\n-F\n"),
+        );
+        files
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        let path = self.dir.join(name);
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+impl Drop for LoadFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `-R` forms: (arguments, changes the table).
+fn load_file_forms(f: &LoadFiles) -> Vec<(String, bool)> {
+    vec![
+        (format!("-R {}", f.path("restore")), true),
+        (format!("--load-file {}", f.path("mixed")), true),
+        (format!("-R {} -L", f.path("mixed")), true),
+        (format!("-R {}", f.path("exists")), true),
+        (format!("-R {}", f.path("parse")), true),
+        (format!("-R {}", f.path("list")), true),
+        (format!("-R {}", f.path("nocmd")), false),
+        (format!("-R {}", f.path("missing")), false),
+        ("-R".into(), false),
+    ]
 }
 
 /// What one run of one tool produced.
@@ -230,7 +406,12 @@ fn normalise(text: &str) -> Vec<String> {
                     fields[i + 1] = "T".into();
                 }
             }
-            let joined = fields.join(" ");
+            for f in fields.iter_mut() {
+                if f.starts_with("delta-time=") {
+                    *f = "delta-time=D".into();
+                }
+            }
+            let joined = xml_numbers(&fields.join(" "));
             // `... use=1 id=123`: the entry id is the last id= field.
             match joined.rsplit_once(" id=") {
                 Some((head, tail)) if tail.bytes().all(|b| b.is_ascii_digit()) => {
@@ -242,6 +423,24 @@ fn normalise(text: &str) -> Vec<String> {
         .collect();
     lines.sort();
     lines
+}
+
+/// `<timeout>`, `<id>` and `<deltatime>` values out of XML flows.
+fn xml_numbers(line: &str) -> String {
+    let mut out = line.to_owned();
+    for tag in ["timeout", "id", "deltatime"] {
+        let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+        let mut from = 0;
+        while let Some(i) = out[from..].find(&open) {
+            let start = from + i + open.len();
+            let Some(len) = out[start..].find(&close) else {
+                break;
+            };
+            out.replace_range(start..start + len, "N");
+            from = start;
+        }
+    }
+    out
 }
 
 fn text(out: &Output, which: fn(&Output) -> &Vec<u8>) -> String {
@@ -269,19 +468,30 @@ impl Compat {
         argv
     }
 
-    /// Flush and insert the baseline in one `conntrack -R -` (load-file) run.
+    /// Flush and insert the baseline in one `conntrack -R -` (load-file) run; entries
+    /// with label options separately (conntrack 1.4.7's -R frees its label map after
+    /// the first command and then crashes).
     fn reset(&self) {
         let mut script = String::from("-F\n");
-        for args in baseline() {
+        let (labelled, plain): (Vec<_>, Vec<_>) = baseline()
+            .into_iter()
+            .partition(|a| a.iter().any(|w| w.starts_with("--label")));
+        for args in plain {
             script.push_str(&args.join(" "));
             script.push('\n');
         }
         self.ns()
             .exec_with_input(&["conntrack", "-R", "-"], &script);
+        for args in labelled {
+            let mut argv = vec!["conntrack"];
+            argv.extend(args.iter().map(String::as_str));
+            self.ns().exec(&argv);
+        }
     }
 
+    /// The table with label names, so that label changes show.
     fn table(&self) -> Vec<String> {
-        normalise(&self.ns().exec(&["conntrack", "-L"]))
+        normalise(&self.ns().exec(&["conntrack", "-L", "-o", "labels"]))
     }
 
     /// One run; `changes`: from a fresh baseline, and the table afterwards is part of
@@ -327,13 +537,14 @@ impl Compat {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {argv:?}: {e}"));
-        sleep(Duration::from_millis(200));
+        wait_subscribed(child.id());
         let dst = SocketAddrV4::new(p.s_addr, EVENT_PORT);
         let sink = traffic::UdpSink::bind(&p.s, dst);
         for r in traffic::udp_flows(&p.c, p.c_addr, &[24001], dst) {
             r.unwrap_or_else(|e| panic!("UDP flow to {dst}: {e}"));
         }
-        sleep(Duration::from_millis(200));
+        // Delivery is asynchronous; a slow (TCG) VM needs more than a moment.
+        sleep(Duration::from_millis(500));
         drop(sink);
         // `ip netns exec` execs the tool, so the child's pid is the tool's.
         let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGINT);
@@ -350,8 +561,62 @@ impl Compat {
     }
 }
 
+/// The label map conntrack reads (it has no option to name another file), written for
+/// the test; the previous file, if any, is put back on drop (also on panic).
+struct LabelMap {
+    previous: Option<Vec<u8>>,
+    created_dir: bool,
+}
+
+const LABEL_MAP: &str = "/etc/xtables/connlabel.conf";
+
+impl LabelMap {
+    fn install() -> Self {
+        let dir = std::path::Path::new(LABEL_MAP).parent().expect("parent");
+        let created_dir = !dir.exists();
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        let previous = std::fs::read(LABEL_MAP).ok();
+        std::fs::write(LABEL_MAP, "0 eth0-in\n1 eth1-in\n2 bar\n40 high\n")
+            .unwrap_or_else(|e| panic!("write {LABEL_MAP}: {e}"));
+        LabelMap {
+            previous,
+            created_dir,
+        }
+    }
+}
+
+impl Drop for LabelMap {
+    fn drop(&mut self) {
+        match &self.previous {
+            Some(old) => {
+                let _ = std::fs::write(LABEL_MAP, old);
+            }
+            None => {
+                let _ = std::fs::remove_file(LABEL_MAP);
+                if self.created_dir
+                    && let Some(dir) = std::path::Path::new(LABEL_MAP).parent()
+                {
+                    let _ = std::fs::remove_dir(dir);
+                }
+            }
+        }
+    }
+}
+
+/// Labels exist only in a namespace where a rule uses them.
+const LABEL_RULE: &str = "table inet ctst_label {
+    chain out {
+        type filter hook output priority 0;
+        ct label 127 counter
+    }
+}
+";
+
 pub fn run() {
-    let ctx = Ctx::new(Watch::KernelOnly, SUBNET, |_| {});
+    let ctx = Ctx::new(Watch::KernelOnly, SUBNET, |p| {
+        ctscope_tests::nft::apply(&p.c, LABEL_RULE)
+    });
+    let _labels = LabelMap::install();
     let ctscope = ctscope::binary_or_panic().display().to_string();
     // The binary found may be a stale build (the test crate does not build ctscope).
     let version = cmd::output(&[&ctscope, "conntrack", "-V"], None)
@@ -363,6 +628,7 @@ pub fn run() {
          and set CTSCOPE_BIN to the ctscope it built"
     );
     let t = Compat { ctx, ctscope };
+    let load_files = LoadFiles::new();
     let split = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
     #[derive(Clone, Copy, PartialEq)]
     enum Kind {
@@ -374,15 +640,23 @@ pub fn run() {
         .iter()
         .map(|f| (split(f), Kind::ReadOnly))
         .chain(mutating().iter().map(|f| (split(f), Kind::Changes)))
+        .chain(load_file_forms(&load_files).iter().map(|(f, changes)| {
+            let kind = if *changes {
+                Kind::Changes
+            } else {
+                Kind::ReadOnly
+            };
+            (split(f), kind)
+        }))
         .collect();
-    for extra in ["", " -o extended", " -o save"] {
+    for extra in ["", " -o extended", " -o save", " -o xml"] {
         let f = format!("-E -e NEW -p udp --dport {EVENT_PORT}{extra}");
         forms.push((split(&f), Kind::Events));
     }
 
     t.reset();
     let baseline = t.table();
-    assert_eq!(baseline.len(), 6, "baseline table: {baseline:?}");
+    assert_eq!(baseline.len(), 7, "baseline table: {baseline:?}");
     let mut mismatches = Vec::new();
     let mut read_only_done = false;
     for (args, kind) in &forms {
@@ -403,16 +677,62 @@ pub fn run() {
             ));
         }
     }
-    let matched = forms.len() - mismatches.len();
-    println!(
-        "conntrack_compat: compared {} command forms, {matched} matched",
-        forms.len()
-    );
+    // Kernel timestamps: on for a fresh baseline, then back to what it was.
+    let before = t.ns().read_sysctl(TSTAMP);
+    t.ns().sysctl(TSTAMP, "1");
+    t.reset();
+    let stamped = stamped();
+    for (form, changes) in &stamped {
+        let args = split(form);
+        let (theirs, ours) = (t.run(false, &args, *changes), t.run(true, &args, *changes));
+        if theirs != ours {
+            mismatches.push(format!(
+                "conntrack {form} (timestamps on):\n  conntrack: {theirs:?}\n  ctscope:   {ours:?}"
+            ));
+        }
+    }
+    t.ns().sysctl(TSTAMP, &before);
+    let total = forms.len() + stamped.len();
+    let matched = total - mismatches.len();
+    println!("conntrack_compat: compared {total} command forms, {matched} matched");
     assert!(
         mismatches.is_empty(),
-        "{} of {} forms differ:\n{}",
+        "{} of {total} forms differ:\n{}",
         mismatches.len(),
-        forms.len(),
         mismatches.join("\n")
     );
+}
+
+/// Waits until process `pid` has a netlink socket bound to multicast groups (the event
+/// listener subscribed), so traffic sent afterwards reaches it. Both tools start at their
+/// own pace; a fixed sleep was too short under TCG. Sockets are matched by inode: a
+/// process's second netlink socket does not get its pid as port id.
+fn wait_subscribed(pid: u32) {
+    let subscribed = || {
+        let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .filter_map(|l| {
+                let l = l.to_string_lossy().into_owned();
+                Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+            })
+            .collect();
+        let table = std::fs::read_to_string(format!("/proc/{pid}/net/netlink")).unwrap_or_default();
+        table.lines().skip(1).any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 9
+                && !f[3].trim_start_matches('0').is_empty()
+                && inodes.iter().any(|i| i == f[9])
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !subscribed() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pid {pid} did not subscribe to netlink events within 20 s"
+        );
+        sleep(Duration::from_millis(20));
+    }
 }
