@@ -66,6 +66,13 @@ pub enum Command {
     Update(UpdateArgs),
     /// The expectation table (`conntrack -L/-G/-D/-F expect`, `-C expect`).
     Expect(ExpectArgs),
+    /// A one-shot report of findings (table fill and memory, hash load, drops, SNAT
+    /// clashes, the DNS race, timeouts, helpers), each with its evidence and what to do.
+    /// Exit status 0 even with findings.
+    Diagnose(DiagnoseArgs),
+    /// Who fills the table: the top keys (source, destination, port, ...) of one dump,
+    /// with entry counts and shares.
+    Top(TopArgs),
 }
 
 /// `ctscope conntrack ARGS...`: the raw conntrack arguments.
@@ -424,6 +431,46 @@ pub struct CountArgs {
 #[derive(Debug, Args)]
 pub struct StatsArgs {
     /// JSON (per-CPU objects and totals) instead of `conntrack -S` text.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub netns: NetnsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DiagnoseArgs {
+    /// One JSON object (`findings`, `evidence` per namespace) instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub netns: NetnsArgs,
+}
+
+/// What `ctscope top` groups entries by (original direction).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TopBy {
+    Src,
+    Dst,
+    Dport,
+    Proto,
+    State,
+    Zone,
+    Netns,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Group entries by this key.
+    #[arg(long, value_enum, default_value = "src")]
+    pub by: TopBy,
+
+    /// Show the N biggest keys.
+    #[arg(short = 'n', value_name = "N", default_value_t = 10)]
+    pub n: usize,
+
+    /// One JSON object instead of text.
     #[arg(long)]
     pub json: bool,
 
@@ -823,6 +870,26 @@ mod tests {
         let err = Cli::try_parse_from(["ctscope", "delete", "--all-netns", "-p", "tcp"]);
         assert!(err.is_err(), "delete has no --all-netns");
         let err = Cli::try_parse_from(["ctscope", "list", "--netns", "a", "--all-netns"]);
+        assert_eq!(err.unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn diagnose_and_top_parse() {
+        let cli = Cli::try_parse_from(["ctscope", "top"]).unwrap();
+        let Command::Top(args) = cli.command else {
+            panic!("not top")
+        };
+        assert_eq!((args.by, args.n, args.json), (TopBy::Src, 10, false));
+        let cli = Cli::try_parse_from(["ctscope", "top", "--by", "dport", "-n", "3"]).unwrap();
+        let Command::Top(args) = cli.command else {
+            panic!("not top")
+        };
+        assert_eq!((args.by, args.n), (TopBy::Dport, 3));
+        let err = Cli::try_parse_from(["ctscope", "top", "--by", "port"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let cli = Cli::try_parse_from(["ctscope", "diagnose", "--json", "--all-netns"]).unwrap();
+        assert!(matches!(cli.command, Command::Diagnose(a) if a.json && a.netns.all_netns));
+        let err = Cli::try_parse_from(["ctscope", "diagnose", "--netns", "a", "--all-netns"]);
         assert_eq!(err.unwrap_err().exit_code(), 2);
     }
 }

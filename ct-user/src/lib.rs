@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod cmd;
 pub mod compat;
+pub mod diagnose;
 pub mod event;
 pub mod filter;
 pub mod hooks;

@@ -44,6 +44,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Insert(args) => runtime()?.block_on(cmd::entry::insert(args)),
         Command::Update(args) => runtime()?.block_on(cmd::entry::update(args)),
         Command::Expect(args) => runtime()?.block_on(cmd::expect::run(args)),
+        Command::Diagnose(args) => runtime()?.block_on(cmd::diagnose::run(args)),
+        Command::Top(args) => runtime()?.block_on(cmd::top::run(args)),
         Command::Conntrack(_) => unreachable!("handled in main"),
     }
 }

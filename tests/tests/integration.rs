@@ -21,6 +21,8 @@ mod ctnetlink_cli;
 mod ctnetlink_delete;
 #[path = "integration/destroy_reasons.rs"]
 mod destroy_reasons;
+#[path = "integration/diagnose.rs"]
+mod diagnose;
 #[path = "integration/early_drop.rs"]
 mod early_drop;
 #[path = "integration/flood.rs"]
@@ -64,6 +66,13 @@ const CTNETLINK_CLI: [(&str, fn()); 4] = [
     ("ctnetlink_cli_errors", ctnetlink_cli::errors),
 ];
 
+/// `ctscope diagnose` and `ctscope top` (ctnetlink and sysctls; no BPF needed).
+const DIAGNOSE: [(&str, fn()); 3] = [
+    ("diagnose_table_full", diagnose::table_full),
+    ("diagnose_snat_clash", diagnose::snat_clash),
+    ("diagnose_top_dport", diagnose::top_dport),
+];
+
 fn main() {
     let args = Arguments::from_args();
     let env = Env::detect();
@@ -74,6 +83,9 @@ fn main() {
         trials.add(&env, name, Needs::Root, body);
     }
     trials.add(&env, "conntrack_compat", Needs::Root, conntrack_compat::run);
+    for (name, body) in DIAGNOSE {
+        trials.add(&env, name, Needs::Root, body);
+    }
     let watched = env.unmet(Needs::Tier1).is_none() || env.unmet(Needs::Tier2).is_none();
     for &(name, scenario) in SCENARIOS {
         trials.add(&env, name, Needs::Tier1, move || scenario(Watch::Ctscope));

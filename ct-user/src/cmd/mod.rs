@@ -4,6 +4,7 @@
 //! [`Target`]: which namespace they talk to, and how ctnetlink errors read.
 pub mod count;
 pub mod delete;
+pub mod diagnose;
 pub mod entry;
 pub mod events;
 pub mod expect;
@@ -11,6 +12,7 @@ pub mod flush;
 pub mod list;
 pub mod probe;
 pub mod stats;
+pub mod top;
 
 use std::{
     io,
@@ -63,6 +65,11 @@ impl Target {
                 tag: Some(ns),
             })
             .collect())
+    }
+
+    /// The namespace's path; `None` for ctscope's own.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 
     /// Opens ctnetlink in the namespace and runs `op`. `Ok(None)` (after a warning) when

@@ -1,0 +1,244 @@
+//! `ctscope diagnose`: reads sysctls (inside each namespace), per-CPU counters and one
+//! ctnetlink dump, and prints the findings of [`crate::diagnose::rules`].
+
+use std::{
+    cmp::Reverse,
+    collections::BTreeMap,
+    fs,
+    io::{self, Write},
+    os::unix::fs::MetadataExt,
+    path::Path,
+};
+
+use anyhow::{Context as _, bail};
+use ct_netlink::CpuStats;
+use serde::Serialize;
+
+use super::{Target, ignore_broken_pipe};
+use crate::{
+    cli::DiagnoseArgs,
+    diagnose::{Composition, Evidence, Finding, Memory, StructSizes, rules},
+    netns,
+};
+
+const SYSCTL_DIR: &str = "/proc/sys/net/netfilter";
+
+/// `--json`: every finding, and what each namespace's findings were drawn from.
+#[derive(Serialize)]
+struct Report {
+    findings: Vec<Finding>,
+    evidence: Vec<Evidence>,
+}
+
+pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
+    let sizes = struct_sizes();
+    let mut report = Report {
+        findings: Vec::new(),
+        evidence: Vec::new(),
+    };
+    for target in Target::from_args(&args.netns)? {
+        let Some(ev) = gather(&target, &sizes).await? else {
+            continue;
+        };
+        let mut findings = rules::all(&ev);
+        findings.sort_by_key(|f| Reverse(f.severity));
+        report.findings.extend(findings);
+        report.evidence.push(ev);
+    }
+    let mut out = io::stdout().lock();
+    let written = if args.json {
+        serde_json::to_writer(&mut out, &report)
+            .map_err(io::Error::from)
+            .and_then(|()| out.write_all(b"\n"))
+    } else {
+        out.write_all(text(&report).as_bytes())
+    };
+    ignore_broken_pipe(written)
+}
+
+/// Reads one namespace; `None` when --all-netns skips it.
+async fn gather(target: &Target, sizes: &StructSizes) -> anyhow::Result<Option<Evidence>> {
+    let read = target
+        .run(async |ct| {
+            Ok((
+                ct.stats_cpu().await?,
+                ct.stats_global().await?,
+                ct.dump(None).await?,
+            ))
+        })
+        .await?;
+    let Some((cpus, global, entries)) = read else {
+        return Ok(None);
+    };
+    let sysctls = read_sysctls(target.path())?;
+    let inode = netns_inode(target)?;
+    let entries_now = u64::from(global.entries);
+    let max_entries = global.max_entries.map(u64::from);
+    let count = sysctls
+        .get("nf_conntrack_count")
+        .copied()
+        .unwrap_or(entries_now);
+    let max = sysctls
+        .get("nf_conntrack_max")
+        .copied()
+        .or(max_entries)
+        .unwrap_or(0);
+    Ok(Some(Evidence {
+        netns: inode,
+        names: names_of(target, inode),
+        memory: Memory::estimate(sizes, &sysctls, count, max),
+        sysctls,
+        counters: totals(&cpus),
+        entries: entries_now,
+        max_entries,
+        table: Composition::of(&entries),
+    }))
+}
+
+/// Every counter summed over the CPUs.
+fn totals(cpus: &[CpuStats]) -> BTreeMap<String, u64> {
+    let mut sums = BTreeMap::new();
+    for (name, v) in cpus.iter().flat_map(CpuStats::fields) {
+        *sums.entry(name.to_owned()).or_insert(0) += u64::from(v);
+    }
+    sums
+}
+
+/// Numeric `nf_conntrack_*` sysctls, read from inside the namespace (most are per
+/// namespace, and /proc/sys/net shows the reading thread's namespace).
+fn read_sysctls(path: Option<&Path>) -> anyhow::Result<BTreeMap<String, u64>> {
+    let read = match path {
+        Some(p) => netns::run_in(p, read_sysctl_dir)
+            .with_context(|| format!("enter network namespace {}", p.display()))?,
+        None => read_sysctl_dir(),
+    };
+    let sysctls = read.with_context(|| format!("read {SYSCTL_DIR}"))?;
+    if !sysctls.contains_key("nf_conntrack_count") {
+        bail!(
+            "no {SYSCTL_DIR}/nf_conntrack_count: conntrack is not loaded (modprobe nf_conntrack)"
+        );
+    }
+    Ok(sysctls)
+}
+
+fn read_sysctl_dir() -> io::Result<BTreeMap<String, u64>> {
+    let mut sysctls = BTreeMap::new();
+    for e in fs::read_dir(SYSCTL_DIR)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("nf_conntrack_") {
+            continue;
+        }
+        // Unreadable or non-numeric entries are not evidence.
+        if let Some(v) = fs::read_to_string(e.path())
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            sysctls.insert(name, v);
+        }
+    }
+    Ok(sysctls)
+}
+
+/// The inode of the namespace a target talks to.
+pub(super) fn netns_inode(target: &Target) -> anyhow::Result<u64> {
+    if let Some(ns) = &target.tag {
+        return Ok(u64::from(ns.inode));
+    }
+    let path = target.path().unwrap_or(Path::new("/proc/self/ns/net"));
+    let meta = fs::metadata(path).with_context(|| format!("stat {}", path.display()))?;
+    Ok(meta.ino())
+}
+
+fn names_of(target: &Target, inode: u64) -> Vec<String> {
+    if let Some(ns) = &target.tag {
+        return ns.names.clone();
+    }
+    netns::list()
+        .into_iter()
+        .find(|n| u64::from(n.inode) == inode)
+        .map(|n| n.names)
+        .unwrap_or_default()
+}
+
+/// Per namespace a header line, then one block per finding.
+fn text(report: &Report) -> String {
+    let mut s = String::new();
+    for ev in &report.evidence {
+        let names = if ev.names.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", ev.names.join(","))
+        };
+        s.push_str(&format!(
+            "netns={}{names} entries={} max={} dumped={}\n",
+            ev.netns,
+            ev.count(),
+            ev.max(),
+            ev.table.dumped
+        ));
+        for f in report.findings.iter().filter(|f| f.netns == ev.netns) {
+            s.push_str(&block(f));
+        }
+    }
+    s
+}
+
+/// `[SEVERITY] id netns=N`, the summary, `evidence: k=v ...`, `recommendation: ...`.
+fn block(f: &Finding) -> String {
+    let evidence: Vec<String> = f
+        .evidence
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    format!(
+        "\n[{}] {} netns={}\n  {}\n  evidence: {}\n  recommendation: {}\n",
+        f.severity.name().to_uppercase(),
+        f.id,
+        f.netns,
+        f.summary,
+        evidence.join(" "),
+        f.recommendation
+    )
+}
+
+/// Sizes for the memory estimate; missing BTF leaves them to the fallbacks.
+fn struct_sizes() -> StructSizes {
+    let Ok(btf) = ct_btf::KernelBtf::load() else {
+        return StructSizes::default();
+    };
+    let size = |name: &str| btf.type_size(name).ok();
+    StructSizes {
+        nf_conn: size("nf_conn"),
+        nf_ct_ext: size("nf_ct_ext"),
+        acct: size("nf_conn_acct"),
+        tstamp: size("nf_conn_tstamp"),
+        ecache: size("nf_conntrack_ecache"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::diagnose::Severity;
+
+    #[test]
+    fn block_is_plain_key_value_text() {
+        let f = Finding {
+            id: "table_full",
+            severity: Severity::Crit,
+            netns: 9,
+            summary: "full".into(),
+            evidence: json!({"drop": 3, "count": 8}),
+            recommendation: "raise it".into(),
+        };
+        assert_eq!(
+            block(&f),
+            "\n[CRIT] table_full netns=9\n  full\n  evidence: count=8 drop=3\n  \
+             recommendation: raise it\n"
+        );
+    }
+}

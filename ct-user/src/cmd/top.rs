@@ -1,0 +1,198 @@
+//! `ctscope top`: who fills the table. Groups the entries of one ctnetlink dump per
+//! namespace by a key and prints the biggest groups, like
+//! `sed -ne 's/^.*src=\([^ ]*\).*/\1/p' /proc/net/nf_conntrack | sort | uniq -c | sort -rn`.
+
+use std::{
+    collections::HashMap,
+    io::{self, Write},
+};
+
+use ct_netlink::{Entry, proto};
+use serde::Serialize;
+
+use super::{Target, diagnose::netns_inode, ignore_broken_pipe};
+use crate::cli::{TopArgs, TopBy};
+
+/// One key and how many entries have it.
+#[derive(Debug, PartialEq, Serialize)]
+struct Row {
+    key: String,
+    count: u64,
+    /// count / entries (0..1).
+    share: f64,
+}
+
+/// `--json`: the ranking over every namespace read.
+#[derive(Debug, Serialize)]
+struct Top {
+    by: &'static str,
+    /// Entries in the dumps (those without the key, e.g. ICMP for `dport`, included).
+    entries: u64,
+    /// Distinct keys.
+    keys: usize,
+    top: Vec<Row>,
+}
+
+pub async fn run(args: &TopArgs) -> anyhow::Result<()> {
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    let mut entries = 0;
+    for target in Target::from_args(&args.netns)? {
+        let Some(dump) = target.run(async |ct| ct.dump(None).await).await? else {
+            continue;
+        };
+        let inode = netns_inode(&target)?;
+        entries += dump.len() as u64;
+        for k in dump.iter().filter_map(|e| key(e, args.by, inode)) {
+            *counts.entry(k).or_insert(0) += 1;
+        }
+    }
+    let top = Top {
+        by: by_name(args.by),
+        entries,
+        keys: counts.len(),
+        top: rank(counts, entries, args.n),
+    };
+    let mut out = io::stdout().lock();
+    let written = if args.json {
+        serde_json::to_writer(&mut out, &top)
+            .map_err(io::Error::from)
+            .and_then(|()| out.write_all(b"\n"))
+    } else {
+        out.write_all(text(&top).as_bytes())
+    };
+    ignore_broken_pipe(written)?;
+    if !args.json {
+        eprintln!(
+            "ctscope: {} entries, {} distinct {} values.",
+            top.entries, top.keys, top.by
+        );
+    }
+    Ok(())
+}
+
+fn by_name(by: TopBy) -> &'static str {
+    match by {
+        TopBy::Src => "src",
+        TopBy::Dst => "dst",
+        TopBy::Dport => "dport",
+        TopBy::Proto => "proto",
+        TopBy::State => "state",
+        TopBy::Zone => "zone",
+        TopBy::Netns => "netns",
+    }
+}
+
+/// The entry's key (original direction); `None` when it has none (no port for `dport`).
+fn key(e: &Entry, by: TopBy, netns: u64) -> Option<String> {
+    Some(match by {
+        TopBy::Src => e.orig.src.to_string(),
+        TopBy::Dst => e.orig.dst.to_string(),
+        // GRE keys also land in the port fields; conntrack does not print them as ports.
+        TopBy::Dport if has_ports(e.proto) => e.orig.dst_port?.to_string(),
+        TopBy::Dport => return None,
+        TopBy::Proto => proto::name(e.proto).to_owned(),
+        TopBy::State => format!("{}/{}", proto::name(e.proto), state(e)),
+        TopBy::Zone => e.zone.unwrap_or(0).to_string(),
+        TopBy::Netns => netns.to_string(),
+    })
+}
+
+fn has_ports(p: u8) -> bool {
+    matches!(
+        p,
+        proto::TCP | proto::UDP | proto::UDPLITE | proto::SCTP | proto::DCCP
+    )
+}
+
+/// The protocol state, or for stateless protocols what conntrack's flags say.
+fn state(e: &Entry) -> &'static str {
+    if let Some(s) = e.tcp.as_ref().map(|t| t.state.name()) {
+        return s;
+    }
+    if let Some(s) = e.sctp.as_ref().map(|t| t.state.name()) {
+        return s;
+    }
+    if let Some(s) = e.dccp.as_ref().map(|t| t.state.name()) {
+        return s;
+    }
+    match (e.status.is_unreplied(), e.status.is_assured()) {
+        (true, _) => "UNREPLIED",
+        (false, true) => "ASSURED",
+        (false, false) => "REPLIED",
+    }
+}
+
+/// The `n` biggest keys, biggest first, ties by key.
+fn rank(counts: HashMap<String, u64>, entries: u64, n: usize) -> Vec<Row> {
+    let mut rows: Vec<Row> = counts
+        .into_iter()
+        .map(|(key, count)| Row {
+            share: crate::diagnose::ratio(count, entries),
+            key,
+            count,
+        })
+        .collect();
+    rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
+    rows.truncate(n);
+    rows
+}
+
+/// `uniq -c` lines with the share: `  COUNT  SHARE%  KEY`.
+fn text(top: &Top) -> String {
+    top.top
+        .iter()
+        .map(|r| format!("{:>8} {:>6.1}%  {}\n", r.count, r.share * 100.0, r.key))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use ct_netlink::{Status, Tuple};
+
+    use super::*;
+
+    fn udp(src: u8, dport: u16, status: u32) -> Entry {
+        let s = IpAddr::V4(Ipv4Addr::new(10, 0, 0, src));
+        let d = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 99));
+        let orig = Tuple::ports(proto::UDP, s, d, 40000, dport);
+        let mut e = Entry::new(orig.clone(), orig.inverted());
+        e.status = Status(status);
+        e
+    }
+
+    #[test]
+    fn keys_by_field() {
+        let e = udp(1, 53, 0);
+        assert_eq!(key(&e, TopBy::Src, 5).unwrap(), "10.0.0.1");
+        assert_eq!(key(&e, TopBy::Dst, 5).unwrap(), "10.0.0.99");
+        assert_eq!(key(&e, TopBy::Dport, 5).unwrap(), "53");
+        assert_eq!(key(&e, TopBy::Proto, 5).unwrap(), "udp");
+        assert_eq!(key(&e, TopBy::State, 5).unwrap(), "udp/UNREPLIED");
+        assert_eq!(key(&e, TopBy::Zone, 5).unwrap(), "0");
+        assert_eq!(key(&e, TopBy::Netns, 5).unwrap(), "5");
+        let assured = udp(1, 53, Status::SEEN_REPLY | Status::ASSURED);
+        assert_eq!(key(&assured, TopBy::State, 5).unwrap(), "udp/ASSURED");
+        let a = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let icmp = Tuple::icmp(a, a, 8, 0, 1);
+        let ping = Entry::new(icmp.clone(), icmp.inverted());
+        assert_eq!(key(&ping, TopBy::Dport, 5), None);
+    }
+
+    #[test]
+    fn rank_sorts_truncates_and_shares() {
+        let counts = HashMap::from([("b".into(), 2), ("a".into(), 2), ("c".into(), 6)]);
+        let rows = rank(counts, 10, 2);
+        let got: Vec<_> = rows.iter().map(|r| (r.key.as_str(), r.count)).collect();
+        assert_eq!(got, [("c", 6), ("a", 2)]);
+        assert_eq!(rows[0].share, 0.6);
+        let t = Top {
+            by: "src",
+            entries: 10,
+            keys: 3,
+            top: rows,
+        };
+        assert_eq!(text(&t), "       6   60.0%  c\n       2   20.0%  a\n");
+    }
+}
