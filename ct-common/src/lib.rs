@@ -32,10 +32,6 @@ pub mod stat {
     pub const STACK_OVERFLOW: u32 = 19;
     /// Returns whose entry frame was missing (probe attached mid-call, LRU eviction).
     pub const STACK_MISS: u32 = 20;
-    /// Tier 2: frees of `nf_conntrack` slab objects (every entry's end).
-    pub const T2_CT_FREES: u32 = 21;
-    /// Tier 2: entries first seen confirmed on egress (`new` events).
-    pub const T2_FIRST_SEEN: u32 = 22;
     /// Size of the array.
     pub const COUNT: u32 = 32;
 }

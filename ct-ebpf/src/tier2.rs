@@ -78,7 +78,6 @@ pub fn t2_ct_free(ctx: RawTracePointContext) -> i32 {
     if ptr == 0 || !is_ct_cache(s) {
         return 0;
     }
-    count(stat::T2_CT_FREES);
     forget(ptr);
     let status = ct_status(ptr);
     if status & IPS_CONFIRMED != 0 {
@@ -114,7 +113,6 @@ pub fn t2_dev_queue(ctx: BtfTracePointContext) -> u32 {
     }
     // SAFETY: as above.
     unsafe { *slot = ct };
-    count(stat::T2_FIRST_SEEN);
     let netns = ct_netns(ct);
     note_netns(netns);
     if status & IPS_NAT_CLASH != 0 {

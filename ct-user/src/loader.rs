@@ -185,7 +185,7 @@ pub fn load(ring_bytes: u32, forced: Option<Tier>) -> Result<Probes, LoadError> 
             Some(why) => why_not_1 = Some(why),
         }
         // Partial tier 1 would report some events twice next to tier 2.
-        unload_kprobes(&mut ebpf, &mut hooks);
+        unload_tier1(&mut ebpf, &mut hooks);
     }
     hooks.extend(attach_all(&mut ebpf, TIER2));
     match (missing(&hooks, TIER2_ESSENTIAL), why_not_1) {
@@ -250,7 +250,7 @@ fn missing(hooks: &[HookStatus], essential: &[&str]) -> Option<String> {
 
 /// Detaches and unloads every tier-1 program, marking its hook unavailable. Tier 2's
 /// `t2_nf_drop` also counts what tier 1's `kfree_skb` counts: one program per drop is cheaper.
-fn unload_kprobes(ebpf: &mut Ebpf, hooks: &mut [HookStatus]) {
+fn unload_tier1(ebpf: &mut Ebpf, hooks: &mut [HookStatus]) {
     for h in hooks.iter_mut() {
         let unloaded = match h.kind {
             HookKind::Kprobe | HookKind::Kretprobe => {
