@@ -24,6 +24,14 @@ pub struct Netns {
     pub path: PathBuf,
 }
 
+/// A path that leads to the listed namespace with this inode, if any.
+pub fn path_of(inode: u32) -> Option<PathBuf> {
+    list()
+        .into_iter()
+        .find(|n| n.inode == inode)
+        .map(|n| n.path)
+}
+
 /// Every namespace with a process in it or a name under /run/netns, sorted by inode.
 pub fn list() -> Vec<Netns> {
     let current = fs::metadata("/proc/self/ns/net")

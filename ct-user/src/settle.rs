@@ -228,10 +228,7 @@ fn open(inode: u32, path: &mut Option<PathBuf>) -> Option<Conntrack> {
     if let Some(conn) = path.as_ref().and_then(|p| open_checked(inode, p)) {
         return Some(conn);
     }
-    *path = netns::list()
-        .into_iter()
-        .find(|n| n.inode == inode)
-        .map(|n| n.path);
+    *path = netns::path_of(inode);
     open_checked(inode, path.as_ref()?)
 }
 

@@ -2,8 +2,6 @@
 //! turned into ctscope's event records. No causes or reasons, nothing about failed
 //! inserts, and a full socket buffer loses events (reported as `lost`).
 
-use std::path::PathBuf;
-
 use anyhow::Context as _;
 use ct_netlink::{Entry, EventGroups, EventListener, ListenerOptions};
 
@@ -15,24 +13,25 @@ use crate::{
 /// A listener in namespace `inode` (ctscope's own without one). ctnetlink events are
 /// per namespace, so tier 3 watches exactly one.
 pub fn subscribe(inode: Option<u32>) -> anyhow::Result<(EventListener, u32)> {
-    let namespaces = netns::list();
-    let target = match inode {
-        Some(i) => namespaces
-            .iter()
-            .find(|n| n.inode == i)
-            .with_context(|| format!("network namespace {i} not found"))?,
-        None => namespaces
-            .iter()
-            .find(|n| n.current)
-            .context("ctscope's own network namespace not found in /proc")?,
+    let (netns, inode) = match inode {
+        Some(i) => {
+            let path =
+                netns::path_of(i).with_context(|| format!("network namespace {i} not found"))?;
+            (Some(path), i)
+        }
+        None => {
+            let own = std::fs::metadata("/proc/self/ns/net")
+                .context("ctscope's own network namespace not found in /proc")?;
+            (None, std::os::unix::fs::MetadataExt::ino(&own) as u32)
+        }
     };
     let opts = ListenerOptions {
-        netns: Some(PathBuf::from(&target.path)),
+        netns,
         ..ListenerOptions::default()
     };
     let listener = EventListener::subscribe(EventGroups::NEW | EventGroups::DESTROY, &opts)
         .context("subscribing to ctnetlink events (needs CAP_NET_ADMIN)")?;
-    Ok((listener, target.inode))
+    Ok((listener, inode))
 }
 
 /// One ctnetlink event as a ctscope record.

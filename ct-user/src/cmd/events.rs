@@ -85,6 +85,12 @@ fn ready(args: &EventsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// When `--duration` ends the stream, counted from now.
+fn deadline(args: &EventsArgs) -> Option<Instant> {
+    args.duration
+        .map(|s| Instant::now() + Duration::from_secs_f64(s))
+}
+
 /// The deadline of `--duration`, as a future that never ends without one.
 async fn until(deadline: Option<Instant>) {
     match deadline {
@@ -118,9 +124,7 @@ async fn stream(
     mut tier2: Option<&mut Tier2>,
     printer: &mut Printer,
 ) -> io::Result<()> {
-    let deadline = args
-        .duration
-        .map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let deadline = deadline(args);
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut losses = interval(LOSS_POLL);
@@ -164,9 +168,7 @@ async fn run_tier3(args: &EventsArgs, printer: &mut Printer) -> anyhow::Result<(
     );
     ready(args)?;
     let clock = Clock::new(ct_btf::kernel_hz().unwrap_or(0));
-    let deadline = args
-        .duration
-        .map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let deadline = deadline(args);
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     while !printer.done() {

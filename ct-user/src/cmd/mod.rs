@@ -127,10 +127,8 @@ fn resolve_netns(arg: &str) -> anyhow::Result<PathBuf> {
     if path.exists() {
         return Ok(path);
     }
-    if let Ok(inode) = arg.parse::<u32>()
-        && let Some(ns) = netns::list().into_iter().find(|n| n.inode == inode)
-    {
-        return Ok(ns.path);
+    if let Some(path) = arg.parse::<u32>().ok().and_then(netns::path_of) {
+        return Ok(path);
     }
     bail!(
         "unknown network namespace {arg:?} ({} does not exist): give a name from `ip netns \
