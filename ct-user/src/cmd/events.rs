@@ -287,7 +287,14 @@ impl Printer {
                 .await
                 .into_iter()
                 .for_each(|ev| self.event(ev));
-            log::info!("tier 2: {} repeated `new` reports dropped", t.live.repeats);
+            let d = t.settler.discarded;
+            log::info!(
+                "tier 2: {} repeated `new` reports dropped; candidates the kernel did not \
+                 count: {} drops (rules), {} unconfirmed frees (not clash losers)",
+                t.live.repeats,
+                d.drops_by_rules,
+                d.unconfirmed_frees
+            );
         }
         self.losses(reader.new_losses());
         let _ = self.out.flush();
