@@ -3,10 +3,10 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 /// Layer-3 family of an entry or a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Family {
     Ipv4,
@@ -87,7 +87,7 @@ pub mod proto {
 /// One direction of a connection. Port fields are set for port-based protocols
 /// (TCP, UDP, UDP-Lite, SCTP, DCCP; GRE keys land in the port fields as the kernel
 /// sends them), ICMP fields for ICMP and ICMPv6.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Tuple {
     pub src: IpAddr,
     pub dst: IpAddr,

@@ -6,7 +6,7 @@ use std::path::Path;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
 use netlink_packet_netfilter::NetfilterMessageInner;
 use netlink_packet_netfilter::conntrack::ConntrackMessage;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::attrs::{self, *};
 use crate::entry::{Entry, Family, Status, TcpState, Tuple};
@@ -56,7 +56,7 @@ pub struct DumpFilter {
 }
 
 /// Userspace match on entries, as conntrack's -s/-d/-r/-q/-p/--sport... do.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TupleFilter {
     pub family: Option<Family>,
     pub proto: Option<u8>,

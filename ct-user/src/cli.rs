@@ -34,6 +34,15 @@ pub enum Command {
     /// Show what this kernel offers (BTF, kprobes, fentry, tracepoints, ring buffer,
     /// conntrack) and which tier and hooks ctscope would use, by trying them.
     Probe(ProbeArgs),
+    /// The agent: a live copy of every namespace's table, the cause of every
+    /// insert_failed and drop, served to `list`, `get`, `stats` and `events`.
+    ///
+    /// Attaches the probes, seeds its table from ctnetlink dumps of every network
+    /// namespace, applies the event stream, refreshes fields from dumps every --resync
+    /// seconds and reseeds after any lost event. Shows table fill, rates and the latest
+    /// insert_failed, table_full and early_drop with their causes; --headless runs it
+    /// without the view (for services and tests). Listens on a root-only Unix socket.
+    Watch(WatchArgs),
     /// Stream conntrack events: new, destroy (with reason), insert_failed (with cause),
     /// clash_resolved, table_full, early_drop, and lost (ring buffer overflow).
     Events(EventsArgs),
@@ -205,6 +214,9 @@ pub struct GetArgs {
     /// inode. Default: ctscope's own.
     #[arg(long, value_name = "NS")]
     pub netns: Option<String>,
+
+    #[command(flatten)]
+    pub agent: AgentArgs,
 }
 
 #[derive(Debug, Args)]
@@ -357,6 +369,11 @@ impl Cli {
                  --zone, -f); to delete every entry use `ctscope flush`",
             )),
             Command::Delete(a) => a.filter.check_families("delete"),
+            Command::Watch(a) if !(a.resync.is_finite() && a.resync >= 0.0) => Err(usage_error(
+                "watch",
+                ErrorKind::ValueValidation,
+                "--resync must be 0 (only after losses) or a positive number of seconds",
+            )),
             _ => Ok(()),
         }
     }
@@ -405,11 +422,71 @@ pub struct NetnsArgs {
     pub all_netns: bool,
 }
 
+/// How table commands find the agent.
+#[derive(Debug, Args, Default)]
+pub struct AgentArgs {
+    /// The agent's socket (default: $CTSCOPE_SOCKET, else /run/ctscope/agent.sock).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// Do not ask a running agent; read the kernel directly.
+    #[arg(long, conflicts_with = "socket")]
+    pub no_agent: bool,
+}
+
+impl AgentArgs {
+    /// The socket to try, or `None` with --no-agent.
+    pub fn socket(&self) -> Option<PathBuf> {
+        (!self.no_agent).then(|| crate::agent::protocol::socket_path(self.socket.as_deref()))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// No live view: run the agent for services and tests (logs go to stderr).
+    #[arg(long)]
+    pub headless: bool,
+
+    /// Print the running agent's status (tier, entries per namespace, events, losses,
+    /// reseeds, dumps) as one JSON object and exit; exit 1 if no agent answers.
+    #[arg(long)]
+    pub status: bool,
+
+    /// Seconds between dumps that refresh entry fields (status, TCP state, timeouts
+    /// refreshed by traffic) and catch namespaces created since; stretched to 20 times
+    /// the last dump's duration on huge tables. 0: only after losses.
+    #[arg(long, value_name = "S", default_value_t = 5.0)]
+    pub resync: f64,
+
+    /// The socket to listen on (default: $CTSCOPE_SOCKET, else /run/ctscope/agent.sock).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// Ring buffer size in bytes: a power of two, at least 4096. Events that do not fit
+    /// are counted as lost and the table is reseeded from dumps.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_BYTES)]
+    pub ring_size: u32,
+
+    /// Hook tier: 1 kprobes, 2 tracepoints only, 3 no BPF (dumps only). Default: the
+    /// best this kernel allows.
+    #[arg(long, value_enum, value_name = "N")]
+    pub tier: Option<crate::loader::Tier>,
+
+    /// Create this file once the table is seeded and the socket answers.
+    #[arg(long, hide = true, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+}
+
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// One JSON object per entry and line instead of `conntrack -L` text.
+    /// One JSON object per entry and line instead of `conntrack -L` text. From the
+    /// agent, each also has `netns`, `first_seen`, `birth_known`, `fields_from`,
+    /// `fields_at` and `notes`.
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub agent: AgentArgs,
 
     #[command(flatten)]
     pub filter: TableFilterArgs,
@@ -430,9 +507,14 @@ pub struct CountArgs {
 
 #[derive(Debug, Args)]
 pub struct StatsArgs {
-    /// JSON (per-CPU objects and totals) instead of `conntrack -S` text.
+    /// JSON (per-CPU objects and totals) instead of `conntrack -S` text. From the agent,
+    /// `agent` adds `kernel` (increments since it started watching), `attributed` (by
+    /// cause) and `unexplained`.
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub agent: AgentArgs,
 
     #[command(flatten)]
     pub netns: NetnsArgs,
@@ -693,8 +775,12 @@ pub struct EventsArgs {
 
     /// Hook tier: 1 kprobes (exact causes), 2 tracepoints only, 3 ctnetlink events
     /// (no BPF). Default: the best this kernel allows (`ctscope probe` explains it).
+    /// Implies --no-agent.
     #[arg(long, value_enum, value_name = "N")]
     pub tier: Option<crate::loader::Tier>,
+
+    #[command(flatten)]
+    pub agent: AgentArgs,
 }
 
 /// Filters; every one given must match.

@@ -7,7 +7,7 @@ use ct_netlink::proto;
 
 use crate::event::{CtEvent, Side};
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Filter {
     pub kinds: Vec<String>,
     pub netns: Option<u32>,

@@ -2,6 +2,7 @@
 //! table commands.
 //! The `ctscope` binary (src/main.rs) is glue over these modules.
 
+pub mod agent;
 pub mod cli;
 pub mod cmd;
 pub mod compat;
@@ -16,5 +17,6 @@ pub mod output;
 pub mod probe;
 pub mod reader;
 pub mod settle;
+pub mod source;
 pub mod table_text;
 pub mod tier3;

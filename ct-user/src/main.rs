@@ -34,6 +34,7 @@ fn main() -> ExitCode {
 fn run(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Probe(args) => cmd::probe::run(args),
+        Command::Watch(args) => runtime()?.block_on(cmd::watch::run(args)),
         Command::Events(args) => runtime()?.block_on(cmd::events::run(args)),
         Command::List(args) => runtime()?.block_on(cmd::list::run(args)),
         Command::Count(args) => runtime()?.block_on(cmd::count::run(args)),

@@ -2,6 +2,7 @@
 //! rulesets, traffic generators, the kernel's own conntrack counters, and a driver for the
 //! `ctscope` binary. Everything here needs root and runs `ip`, `nft` and `conntrack`.
 
+pub mod agent;
 pub mod cmd;
 pub mod ctscope;
 pub mod events;

@@ -9,6 +9,8 @@
 //! hosts allow) and a `kernel_<name>` twin that runs the traffic without ctscope and
 //! checks only the kernel's counters, skipped as redundant wherever a ctscope tier runs.
 
+#[path = "integration/agent.rs"]
+mod agent;
 #[path = "integration/clash_resolve.rs"]
 mod clash_resolve;
 #[path = "integration/common.rs"]
@@ -73,6 +75,15 @@ const DIAGNOSE: [(&str, fn()); 3] = [
     ("diagnose_top_dport", diagnose::top_dport),
 ];
 
+/// The agent (`ctscope watch`), given its tier flags.
+type AgentScenario = fn(&'static [&'static str]);
+
+const AGENT: [(&str, AgentScenario); 3] = [
+    ("agent_mirror", agent::mirror),
+    ("agent_attribution", agent::attribution),
+    ("agent_overflow", agent::overflow),
+];
+
 fn main() {
     let args = Arguments::from_args();
     let env = Env::detect();
@@ -85,6 +96,12 @@ fn main() {
     trials.add(&env, "conntrack_compat", Needs::Root, conntrack_compat::run);
     for (name, body) in DIAGNOSE {
         trials.add(&env, name, Needs::Root, body);
+    }
+    for (name, scenario) in AGENT {
+        trials.add(&env, name, Needs::Tier1, move || scenario(&[]));
+        trials.add(&env, &format!("t2_{name}"), Needs::Tier2, move || {
+            scenario(&["--tier", "2"])
+        });
     }
     let watched = env.unmet(Needs::Tier1).is_none() || env.unmet(Needs::Tier2).is_none();
     for &(name, scenario) in SCENARIOS {

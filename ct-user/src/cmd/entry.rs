@@ -7,8 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::bail;
 use ct_netlink::{Entry, NewEntry, Tuple, Update};
 
-use super::Target;
+use super::{Target, netns_inode};
 use crate::{
+    agent::{self, protocol::Request},
     cli::{GetArgs, InsertArgs, TupleArgs, UpdateArgs},
     table_text,
 };
@@ -33,6 +34,18 @@ fn tuple_of(args: &TupleArgs) -> Tuple {
 pub async fn get(args: &GetArgs) -> anyhow::Result<()> {
     let orig = tuple_of(&args.tuple);
     let zone = args.tuple.zone;
+    if let Some(path) = args.agent.socket() {
+        let request = Request::Get {
+            netns: netns_inode(args.netns.as_deref())?,
+            zone,
+            tuple: orig.clone(),
+            json: args.json,
+        };
+        if let Some(mut body) = agent::client::ask(&path, &request).await? {
+            agent::client::copy_lines(&mut body).await?;
+            return Ok(());
+        }
+    }
     let target = Target::one(args.netns.as_deref())?;
     match target
         .run(async |ct| ct.get(&orig, zone).await)

@@ -9,30 +9,21 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use tokio::{
+    io::AsyncBufReadExt as _,
     signal::unix::{SignalKind, signal},
-    time::{Instant, interval, sleep_until},
+    time::{Instant, sleep_until},
 };
 
 use crate::{
+    agent::{self, client::Body, protocol::Request},
     cli::EventsArgs,
     event::{Clock, CtEvent, Lost, Record},
     filter::Filter,
-    live::LiveEntries,
     loader::{self, LoadError, Probes, Tier},
     output::{Format, write_event, write_record},
-    reader::EventReader,
-    settle::Settler,
+    source::{EventSource, Output},
     tier3,
 };
-
-/// How often loss counters are checked when no event wakes the reader.
-const LOSS_POLL: Duration = Duration::from_millis(200);
-
-/// The BPF side wakes the reader only for a backlog; below that the reader polls.
-const RING_POLL: Duration = Duration::from_millis(10);
-
-/// How long tier-2 candidates wait before they are settled against the counters.
-const SETTLE_EVERY: Duration = Duration::from_millis(100);
 
 pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
     let filter = args.filter.resolve();
@@ -46,6 +37,19 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
             timestamp: args.timestamp,
         }
     };
+    if args.tier.is_none()
+        && let Some(path) = args.agent.socket()
+    {
+        let request = Request::Events {
+            filter: filter.clone(),
+            json: args.json,
+            timestamp: args.timestamp,
+        };
+        if let Some(body) = agent::client::ask(&path, &request).await? {
+            ready(args)?;
+            return from_agent(args, body).await;
+        }
+    }
     let mut printer = Printer::new(format, filter, args.count);
     let mut probes = match loader::load(args.ring_size, args.tier) {
         Ok(p) => p,
@@ -63,15 +67,13 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
         return run_tier3(args, &mut printer).await;
     }
     announce(&probes);
-    let clock = Clock::new(probes.layout.hz);
-    let mut reader = EventReader::new(&mut probes, clock)?;
-    let mut tier2 = match probes.tier {
-        Tier::Tracepoints => Some(Tier2::start(&mut probes).await),
-        _ => None,
-    };
+    let mut source = EventSource::start(&mut probes).await?;
     ready(args)?;
-    let result = stream(args, &mut reader, tier2.as_mut(), &mut printer).await;
-    printer.finish(&mut reader, tier2.as_mut()).await;
+    let result = stream(args, &mut source, &mut printer).await;
+    let mut out = Output::default();
+    source.finish(&mut out).await;
+    printer.output(out);
+    let _ = printer.flush();
     match result {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         other => other.context("reading events"),
@@ -99,64 +101,56 @@ async fn until(deadline: Option<Instant>) {
     }
 }
 
-/// Tier 2's userspace half: repeated `new`s dropped, candidates settled.
-struct Tier2 {
-    live: LiveEntries,
-    settler: Settler,
-}
-
-impl Tier2 {
-    async fn start(probes: &mut Probes) -> Self {
-        let settler = Settler::new().await;
-        if let Err(e) = loader::mark_conntrack_netns(probes, &settler.with_entries) {
-            log::warn!("seeding the namespaces with conntrack: {e}");
-        }
-        Tier2 {
-            live: LiveEntries::default(),
-            settler,
-        }
-    }
-}
-
 async fn stream(
     args: &EventsArgs,
-    reader: &mut EventReader,
-    mut tier2: Option<&mut Tier2>,
+    source: &mut EventSource,
     printer: &mut Printer,
 ) -> io::Result<()> {
     let deadline = deadline(args);
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let mut losses = interval(LOSS_POLL);
-    let mut settle = interval(SETTLE_EVERY);
-    let mut poll = interval(RING_POLL);
-    let mut batch = Vec::new();
     while !printer.done() {
+        let wake = tokio::select! {
+            w = source.wait() => w?,
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            () = until(deadline) => break,
+        };
+        let mut out = Output::default();
+        source.handle(wake, &mut out).await;
+        printer.output(out);
+        printer.flush()?;
+    }
+    Ok(())
+}
+
+/// The agent's stream: its lines as they come, until --count, --duration or a signal.
+async fn from_agent(args: &EventsArgs, mut body: Body) -> anyhow::Result<()> {
+    let deadline = deadline(args);
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut out = BufWriter::new(io::stdout());
+    let mut left = args.count;
+    let mut line = Vec::new();
+    while left != Some(0) {
+        line.clear();
         tokio::select! {
-            r = reader.read(&mut batch) => r?,
-            _ = poll.tick() => reader.drain_now(&mut batch),
-            _ = losses.tick() => {
-                let lost = reader.new_losses();
-                if let Some(t) = tier2.as_deref_mut().filter(|_| !lost.is_empty()) {
-                    t.live.reset();
-                }
-                printer.losses(lost);
-            }
-            _ = settle.tick() => {
-                if let Some(t) = tier2.as_deref_mut().filter(|t| t.settler.has_pending()) {
-                    t.settler.settle().await.into_iter().for_each(|ev| printer.event(ev));
-                }
-            }
+            n = body.read_until(b'\n', &mut line) => if n? == 0 {
+                bail!("the agent stopped");
+            },
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             () = until(deadline) => break,
         }
-        for ev in batch.drain(..) {
-            printer.route(ev, tier2.as_deref_mut());
+        let written = out.write_all(&line).and_then(|()| out.flush());
+        if let Err(e) = written {
+            return super::ignore_broken_pipe(Err(e));
         }
-        printer.flush()?;
+        if let Some(n) = &mut left {
+            *n -= 1;
+        }
     }
-    Ok(())
+    super::ignore_broken_pipe(out.flush())
 }
 
 /// Tier 3: ctnetlink events of one namespace, overruns reported as `lost`.
@@ -224,19 +218,10 @@ impl Printer {
         self.remaining == Some(0) || self.error.is_some()
     }
 
-    /// Tier 2: drops repeated `new`s and holds candidates for settling. Prints the rest.
-    fn route(&mut self, ev: CtEvent, tier2: Option<&mut Tier2>) {
-        let Some(t) = tier2 else {
-            return self.event(ev);
-        };
-        if !t.live.admit(&ev) {
-            return;
-        }
-        if Settler::needs(&ev) {
-            t.settler.push(ev);
-        } else {
-            self.event(ev);
-        }
+    /// Events first, then the losses they came with.
+    fn output(&mut self, out: Output) {
+        out.events.into_iter().for_each(|ev| self.event(ev));
+        self.losses(out.lost);
     }
 
     fn event(&mut self, ev: CtEvent) {
@@ -272,32 +257,6 @@ impl Printer {
             return Err(e);
         }
         self.out.flush()
-    }
-
-    /// Drains what is left, settles it and reports losses so nothing seen is dropped at exit.
-    async fn finish(&mut self, reader: &mut EventReader, mut tier2: Option<&mut Tier2>) {
-        let mut batch = Vec::new();
-        reader.drain_now(&mut batch);
-        for ev in batch {
-            self.route(ev, tier2.as_deref_mut());
-        }
-        if let Some(t) = tier2 {
-            t.settler
-                .settle()
-                .await
-                .into_iter()
-                .for_each(|ev| self.event(ev));
-            let d = t.settler.discarded;
-            log::info!(
-                "tier 2: {} repeated `new` reports dropped; candidates the kernel did not \
-                 count: {} drops (rules), {} unconfirmed frees (not clash losers)",
-                t.live.repeats,
-                d.drops_by_rules,
-                d.unconfirmed_frees
-            );
-        }
-        self.losses(reader.new_losses());
-        let _ = self.out.flush();
     }
 }
 

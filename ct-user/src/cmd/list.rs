@@ -9,8 +9,12 @@ use std::{
 use ct_netlink::Entry;
 use serde::Serialize;
 
-use super::{Target, ignore_broken_pipe};
-use crate::{cli::ListArgs, table_text};
+use super::{Target, agent_scope, ignore_broken_pipe};
+use crate::{
+    agent::{self, protocol::Request},
+    cli::ListArgs,
+    table_text,
+};
 
 /// An entry as `--json` prints it: ct-netlink's fields, plus `netns` with --all-netns.
 #[derive(Serialize)]
@@ -23,6 +27,18 @@ struct Tagged<'a> {
 
 pub async fn run(args: &ListArgs) -> anyhow::Result<()> {
     let filter = args.filter.tuple_filter();
+    if let Some(path) = args.agent.socket() {
+        let request = Request::List {
+            scope: agent_scope(&args.netns)?,
+            filter: filter.clone(),
+            json: args.json,
+        };
+        if let Some(mut body) = agent::client::ask(&path, &request).await? {
+            let shown = agent::client::copy_lines(&mut body).await?;
+            eprintln!("ctscope: {shown} flow entries have been shown (from the agent).");
+            return Ok(());
+        }
+    }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -51,7 +67,7 @@ pub async fn run(args: &ListArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_text(out: &mut impl Write, e: &Entry, netns: Option<u32>, now: u64) -> io::Result<()> {
+pub fn write_text(out: &mut impl Write, e: &Entry, netns: Option<u32>, now: u64) -> io::Result<()> {
     let line = table_text::entry_line(e, now);
     match netns {
         Some(inode) => writeln!(out, "{line} netns={inode}"),

@@ -13,6 +13,7 @@ pub mod list;
 pub mod probe;
 pub mod stats;
 pub mod top;
+pub mod watch;
 
 use std::{
     io,
@@ -22,7 +23,7 @@ use std::{
 use anyhow::bail;
 use ct_netlink::Conntrack;
 
-use crate::{cli::NetnsArgs, netns};
+use crate::{agent::protocol::Scope, cli::NetnsArgs, netns};
 
 /// A namespace a table command talks to.
 #[derive(Debug)]
@@ -95,6 +96,27 @@ impl Target {
             Err(e) => Err(explain(&self.label, e)),
         }
     }
+}
+
+/// The namespaces a request to the agent covers: `--all-netns`, `--netns NS` or
+/// ctscope's own.
+pub fn agent_scope(args: &NetnsArgs) -> anyhow::Result<Scope> {
+    if args.all_netns {
+        return Ok(Scope::All);
+    }
+    Ok(Scope::Netns(netns_inode(args.netns.as_deref())?))
+}
+
+/// The inode of `--netns NS`, or of ctscope's own namespace.
+pub fn netns_inode(arg: Option<&str>) -> anyhow::Result<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let path = match arg {
+        Some(a) => resolve_netns(a)?,
+        None => PathBuf::from("/proc/self/ns/net"),
+    };
+    Ok(std::fs::metadata(&path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        .ino() as u32)
 }
 
 /// Errors that mean "no ctnetlink here" rather than "ctscope cannot work".

@@ -1,17 +1,21 @@
 //! `ctscope stats`: per-CPU counters in `conntrack -S` format, then the table size and
-//! limit; JSON with per-CPU objects and totals.
+//! limit; JSON with per-CPU objects and totals. With an agent running, it answers, and
+//! adds what its events explained of insert_failed, drop, early_drop and clash_resolve.
 
 use std::collections::BTreeMap;
 
 use ct_netlink::{CpuStats, GlobalStats};
 use serde::Serialize;
 
-use super::Target;
-use crate::cli::StatsArgs;
+use super::{Target, agent_scope};
+use crate::{
+    agent::{self, protocol::Request, state::AgentStats},
+    cli::StatsArgs,
+};
 
 /// One namespace's statistics, as `--json` prints them.
 #[derive(Serialize)]
-struct NsStats {
+pub struct NsStats {
     #[serde(skip_serializing_if = "Option::is_none")]
     netns: Option<u32>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -22,9 +26,23 @@ struct NsStats {
     entries: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_entries: Option<u32>,
+    /// With an agent: the counters since it started watching, beside its attribution.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent: Option<AgentStats>,
 }
 
 pub async fn run(args: &StatsArgs) -> anyhow::Result<()> {
+    if let Some(path) = args.agent.socket() {
+        let scope = agent_scope(&args.netns)?;
+        let request = Request::Stats {
+            scope,
+            json: args.json,
+        };
+        if let Some(mut body) = agent::client::ask(&path, &request).await? {
+            agent::client::copy_lines(&mut body).await?;
+            return Ok(());
+        }
+    }
     for target in Target::from_args(&args.netns)? {
         let read = target
             .run(async |ct| Ok((ct.stats_cpu().await?, ct.stats_global().await?)))
@@ -49,7 +67,7 @@ pub async fn run(args: &StatsArgs) -> anyhow::Result<()> {
 }
 
 impl NsStats {
-    fn new(
+    pub fn new(
         cpus: Vec<CpuStats>,
         global: GlobalStats,
         netns: Option<u32>,
@@ -66,12 +84,20 @@ impl NsStats {
             totals,
             entries: global.entries,
             max_entries: global.max_entries,
+            agent: None,
+        }
+    }
+
+    pub fn with_agent(self, agent: AgentStats) -> Self {
+        NsStats {
+            agent: Some(agent),
+            ..self
         }
     }
 
     /// `conntrack -S` lines (`cpu=%-4u\t` then `name=value ` pairs), then
     /// `entries=N max_entries=M`; each with `netns=INODE` appended under --all-netns.
-    fn text(&self) -> String {
+    pub fn text(&self) -> String {
         let tag = self.netns.map(|n| format!("netns={n}")).unwrap_or_default();
         let mut s = String::new();
         for cpu in &self.cpus {
@@ -92,8 +118,57 @@ impl NsStats {
         }
         s.push_str(&global);
         s.push('\n');
+        if let Some(a) = &self.agent {
+            s.push_str(&attribution_text(a, &tag));
+        }
         s
     }
+}
+
+/// Per counter: the kernel's increments while the agent watched, what events explained
+/// (by cause), and the remainder.
+fn attribution_text(a: &AgentStats, tag: &str) -> String {
+    let causes = |m: &BTreeMap<&str, u64>| -> String {
+        m.iter()
+            .map(|(c, n)| format!("{c}={n}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let u = &a.unexplained;
+    let at = &a.attributed;
+    let mut rows = vec![
+        (
+            "insert_failed",
+            a.kernel.insert_failed,
+            causes(&at.insert_failed),
+            u.insert_failed,
+        ),
+        (
+            "drop",
+            a.kernel.drop,
+            format!("table_full={}", at.table_full),
+            u.drop,
+        ),
+        (
+            "early_drop",
+            a.kernel.early_drop,
+            format!("early_drop={}", at.early_drop),
+            u.early_drop,
+        ),
+    ];
+    if let (Some(k), Some(u)) = (a.kernel.clash_resolve, u.clash_resolve) {
+        rows.push(("clash_resolve", k, causes(&at.clash_resolved), u));
+    }
+    let mut s = format!(
+        "agent: watching since {:.0}, {} entries in its table {tag}\n",
+        a.watched_since, a.table_entries
+    );
+    for (name, kernel, explained, left) in rows {
+        s.push_str(&format!(
+            "{name}={kernel} attributed=[{explained}] unexplained={left} {tag}\n"
+        ));
+    }
+    s
 }
 
 #[cfg(test)]

@@ -1,0 +1,83 @@
+//! The CLI's end of the socket: `list`, `get`, `stats` and `events` ask a running agent
+//! first and fall back to ctnetlink or their own probes when none answers.
+
+use std::{
+    io::{self, Write as _},
+    path::Path,
+};
+
+use anyhow::bail;
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::UnixStream,
+};
+
+use super::protocol::{Header, Request};
+
+/// An answer's body, after its header said ok.
+pub type Body = BufReader<UnixStream>;
+
+/// Sends `request` to the agent at `path`. `Ok(None)` when no agent listens there.
+pub async fn ask(path: &Path, request: &Request) -> anyhow::Result<Option<Body>> {
+    let mut stream = match UnixStream::connect(path).await {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => bail!(
+            "the agent's socket {} is root-only: run as root, or pass --no-agent to read the \
+             kernel directly",
+            path.display()
+        ),
+        Err(e) => bail!("connecting to the agent at {}: {e}", path.display()),
+    };
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    stream.write_all(&line).await?;
+    let mut body = BufReader::new(stream);
+    let mut header = String::new();
+    body.read_line(&mut header).await?;
+    let header: Header = serde_json::from_str(&header).map_err(|e| {
+        anyhow::anyhow!(
+            "the agent at {} sent no valid header ({e}); is it a ctscope agent?",
+            path.display()
+        )
+    })?;
+    if !header.ok {
+        bail!("agent: {}", header.error.unwrap_or_default());
+    }
+    Ok(Some(body))
+}
+
+/// Copies the body to stdout; returns how many lines it had.
+pub async fn copy_lines(body: &mut Body) -> anyhow::Result<u64> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut lines = 0;
+    loop {
+        let chunk = body.fill_buf().await?;
+        if chunk.is_empty() {
+            break;
+        }
+        lines += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+        let n = chunk.len();
+        if let Err(e) = out.write_all(chunk) {
+            return closed_pipe_is_fine(e).map(|()| lines);
+        }
+        body.consume(n);
+    }
+    out.flush().or_else(closed_pipe_is_fine)?;
+    Ok(lines)
+}
+
+/// `ctscope list | head`: a closed stdout ends the copy without an error.
+fn closed_pipe_is_fine(e: io::Error) -> anyhow::Result<()> {
+    match e.kind() {
+        io::ErrorKind::BrokenPipe => Ok(()),
+        _ => Err(e.into()),
+    }
+}

@@ -1,0 +1,17 @@
+//! The agent (`ctscope watch`): a live copy of every namespace's conntrack table, the
+//! attribution of insert_failed and drops, and lifetimes of ended flows, served to the
+//! CLI over a Unix socket.
+//!
+//! - [`table`]: the copy of the table (dumps, then events).
+//! - [`attribution`]: kernel counters beside the events that explain them.
+//! - [`protocol`]: the socket's requests and framing (JSON lines).
+//! - [`server`] / [`client`]: the two ends of the socket.
+//! - [`state`]: the agent's state and how it answers requests.
+//! - [`view`]: the live view of `ctscope watch`.
+pub mod attribution;
+pub mod client;
+pub mod protocol;
+pub mod server;
+pub mod state;
+pub mod table;
+pub mod view;

@@ -1,0 +1,146 @@
+//! The agent's end of the socket: binds it root-only, reads one request per connection
+//! and hands it to the agent's loop with a channel for the answer, then copies the
+//! answer out. The loop owns the table, so no lock is needed.
+
+use std::{
+    fs, io,
+    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::mpsc,
+    time::timeout,
+};
+
+use super::protocol::{Header, Request};
+
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Answer chunks a connection buffers before the agent counts a slow reader's loss.
+pub const ANSWER_QUEUE: usize = 1024;
+
+/// A request, and where its answer goes. Dropping `reply` ends the answer.
+pub struct Incoming {
+    pub request: Request,
+    pub reply: mpsc::Sender<Vec<u8>>,
+}
+
+pub struct Server {
+    path: PathBuf,
+    requests: mpsc::Receiver<Incoming>,
+}
+
+impl Server {
+    /// Binds `path` (mode 0600, in a directory created 0700), refusing to steal the
+    /// socket of an agent that still answers.
+    pub fn bind(path: &Path) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.exists()) {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
+        }
+        if path.exists() {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                bail!(
+                    "an agent already listens on {}: stop it, or give this one another --socket",
+                    path.display()
+                );
+            }
+            fs::remove_file(path)
+                .with_context(|| format!("removing the stale socket {}", path.display()))?;
+        }
+        let listener = UnixListener::bind(path).with_context(|| {
+            format!(
+                "binding {} (run as root, or pick a --socket you may write)",
+                path.display()
+            )
+        })?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("making {} root-only", path.display()))?;
+        let (tx, requests) = mpsc::channel(64);
+        tokio::spawn(accept(listener, tx));
+        Ok(Server {
+            path: path.to_path_buf(),
+            requests,
+        })
+    }
+
+    /// The next request. Cancel-safe.
+    pub async fn next(&mut self) -> Option<Incoming> {
+        self.requests.recv().await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+async fn accept(listener: UnixListener, tx: mpsc::Sender<Incoming>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve(stream, tx.clone()));
+            }
+            Err(e) => log::warn!("agent socket: accept: {e}"),
+        }
+    }
+}
+
+/// One connection: read the request, pass it on, copy the answer out until the agent
+/// ends it or the client goes away.
+async fn serve(stream: UnixStream, tx: mpsc::Sender<Incoming>) {
+    let (read, mut write) = stream.into_split();
+    let mut read = BufReader::new(read);
+    let request = match read_request(&mut read).await {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = write.write_all(&Header::line(Some(e))).await;
+            return;
+        }
+    };
+    let (reply, mut answer) = mpsc::channel(ANSWER_QUEUE);
+    if tx.send(Incoming { request, reply }).await.is_err() {
+        return;
+    }
+    let mut probe = [0u8; 1];
+    loop {
+        tokio::select! {
+            chunk = answer.recv() => match chunk {
+                Some(c) => if write.write_all(&c).await.is_err() { return },
+                None => return,
+            },
+            // The client closed its end: stop, which tells the agent by closing `answer`.
+            r = read.read(&mut probe) => if matches!(r, Ok(0) | Err(_)) { return },
+        }
+    }
+}
+
+async fn read_request(
+    read: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+) -> Result<Request, String> {
+    let mut line = String::new();
+    match timeout(REQUEST_TIMEOUT, read.read_line(&mut line)).await {
+        Ok(Ok(n)) if n > 0 => {}
+        Ok(Err(e)) => return Err(format!("reading the request: {e}")),
+        _ => return Err("no request: send one JSON object and a newline".into()),
+    }
+    serde_json::from_str(&line).map_err(|e| format!("bad request: {e}"))
+}
+
+/// A write error a closed client explains.
+pub fn gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+    )
+}

@@ -1,0 +1,432 @@
+//! The agent's state, and how it answers requests from the socket.
+//!
+//! One task owns it: events, dump merges and requests arrive one at a time through the
+//! loop in `cmd/watch.rs`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use ct_netlink::{Conntrack, Entry};
+use serde::Serialize;
+use tokio::sync::mpsc::error::TrySendError;
+
+use super::{
+    attribution::{Attributed, Kernel, unexplained},
+    protocol::{Header, Request, Scope},
+    server::Incoming,
+    table::{Fields, Merge, Note, Row, Table},
+};
+use crate::{
+    cmd::{list, stats::NsStats},
+    event::{CtEvent, Lost, Record},
+    filter::Filter,
+    netns,
+    output::{Format, write_record},
+};
+
+/// Notable events (insert_failed, table_full, early_drop, lost) the live view shows.
+const RECENT_KEPT: usize = 12;
+
+/// What one namespace's counters are compared against.
+#[derive(Debug, Default)]
+struct Watched {
+    /// Counters when the agent started watching; zero for namespaces created later
+    /// (their counters start at zero and the probes saw all of their life).
+    baseline: Kernel,
+    since: f64,
+    attributed: Attributed,
+}
+
+/// Counts of the agent's life.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Totals {
+    /// Events applied, by kind.
+    pub events: BTreeMap<&'static str, u64>,
+    /// Events the ring buffer lost (each loss triggers a reseed).
+    pub lost: u64,
+    /// Full reseeds after losses.
+    pub reseeds: u64,
+    /// Dumps merged (seeds, resyncs and reseeds, per namespace).
+    pub dumps: u64,
+    /// What dumps corrected, summed.
+    pub merged: Merge,
+    /// Events subscribers were too slow to take.
+    pub subscriber_drops: u64,
+}
+
+struct Subscriber {
+    filter: Filter,
+    format: Format,
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    /// Events not delivered since the last `lost` record sent to it.
+    dropped: u64,
+}
+
+pub struct Agent {
+    pub tier: u8,
+    pub tier_sees: &'static str,
+    pub started: f64,
+    pub table: Table,
+    watched: HashMap<u32, Watched>,
+    pub totals: Totals,
+    pub recent: VecDeque<Record>,
+    subscribers: Vec<Subscriber>,
+}
+
+pub fn now_unix() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Agent {
+    /// `baselines`: the counters of the namespaces that exist now, read before the
+    /// probes were attached.
+    pub fn new(tier: u8, tier_sees: &'static str, baselines: Vec<(u32, Kernel)>) -> Self {
+        let started = now_unix();
+        let watched = baselines
+            .into_iter()
+            .map(|(inode, baseline)| {
+                let w = Watched {
+                    baseline,
+                    since: started,
+                    attributed: Attributed::default(),
+                };
+                (inode, w)
+            })
+            .collect();
+        Agent {
+            tier,
+            tier_sees,
+            started,
+            table: Table::default(),
+            watched,
+            totals: Totals::default(),
+            recent: VecDeque::new(),
+            subscribers: Vec::new(),
+        }
+    }
+
+    /// True once the agent knows the namespace (from its start, a dump or an event).
+    pub fn knows(&self, netns: u32) -> bool {
+        self.watched.contains_key(&netns)
+    }
+
+    fn watched(&mut self, netns: u32) -> &mut Watched {
+        let since = now_unix();
+        self.watched.entry(netns).or_insert_with(|| Watched {
+            since,
+            ..Watched::default()
+        })
+    }
+
+    /// Applies one event to the table, the attribution and the subscribers.
+    pub fn apply(&mut self, ev: CtEvent) {
+        *self.totals.events.entry(ev.kind).or_default() += 1;
+        self.watched(ev.netns).attributed.count(&ev);
+        self.table.apply(&ev);
+        let record = Record::Conntrack(Box::new(ev));
+        self.publish(&record);
+        if let Record::Conntrack(ev) = &record
+            && matches!(ev.kind, "insert_failed" | "table_full" | "early_drop")
+        {
+            self.remember(record);
+        }
+    }
+
+    /// Ring-buffer losses: counted, told to subscribers; the caller reseeds.
+    pub fn lost(&mut self, records: Vec<Record>) {
+        for r in records {
+            if let Record::Lost(l) = &r {
+                self.totals.lost += l.count;
+            }
+            self.publish(&r);
+            self.remember(r);
+        }
+    }
+
+    fn remember(&mut self, r: Record) {
+        if self.recent.len() == RECENT_KEPT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(r);
+    }
+
+    /// A namespace's dump: replaces its rows (see `Table::merge_dump`).
+    pub fn merge(&mut self, netns: u32, entries: Vec<Entry>, at: f64) {
+        self.watched(netns);
+        let m = self.table.merge_dump(netns, entries, at);
+        self.totals.dumps += 1;
+        self.totals.merged.added += m.added;
+        self.totals.merged.removed += m.removed;
+        self.totals.merged.refreshed += m.refreshed;
+    }
+
+    /// A namespace that vanished: its rows and counters go.
+    pub fn forget(&mut self, netns: u32) {
+        self.table.forget(netns);
+        self.watched.remove(&netns);
+    }
+
+    /// Namespaces the agent knows.
+    pub fn namespaces(&self) -> Vec<u32> {
+        self.watched.keys().copied().collect()
+    }
+
+    /// Sends a record to every subscriber whose filter takes it; a full queue counts a
+    /// drop (reported to that subscriber as `lost` once it has room), a closed one goes.
+    fn publish(&mut self, record: &Record) {
+        let mut drops = 0;
+        self.subscribers.retain_mut(|s| {
+            if let Record::Conntrack(ev) = record
+                && !s.filter.matches(ev)
+            {
+                return true;
+            }
+            if s.dropped > 0 {
+                let lost = Record::Lost(Lost {
+                    ts: now_unix(),
+                    kind: "lost",
+                    lost_kind: "agent_subscriber",
+                    count: s.dropped,
+                });
+                match s.tx.try_send(render(s.format, &lost)) {
+                    Ok(()) => s.dropped = 0,
+                    Err(TrySendError::Closed(_)) => return false,
+                    Err(TrySendError::Full(_)) => {}
+                }
+            }
+            match s.tx.try_send(render(s.format, record)) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    s.dropped += 1;
+                    drops += 1;
+                    true
+                }
+                Err(TrySendError::Closed(_)) => false,
+            }
+        });
+        self.totals.subscriber_drops += drops;
+    }
+
+    /// Answers one request. Errors go into the answer's header.
+    pub async fn answer(&mut self, inc: Incoming) {
+        let Incoming { request, reply } = inc;
+        if let Request::Events {
+            filter,
+            json,
+            timestamp,
+        } = request
+        {
+            if self.tier == 3 {
+                let e = "the agent runs on tier 3 (no BPF): run `ctscope events --no-agent`";
+                let _ = reply.try_send(Header::line(Some(e.into())));
+                return;
+            }
+            let format = if json {
+                Format::Json
+            } else {
+                Format::Text { timestamp }
+            };
+            if reply.try_send(Header::line(None)).is_ok() {
+                self.subscribers.push(Subscriber {
+                    filter,
+                    format,
+                    tx: reply,
+                    dropped: 0,
+                });
+            }
+            return;
+        }
+        let body = match request {
+            Request::List {
+                scope,
+                filter,
+                json,
+            } => Ok(self.list(scope, &filter, json)),
+            Request::Get {
+                netns,
+                zone,
+                tuple,
+                json,
+            } => self.get(netns, zone.unwrap_or(0), &tuple, json),
+            Request::Stats { scope, json } => self.stats(scope, json).await,
+            Request::Status => Ok(self.status()),
+            Request::Events { .. } => unreachable!("handled above"),
+        };
+        let answer = match body {
+            Ok(mut body) => {
+                let mut all = Header::line(None);
+                all.append(&mut body);
+                all
+            }
+            Err(e) => Header::line(Some(e)),
+        };
+        // The queue is empty: the answer is its first and only chunk.
+        let _ = reply.try_send(answer);
+    }
+
+    fn list(&self, scope: Scope, filter: &ct_netlink::TupleFilter, json: bool) -> Vec<u8> {
+        let now = now_unix();
+        let mut out = Vec::with_capacity(self.table.len() * 160);
+        for row in self.table.rows().filter(|r| scope.covers(r.netns)) {
+            let entry = row.entry_at(now);
+            if !filter.matches(&entry) {
+                continue;
+            }
+            let _ = write_row(&mut out, row, &entry, scope.tags(), json, now);
+        }
+        out
+    }
+
+    fn get(
+        &self,
+        netns: u32,
+        zone: u16,
+        tuple: &ct_netlink::Tuple,
+        json: bool,
+    ) -> Result<Vec<u8>, String> {
+        let now = now_unix();
+        let row = self
+            .table
+            .get(netns, zone, tuple)
+            .ok_or("no conntrack entry has this original tuple")?;
+        let mut out = Vec::new();
+        let _ = write_row(&mut out, row, &row.entry_at(now), false, json, now);
+        Ok(out)
+    }
+
+    /// Per namespace: the kernel's counters now (read through ctnetlink), beside what
+    /// the events explained since the agent started watching it.
+    async fn stats(&self, scope: Scope, json: bool) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        let mut found = false;
+        for ns in netns::list().into_iter().filter(|n| scope.covers(n.inode)) {
+            let Some(w) = self.watched.get(&ns.inode) else {
+                continue;
+            };
+            let Ok(mut ct) = Conntrack::open_in_netns(&ns.path) else {
+                continue;
+            };
+            let (Ok(cpus), Ok(global)) = (ct.stats_cpu().await, ct.stats_global().await) else {
+                continue;
+            };
+            found = true;
+            let delta = Kernel::from_cpus(&cpus).since(w.baseline);
+            let view = AgentStats {
+                watched_since: w.since,
+                table_entries: self.table.count(ns.inode),
+                kernel: delta,
+                unexplained: unexplained(delta, &w.attributed),
+                attributed: w.attributed.clone(),
+            };
+            let tagged = scope.tags().then(|| (ns.inode, ns.names.clone()));
+            let stats = NsStats::new(
+                cpus,
+                global,
+                tagged.as_ref().map(|t| t.0),
+                tagged.map(|t| t.1),
+            )
+            .with_agent(view);
+            if json {
+                let _ = serde_json::to_writer(&mut out, &stats);
+                out.push(b'\n');
+            } else {
+                out.extend_from_slice(stats.text().as_bytes());
+            }
+        }
+        if !found {
+            return Err("the agent watches no such network namespace".into());
+        }
+        Ok(out)
+    }
+
+    fn status(&self) -> Vec<u8> {
+        let per_netns: BTreeMap<u32, usize> = self
+            .watched
+            .keys()
+            .map(|&n| (n, self.table.count(n)))
+            .collect();
+        let status = Status {
+            tier: self.tier,
+            tier_sees: self.tier_sees,
+            started: self.started,
+            entries: self.table.len(),
+            per_netns,
+            totals: &self.totals,
+            subscribers: self.subscribers.len(),
+        };
+        let mut out = serde_json::to_vec(&status).unwrap_or_default();
+        out.push(b'\n');
+        out
+    }
+}
+
+/// The `status` answer.
+#[derive(Serialize)]
+struct Status<'a> {
+    tier: u8,
+    tier_sees: &'static str,
+    started: f64,
+    entries: usize,
+    per_netns: BTreeMap<u32, usize>,
+    totals: &'a Totals,
+    subscribers: usize,
+}
+
+/// What `stats` adds with an agent running (README "ctscope stats").
+#[derive(Clone, Debug, Serialize)]
+pub struct AgentStats {
+    /// Unix time the agent started watching the namespace.
+    pub watched_since: f64,
+    /// Entries in the agent's copy of the table.
+    pub table_entries: usize,
+    /// The kernel's increments since `watched_since`.
+    pub kernel: Kernel,
+    pub attributed: Attributed,
+    pub unexplained: super::attribution::Unexplained,
+}
+
+/// An entry as the agent lists it: `list --json`'s fields, plus what only the agent knows.
+#[derive(Serialize)]
+struct AgentRow<'a> {
+    #[serde(flatten)]
+    entry: &'a Entry,
+    netns: u32,
+    first_seen: f64,
+    birth_known: bool,
+    fields_from: Fields,
+    fields_at: f64,
+    #[serde(skip_serializing_if = "<[Note]>::is_empty")]
+    notes: &'a [Note],
+}
+
+fn write_row(
+    out: &mut Vec<u8>,
+    row: &Row,
+    entry: &Entry,
+    tag: bool,
+    json: bool,
+    now: f64,
+) -> std::io::Result<()> {
+    if json {
+        let r = AgentRow {
+            entry,
+            netns: row.netns,
+            first_seen: row.first_seen,
+            birth_known: row.birth_known,
+            fields_from: row.fields,
+            fields_at: row.fields_at,
+            notes: &row.notes,
+        };
+        serde_json::to_writer(&mut *out, &r)?;
+        out.push(b'\n');
+        return Ok(());
+    }
+    list::write_text(out, entry, tag.then_some(row.netns), now as u64)
+}
+
+fn render(format: Format, record: &Record) -> Vec<u8> {
+    let mut v = Vec::with_capacity(256);
+    let _ = write_record(&mut v, format, record);
+    v
+}

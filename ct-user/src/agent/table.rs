@@ -1,0 +1,492 @@
+//! The agent's copy of the conntrack table, for every namespace at once: seeded and
+//! refreshed from ctnetlink dumps, kept current between dumps by the event stream.
+//!
+//! Events carry births and deaths, not every later change (status bits, TCP state, a
+//! timeout refreshed by traffic), so each row says when and from where its fields were
+//! read; dumps refresh them (`ctscope watch --resync`).
+
+use std::collections::HashMap;
+
+use ct_netlink::{Entry, Status, TcpInfo, Tuple};
+use serde::Serialize;
+
+use crate::event::{CtEvent, Side};
+
+/// Rows are found by namespace, zone and original tuple: the kernel's own identity of a
+/// confirmed entry (its hash key).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub netns: u32,
+    pub zone: u16,
+    pub orig: Tuple,
+}
+
+impl Key {
+    pub fn of_entry(netns: u32, e: &Entry) -> Self {
+        Key {
+            netns,
+            zone: e.zone.unwrap_or(0),
+            orig: Tuple {
+                zone: None,
+                ..e.orig.clone()
+            },
+        }
+    }
+
+    fn of_event(ev: &CtEvent, orig: &Side) -> Self {
+        Key {
+            netns: ev.netns,
+            zone: ev.zone,
+            orig: tuple(orig, ev.protonum),
+        }
+    }
+}
+
+/// A ct-netlink tuple from an event's side.
+pub fn tuple(s: &Side, proto: u8) -> Tuple {
+    Tuple {
+        src: s.src,
+        dst: s.dst,
+        proto,
+        src_port: s.sport,
+        dst_port: s.dport,
+        icmp_type: s.icmp_type,
+        icmp_code: s.code,
+        icmp_id: s.id,
+        zone: None,
+    }
+}
+
+/// Where a row's fields were last read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fields {
+    /// A ctnetlink dump: every field as `conntrack -L` shows it.
+    Dump,
+    /// The entry's `new` event: tuples, status, TCP state, mark, zone and timeout.
+    Event,
+}
+
+/// Something that happened to an entry besides its birth.
+#[derive(Clone, Debug, Serialize)]
+pub struct Note {
+    pub ts: f64,
+    /// `won_insert_failed` (a loser was dropped against it), `won_clash` (a loser was
+    /// merged into it), or `nat_clash_reply_only` (a reply-only entry was made beside it).
+    pub what: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<&'static str>,
+}
+
+/// How many notes a row keeps (the oldest go first).
+const NOTES_KEPT: usize = 8;
+
+#[derive(Clone, Debug)]
+pub struct Row {
+    /// Fields as last read; `timeout` is the time left at `fields_at`.
+    pub entry: Entry,
+    pub netns: u32,
+    /// Unix time the fields were read.
+    pub fields_at: f64,
+    pub fields: Fields,
+    /// Unix time the agent first knew the entry.
+    pub first_seen: f64,
+    /// True when `first_seen` is the entry's birth (its `new` event, or kernel
+    /// timestamps), false when the entry predates the agent's knowledge of it.
+    pub birth_known: bool,
+    pub notes: Vec<Note>,
+}
+
+impl Row {
+    /// Seconds left at `now`, as the kernel would print them. Both the kernel and the
+    /// stored value round down, so the stored value is on average half a second short.
+    pub fn remaining(&self, now: f64) -> Option<u32> {
+        let t = f64::from(self.entry.timeout?);
+        Some((t + 0.5 - (now - self.fields_at)).max(0.0).floor() as u32)
+    }
+
+    /// The entry with its timeout counted down to `now`.
+    pub fn entry_at(&self, now: f64) -> Entry {
+        Entry {
+            timeout: self.remaining(now),
+            ..self.entry.clone()
+        }
+    }
+
+    fn note(&mut self, ts: f64, what: &'static str, cause: Option<&'static str>) {
+        if self.notes.len() == NOTES_KEPT {
+            self.notes.remove(0);
+        }
+        self.notes.push(Note { ts, what, cause });
+    }
+}
+
+/// What a dump changed: entries the events had not brought in, entries the events had
+/// not taken out, and entries whose fields were refreshed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Merge {
+    pub added: u64,
+    pub removed: u64,
+    pub refreshed: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Table {
+    rows: HashMap<Key, Row>,
+}
+
+impl Table {
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn rows(&self) -> impl Iterator<Item = &Row> {
+        self.rows.values()
+    }
+
+    /// Rows of one namespace.
+    pub fn count(&self, netns: u32) -> usize {
+        self.rows.keys().filter(|k| k.netns == netns).count()
+    }
+
+    /// Replaces one namespace's rows by a dump read at `at`, keeping what the agent knows
+    /// beyond the dump (first seen, notes). Must run before any event that came after
+    /// the dump started is applied: events already applied are either in the dump or
+    /// gone from the kernel.
+    pub fn merge_dump(&mut self, netns: u32, entries: Vec<Entry>, at: f64) -> Merge {
+        let mut old: HashMap<Key, Row> = HashMap::new();
+        let kept = std::mem::take(&mut self.rows);
+        for (k, row) in kept {
+            if k.netns == netns {
+                old.insert(k, row);
+            } else {
+                self.rows.insert(k, row);
+            }
+        }
+        let mut merge = Merge::default();
+        for entry in entries {
+            if entry.status.contains(Status::NAT_CLASH) {
+                continue;
+            }
+            let key = Key::of_entry(netns, &entry);
+            let row = match old.remove(&key) {
+                Some(mut row) => {
+                    merge.refreshed += 1;
+                    row.entry = entry;
+                    row.fields_at = at;
+                    row.fields = Fields::Dump;
+                    row
+                }
+                None => {
+                    merge.added += 1;
+                    from_dump(netns, entry, at)
+                }
+            };
+            self.rows.insert(key, row);
+        }
+        merge.removed = old.len() as u64;
+        merge
+    }
+
+    /// Drops every row of a namespace that is gone.
+    pub fn forget(&mut self, netns: u32) {
+        self.rows.retain(|k, _| k.netns != netns);
+    }
+
+    /// Applies one event; returns the row a `destroy` or `early_drop` removed.
+    pub fn apply(&mut self, ev: &CtEvent) -> Option<Row> {
+        let key = Key::of_event(ev, &ev.orig);
+        match ev.kind {
+            "new" => {
+                self.born(key, ev);
+                None
+            }
+            "destroy" | "early_drop" => self.rows.remove(&key),
+            "clash_resolved" => {
+                // The loser shares the winner's original tuple: merged into it, or made a
+                // hidden reply-only entry beside it.
+                let what = match ev.cause {
+                    Some("nat_clash_reply_only") => "nat_clash_reply_only",
+                    _ => "won_clash",
+                };
+                if let Some(row) = self.rows.get_mut(&key) {
+                    row.note(ev.ts, what, ev.cause);
+                }
+                None
+            }
+            "insert_failed" => {
+                if let Some(w) = &ev.winner {
+                    let key = Key::of_event(ev, &w.orig);
+                    if let Some(row) = self.rows.get_mut(&key) {
+                        row.note(ev.ts, "won_insert_failed", ev.cause);
+                    }
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn born(&mut self, key: Key, ev: &CtEvent) {
+        let netns = ev.netns;
+        let fresh = from_event(ev);
+        match self.rows.get_mut(&key) {
+            // A dump read after the event already has fresher fields; the event still
+            // dates the birth.
+            Some(row) if row.fields_at > ev.ts => {
+                if !row.birth_known {
+                    row.first_seen = ev.ts;
+                    row.birth_known = true;
+                }
+            }
+            Some(row) => {
+                row.entry = fresh;
+                row.fields_at = ev.ts;
+                row.fields = Fields::Event;
+            }
+            None => {
+                self.rows.insert(
+                    key,
+                    Row {
+                        entry: fresh,
+                        netns,
+                        fields_at: ev.ts,
+                        fields: Fields::Event,
+                        first_seen: ev.ts,
+                        birth_known: true,
+                        notes: Vec::new(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// The row whose original or reply tuple is `t` in this namespace and zone.
+    pub fn get(&self, netns: u32, zone: u16, t: &Tuple) -> Option<&Row> {
+        let key = Key {
+            netns,
+            zone,
+            orig: Tuple {
+                zone: None,
+                ..t.clone()
+            },
+        };
+        self.rows.get(&key).or_else(|| {
+            self.rows.values().find(|r| {
+                r.netns == netns
+                    && r.entry.zone.unwrap_or(0) == zone
+                    && Tuple {
+                        zone: None,
+                        ..r.entry.reply.clone()
+                    } == key.orig
+            })
+        })
+    }
+}
+
+fn from_dump(netns: u32, entry: Entry, at: f64) -> Row {
+    // With nf_conntrack_timestamp on, the kernel dates the birth itself.
+    let start = entry.timestamp.map(|t| t.start as f64 / 1e9);
+    Row {
+        entry,
+        netns,
+        fields_at: at,
+        fields: Fields::Dump,
+        first_seen: start.unwrap_or(at),
+        birth_known: start.is_some(),
+        notes: Vec::new(),
+    }
+}
+
+/// What a `new` event tells about the entry, in ct-netlink's shape.
+fn from_event(ev: &CtEvent) -> Entry {
+    let mut e = Entry::new(tuple(&ev.orig, ev.protonum), tuple(&ev.reply, ev.protonum));
+    e.status = ev.status;
+    e.timeout = ev.timeout.map(|t| t.clamp(0, i64::from(u32::MAX)) as u32);
+    e.mark = Some(ev.mark);
+    e.zone = (ev.zone != 0).then_some(ev.zone);
+    // The table's own reference; a dump says otherwise while packets hold the entry.
+    e.use_count = Some(1);
+    e.tcp = ev.tcp_state.map(|state| TcpInfo {
+        state,
+        wscale_orig: None,
+        wscale_reply: None,
+        flags_orig: None,
+        flags_reply: None,
+    });
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+    use crate::event::{Proto, Winner};
+
+    fn side(sport: u16, dport: u16) -> Side {
+        Side {
+            src: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            dst: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+            sport: Some(sport),
+            dport: Some(dport),
+            icmp_type: None,
+            code: None,
+            id: None,
+        }
+    }
+
+    fn reversed(s: &Side) -> Side {
+        Side {
+            src: s.dst,
+            dst: s.src,
+            sport: s.dport,
+            dport: s.sport,
+            ..s.clone()
+        }
+    }
+
+    fn event(kind: &'static str, sport: u16, ts: f64) -> CtEvent {
+        let orig = side(sport, 53);
+        CtEvent {
+            ts,
+            kind,
+            cause: None,
+            reason: None,
+            via: None,
+            proto: Proto::Name("udp"),
+            protonum: 17,
+            family: "ipv4",
+            reply: reversed(&orig),
+            orig,
+            status: Status(Status::CONFIRMED),
+            tcp_state: None,
+            mark: 0,
+            zone: 0,
+            netns: 7,
+            timeout: Some(30),
+            pid: 0,
+            winner: None,
+            from_ctnetlink: false,
+            ct: 1,
+            unverified: false,
+        }
+    }
+
+    fn dumped(sport: u16, timeout: u32) -> Entry {
+        let orig = tuple(&side(sport, 53), 17);
+        let mut e = Entry::new(orig.clone(), orig.inverted());
+        e.timeout = Some(timeout);
+        e.status = Status(Status::CONFIRMED | Status::SEEN_REPLY);
+        e
+    }
+
+    #[test]
+    fn new_then_destroy_leaves_nothing_and_returns_the_row() {
+        let mut t = Table::default();
+        t.apply(&event("new", 1000, 10.0));
+        assert_eq!(t.count(7), 1);
+        let gone = t.apply(&event("destroy", 1000, 12.0)).expect("the row");
+        assert_eq!(gone.first_seen, 10.0);
+        assert!(gone.birth_known);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn dump_replaces_a_namespace_and_keeps_what_it_knew() {
+        let mut t = Table::default();
+        t.apply(&event("new", 1000, 10.0));
+        t.apply(&event("new", 1001, 10.0));
+        let m = t.merge_dump(7, vec![dumped(1000, 25), dumped(1002, 30)], 15.0);
+        assert_eq!(
+            m,
+            Merge {
+                added: 1,
+                removed: 1,
+                refreshed: 1
+            }
+        );
+        let key = tuple(&side(1000, 53), 17);
+        let row = t.get(7, 0, &key).expect("kept");
+        assert_eq!(row.first_seen, 10.0, "first seen survives the refresh");
+        assert_eq!(row.fields, Fields::Dump);
+        assert!(row.entry.status.contains(Status::SEEN_REPLY));
+        assert!(t.get(7, 0, &tuple(&side(1001, 53), 17)).is_none());
+        let added = t.get(7, 0, &tuple(&side(1002, 53), 17)).expect("added");
+        assert!(!added.birth_known);
+    }
+
+    #[test]
+    fn an_older_new_does_not_overwrite_a_fresher_dump() {
+        let mut t = Table::default();
+        t.merge_dump(7, vec![dumped(1000, 25)], 15.0);
+        t.apply(&event("new", 1000, 10.0));
+        let row = t.get(7, 0, &tuple(&side(1000, 53), 17)).unwrap();
+        assert_eq!(row.entry.timeout, Some(25));
+        assert_eq!(row.first_seen, 10.0);
+        assert!(row.birth_known);
+    }
+
+    #[test]
+    fn dumps_of_other_namespaces_leave_this_one_alone() {
+        let mut t = Table::default();
+        t.apply(&event("new", 1000, 10.0));
+        t.merge_dump(8, vec![dumped(1000, 25)], 15.0);
+        assert_eq!(t.count(7), 1);
+        assert_eq!(t.count(8), 1);
+        t.forget(8);
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn remaining_counts_down_from_when_the_fields_were_read() {
+        let mut t = Table::default();
+        t.merge_dump(7, vec![dumped(1000, 30)], 100.0);
+        let row = t.get(7, 0, &tuple(&side(1000, 53), 17)).unwrap();
+        assert_eq!(row.remaining(100.2), Some(30));
+        assert_eq!(row.remaining(110.6), Some(19));
+        assert_eq!(row.remaining(200.0), Some(0));
+    }
+
+    #[test]
+    fn clashes_and_insert_failures_are_noted_on_the_winner() {
+        let mut t = Table::default();
+        t.apply(&event("new", 1000, 10.0));
+        let mut merged = event("clash_resolved", 1000, 11.0);
+        merged.cause = Some("merged");
+        t.apply(&merged);
+        let mut failed = event("insert_failed", 2000, 12.0);
+        failed.cause = Some("nat_port_clash");
+        let w = side(1000, 53);
+        failed.winner = Some(Winner {
+            reply: reversed(&w),
+            orig: w,
+        });
+        t.apply(&failed);
+        let row = t.get(7, 0, &tuple(&side(1000, 53), 17)).unwrap();
+        let whats: Vec<_> = row.notes.iter().map(|n| (n.what, n.cause)).collect();
+        assert_eq!(
+            whats,
+            [
+                ("won_clash", Some("merged")),
+                ("won_insert_failed", Some("nat_port_clash"))
+            ]
+        );
+        assert_eq!(t.len(), 1, "the loser never enters the table");
+    }
+
+    #[test]
+    fn get_finds_by_reply_tuple_and_skips_hidden_nat_clash_entries() {
+        let mut t = Table::default();
+        let mut hidden = dumped(1003, 1);
+        hidden.status = Status(Status::CONFIRMED | Status::NAT_CLASH);
+        t.merge_dump(7, vec![dumped(1000, 30), hidden], 1.0);
+        assert_eq!(t.len(), 1, "conntrack -L hides NAT-clash entries too");
+        let reply = tuple(&reversed(&side(1000, 53)), 17);
+        assert!(t.get(7, 0, &reply).is_some());
+    }
+}

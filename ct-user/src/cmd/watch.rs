@@ -1,0 +1,325 @@
+//! `ctscope watch`: the agent. Attaches the probes, seeds its table from dumps of every
+//! namespace, applies the event stream, refreshes from dumps, reseeds after losses, and
+//! answers the CLI on its socket.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    io::IsTerminal as _,
+    path::PathBuf,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use ct_netlink::{Conntrack, Entry, TupleFilter};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    task::JoinSet,
+    time::{Instant, sleep_until},
+};
+
+use crate::{
+    agent::{
+        attribution::Kernel,
+        client,
+        protocol::{Request, socket_path},
+        server::Server,
+        state::{Agent, now_unix},
+        view::View,
+    },
+    cli::WatchArgs,
+    event::CtEvent,
+    loader::{self, LoadError, Tier},
+    netns,
+    source::{EventSource, Output},
+};
+
+/// How often the live view redraws.
+const VIEW_EVERY: Duration = Duration::from_secs(1);
+
+/// A full round of dumps may take at most this share of the agent's time.
+const DUMP_SHARE: u32 = 20;
+
+/// Resync period on tier 3 when `--resync 0` asked for none: dumps are all it has.
+const TIER3_RESYNC: f64 = 5.0;
+
+pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
+    let path = socket_path(args.socket.as_deref());
+    if args.status {
+        return status(&path).await;
+    }
+    let mut server = Server::bind(&path)?;
+    // Before the probes: increments up to here are not the agent's to explain.
+    let baselines = baselines().await;
+    let mut probes = attach(args)?;
+    let (tier, sees) = match &probes {
+        Some(p) => (p.tier, p.tier.sees()),
+        None => (
+            Tier::Ctnetlink,
+            "the table from dumps every --resync seconds only",
+        ),
+    };
+    let mut source = match probes.as_mut() {
+        Some(p) => Some(EventSource::start(p).await?),
+        None => None,
+    };
+    let mut agent = Agent::new(tier.number(), sees, baselines);
+    let mut resync = args.resync;
+    if tier == Tier::Ctnetlink && resync == 0.0 {
+        resync = TIER3_RESYNC;
+    }
+    let mut dumps = Dumps::default();
+    dumps.round(&mut agent);
+    let mut view = (!args.headless).then(View::new);
+    let mut redraw = tokio::time::interval(VIEW_EVERY);
+    let mut ready = false;
+    let mut next_round = None;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            w = wait(&mut source) => {
+                let source = source.as_mut().expect("wait pends without a source");
+                let mut out = Output::default();
+                source.handle(w?, &mut out).await;
+                dumps.take(&mut agent, out);
+            }
+            Some(done) = dumps.set.join_next() => {
+                if let Ok(d) = done {
+                    dumps.finish(&mut agent, d);
+                }
+                if dumps.idle() {
+                    let took = dumps.round_took();
+                    next_round = (resync > 0.0).then(|| Instant::now() + period(resync, took));
+                    if !ready {
+                        ready = true;
+                        announce(args, &path, &agent)?;
+                    }
+                }
+            }
+            Some(inc) = server.next() => agent.answer(inc).await,
+            () = until(next_round) => {
+                next_round = None;
+                dumps.round(&mut agent);
+            }
+            _ = redraw.tick(), if view.is_some() => {
+                if let Some(v) = view.as_mut() {
+                    v.draw(&agent, std::io::stdout().is_terminal());
+                }
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    if let Some(s) = source.as_mut() {
+        let mut out = Output::default();
+        s.finish(&mut out).await;
+        dumps.take(&mut agent, out);
+    }
+    Ok(())
+}
+
+/// `--status`: the running agent's answer to `status`.
+async fn status(path: &std::path::Path) -> anyhow::Result<()> {
+    match client::ask(path, &Request::Status).await? {
+        Some(mut body) => client::copy_lines(&mut body).await.map(drop),
+        None => anyhow::bail!(
+            "no agent listens on {}: start one with `ctscope watch`",
+            path.display()
+        ),
+    }
+}
+
+/// The probes of the tier asked for, or the best; `None` for tier 3 (no BPF).
+fn attach(args: &WatchArgs) -> anyhow::Result<Option<loader::Probes>> {
+    if args.tier == Some(Tier::Ctnetlink) {
+        return Ok(None);
+    }
+    match loader::load(args.ring_size, args.tier) {
+        Ok(p) => {
+            if p.tier != Tier::Kprobes {
+                eprintln!(
+                    "ctscope: tier {} ({}). It sees: {}.",
+                    p.tier.number(),
+                    p.tier_reason,
+                    p.tier.sees()
+                );
+            }
+            Ok(Some(p))
+        }
+        Err(e @ (LoadError::Tier(..) | LoadError::Btf(_))) if args.tier.is_none() => {
+            eprintln!(
+                "ctscope: warning: no BPF tier on this kernel ({e}); the agent runs on tier 3 \
+                 (degraded): the table from dumps only, no causes or reasons"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Every namespace's counters now.
+async fn baselines() -> Vec<(u32, Kernel)> {
+    let mut out = Vec::new();
+    for ns in netns::list() {
+        let Ok(mut ct) = Conntrack::open_in_netns(&ns.path) else {
+            continue;
+        };
+        if let Ok(cpus) = ct.stats_cpu().await {
+            out.push((ns.inode, Kernel::from_cpus(&cpus)));
+        }
+    }
+    out
+}
+
+fn announce(args: &WatchArgs, path: &std::path::Path, agent: &Agent) -> anyhow::Result<()> {
+    eprintln!(
+        "ctscope: agent ready on {} (tier {}): {} entries in {} namespaces",
+        path.display(),
+        agent.tier,
+        agent.table.len(),
+        agent.namespaces().len()
+    );
+    if let Some(p) = &args.ready_file {
+        fs::write(p, b"ready\n").with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// The time between dump rounds: `--resync`, stretched so dumps of a huge table take at
+/// most 1/DUMP_SHARE of the time.
+fn period(resync: f64, last_round: Duration) -> Duration {
+    Duration::from_secs_f64(resync).max(last_round * DUMP_SHARE)
+}
+
+async fn wait(source: &mut Option<EventSource>) -> std::io::Result<crate::source::Wake> {
+    match source {
+        Some(s) => s.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(t) => sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A namespace's dump, as it came back.
+struct Dumped {
+    netns: u32,
+    started: f64,
+    entries: Result<Vec<Entry>, String>,
+}
+
+/// Dumps in flight. Events of a namespace being dumped wait until its dump is merged,
+/// so the merge never undoes an event that came after the dump started.
+#[derive(Default)]
+struct Dumps {
+    set: JoinSet<Dumped>,
+    in_flight: HashSet<u32>,
+    /// Asked for again while in flight (a loss during the dump): dump once more.
+    again: HashSet<u32>,
+    held: HashMap<u32, Vec<CtEvent>>,
+    round_started: Option<std::time::Instant>,
+    last_round: Duration,
+}
+
+impl Dumps {
+    fn idle(&self) -> bool {
+        self.in_flight.is_empty()
+    }
+
+    /// How long the round that just ended took.
+    fn round_took(&mut self) -> Duration {
+        if let Some(t) = self.round_started.take() {
+            self.last_round = t.elapsed();
+        }
+        self.last_round
+    }
+
+    /// Dumps every namespace there is now; forgets the ones that are gone.
+    fn round(&mut self, agent: &mut Agent) {
+        self.round_started
+            .get_or_insert_with(std::time::Instant::now);
+        let listed = netns::list();
+        let alive: HashSet<u32> = listed.iter().map(|n| n.inode).collect();
+        for gone in agent
+            .namespaces()
+            .into_iter()
+            .filter(|n| !alive.contains(n))
+        {
+            agent.forget(gone);
+        }
+        for ns in listed {
+            self.start(ns.inode, ns.path);
+        }
+    }
+
+    fn start(&mut self, netns: u32, path: PathBuf) {
+        if !self.in_flight.insert(netns) {
+            self.again.insert(netns);
+            return;
+        }
+        self.set.spawn(async move {
+            let started = now_unix();
+            let entries = dump(&path).await;
+            Dumped {
+                netns,
+                started,
+                entries,
+            }
+        });
+    }
+
+    /// Events and losses from the source: applied, held behind a dump, or (losses)
+    /// answered with a reseed of every namespace.
+    fn take(&mut self, agent: &mut Agent, out: Output) {
+        for ev in out.events {
+            if self.in_flight.contains(&ev.netns) {
+                self.held.entry(ev.netns).or_default().push(ev);
+                continue;
+            }
+            if !agent.knows(ev.netns)
+                && let Some(path) = netns::path_of(ev.netns)
+            {
+                // A namespace born after the round: its rows come from a dump too.
+                self.start(ev.netns, path);
+            }
+            agent.apply(ev);
+        }
+        if !out.lost.is_empty() {
+            agent.lost(out.lost);
+            agent.totals.reseeds += 1;
+            self.round(agent);
+        }
+    }
+
+    fn finish(&mut self, agent: &mut Agent, d: Dumped) {
+        self.in_flight.remove(&d.netns);
+        match d.entries {
+            Ok(entries) => agent.merge(d.netns, entries, d.started),
+            Err(e) => {
+                // Vanished, or no ctnetlink there: no rows to show, counters kept.
+                log::info!("netns {}: dump failed ({e})", d.netns);
+                agent.table.forget(d.netns);
+            }
+        }
+        for ev in self.held.remove(&d.netns).unwrap_or_default() {
+            agent.apply(ev);
+        }
+        if self.again.remove(&d.netns)
+            && let Some(path) = netns::path_of(d.netns)
+        {
+            self.start(d.netns, path);
+        }
+    }
+}
+
+async fn dump(path: &std::path::Path) -> Result<Vec<Entry>, String> {
+    let mut ct = Conntrack::open_in_netns(path).map_err(|e| e.to_string())?;
+    ct.list(&TupleFilter::default())
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,124 @@
+//! Driving the agent (`ctscope watch --headless`) on a private socket, and asking it
+//! what the CLI asks: `list`, `stats`, `watch --status`.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use serde_json::Value;
+
+use crate::{ctscope, wait};
+
+/// A running agent, stopped (SIGTERM, then waited for) on drop.
+pub struct Agent {
+    child: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl Agent {
+    /// Starts `ctscope watch --headless` with `extra` flags and waits until its table is
+    /// seeded and its socket answers.
+    pub fn start(extra: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "ctscope-agent-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        std::fs::create_dir_all(&dir).expect("agent test dir");
+        let socket = dir.join("agent.sock");
+        let ready = dir.join("ready");
+        let bin = ctscope::binary_or_panic();
+        let child = Command::new(&bin)
+            .args(["watch", "--headless", "--socket"])
+            .arg(&socket)
+            .arg("--ready-file")
+            .arg(&ready)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+        let mut agent = Agent { child, dir, socket };
+        let up = wait::poll(ctscope::ready_timeout(), Duration::from_millis(50), || {
+            if let Ok(Some(status)) = agent.child.try_wait() {
+                panic!("ctscope watch exited before it was ready: {status}");
+            }
+            ready.exists().then_some(())
+        });
+        assert!(up.is_some(), "ctscope watch not ready in time");
+        agent
+    }
+
+    /// `ctscope ARGS --socket SOCKET`, required to exit 0.
+    pub fn ctscope(&self, args: &[&str]) -> Output {
+        let bin = ctscope::binary_or_panic();
+        let out = Command::new(&bin)
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+        assert!(
+            out.status.success(),
+            "ctscope {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        out
+    }
+
+    /// `ctscope watch --status`.
+    pub fn status(&self) -> Value {
+        let out = self.ctscope(&["watch", "--status"]);
+        serde_json::from_slice(&out.stdout).expect("status is one JSON object")
+    }
+
+    /// A counter of the status' `totals`.
+    pub fn total(&self, name: &str) -> u64 {
+        self.status()["totals"][name].as_u64().unwrap_or(0)
+    }
+
+    /// Waits until one more full dump of every namespace has been merged.
+    pub fn wait_resync(&self) {
+        let namespaces = self.status()["per_netns"]
+            .as_object()
+            .map_or(1, |m| m.len() as u64);
+        let target = self.total("dumps") + namespaces + 1;
+        let done = wait::poll(Duration::from_secs(60), Duration::from_millis(100), || {
+            (self.total("dumps") >= target).then_some(())
+        });
+        assert!(done.is_some(), "the agent did not resync in 60 s");
+    }
+
+    /// Stops the agent (SIGTERM) and checks it exits cleanly.
+    pub fn stop(mut self) {
+        let status = self.terminate();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "ctscope watch exited with {status:?}"
+        );
+    }
+
+    fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        self.child.wait().ok()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.terminate();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,215 @@
+//! The agent (`ctscope watch`): its table equals `conntrack -L` after events alone, after
+//! a restart and after a resync; its attribution leaves no insert_failed, drop or
+//! early_drop unexplained; an overflowed ring buffer ends in a reseed and an equal table.
+//! Each runs at the best tier (`[]`) and forced to tier 2 (`["--tier", "2"]`).
+
+use std::{collections::BTreeMap, net::SocketAddrV4, time::Duration};
+
+use ctscope_tests::{
+    agent::Agent,
+    kernel::{CtStats, SysctlGuard},
+    netns::{self, Netns},
+    nft, traffic, wait,
+};
+use serde_json::Value;
+
+use crate::common::{Ctx, TCP_PORT, UDP_PORT, Watch, event_wait, note};
+
+/// `conntrack -L` lines keyed by everything but the timeout (the third field).
+fn by_line(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let mut f: Vec<&str> = l.split_whitespace().collect();
+            let timeout = f.get(2).and_then(|t| t.parse().ok()).unwrap_or(0);
+            if f.len() > 2 {
+                f.remove(2);
+            }
+            (f.join(" "), timeout)
+        })
+        .collect()
+}
+
+/// The agent's `ctscope list` against `conntrack -L` in `ns`: the same lines, timeouts
+/// within 1 s. `Err` says what differs.
+fn compare(agent: &Agent, ns: &Netns) -> Result<usize, String> {
+    let kernel = by_line(&ns.exec(&["conntrack", "-L"]));
+    let out = agent.ctscope(&["list", "--netns", ns.name()]);
+    let listed = by_line(&String::from_utf8_lossy(&out.stdout));
+    let only = |a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>| -> Vec<String> {
+        a.keys().filter(|k| !b.contains_key(*k)).cloned().collect()
+    };
+    let (missing, extra) = (only(&kernel, &listed), only(&listed, &kernel));
+    if !missing.is_empty() || !extra.is_empty() {
+        return Err(format!(
+            "agent lacks {} entries, has {} extra\nlacks: {missing:#?}\nextra: {extra:#?}",
+            missing.len(),
+            extra.len()
+        ));
+    }
+    for (line, &t) in &kernel {
+        let a = listed[line];
+        if a.abs_diff(t) > 1 {
+            return Err(format!("timeout {a} vs kernel {t}: {line}"));
+        }
+    }
+    Ok(kernel.len())
+}
+
+/// Polls [`compare`] until it holds; panics with the last difference.
+fn assert_same(agent: &Agent, ns: &Netns, what: &str) -> usize {
+    let mut last = String::new();
+    let same = wait::poll(event_wait(), Duration::from_millis(200), || {
+        compare(agent, ns).map_err(|e| last = e).ok()
+    });
+    let n = same.unwrap_or_else(|| panic!("{what}: the agent's table differs: {last}"));
+    note(format!(
+        "{what}: agent lists the same {n} entries as conntrack -L"
+    ));
+    n
+}
+
+fn args<'a>(tier: &[&'a str], rest: &[&'a str]) -> Vec<&'a str> {
+    tier.iter().chain(rest).copied().collect()
+}
+
+/// Events alone (no dumps after the seed), then a restart, then a resync.
+pub fn mirror(tier: &'static [&'static str]) {
+    let ctx = Ctx::new(Watch::KernelOnly, 44, |_| {});
+    let p = &ctx.pair;
+    let udp = SocketAddrV4::new(p.s_addr, UDP_PORT);
+    let _sink = traffic::UdpSink::bind(&p.s, udp);
+    let tcp = SocketAddrV4::new(p.s_addr, TCP_PORT);
+    let _closer = traffic::TcpCloser::start(&p.s, tcp);
+
+    let agent = Agent::start(&args(tier, &["--resync", "0"]));
+    let dumps = agent.total("dumps");
+    traffic::udp_flows(&p.c, p.c_addr, &traffic::ports(25000, 20), udp);
+    assert_eq!(assert_same(&agent, &p.c, "events only"), 20);
+    assert_eq!(
+        agent.total("dumps"),
+        dumps,
+        "a dump ran: the events were to build these rows"
+    );
+    agent.stop();
+
+    // TCP entries change state after birth: a restarted agent seeds them from a dump.
+    traffic::tcp_connections(&p.c, tcp, 5);
+    let agent = Agent::start(&args(tier, &["--resync", "1"]));
+    assert_eq!(assert_same(&agent, &p.c, "after a restart"), 25);
+
+    traffic::udp_flows(&p.c, p.c_addr, &traffic::ports(25100, 10), udp);
+    traffic::tcp_connections(&p.c, tcp, 3);
+    agent.wait_resync();
+    assert_eq!(assert_same(&agent, &p.c, "after a resync"), 38);
+    agent.stop();
+}
+
+fn stats(agent: &Agent, ns: &Netns) -> Value {
+    let out = agent.ctscope(&["stats", "--json", "--netns", ns.name()]);
+    serde_json::from_slice(&out.stdout).expect("stats --json is one JSON object")
+}
+
+fn all_zero(unexplained: &Value) -> bool {
+    unexplained
+        .as_object()
+        .is_some_and(|m| m.values().all(|v| v.as_i64() == Some(0)))
+}
+
+/// A SNAT port clash, early drops and table-full drops: the agent's attribution equals
+/// the kernel's deltas, with nothing unexplained.
+pub fn attribution(tier: &'static [&'static str]) {
+    const BUCKETS: u64 = 512;
+    const MAX: u64 = 200;
+    let ctx = Ctx::new(Watch::KernelOnly, 45, |p| {
+        nft::apply(&p.c, &nft::snat_single_port(netns::C_IF, p.c_addr, 40000))
+    });
+    let p = &ctx.pair;
+    let dns = SocketAddrV4::new(p.s_addr, 53);
+    let _dns = traffic::UdpSink::bind(&p.s, dns);
+    let udp = SocketAddrV4::new(p.s_addr, UDP_PORT);
+    let _sink = traffic::UdpSink::bind(&p.s, udp);
+    let agent = Agent::start(&args(tier, &["--resync", "1"]));
+
+    let before = CtStats::read(&p.c);
+    let clash = traffic::snat_clash(&p.c, p.c_addr, [26000, 26001], dns);
+    assert!(
+        traffic::is_eperm(&clash.second),
+        "the clash's loser was not dropped: {clash:?}"
+    );
+    {
+        let _buckets = SysctlGuard::set("net.netfilter.nf_conntrack_buckets", BUCKETS);
+        let _max = SysctlGuard::set("net.netfilter.nf_conntrack_max", MAX);
+        traffic::udp_flows(&p.c, p.c_addr, &traffic::ports(27000, 1000), udp);
+    }
+    let delta = CtStats::read(&p.c).since(&before);
+    note(format!("attribution: kernel delta {delta}"));
+    assert!(
+        delta.get("early_drop") > 0 && delta.get("drop") > 1,
+        "{delta}"
+    );
+
+    let mut last = Value::Null;
+    let settled = wait::poll(event_wait(), Duration::from_millis(250), || {
+        last = stats(&agent, &p.c);
+        let a = &last["agent"];
+        let caught_up = a["kernel"]["drop"].as_u64() == Some(delta.get("drop"));
+        (caught_up && all_zero(&a["unexplained"])).then_some(())
+    });
+    assert!(
+        settled.is_some(),
+        "unexplained remainder: {:#}",
+        last["agent"]
+    );
+    let a = &last["agent"];
+    note(format!("attribution: agent {a}"));
+    for counter in ["insert_failed", "drop", "early_drop"] {
+        assert_eq!(
+            a["kernel"][counter].as_u64(),
+            Some(delta.get(counter)),
+            "{counter}: {a}"
+        );
+    }
+    let at = &a["attributed"];
+    assert_eq!(at["insert_failed"]["nat_port_clash"], 1, "{at}");
+    assert_eq!(
+        at["table_full"].as_u64(),
+        Some(delta.get("drop") - 1),
+        "{at}"
+    );
+    assert_eq!(
+        at["early_drop"].as_u64(),
+        Some(delta.get("early_drop")),
+        "{at}"
+    );
+    agent.stop();
+}
+
+/// A 4 KiB ring buffer and 5000 new flows: losses are counted, the table is reseeded,
+/// and it ends equal to the kernel's.
+pub fn overflow(tier: &'static [&'static str]) {
+    const FLOWS: u16 = 5000;
+    let ctx = Ctx::new(Watch::KernelOnly, 46, |_| {});
+    let p = &ctx.pair;
+    let _sink = traffic::UdpSink::bind(&p.s, SocketAddrV4::new(p.s_addr, UDP_PORT));
+    let agent = Agent::start(&args(tier, &["--resync", "0", "--ring-size", "4096"]));
+    let (failed, _) = traffic::udp_spray(
+        &p.c,
+        SocketAddrV4::new(p.c_addr, 28000),
+        p.s_addr,
+        30000..30000 + FLOWS,
+    );
+    assert_eq!(failed, 0, "sends failed");
+    let lost = wait::poll(event_wait(), Duration::from_millis(100), || {
+        let s = agent.status();
+        let t = &s["totals"];
+        (t["lost"].as_u64() > Some(0) && t["reseeds"].as_u64() > Some(0)).then_some(s)
+    });
+    let status = lost.unwrap_or_else(|| panic!("no loss counted: {}", agent.status()));
+    note(format!("overflow: {}", status["totals"]));
+    assert_eq!(
+        assert_same(&agent, &p.c, "after overflow"),
+        usize::from(FLOWS)
+    );
+    agent.stop();
+}
