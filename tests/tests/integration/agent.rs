@@ -144,8 +144,9 @@ pub fn attribution(tier: &'static [&'static str]) {
     }
     let delta = CtStats::read(&p.c).since(&before);
     note(format!("attribution: kernel delta {delta}"));
+    // Whether the table also overflows (drops beyond the clash's) depends on the kernel.
     assert!(
-        delta.get("early_drop") > 0 && delta.get("drop") > 1,
+        delta.get("early_drop") > 0 && delta.get("drop") >= 1,
         "{delta}"
     );
 
