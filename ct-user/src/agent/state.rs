@@ -152,9 +152,9 @@ impl Agent {
     }
 
     /// A namespace's dump: replaces its rows (see `Table::merge_dump`).
-    pub fn merge(&mut self, netns: u32, entries: Vec<Entry>, at: f64) {
+    pub fn merge(&mut self, netns: u32, entries: Vec<(Entry, f64)>) {
         self.watched(netns);
-        let m = self.table.merge_dump(netns, entries, at);
+        let m = self.table.merge_dump(netns, entries);
         self.totals.dumps += 1;
         self.totals.merged.added += m.added;
         self.totals.merged.removed += m.removed;

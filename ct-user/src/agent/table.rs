@@ -153,11 +153,11 @@ impl Table {
         self.rows.keys().filter(|k| k.netns == netns).count()
     }
 
-    /// Replaces one namespace's rows by a dump read at `at`, keeping what the agent knows
-    /// beyond the dump (first seen, notes). Must run before any event that came after
-    /// the dump started is applied: events already applied are either in the dump or
-    /// gone from the kernel.
-    pub fn merge_dump(&mut self, netns: u32, entries: Vec<Entry>, at: f64) -> Merge {
+    /// Replaces one namespace's rows by a dump (each entry with the time it was read),
+    /// keeping what the agent knows beyond the dump (first seen, notes). Must run before
+    /// any event that came after the dump started is applied: events already applied
+    /// are either in the dump or gone from the kernel.
+    pub fn merge_dump(&mut self, netns: u32, entries: Vec<(Entry, f64)>) -> Merge {
         let mut old: HashMap<Key, Row> = HashMap::new();
         let kept = std::mem::take(&mut self.rows);
         for (k, row) in kept {
@@ -168,7 +168,7 @@ impl Table {
             }
         }
         let mut merge = Merge::default();
-        for entry in entries {
+        for (entry, at) in entries {
             if entry.status.contains(Status::NAT_CLASH) {
                 continue;
             }
@@ -377,6 +377,11 @@ mod tests {
         }
     }
 
+    /// A dump of these entries, all read at `at`.
+    fn at(entries: Vec<Entry>, at: f64) -> Vec<(Entry, f64)> {
+        entries.into_iter().map(|e| (e, at)).collect()
+    }
+
     fn dumped(sport: u16, timeout: u32) -> Entry {
         let orig = tuple(&side(sport, 53), 17);
         let mut e = Entry::new(orig.clone(), orig.inverted());
@@ -401,7 +406,7 @@ mod tests {
         let mut t = Table::default();
         t.apply(&event("new", 1000, 10.0));
         t.apply(&event("new", 1001, 10.0));
-        let m = t.merge_dump(7, vec![dumped(1000, 25), dumped(1002, 30)], 15.0);
+        let m = t.merge_dump(7, at(vec![dumped(1000, 25), dumped(1002, 30)], 15.0));
         assert_eq!(
             m,
             Merge {
@@ -423,7 +428,7 @@ mod tests {
     #[test]
     fn an_older_new_does_not_overwrite_a_fresher_dump() {
         let mut t = Table::default();
-        t.merge_dump(7, vec![dumped(1000, 25)], 15.0);
+        t.merge_dump(7, at(vec![dumped(1000, 25)], 15.0));
         t.apply(&event("new", 1000, 10.0));
         let row = t.get(7, 0, &tuple(&side(1000, 53), 17)).unwrap();
         assert_eq!(row.entry.timeout, Some(25));
@@ -435,7 +440,7 @@ mod tests {
     fn dumps_of_other_namespaces_leave_this_one_alone() {
         let mut t = Table::default();
         t.apply(&event("new", 1000, 10.0));
-        t.merge_dump(8, vec![dumped(1000, 25)], 15.0);
+        t.merge_dump(8, at(vec![dumped(1000, 25)], 15.0));
         assert_eq!(t.count(7), 1);
         assert_eq!(t.count(8), 1);
         t.forget(8);
@@ -445,7 +450,7 @@ mod tests {
     #[test]
     fn remaining_counts_down_from_when_the_fields_were_read() {
         let mut t = Table::default();
-        t.merge_dump(7, vec![dumped(1000, 30)], 100.0);
+        t.merge_dump(7, at(vec![dumped(1000, 30)], 100.0));
         let row = t.get(7, 0, &tuple(&side(1000, 53), 17)).unwrap();
         assert_eq!(row.remaining(100.2), Some(30));
         assert_eq!(row.remaining(110.6), Some(19));
@@ -484,7 +489,7 @@ mod tests {
         let mut t = Table::default();
         let mut hidden = dumped(1003, 1);
         hidden.status = Status(Status::CONFIRMED | Status::NAT_CLASH);
-        t.merge_dump(7, vec![dumped(1000, 30), hidden], 1.0);
+        t.merge_dump(7, at(vec![dumped(1000, 30), hidden], 1.0));
         assert_eq!(t.len(), 1, "conntrack -L hides NAT-clash entries too");
         let reply = tuple(&reversed(&side(1000, 53)), 17);
         assert!(t.get(7, 0, &reply).is_some());

@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use ct_netlink::{Conntrack, Entry, TupleFilter};
+use ct_netlink::{Conntrack, Entry};
 use tokio::{
     signal::unix::{SignalKind, signal},
     task::JoinSet,
@@ -24,7 +24,7 @@ use crate::{
         client,
         protocol::{Request, socket_path},
         server::Server,
-        state::{Agent, now_unix},
+        state::Agent,
         view::View,
     },
     cli::WatchArgs,
@@ -206,11 +206,10 @@ async fn until(at: Option<Instant>) {
     }
 }
 
-/// A namespace's dump, as it came back.
+/// A namespace's dump, as it came back: each entry with the time it was read.
 struct Dumped {
     netns: u32,
-    started: f64,
-    entries: Result<Vec<Entry>, String>,
+    entries: Result<Vec<(Entry, f64)>, String>,
 }
 
 /// Dumps in flight. Events of a namespace being dumped wait until its dump is merged,
@@ -263,13 +262,8 @@ impl Dumps {
             return;
         }
         self.set.spawn(async move {
-            let started = now_unix();
             let entries = dump(&path).await;
-            Dumped {
-                netns,
-                started,
-                entries,
-            }
+            Dumped { netns, entries }
         });
     }
 
@@ -299,7 +293,7 @@ impl Dumps {
     fn finish(&mut self, agent: &mut Agent, d: Dumped) {
         self.in_flight.remove(&d.netns);
         match d.entries {
-            Ok(entries) => agent.merge(d.netns, entries, d.started),
+            Ok(entries) => agent.merge(d.netns, entries),
             Err(e) => {
                 // Vanished, or no ctnetlink there: no rows to show, counters kept.
                 log::info!("netns {}: dump failed ({e})", d.netns);
@@ -317,9 +311,7 @@ impl Dumps {
     }
 }
 
-async fn dump(path: &std::path::Path) -> Result<Vec<Entry>, String> {
+async fn dump(path: &std::path::Path) -> Result<Vec<(Entry, f64)>, String> {
     let mut ct = Conntrack::open_in_netns(path).map_err(|e| e.to_string())?;
-    ct.list(&TupleFilter::default())
-        .await
-        .map_err(|e| e.to_string())
+    ct.dump_stamped().await.map_err(|e| e.to_string())
 }
