@@ -531,7 +531,8 @@ pub struct DiagnoseArgs {
 }
 
 /// What `ctscope top` groups entries by (original direction).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TopBy {
     Src,
     Dst,
@@ -558,6 +559,9 @@ pub struct TopArgs {
 
     #[command(flatten)]
     pub netns: NetnsArgs,
+
+    #[command(flatten)]
+    pub agent: AgentArgs,
 }
 
 #[derive(Debug, Args)]

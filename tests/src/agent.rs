@@ -76,6 +76,29 @@ impl Agent {
         out
     }
 
+    /// Starts `ctscope ARGS --socket SOCKET` with stdout piped (e.g. `events`).
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        let bin = ctscope::binary_or_panic();
+        Command::new(&bin)
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()))
+    }
+
+    /// Waits until `n` clients subscribed to the agent's event stream.
+    pub fn wait_subscribers(&self, n: u64) {
+        let done = wait::poll(Duration::from_secs(30), Duration::from_millis(50), || {
+            (self.status()["subscribers"].as_u64() >= Some(n)).then_some(())
+        });
+        assert!(
+            done.is_some(),
+            "no `ctscope events` subscribed to the agent"
+        );
+    }
+
     /// `ctscope watch --status`.
     pub fn status(&self) -> Value {
         let out = self.ctscope(&["watch", "--status"]);

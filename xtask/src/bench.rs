@@ -205,7 +205,7 @@ pub fn cmd(opts: &Options) -> Result<()> {
     Ok(())
 }
 
-/// The agent's footprint: resident memory grown per 100k entries in its table, and its
+/// The agent's footprint: resident memory (outside BPF maps) grown per 100k entries in its table, and its
 /// CPU time per event expressed as the share of one CPU 10k events/s would take. Dumps
 /// are off (`--resync 0`) so the figure is the event path's; the seed is done before.
 fn agent_footprint(ctx: &Ctx, dir: &Path) -> Result<Value> {
@@ -300,18 +300,33 @@ fn print_agent(a: &Value) {
     );
 }
 
-/// Resident set size of process `pid`, from /proc/PID/status.
+/// Resident memory of process `pid` outside BPF maps (the ring buffer's pages count once
+/// touched, whatever the table holds), summed from /proc/PID/smaps.
 fn rss_bytes(pid: u32) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
+    let smaps = fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    let mut total = 0;
+    let mut bpf = false;
+    for line in smaps.lines() {
+        if let Some(kib) = line.strip_prefix("Rss:") {
+            if !bpf {
+                total += kib
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()?
+                    * 1024;
+            }
+        } else if line
+            .split_whitespace()
+            .next()
+            .is_some_and(|t| t.contains('-') && !t.ends_with(':'))
+        {
+            // A mapping's header line: address range, perms, offset, dev, inode [name].
+            bpf = line.contains("bpf");
+        }
+    }
+    Some(total)
 }
 
 struct Ctx<'a> {

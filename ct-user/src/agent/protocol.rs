@@ -53,6 +53,13 @@ pub enum Request {
         tuple: Tuple,
         json: bool,
     },
+    /// `ctscope top`: who fills the table, from the agent's live table.
+    Top {
+        scope: Scope,
+        by: crate::cli::TopBy,
+        n: usize,
+        json: bool,
+    },
     /// `ctscope stats`: counters, attribution and the unexplained remainder.
     Stats { scope: Scope, json: bool },
     /// `ctscope events`: the agent's event stream from now on.

@@ -16,7 +16,7 @@ use super::{
     table::{Fields, Merge, Note, Row, Table},
 };
 use crate::{
-    cmd::{list, stats::NsStats},
+    cmd::{list, stats::NsStats, top},
     event::{CtEvent, Lost, Record},
     filter::Filter,
     netns,
@@ -249,6 +249,7 @@ impl Agent {
                 tuple,
                 json,
             } => self.get(netns, zone.unwrap_or(0), &tuple, json),
+            Request::Top { scope, by, n, json } => Ok(self.top(scope, by, n, json)),
             Request::Stats { scope, json } => self.stats(scope, json).await,
             Request::Status => Ok(self.status()),
             Request::Events { .. } => unreachable!("handled above"),
@@ -276,6 +277,14 @@ impl Agent {
             let _ = write_row(&mut out, row, &entry, scope.tags(), json, now);
         }
         out
+    }
+
+    fn top(&self, scope: Scope, by: crate::cli::TopBy, n: usize, json: bool) -> Vec<u8> {
+        let mut counter = top::Counter::new(by);
+        for row in self.table.rows().filter(|r| scope.covers(r.netns)) {
+            counter.add(&row.entry, u64::from(row.netns));
+        }
+        top::render(&counter.top(n), json)
     }
 
     fn get(

@@ -1,5 +1,6 @@
 //! `ctscope top`: who fills the table. Groups the entries of one ctnetlink dump per
-//! namespace by a key and prints the biggest groups, like
+//! namespace (or, with an agent running, of its live table) by a key and prints the
+//! biggest groups, like
 //! `sed -ne 's/^.*src=\([^ ]*\).*/\1/p' /proc/net/nf_conntrack | sort | uniq -c | sort -rn`.
 
 use std::{
@@ -10,8 +11,11 @@ use std::{
 use ct_netlink::{Entry, proto};
 use serde::Serialize;
 
-use super::{Target, diagnose::netns_inode, ignore_broken_pipe};
-use crate::cli::{TopArgs, TopBy};
+use super::{Target, agent_scope, diagnose::netns_inode, ignore_broken_pipe};
+use crate::{
+    agent::{self, protocol::Request},
+    cli::{TopArgs, TopBy},
+};
 
 /// One key and how many entries have it.
 #[derive(Debug, PartialEq, Serialize)]
@@ -24,7 +28,7 @@ struct Row {
 
 /// `--json`: the ranking over every namespace read.
 #[derive(Debug, Serialize)]
-struct Top {
+pub struct Top {
     by: &'static str,
     /// Entries in the dumps (those without the key, e.g. ICMP for `dport`, included).
     entries: u64,
@@ -34,33 +38,29 @@ struct Top {
 }
 
 pub async fn run(args: &TopArgs) -> anyhow::Result<()> {
-    let mut counts: HashMap<String, u64> = HashMap::new();
-    let mut entries = 0;
+    if let Some(path) = args.agent.socket() {
+        let request = Request::Top {
+            scope: agent_scope(&args.netns)?,
+            by: args.by,
+            n: args.n,
+            json: args.json,
+        };
+        if let Some(mut body) = agent::client::ask(&path, &request).await? {
+            agent::client::copy_lines(&mut body).await?;
+            return Ok(());
+        }
+    }
+    let mut counter = Counter::new(args.by);
     for target in Target::from_args(&args.netns)? {
         let Some(dump) = target.run(async |ct| ct.dump(None).await).await? else {
             continue;
         };
         let inode = netns_inode(&target)?;
-        entries += dump.len() as u64;
-        for k in dump.iter().filter_map(|e| key(e, args.by, inode)) {
-            *counts.entry(k).or_insert(0) += 1;
-        }
+        dump.iter().for_each(|e| counter.add(e, inode));
     }
-    let top = Top {
-        by: by_name(args.by),
-        entries,
-        keys: counts.len(),
-        top: rank(counts, entries, args.n),
-    };
+    let top = counter.top(args.n);
     let mut out = io::stdout().lock();
-    let written = if args.json {
-        serde_json::to_writer(&mut out, &top)
-            .map_err(io::Error::from)
-            .and_then(|()| out.write_all(b"\n"))
-    } else {
-        out.write_all(text(&top).as_bytes())
-    };
-    ignore_broken_pipe(written)?;
+    ignore_broken_pipe(out.write_all(&render(&top, args.json)))?;
     if !args.json {
         eprintln!(
             "ctscope: {} entries, {} distinct {} values.",
@@ -68,6 +68,51 @@ pub async fn run(args: &TopArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Counts entries per key, over any number of namespaces.
+pub struct Counter {
+    by: TopBy,
+    counts: HashMap<String, u64>,
+    entries: u64,
+}
+
+impl Counter {
+    pub fn new(by: TopBy) -> Self {
+        Counter {
+            by,
+            counts: HashMap::new(),
+            entries: 0,
+        }
+    }
+
+    pub fn add(&mut self, e: &Entry, netns: u64) {
+        self.entries += 1;
+        if let Some(k) = key(e, self.by, netns) {
+            *self.counts.entry(k).or_insert(0) += 1;
+        }
+    }
+
+    /// The `n` biggest keys.
+    pub fn top(self, n: usize) -> Top {
+        Top {
+            by: by_name(self.by),
+            entries: self.entries,
+            keys: self.counts.len(),
+            top: rank(self.counts, self.entries, n),
+        }
+    }
+}
+
+/// The ranking as `top` prints it: one JSON object, or `uniq -c`-style lines.
+pub fn render(top: &Top, json: bool) -> Vec<u8> {
+    if json {
+        let mut v = serde_json::to_vec(top).unwrap_or_default();
+        v.push(b'\n');
+        v
+    } else {
+        text(top).into_bytes()
+    }
 }
 
 fn by_name(by: TopBy) -> &'static str {

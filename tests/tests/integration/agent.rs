@@ -98,11 +98,86 @@ pub fn mirror(tier: &'static [&'static str]) {
     let agent = Agent::start(&args(tier, &["--resync", "1"]));
     assert_eq!(assert_same(&agent, &p.c, "after a restart"), 25);
 
+    let stream = agent.spawn(&[
+        "events",
+        "--json",
+        "--kind",
+        "new",
+        "--count",
+        "10",
+        "--netns",
+        p.c.name(),
+    ]);
+    agent.wait_subscribers(1);
     traffic::udp_flows(&p.c, p.c_addr, &traffic::ports(25100, 10), udp);
+    check_stream(stream, 25100..25110);
     traffic::tcp_connections(&p.c, tcp, 3);
     agent.wait_resync();
     assert_eq!(assert_same(&agent, &p.c, "after a resync"), 38);
+    check_get(&agent, p, 25100);
+    check_top(&agent, &p.c);
     agent.stop();
+}
+
+/// `ctscope top --by proto` from the agent's live table: 30 UDP and 8 TCP entries.
+fn check_top(agent: &Agent, ns: &Netns) {
+    let out = agent.ctscope(&["top", "--by", "proto", "--json", "--netns", ns.name()]);
+    let top: Value = serde_json::from_slice(&out.stdout).expect("top --json is one object");
+    let count = |key: &str| {
+        top["top"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["key"] == key))
+            .and_then(|r| r["count"].as_u64())
+    };
+    assert_eq!((count("udp"), count("tcp")), (Some(30), Some(8)), "{top}");
+    assert_eq!(top["entries"], 38, "{top}");
+}
+
+/// `ctscope events` through the agent: the `new` events of these source ports.
+fn check_stream(stream: std::process::Child, ports: std::ops::Range<u16>) {
+    let out = stream.wait_with_output().expect("ctscope events");
+    assert!(
+        out.status.success(),
+        "ctscope events through the agent: {}",
+        out.status
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut seen: Vec<u64> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("a JSON event"))
+        .inspect(|e| assert_eq!(e["kind"], "new", "{e}"))
+        .filter_map(|e| e["orig"]["sport"].as_u64())
+        .collect();
+    seen.sort_unstable();
+    let want: Vec<u64> = ports.map(u64::from).collect();
+    assert_eq!(seen, want, "events through the agent:\n{text}");
+}
+
+/// `ctscope get` through the agent: the entry, with what only the agent knows.
+fn check_get(agent: &Agent, p: &netns::Pair, sport: u16) {
+    let (src, dst) = (p.c_addr.to_string(), p.s_addr.to_string());
+    let (sport, dport) = (sport.to_string(), UDP_PORT.to_string());
+    let out = agent.ctscope(&[
+        "get",
+        "--json",
+        "--netns",
+        p.c.name(),
+        "-p",
+        "udp",
+        "-s",
+        &src,
+        "-d",
+        &dst,
+        "--sport",
+        &sport,
+        "--dport",
+        &dport,
+    ]);
+    let e: Value = serde_json::from_slice(&out.stdout).expect("get --json is one object");
+    assert_eq!(e["orig"]["sport"].as_u64(), sport.parse().ok(), "{e}");
+    assert_eq!(e["birth_known"], true, "born while the agent watched: {e}");
+    assert_eq!(e["fields_from"], "dump", "refreshed by the resync: {e}");
+    assert!(e["first_seen"].as_f64() < e["fields_at"].as_f64(), "{e}");
 }
 
 fn stats(agent: &Agent, ns: &Netns) -> Value {
