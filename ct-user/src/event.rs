@@ -68,6 +68,10 @@ pub struct CtEvent {
     pub pid: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub winner: Option<Winner>,
+    /// insert_failed and clash_resolved: the NAT mappings the entry had been given (the
+    /// source SNAT picked, the destination DNAT picked), from its reply tuple.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nat: Vec<Nat>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub from_ctnetlink: bool,
     /// Address of the kernel's entry: its identity while it lives (not printed).
@@ -84,6 +88,37 @@ pub struct CtEvent {
 pub struct Winner {
     pub orig: Side,
     pub reply: Side,
+}
+
+/// A NAT mapping: what the original source (`snat`) or destination (`dnat`) became.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Nat {
+    pub kind: &'static str,
+    pub addr: IpAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+impl Nat {
+    /// The mappings an entry's status says it has, read from its reply tuple.
+    pub fn of(status: Status, reply: &Side) -> Vec<Nat> {
+        let mut out = Vec::new();
+        if status.contains(Status::SRC_NAT) {
+            out.push(Nat {
+                kind: "snat",
+                addr: reply.dst,
+                port: reply.dport,
+            });
+        }
+        if status.contains(Status::DST_NAT) {
+            out.push(Nat {
+                kind: "dnat",
+                addr: reply.src,
+                port: reply.sport,
+            });
+        }
+        out
+    }
 }
 
 /// The protocol by name where it has one, else by number.
@@ -292,6 +327,11 @@ pub fn decode(raw: &Event, clock: &Clock) -> Option<CtEvent> {
         orig: Side::decode(&raw.winner_orig, family, l4),
         reply: Side::decode(&raw.winner_reply, family, l4),
     });
+    let reply = Side::decode(&raw.reply, family, l4);
+    let nat = match kind {
+        EventKind::InsertFailed | EventKind::ClashResolved => Nat::of(Status(raw.status), &reply),
+        _ => Vec::new(),
+    };
     Some(CtEvent {
         ts: clock.unix_secs(raw.ts_ns),
         kind: kind_name(kind),
@@ -308,7 +348,7 @@ pub fn decode(raw: &Event, clock: &Clock) -> Option<CtEvent> {
             "unknown"
         },
         orig: Side::decode(&raw.orig, family, l4),
-        reply: Side::decode(&raw.reply, family, l4),
+        reply,
         status: Status(raw.status),
         tcp_state: (l4 == proto::TCP && kind != EventKind::TableFull)
             .then_some(TcpState(raw.tcp_state)),
@@ -322,6 +362,7 @@ pub fn decode(raw: &Event, clock: &Clock) -> Option<CtEvent> {
         },
         pid: raw.pid,
         winner,
+        nat,
         from_ctnetlink: raw.flags & FLAG_FROM_CTNETLINK != 0,
         unverified: raw.flags & FLAG_UNVERIFIED != 0,
         ct: raw.ct,
@@ -342,6 +383,10 @@ mod tests {
         e.orig.dst[..4].copy_from_slice(&[10, 200, 0, 3]);
         e.orig.sport = u16::from_le_bytes(5353u16.to_be_bytes());
         e.orig.dport = u16::from_le_bytes(53u16.to_be_bytes());
+        e.reply.src[..4].copy_from_slice(&[10, 200, 0, 3]);
+        e.reply.dst[..4].copy_from_slice(&[10, 200, 0, 1]);
+        e.reply.sport = u16::from_le_bytes(53u16.to_be_bytes());
+        e.reply.dport = u16::from_le_bytes(40000u16.to_be_bytes());
         e.status = (1 << 4) | (1 << 7);
         e.timeout_jiffies = 7500;
         e.flags = FLAG_HAS_WINNER;
@@ -363,6 +408,16 @@ mod tests {
         assert_eq!(ev.timeout, Some(30));
         assert_eq!(ev.status.names(), vec!["SRC_NAT", "SRC_NAT_DONE"]);
         assert!(ev.winner.is_some());
+        let snat = Nat {
+            kind: "snat",
+            addr: "10.200.0.1".parse().unwrap(),
+            port: Some(40000),
+        };
+        assert_eq!(
+            ev.nat,
+            [snat],
+            "the source SNAT picked, from the reply tuple"
+        );
     }
 
     #[test]

@@ -87,6 +87,13 @@ pub fn text_line(ev: &CtEvent, timestamp: bool) -> String {
         s.truncate(s.trim_end().len());
         s.push_str("] ");
     }
+    for n in &ev.nat {
+        s.push_str(&format!("nat={}:{}", n.kind, n.addr));
+        if let Some(p) = n.port {
+            s.push_str(&format!(":{p}"));
+        }
+        s.push(' ');
+    }
     s.push_str(&format!("netns={}", ev.netns));
     s
 }

@@ -59,6 +59,7 @@ pub fn to_event(kind: ct_netlink::EventKind, e: &Entry, netns: u32, clock: &Cloc
         timeout: e.timeout.map(i64::from),
         pid: 0,
         winner: None,
+        nat: Vec::new(),
         from_ctnetlink: false,
         unverified: false,
         ct: 0,

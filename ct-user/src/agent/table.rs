@@ -371,6 +371,7 @@ mod tests {
             timeout: Some(30),
             pid: 0,
             winner: None,
+            nat: Vec::new(),
             from_ctnetlink: false,
             ct: 1,
             unverified: false,

@@ -64,6 +64,11 @@ pub fn run(watch: Watch) {
         Tuple::new(c_addr, PORTS[1], s_addr, DNS_PORT),
         "loser: {e}"
     );
+    assert_eq!(
+        (&e["nat"][0]["kind"], &e["nat"][0]["port"]),
+        (&"snat".into(), &SNAT_PORT.into()),
+        "the SNAT mapping the loser was given: {e}"
+    );
     let winner = &e["winner"];
     assert_eq!(
         Tuple::of(winner, "orig"),
