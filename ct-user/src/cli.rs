@@ -528,6 +528,10 @@ pub struct DiagnoseArgs {
 
     #[command(flatten)]
     pub netns: NetnsArgs,
+
+    /// With an agent running, the insert_failed causes its events gave are evidence too.
+    #[command(flatten)]
+    pub agent: AgentArgs,
 }
 
 /// What `ctscope top` groups entries by (original direction).

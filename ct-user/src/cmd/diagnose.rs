@@ -1,5 +1,6 @@
-//! `ctscope diagnose`: reads sysctls (inside each namespace), per-CPU counters and one
-//! ctnetlink dump, and prints the findings of [`crate::diagnose::rules`].
+//! `ctscope diagnose`: reads sysctls (inside each namespace), per-CPU counters, one
+//! ctnetlink dump and, with an agent running, the insert_failed causes its events gave,
+//! and prints the findings of [`crate::diagnose::rules`].
 
 use std::{
     cmp::Reverse,
@@ -13,11 +14,16 @@ use std::{
 use anyhow::{Context as _, bail};
 use ct_netlink::CpuStats;
 use serde::Serialize;
+use serde_json::Value;
 
 use super::{Target, ignore_broken_pipe};
 use crate::{
+    agent::{
+        self,
+        protocol::{Request, Scope},
+    },
     cli::DiagnoseArgs,
-    diagnose::{Composition, Evidence, Finding, Memory, StructSizes, rules},
+    diagnose::{Causes, Composition, Evidence, Finding, Memory, StructSizes, rules},
     netns,
 };
 
@@ -37,9 +43,12 @@ pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
         evidence: Vec::new(),
     };
     for target in Target::from_args(&args.netns)? {
-        let Some(ev) = gather(&target, &sizes).await? else {
+        let Some(mut ev) = gather(&target, &sizes).await? else {
             continue;
         };
+        if let Some(path) = args.agent.socket() {
+            ev.causes = causes(&path, ev.netns).await?;
+        }
         let mut findings = rules::all(&ev);
         findings.sort_by_key(|f| Reverse(f.severity));
         report.findings.extend(findings);
@@ -54,6 +63,44 @@ pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
         out.write_all(text(&report).as_bytes())
     };
     ignore_broken_pipe(written)
+}
+
+/// What the agent's events said about namespace `netns`, if an agent runs and watches it.
+async fn causes(socket: &Path, netns: u64) -> io::Result<Option<Causes>> {
+    let request = Request::Stats {
+        scope: Scope::Netns(netns as u32),
+        json: true,
+    };
+    let mut body = match agent::client::ask(socket, &request).await {
+        Ok(Some(body)) => body,
+        Ok(None) => return Ok(None),
+        // The agent is extra evidence: without it the report still stands.
+        Err(e) => {
+            eprintln!("ctscope: warning: no causes from the agent: {e:#}");
+            return Ok(None);
+        }
+    };
+    let mut line = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut body, &mut line).await?;
+    let Ok(stats) = serde_json::from_str::<Value>(&line) else {
+        return Ok(None);
+    };
+    let a = &stats["agent"];
+    let counts = |v: &Value| -> BTreeMap<String, u64> {
+        v.as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, n)| Some((k.clone(), n.as_u64()?)))
+            .collect()
+    };
+    let now = crate::agent::state::now_unix();
+    Ok(Some(Causes {
+        minutes: (now - a["watched_since"].as_f64().unwrap_or(now)) / 60.0,
+        insert_failed: counts(&a["attributed"]["insert_failed"]),
+        clash_resolved: counts(&a["attributed"]["clash_resolved"]),
+        table_full: a["attributed"]["table_full"].as_u64().unwrap_or(0),
+        early_drop: a["attributed"]["early_drop"].as_u64().unwrap_or(0),
+    }))
 }
 
 /// Reads one namespace; `None` when --all-netns skips it.
@@ -92,6 +139,7 @@ async fn gather(target: &Target, sizes: &StructSizes) -> anyhow::Result<Option<E
         entries: entries_now,
         max_entries,
         table: Composition::of(&entries),
+        causes: None,
     }))
 }
 

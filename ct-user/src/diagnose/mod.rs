@@ -60,6 +60,20 @@ pub struct Evidence {
     /// What the dump held.
     pub table: Composition,
     pub memory: Memory,
+    /// With an agent running: the causes its events gave since it started watching.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub causes: Option<Causes>,
+}
+
+/// What the agent's events said about this namespace's failures.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Causes {
+    /// Minutes the agent has watched the namespace.
+    pub minutes: f64,
+    pub insert_failed: BTreeMap<String, u64>,
+    pub clash_resolved: BTreeMap<String, u64>,
+    pub table_full: u64,
+    pub early_drop: u64,
 }
 
 impl Evidence {

@@ -21,7 +21,7 @@ const SYSCTL: &str = "sysctl -w net.netfilter.";
 
 /// Every rule, in report order.
 pub fn all(ev: &Evidence) -> Vec<Finding> {
-    let rules: [fn(&Evidence) -> Option<Finding>; 13] = [
+    let rules: [fn(&Evidence) -> Option<Finding>; 14] = [
         table_full,
         table_fill,
         hash_buckets,
@@ -31,6 +31,7 @@ pub fn all(ev: &Evidence) -> Vec<Finding> {
         dns_race,
         dns_notrack,
         insert_failed_other,
+        insert_failed_causes,
         tcp_established_timeout,
         udp_unreplied,
         tcp_closing,
@@ -388,6 +389,67 @@ pub fn insert_failed_other(ev: &Evidence) -> Option<Finding> {
     )
 }
 
+/// What to do about insert failures of one cause.
+fn remedy(cause: &str) -> &'static str {
+    match cause {
+        "nat_port_clash" => {
+            "SNAT gave two flows one mapping: `masquerade fully-random` / `--random-fully`, \
+             a wider port range or more SNAT addresses"
+        }
+        "same_flow_race" => {
+            "one flow was sent from two CPUs at once and could not be merged (the DNS A/AAAA \
+             race with NAT to different backends, or TCP): `options single-request-reopen` or \
+             `use-vc` in resolv.conf"
+        }
+        "chain_too_long" => {
+            "hash chains grew too long: raise net.netfilter.nf_conntrack_buckets (and \
+             nf_conntrack_max), and look for one flow key dominating `ctscope top`"
+        }
+        "dying" => {
+            "entries were deleted before their first packet was confirmed: something (a \
+             `conntrack -D`/`-F`, a ctnetlink client, a netns teardown) deletes live flows"
+        }
+        _ => "watch them as they happen: `ctscope events --kind insert_failed`",
+    }
+}
+
+/// With an agent running: the insert_failed causes its events gave, and what the biggest
+/// one points to.
+pub fn insert_failed_causes(ev: &Evidence) -> Option<Finding> {
+    let c = ev.causes.as_ref()?;
+    let total: u64 = c.insert_failed.values().sum();
+    let (top, n) = c.insert_failed.iter().max_by_key(|(_, n)| **n)?;
+    if total == 0 {
+        return None;
+    }
+    let list = c
+        .insert_failed
+        .iter()
+        .map(|(cause, n)| format!("{cause} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let summary = format!(
+        "{total} insert failures in the last {:.0} minutes, by cause: {list}; {top} \
+         dominates ({}%)",
+        c.minutes.max(1.0),
+        pct(*n, total)
+    );
+    let evidence = json!({
+        "minutes": c.minutes, "insert_failed": c.insert_failed,
+        "clash_resolved": c.clash_resolved, "table_full": c.table_full,
+        "early_drop": c.early_drop,
+    });
+    let recommendation = remedy(top).to_owned();
+    finding(
+        ev,
+        "insert_failed_causes",
+        Severity::Warn,
+        summary,
+        evidence,
+        recommendation,
+    )
+}
+
 /// The 5-day TCP established timeout with many established entries.
 pub fn tcp_established_timeout(ev: &Evidence) -> Option<Finding> {
     let timeout = ev.sysctl("nf_conntrack_tcp_timeout_established")?;
@@ -513,6 +575,28 @@ mod tests {
 
     /// A namespace with `count` of `max` entries, 65536 buckets, default timeouts and
     /// the given counters.
+    #[test]
+    fn insert_failed_causes_names_the_dominant_one() {
+        let mut e = ev(10, 100, &[("insert_failed", 3)]);
+        assert!(insert_failed_causes(&e).is_none(), "no agent, no finding");
+        e.causes = Some(super::super::Causes {
+            minutes: 4.0,
+            insert_failed: [("nat_port_clash".into(), 2), ("dying".into(), 1)].into(),
+            ..Default::default()
+        });
+        let f = insert_failed_causes(&e).expect("a finding");
+        assert!(
+            f.summary.contains("nat_port_clash dominates (66.7%)"),
+            "{}",
+            f.summary
+        );
+        assert!(
+            f.recommendation.contains("random-fully"),
+            "{}",
+            f.recommendation
+        );
+    }
+
     fn ev(count: u64, max: u64, counters: &[(&str, u64)]) -> Evidence {
         let sysctls = [
             ("nf_conntrack_count", count),

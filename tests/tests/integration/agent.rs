@@ -258,6 +258,24 @@ pub fn attribution(tier: &'static [&'static str]) {
         Some(delta.get("early_drop")),
         "{at}"
     );
+
+    // diagnose takes the agent's causes as evidence, and says what they point to.
+    let out = agent.ctscope(&["diagnose", "--json", "--netns", p.c.name()]);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("diagnose --json");
+    let causes = report["findings"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["id"] == "insert_failed_causes"))
+        .unwrap_or_else(|| panic!("no insert_failed_causes finding: {report:#}"));
+    assert_eq!(
+        causes["evidence"]["insert_failed"]["nat_port_clash"], 1,
+        "{causes}"
+    );
+    assert!(
+        causes["recommendation"]
+            .as_str()
+            .is_some_and(|r| r.contains("random-fully")),
+        "{causes}"
+    );
     agent.stop();
 }
 
