@@ -2,7 +2,7 @@
 //! attribution of insert_failed and drops, and lifetimes of ended flows, served to the
 //! CLI over a Unix socket.
 //!
-//! - [`table`]: the copy of the table (dumps, then events).
+//! - [`table`]: the copy of the table (dumps, then events); [`stored`]: its compact rows.
 //! - [`attribution`]: kernel counters beside the events that explain them.
 //! - [`protocol`]: the socket's requests and framing (JSON lines).
 //! - [`server`] / [`client`]: the two ends of the socket.
@@ -13,5 +13,6 @@ pub mod client;
 pub mod protocol;
 pub mod server;
 pub mod state;
+pub mod stored;
 pub mod table;
 pub mod view;

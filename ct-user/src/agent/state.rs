@@ -274,7 +274,7 @@ impl Agent {
             if !filter.matches(&entry) {
                 continue;
             }
-            let _ = write_row(&mut out, row, &entry, scope.tags(), json, now);
+            let _ = write_row(&mut out, &row, &entry, scope.tags(), json, now);
         }
         out
     }
@@ -282,7 +282,7 @@ impl Agent {
     fn top(&self, scope: Scope, by: crate::cli::TopBy, n: usize, json: bool) -> Vec<u8> {
         let mut counter = top::Counter::new(by);
         for row in self.table.rows().filter(|r| scope.covers(r.netns)) {
-            counter.add(&row.entry, u64::from(row.netns));
+            counter.add(&row.entry(), u64::from(row.netns));
         }
         top::render(&counter.top(n), json)
     }
@@ -300,7 +300,7 @@ impl Agent {
             .get(netns, zone, tuple)
             .ok_or("no conntrack entry has this original tuple")?;
         let mut out = Vec::new();
-        let _ = write_row(&mut out, row, &row.entry_at(now), false, json, now);
+        let _ = write_row(&mut out, &row, &row.entry_at(now), false, json, now);
         Ok(out)
     }
 

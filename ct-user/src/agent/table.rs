@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use ct_netlink::{Entry, Status, TcpInfo, Tuple};
 use serde::Serialize;
 
+use super::stored::Stored;
 use crate::event::{CtEvent, Side};
 
 /// Rows are found by namespace, zone and original tuple: the kernel's own identity of a
@@ -83,8 +84,9 @@ const NOTES_KEPT: usize = 8;
 
 #[derive(Clone, Debug)]
 pub struct Row {
-    /// Fields as last read; `timeout` is the time left at `fields_at`.
-    pub entry: Entry,
+    /// Fields as last read (without the original tuple: the key has it); the timeout is
+    /// the time left at `fields_at`.
+    stored: Stored,
     pub netns: u32,
     /// Unix time the fields were read.
     pub fields_at: f64,
@@ -97,20 +99,46 @@ pub struct Row {
     pub notes: Vec<Note>,
 }
 
-impl Row {
-    /// Seconds left at `now`, as the kernel would print them. Both the kernel and the
-    /// stored value round down, so the stored value is on average half a second short.
-    pub fn remaining(&self, now: f64) -> Option<u32> {
-        let t = f64::from(self.entry.timeout?);
-        Some((t + 0.5 - (now - self.fields_at)).max(0.0).floor() as u32)
+/// A row with its key, as the table hands them out.
+#[derive(Clone, Copy, Debug)]
+pub struct RowRef<'a> {
+    pub key: &'a Key,
+    pub row: &'a Row,
+}
+
+impl std::ops::Deref for RowRef<'_> {
+    type Target = Row;
+    fn deref(&self) -> &Row {
+        self.row
+    }
+}
+
+impl RowRef<'_> {
+    /// The entry as last read.
+    pub fn entry(&self) -> Entry {
+        self.row.entry(self.key)
     }
 
     /// The entry with its timeout counted down to `now`.
     pub fn entry_at(&self, now: f64) -> Entry {
         Entry {
             timeout: self.remaining(now),
-            ..self.entry.clone()
+            ..self.entry()
         }
+    }
+}
+
+impl Row {
+    /// The entry as last read; `key` is this row's.
+    pub fn entry(&self, key: &Key) -> Entry {
+        self.stored.entry(&key.orig)
+    }
+
+    /// Seconds left at `now`, as the kernel would print them. Both the kernel and the
+    /// stored value round down, so the stored value is on average half a second short.
+    pub fn remaining(&self, now: f64) -> Option<u32> {
+        let t = f64::from(self.stored.timeout()?);
+        Some((t + 0.5 - (now - self.fields_at)).max(0.0).floor() as u32)
     }
 
     fn note(&mut self, ts: f64, what: &'static str, cause: Option<&'static str>) {
@@ -144,8 +172,8 @@ impl Table {
         self.rows.is_empty()
     }
 
-    pub fn rows(&self) -> impl Iterator<Item = &Row> {
-        self.rows.values()
+    pub fn rows(&self) -> impl Iterator<Item = RowRef<'_>> {
+        self.rows.iter().map(|(key, row)| RowRef { key, row })
     }
 
     /// Rows of one namespace.
@@ -176,7 +204,7 @@ impl Table {
             let row = match old.remove(&key) {
                 Some(mut row) => {
                     merge.refreshed += 1;
-                    row.entry = entry;
+                    row.stored = Stored::new(entry);
                     row.fields_at = at;
                     row.fields = Fields::Dump;
                     row
@@ -198,14 +226,14 @@ impl Table {
     }
 
     /// Applies one event; returns the row a `destroy` or `early_drop` removed.
-    pub fn apply(&mut self, ev: &CtEvent) -> Option<Row> {
+    pub fn apply(&mut self, ev: &CtEvent) -> Option<(Key, Row)> {
         let key = Key::of_event(ev, &ev.orig);
         match ev.kind {
             "new" => {
                 self.born(key, ev);
                 None
             }
-            "destroy" | "early_drop" => self.rows.remove(&key),
+            "destroy" | "early_drop" => self.rows.remove_entry(&key),
             "clash_resolved" => {
                 // The loser shares the winner's original tuple: merged into it, or made a
                 // hidden reply-only entry beside it.
@@ -244,7 +272,7 @@ impl Table {
                 }
             }
             Some(row) => {
-                row.entry = fresh;
+                row.stored = Stored::new(fresh);
                 row.fields_at = ev.ts;
                 row.fields = Fields::Event;
             }
@@ -252,7 +280,7 @@ impl Table {
                 self.rows.insert(
                     key,
                     Row {
-                        entry: fresh,
+                        stored: Stored::new(fresh),
                         netns,
                         fields_at: ev.ts,
                         fields: Fields::Event,
@@ -266,7 +294,7 @@ impl Table {
     }
 
     /// The row whose original or reply tuple is `t` in this namespace and zone.
-    pub fn get(&self, netns: u32, zone: u16, t: &Tuple) -> Option<&Row> {
+    pub fn get(&self, netns: u32, zone: u16, t: &Tuple) -> Option<RowRef<'_>> {
         let key = Key {
             netns,
             zone,
@@ -275,15 +303,16 @@ impl Table {
                 ..t.clone()
             },
         };
-        self.rows.get(&key).or_else(|| {
-            self.rows.values().find(|r| {
-                r.netns == netns
-                    && r.entry.zone.unwrap_or(0) == zone
-                    && Tuple {
-                        zone: None,
-                        ..r.entry.reply.clone()
-                    } == key.orig
-            })
+        if let Some((key, row)) = self.rows.get_key_value(&key) {
+            return Some(RowRef { key, row });
+        }
+        self.rows().find(|r| {
+            r.key.netns == netns
+                && r.key.zone == zone
+                && Tuple {
+                    zone: None,
+                    ..r.entry().reply
+                } == key.orig
         })
     }
 }
@@ -292,7 +321,7 @@ fn from_dump(netns: u32, entry: Entry, at: f64) -> Row {
     // With nf_conntrack_timestamp on, the kernel dates the birth itself.
     let start = entry.timestamp.map(|t| t.start as f64 / 1e9);
     Row {
-        entry,
+        stored: Stored::new(entry),
         netns,
         fields_at: at,
         fields: Fields::Dump,
@@ -396,7 +425,7 @@ mod tests {
         let mut t = Table::default();
         t.apply(&event("new", 1000, 10.0));
         assert_eq!(t.count(7), 1);
-        let gone = t.apply(&event("destroy", 1000, 12.0)).expect("the row");
+        let (_, gone) = t.apply(&event("destroy", 1000, 12.0)).expect("the row");
         assert_eq!(gone.first_seen, 10.0);
         assert!(gone.birth_known);
         assert!(t.is_empty());
@@ -420,7 +449,7 @@ mod tests {
         let row = t.get(7, 0, &key).expect("kept");
         assert_eq!(row.first_seen, 10.0, "first seen survives the refresh");
         assert_eq!(row.fields, Fields::Dump);
-        assert!(row.entry.status.contains(Status::SEEN_REPLY));
+        assert!(row.entry().status.contains(Status::SEEN_REPLY));
         assert!(t.get(7, 0, &tuple(&side(1001, 53), 17)).is_none());
         let added = t.get(7, 0, &tuple(&side(1002, 53), 17)).expect("added");
         assert!(!added.birth_known);
@@ -432,7 +461,7 @@ mod tests {
         t.merge_dump(7, at(vec![dumped(1000, 25)], 15.0));
         t.apply(&event("new", 1000, 10.0));
         let row = t.get(7, 0, &tuple(&side(1000, 53), 17)).unwrap();
-        assert_eq!(row.entry.timeout, Some(25));
+        assert_eq!(row.entry().timeout, Some(25));
         assert_eq!(row.first_seen, 10.0);
         assert!(row.birth_known);
     }
