@@ -7,7 +7,7 @@
 //! - [`protocol`]: the socket's requests and framing (JSON lines).
 //! - [`server`] / [`client`]: the two ends of the socket.
 //! - [`state`]: the agent's state and how it answers requests.
-//! - [`view`]: the live view of `ctscope watch`.
+//! - [`view`]: what the live view of `ctscope watch` shows; [`tui`]: drawing it.
 pub mod attribution;
 pub mod client;
 pub mod protocol;
@@ -15,4 +15,5 @@ pub mod server;
 pub mod state;
 pub mod stored;
 pub mod table;
+pub mod tui;
 pub mod view;

@@ -1,8 +1,9 @@
-//! The live view of `ctscope watch`: table fill per namespace against nf_conntrack_max,
-//! event rates, and the latest insert_failed, table_full, early_drop and lost records.
-//! On a terminal it redraws in place; otherwise it prints one summary line per tick.
+//! What the live view of `ctscope watch` shows, gathered from the agent: table fill per
+//! namespace against nf_conntrack_max, event rates, losses and dumps, and the latest
+//! insert_failed, table_full, early_drop and lost records. [`super::tui`] draws it on a
+//! terminal; elsewhere [`Snapshot::summary`] is one line per tick.
 
-use std::{collections::BTreeMap, fmt::Write as _, fs, io::Write as _, time::Instant};
+use std::{collections::BTreeMap, fs, time::Instant};
 
 use super::state::Agent;
 use crate::output::{Format, write_record};
@@ -17,10 +18,46 @@ const RATES: [&str; 6] = [
     "clash_resolved",
 ];
 
+/// One namespace's line.
+pub struct NsLine {
+    pub netns: u32,
+    pub entries: usize,
+    /// entries / nf_conntrack_max, when the limit is known.
+    pub fill: Option<f64>,
+}
+
+/// Everything one frame shows.
+pub struct Snapshot {
+    pub tier: u8,
+    pub sees: &'static str,
+    pub entries: usize,
+    pub max: Option<u64>,
+    pub namespaces: Vec<NsLine>,
+    /// Per second since the previous snapshot, by kind, then `lost`.
+    pub rates: Vec<(&'static str, f64)>,
+    pub lost: u64,
+    pub reseeds: u64,
+    pub dumps: u64,
+    pub corrected: (u64, u64),
+    /// Text lines of the latest notable records, oldest first.
+    pub recent: Vec<String>,
+}
+
+impl Snapshot {
+    /// The non-terminal view: one line.
+    pub fn summary(&self) -> String {
+        let mut s = format!("tier {} entries={}", self.tier, self.entries);
+        for (k, r) in &self.rates {
+            s.push_str(&format!(" {k}/s={r:.0}"));
+        }
+        s
+    }
+}
+
+/// Keeps the previous counts, so each snapshot has rates.
 pub struct View {
     last: Instant,
     last_counts: BTreeMap<&'static str, u64>,
-    last_lost: u64,
 }
 
 impl Default for View {
@@ -34,83 +71,62 @@ impl View {
         View {
             last: Instant::now(),
             last_counts: BTreeMap::new(),
-            last_lost: 0,
         }
     }
 
-    pub fn draw(&mut self, agent: &Agent, terminal: bool) {
-        let frame = if terminal {
-            format!("\x1b[H\x1b[2J{}", self.frame(agent))
-        } else {
-            format!("{}\n", self.summary(agent))
-        };
-        let mut out = std::io::stdout();
-        let _ = out.write_all(frame.as_bytes());
-        let _ = out.flush();
+    pub fn snapshot(&mut self, agent: &Agent) -> Snapshot {
+        let max = sysctl("nf_conntrack_max");
+        let mut namespaces: Vec<NsLine> = agent
+            .namespaces()
+            .into_iter()
+            .map(|netns| {
+                let entries = agent.table.count(netns);
+                NsLine {
+                    netns,
+                    entries,
+                    fill: max.filter(|&m| m > 0).map(|m| entries as f64 / m as f64),
+                }
+            })
+            .collect();
+        namespaces.sort_by_key(|n| n.netns);
+        let t = &agent.totals;
+        Snapshot {
+            tier: agent.tier,
+            sees: agent.tier_sees,
+            entries: agent.table.len(),
+            max,
+            namespaces,
+            rates: self.rates(agent),
+            lost: t.lost,
+            reseeds: t.reseeds,
+            dumps: t.dumps,
+            corrected: (t.merged.added, t.merged.removed),
+            recent: agent.recent.iter().map(record_text).collect(),
+        }
     }
 
-    /// Per-second rates since the last call, by kind (and `lost`).
     fn rates(&mut self, agent: &Agent) -> Vec<(&'static str, f64)> {
         let secs = self.last.elapsed().as_secs_f64().max(1e-3);
         self.last = Instant::now();
-        let mut out = Vec::new();
-        for kind in RATES {
-            let now = agent.totals.events.get(kind).copied().unwrap_or(0);
-            let before = self.last_counts.insert(kind, now).unwrap_or(0);
-            out.push((kind, (now - before) as f64 / secs));
-        }
-        let lost = agent.totals.lost - std::mem::replace(&mut self.last_lost, agent.totals.lost);
-        out.push(("lost", lost as f64 / secs));
-        out
+        let mut counts: Vec<(&'static str, u64)> = RATES
+            .iter()
+            .map(|&k| (k, agent.totals.events.get(k).copied().unwrap_or(0)))
+            .collect();
+        counts.push(("lost", agent.totals.lost));
+        counts
+            .into_iter()
+            .map(|(k, now)| {
+                let before = self.last_counts.insert(k, now).unwrap_or(0);
+                (k, now.saturating_sub(before) as f64 / secs)
+            })
+            .collect()
     }
+}
 
-    fn summary(&mut self, agent: &Agent) -> String {
-        let rates = self.rates(agent);
-        let mut s = format!("tier {} entries={}", agent.tier, agent.table.len());
-        for (k, r) in rates {
-            let _ = write!(s, " {k}/s={r:.0}");
-        }
-        s
-    }
-
-    fn frame(&mut self, agent: &Agent) -> String {
-        let max = sysctl("nf_conntrack_max");
-        let mut s = format!(
-            "ctscope watch  tier {}: {}\n\n",
-            agent.tier, agent.tier_sees
-        );
-        let _ = writeln!(
-            s,
-            "{:>12}  {:>9}  {:>9}  {:>6}",
-            "netns", "entries", "max", "fill"
-        );
-        let mut namespaces = agent.namespaces();
-        namespaces.sort_unstable();
-        for n in namespaces {
-            let count = agent.table.count(n);
-            let fill = max.map_or("-".into(), |m| {
-                format!("{:.1}%", 100.0 * count as f64 / m.max(1) as f64)
-            });
-            let max = max.map_or("-".into(), |m| m.to_string());
-            let _ = writeln!(s, "{n:>12}  {count:>9}  {max:>9}  {fill:>6}");
-        }
-        s.push_str("\nper second:");
-        for (k, r) in self.rates(agent) {
-            let _ = write!(s, "  {k} {r:.0}");
-        }
-        let t = &agent.totals;
-        let _ = writeln!(
-            s,
-            "\nlost {} (reseeds {}), dumps {} (corrected: +{} -{})\n\nlatest:",
-            t.lost, t.reseeds, t.dumps, t.merged.added, t.merged.removed
-        );
-        for r in &agent.recent {
-            let mut line = Vec::new();
-            let _ = write_record(&mut line, Format::Text { timestamp: true }, r);
-            s.push_str(&String::from_utf8_lossy(&line));
-        }
-        s
-    }
+fn record_text(r: &crate::event::Record) -> String {
+    let mut line = Vec::new();
+    let _ = write_record(&mut line, Format::Text { timestamp: true }, r);
+    String::from_utf8_lossy(&line).trim_end().to_owned()
 }
 
 /// A conntrack sysctl of the agent's namespace.

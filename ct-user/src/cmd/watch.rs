@@ -25,6 +25,7 @@ use crate::{
         protocol::{Request, socket_path},
         server::Server,
         state::Agent,
+        tui::Tui,
         view::View,
     },
     cli::WatchArgs,
@@ -34,8 +35,11 @@ use crate::{
     source::{EventSource, Output},
 };
 
-/// How often the live view redraws.
+/// How often the summary line is printed when stdout is not a terminal.
 const VIEW_EVERY: Duration = Duration::from_secs(1);
+
+/// How often the terminal view redraws (and looks for a quit key).
+const TUI_EVERY: Duration = Duration::from_millis(250);
 
 /// A full round of dumps may take at most this share of the agent's time.
 const DUMP_SHARE: u32 = 20;
@@ -70,8 +74,8 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     }
     let mut dumps = Dumps::default();
     dumps.round(&mut agent);
-    let mut view = (!args.headless).then(View::new);
-    let mut redraw = tokio::time::interval(VIEW_EVERY);
+    let mut view = (!args.headless).then(|| Live::start(std::io::stdout().is_terminal()));
+    let mut redraw = tokio::time::interval(view.as_ref().map_or(VIEW_EVERY, Live::period));
     let mut ready = false;
     let mut next_round = None;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -103,8 +107,8 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
                 dumps.round(&mut agent);
             }
             _ = redraw.tick(), if view.is_some() => {
-                if let Some(v) = view.as_mut() {
-                    v.draw(&agent, std::io::stdout().is_terminal());
+                if view.as_mut().is_some_and(|v| !v.show(&agent)) {
+                    break;
                 }
             }
             _ = sigint.recv() => break,
@@ -117,6 +121,46 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
         dumps.take(&mut agent, out);
     }
     Ok(())
+}
+
+/// The live view: the terminal UI, or one summary line per tick.
+struct Live {
+    view: View,
+    tui: Option<Tui>,
+}
+
+impl Live {
+    fn start(terminal: bool) -> Self {
+        Live {
+            view: View::new(),
+            tui: terminal.then(Tui::start),
+        }
+    }
+
+    fn period(&self) -> Duration {
+        if self.tui.is_some() {
+            TUI_EVERY
+        } else {
+            VIEW_EVERY
+        }
+    }
+
+    /// Shows one frame; false when the user asked to quit.
+    fn show(&mut self, agent: &Agent) -> bool {
+        let snapshot = self.view.snapshot(agent);
+        match self.tui.as_mut() {
+            Some(tui) => {
+                if let Err(e) = tui.draw(&snapshot) {
+                    log::warn!("drawing the view: {e}");
+                }
+                !tui.quit_requested()
+            }
+            None => {
+                println!("{}", snapshot.summary());
+                true
+            }
+        }
+    }
 }
 
 /// `--status`: the running agent's answer to `status`.
