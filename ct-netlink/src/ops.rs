@@ -261,19 +261,16 @@ impl Conntrack {
         Ok(out)
     }
 
-    /// The main table, each entry with the Unix time (seconds) its message was read: the
+    /// The main table, each entry with `stamp()` taken when its message was read: the
     /// kernel computes an entry's timeout as it sends it, and a large dump spans seconds.
-    pub async fn dump_stamped(&mut self) -> Result<Vec<(Entry, f64)>> {
+    pub async fn dump_stamped<T>(&mut self, stamp: impl Fn() -> T) -> Result<Vec<(Entry, T)>> {
         let mut req = Request::new("dump", IPCTNL_MSG_CT_GET, AF_UNSPEC);
         req.flags = NLM_F_DUMP;
         let op = req.op;
         let mut out = Vec::new();
         self.sock
             .request(&req, |r| {
-                let at = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0.0, |d| d.as_secs_f64());
-                out.extend(reply_entry(op, &r)?.map(|e| (e, at)));
+                out.extend(reply_entry(op, &r)?.map(|e| (e, stamp())));
                 Ok(())
             })
             .await?;

@@ -997,14 +997,25 @@ fn bpf_run_time(pid: u32) -> Option<(f64, u64)> {
             continue;
         }
         progs += 1;
-        for line in info.lines() {
-            let mut kv = line.split_whitespace();
-            match (kv.next(), kv.next().and_then(|v| v.parse::<u64>().ok())) {
-                (Some("run_time_ns:"), Some(v)) => ns += v,
-                (Some("run_cnt:"), Some(v)) => runs += v,
-                _ => {}
-            }
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let (prog_ns, prog_runs) = (field("run_time_ns:"), field("run_cnt:"));
+        if prog_runs > 0 {
+            // Which program is which: its type (26 tracing = tp_btf, 17 raw_tracepoint)
+            // and how often it ran tell them apart.
+            eprintln!(
+                "bench: BPF program type {} ran {prog_runs} times, {:.0} ns per run, {:.3} s",
+                field("prog_type:"),
+                prog_ns as f64 / prog_runs as f64,
+                prog_ns as f64 / 1e9
+            );
         }
+        ns += prog_ns;
+        runs += prog_runs;
     }
     (progs > 0).then(|| (ns as f64 / 1e9, runs))
 }

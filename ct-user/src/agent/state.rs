@@ -11,6 +11,7 @@ use tokio::sync::mpsc::error::TrySendError;
 
 use super::{
     attribution::{Attributed, Kernel, unexplained},
+    clock::Stamp,
     protocol::{Header, Request, Scope},
     server::Incoming,
     table::{Fields, Merge, Note, Row, Table},
@@ -72,11 +73,7 @@ pub struct Agent {
     subscribers: Vec<Subscriber>,
 }
 
-pub fn now_unix() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
+pub use super::clock::wall_now as now_unix;
 
 impl Agent {
     /// `baselines`: the counters of the namespaces that exist now, read before the
@@ -123,7 +120,7 @@ impl Agent {
     pub fn apply(&mut self, ev: CtEvent) {
         *self.totals.events.entry(ev.kind).or_default() += 1;
         self.watched(ev.netns).attributed.count(&ev);
-        self.table.apply(&ev);
+        self.table.apply(&ev, Stamp::of_wall(ev.ts));
         let record = Record::Conntrack(Box::new(ev));
         self.publish(&record);
         if let Record::Conntrack(ev) = &record
@@ -152,7 +149,7 @@ impl Agent {
     }
 
     /// A namespace's dump: replaces its rows (see `Table::merge_dump`).
-    pub fn merge(&mut self, netns: u32, entries: Vec<(Entry, f64)>) {
+    pub fn merge(&mut self, netns: u32, entries: Vec<(Entry, Stamp)>) {
         self.watched(netns);
         let m = self.table.merge_dump(netns, entries);
         self.totals.dumps += 1;
@@ -267,14 +264,14 @@ impl Agent {
     }
 
     fn list(&self, scope: Scope, filter: &ct_netlink::TupleFilter, json: bool) -> Vec<u8> {
-        let now = now_unix();
+        let now = Stamp::now();
         let mut out = Vec::with_capacity(self.table.len() * 160);
         for row in self.table.rows().filter(|r| scope.covers(r.netns)) {
             let entry = row.entry_at(now);
             if !filter.matches(&entry) {
                 continue;
             }
-            let _ = write_row(&mut out, &row, &entry, scope.tags(), json, now);
+            let _ = write_row(&mut out, &row, &entry, scope.tags(), json, now.wall);
         }
         out
     }
@@ -294,13 +291,13 @@ impl Agent {
         tuple: &ct_netlink::Tuple,
         json: bool,
     ) -> Result<Vec<u8>, String> {
-        let now = now_unix();
+        let now = Stamp::now();
         let row = self
             .table
             .get(netns, zone, tuple)
             .ok_or("no conntrack entry has this original tuple")?;
         let mut out = Vec::new();
-        let _ = write_row(&mut out, &row, &row.entry_at(now), false, json, now);
+        let _ = write_row(&mut out, &row, &row.entry_at(now), false, json, now.wall);
         Ok(out)
     }
 
@@ -404,7 +401,7 @@ struct AgentRow<'a> {
     first_seen: f64,
     birth_known: bool,
     fields_from: Fields,
-    fields_at: f64,
+    fields_at: Stamp,
     #[serde(skip_serializing_if = "<[Note]>::is_empty")]
     notes: &'a [Note],
 }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use ct_netlink::{Entry, Status, TcpInfo, Tuple};
 use serde::Serialize;
 
-use super::stored::Stored;
+use super::{clock::Stamp, stored::Stored};
 use crate::event::{CtEvent, Side};
 
 /// Rows are found by namespace, zone and original tuple: the kernel's own identity of a
@@ -88,8 +88,8 @@ pub struct Row {
     /// the time left at `fields_at`.
     stored: Stored,
     pub netns: u32,
-    /// Unix time the fields were read.
-    pub fields_at: f64,
+    /// When the fields were read.
+    pub fields_at: Stamp,
     pub fields: Fields,
     /// Unix time the agent first knew the entry.
     pub first_seen: f64,
@@ -120,7 +120,7 @@ impl RowRef<'_> {
     }
 
     /// The entry with its timeout counted down to `now`.
-    pub fn entry_at(&self, now: f64) -> Entry {
+    pub fn entry_at(&self, now: Stamp) -> Entry {
         Entry {
             timeout: self.remaining(now),
             ..self.entry()
@@ -136,9 +136,10 @@ impl Row {
 
     /// Seconds left at `now`, as the kernel would print them. Both the kernel and the
     /// stored value round down, so the stored value is on average half a second short.
-    pub fn remaining(&self, now: f64) -> Option<u32> {
+    pub fn remaining(&self, now: Stamp) -> Option<u32> {
         let t = f64::from(self.stored.timeout()?);
-        Some((t + 0.5 - (now - self.fields_at)).max(0.0).floor() as u32)
+        let elapsed = now.kernel - self.fields_at.kernel;
+        Some((t + 0.5 - elapsed).max(0.0).floor() as u32)
     }
 
     fn note(&mut self, ts: f64, what: &'static str, cause: Option<&'static str>) {
@@ -185,7 +186,7 @@ impl Table {
     /// keeping what the agent knows beyond the dump (first seen, notes). Must run before
     /// any event that came after the dump started is applied: events already applied
     /// are either in the dump or gone from the kernel.
-    pub fn merge_dump(&mut self, netns: u32, entries: Vec<(Entry, f64)>) -> Merge {
+    pub fn merge_dump(&mut self, netns: u32, entries: Vec<(Entry, Stamp)>) -> Merge {
         let mut old: HashMap<Key, Row> = HashMap::new();
         let kept = std::mem::take(&mut self.rows);
         for (k, row) in kept {
@@ -225,12 +226,13 @@ impl Table {
         self.rows.retain(|k, _| k.netns != netns);
     }
 
-    /// Applies one event; returns the row a `destroy` or `early_drop` removed.
-    pub fn apply(&mut self, ev: &CtEvent) -> Option<(Key, Row)> {
+    /// Applies one event (`at`: its time); returns the row a `destroy` or `early_drop`
+    /// removed.
+    pub fn apply(&mut self, ev: &CtEvent, at: Stamp) -> Option<(Key, Row)> {
         let key = Key::of_event(ev, &ev.orig);
         match ev.kind {
             "new" => {
-                self.born(key, ev);
+                self.born(key, ev, at);
                 None
             }
             "destroy" | "early_drop" => self.rows.remove_entry(&key),
@@ -259,13 +261,13 @@ impl Table {
         }
     }
 
-    fn born(&mut self, key: Key, ev: &CtEvent) {
+    fn born(&mut self, key: Key, ev: &CtEvent, at: Stamp) {
         let netns = ev.netns;
         let fresh = from_event(ev);
         match self.rows.get_mut(&key) {
             // A dump read after the event already has fresher fields; the event still
             // dates the birth.
-            Some(row) if row.fields_at > ev.ts => {
+            Some(row) if row.fields_at.wall > ev.ts => {
                 if !row.birth_known {
                     row.first_seen = ev.ts;
                     row.birth_known = true;
@@ -273,7 +275,7 @@ impl Table {
             }
             Some(row) => {
                 row.stored = Stored::new(fresh);
-                row.fields_at = ev.ts;
+                row.fields_at = at;
                 row.fields = Fields::Event;
             }
             None => {
@@ -282,7 +284,7 @@ impl Table {
                     Row {
                         stored: Stored::new(fresh),
                         netns,
-                        fields_at: ev.ts,
+                        fields_at: at,
                         fields: Fields::Event,
                         first_seen: ev.ts,
                         birth_known: true,
@@ -317,7 +319,7 @@ impl Table {
     }
 }
 
-fn from_dump(netns: u32, entry: Entry, at: f64) -> Row {
+fn from_dump(netns: u32, entry: Entry, at: Stamp) -> Row {
     // With nf_conntrack_timestamp on, the kernel dates the birth itself.
     let start = entry.timestamp.map(|t| t.start as f64 / 1e9);
     Row {
@@ -325,7 +327,7 @@ fn from_dump(netns: u32, entry: Entry, at: f64) -> Row {
         netns,
         fields_at: at,
         fields: Fields::Dump,
-        first_seen: start.unwrap_or(at),
+        first_seen: start.unwrap_or(at.wall),
         birth_known: start.is_some(),
         notes: Vec::new(),
     }
@@ -408,8 +410,8 @@ mod tests {
     }
 
     /// A dump of these entries, all read at `at`.
-    fn at(entries: Vec<Entry>, at: f64) -> Vec<(Entry, f64)> {
-        entries.into_iter().map(|e| (e, at)).collect()
+    fn at(entries: Vec<Entry>, at: f64) -> Vec<(Entry, Stamp)> {
+        entries.into_iter().map(|e| (e, Stamp::at(at))).collect()
     }
 
     fn dumped(sport: u16, timeout: u32) -> Entry {
@@ -423,9 +425,11 @@ mod tests {
     #[test]
     fn new_then_destroy_leaves_nothing_and_returns_the_row() {
         let mut t = Table::default();
-        t.apply(&event("new", 1000, 10.0));
+        t.apply(&event("new", 1000, 10.0), Stamp::at(10.0));
         assert_eq!(t.count(7), 1);
-        let (_, gone) = t.apply(&event("destroy", 1000, 12.0)).expect("the row");
+        let (_, gone) = t
+            .apply(&event("destroy", 1000, 12.0), Stamp::at(12.0))
+            .expect("the row");
         assert_eq!(gone.first_seen, 10.0);
         assert!(gone.birth_known);
         assert!(t.is_empty());
@@ -434,8 +438,8 @@ mod tests {
     #[test]
     fn dump_replaces_a_namespace_and_keeps_what_it_knew() {
         let mut t = Table::default();
-        t.apply(&event("new", 1000, 10.0));
-        t.apply(&event("new", 1001, 10.0));
+        t.apply(&event("new", 1000, 10.0), Stamp::at(10.0));
+        t.apply(&event("new", 1001, 10.0), Stamp::at(10.0));
         let m = t.merge_dump(7, at(vec![dumped(1000, 25), dumped(1002, 30)], 15.0));
         assert_eq!(
             m,
@@ -459,7 +463,7 @@ mod tests {
     fn an_older_new_does_not_overwrite_a_fresher_dump() {
         let mut t = Table::default();
         t.merge_dump(7, at(vec![dumped(1000, 25)], 15.0));
-        t.apply(&event("new", 1000, 10.0));
+        t.apply(&event("new", 1000, 10.0), Stamp::at(10.0));
         let row = t.get(7, 0, &tuple(&side(1000, 53), 17)).unwrap();
         assert_eq!(row.entry().timeout, Some(25));
         assert_eq!(row.first_seen, 10.0);
@@ -469,7 +473,7 @@ mod tests {
     #[test]
     fn dumps_of_other_namespaces_leave_this_one_alone() {
         let mut t = Table::default();
-        t.apply(&event("new", 1000, 10.0));
+        t.apply(&event("new", 1000, 10.0), Stamp::at(10.0));
         t.merge_dump(8, at(vec![dumped(1000, 25)], 15.0));
         assert_eq!(t.count(7), 1);
         assert_eq!(t.count(8), 1);
@@ -482,18 +486,24 @@ mod tests {
         let mut t = Table::default();
         t.merge_dump(7, at(vec![dumped(1000, 30)], 100.0));
         let row = t.get(7, 0, &tuple(&side(1000, 53), 17)).unwrap();
-        assert_eq!(row.remaining(100.2), Some(30));
-        assert_eq!(row.remaining(110.6), Some(19));
-        assert_eq!(row.remaining(200.0), Some(0));
+        assert_eq!(row.remaining(Stamp::at(100.2)), Some(30));
+        assert_eq!(row.remaining(Stamp::at(110.6)), Some(19));
+        assert_eq!(row.remaining(Stamp::at(200.0)), Some(0));
+        // The kernel's clock counts, not the wall clock (they drift apart in slow VMs).
+        let drifted = Stamp {
+            wall: 122.0,
+            kernel: 120.0,
+        };
+        assert_eq!(row.remaining(drifted), Some(10));
     }
 
     #[test]
     fn clashes_and_insert_failures_are_noted_on_the_winner() {
         let mut t = Table::default();
-        t.apply(&event("new", 1000, 10.0));
+        t.apply(&event("new", 1000, 10.0), Stamp::at(10.0));
         let mut merged = event("clash_resolved", 1000, 11.0);
         merged.cause = Some("merged");
-        t.apply(&merged);
+        t.apply(&merged, Stamp::at(11.0));
         let mut failed = event("insert_failed", 2000, 12.0);
         failed.cause = Some("nat_port_clash");
         let w = side(1000, 53);
@@ -501,7 +511,7 @@ mod tests {
             reply: reversed(&w),
             orig: w,
         });
-        t.apply(&failed);
+        t.apply(&failed, Stamp::at(12.0));
         let row = t.get(7, 0, &tuple(&side(1000, 53), 17)).unwrap();
         let whats: Vec<_> = row.notes.iter().map(|n| (n.what, n.cause)).collect();
         assert_eq!(

@@ -22,6 +22,7 @@ use crate::{
     agent::{
         attribution::Kernel,
         client,
+        clock::Stamp,
         protocol::{Request, socket_path},
         server::Server,
         state::Agent,
@@ -253,7 +254,7 @@ async fn until(at: Option<Instant>) {
 /// A namespace's dump, as it came back: each entry with the time it was read.
 struct Dumped {
     netns: u32,
-    entries: Result<Vec<(Entry, f64)>, String>,
+    entries: Result<Vec<(Entry, Stamp)>, String>,
 }
 
 /// Dumps in flight. Events of a namespace being dumped wait until its dump is merged,
@@ -355,7 +356,7 @@ impl Dumps {
     }
 }
 
-async fn dump(path: &std::path::Path) -> Result<Vec<(Entry, f64)>, String> {
+async fn dump(path: &std::path::Path) -> Result<Vec<(Entry, Stamp)>, String> {
     let mut ct = Conntrack::open_in_netns(path).map_err(|e| e.to_string())?;
-    ct.dump_stamped().await.map_err(|e| e.to_string())
+    ct.dump_stamped(Stamp::now).await.map_err(|e| e.to_string())
 }

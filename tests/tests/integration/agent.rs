@@ -50,10 +50,30 @@ fn compare(agent: &Agent, ns: &Netns) -> Result<usize, String> {
     for (line, &t) in &kernel {
         let a = listed[line];
         if a.abs_diff(t) > 1 {
-            return Err(format!("timeout {a} vs kernel {t}: {line}"));
+            return Err(format!(
+                "timeout {a} vs kernel {t}: {line}\nthe agent's row: {}",
+                agent_row(agent, ns, line)
+            ));
         }
     }
     Ok(kernel.len())
+}
+
+/// The agent's JSON row for a `conntrack -L` line (same original source and
+/// destination ports), to show where its fields came from.
+fn agent_row(agent: &Agent, ns: &Netns, line: &str) -> String {
+    let port = |key: &str| {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(key))
+            .and_then(|p| p.parse::<u64>().ok())
+    };
+    let (sport, dport) = (port("sport="), port("dport="));
+    let out = agent.ctscope(&["list", "--json", "--netns", ns.name()]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e["orig"]["sport"].as_u64() == sport && e["orig"]["dport"].as_u64() == dport)
+        .map_or_else(|| "none".into(), |e| e.to_string())
 }
 
 /// Polls [`compare`] until it holds; panics with the last difference.
