@@ -16,5 +16,6 @@ pub mod output;
 pub mod probe;
 pub mod reader;
 pub mod settle;
+pub mod sysctl;
 pub mod table_text;
 pub mod tier3;

@@ -10,7 +10,7 @@ use std::{
     path::Path,
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use ct_netlink::CpuStats;
 use serde::Serialize;
 
@@ -20,8 +20,6 @@ use crate::{
     diagnose::{Composition, Evidence, Finding, Memory, StructSizes, rules},
     netns,
 };
-
-const SYSCTL_DIR: &str = "/proc/sys/net/netfilter";
 
 /// `--json`: every finding, and what each namespace's findings were drawn from.
 #[derive(Serialize)]
@@ -70,7 +68,9 @@ async fn gather(target: &Target, sizes: &StructSizes) -> anyhow::Result<Option<E
     let Some((cpus, global, entries)) = read else {
         return Ok(None);
     };
-    let sysctls = read_sysctls(target.path())?;
+    let Some(sysctls) = target.sysctls()? else {
+        return Ok(None);
+    };
     let inode = netns_inode(target)?;
     let entries_now = u64::from(global.entries);
     let max_entries = global.max_entries.map(u64::from);
@@ -102,41 +102,6 @@ fn totals(cpus: &[CpuStats]) -> BTreeMap<String, u64> {
         *sums.entry(name.to_owned()).or_insert(0) += u64::from(v);
     }
     sums
-}
-
-/// Numeric `nf_conntrack_*` sysctls, read from inside the namespace (most are per
-/// namespace, and /proc/sys/net shows the reading thread's namespace).
-fn read_sysctls(path: Option<&Path>) -> anyhow::Result<BTreeMap<String, u64>> {
-    let read = match path {
-        Some(p) => netns::run_in(p, read_sysctl_dir)
-            .with_context(|| format!("enter network namespace {}", p.display()))?,
-        None => read_sysctl_dir(),
-    };
-    let sysctls = read.with_context(|| format!("read {SYSCTL_DIR}"))?;
-    if !sysctls.contains_key("nf_conntrack_count") {
-        bail!(
-            "no {SYSCTL_DIR}/nf_conntrack_count: conntrack is not loaded (modprobe nf_conntrack)"
-        );
-    }
-    Ok(sysctls)
-}
-
-fn read_sysctl_dir() -> io::Result<BTreeMap<String, u64>> {
-    let mut sysctls = BTreeMap::new();
-    for e in fs::read_dir(SYSCTL_DIR)?.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("nf_conntrack_") {
-            continue;
-        }
-        // Unreadable or non-numeric entries are not evidence.
-        if let Some(v) = fs::read_to_string(e.path())
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-        {
-            sysctls.insert(name, v);
-        }
-    }
-    Ok(sysctls)
 }
 
 /// The inode of the namespace a target talks to.
