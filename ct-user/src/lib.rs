@@ -9,6 +9,7 @@ pub mod diagnose;
 pub mod event;
 pub mod filter;
 pub mod hooks;
+pub mod lifetimes;
 pub mod live;
 pub mod loader;
 pub mod netns;

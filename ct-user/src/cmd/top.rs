@@ -11,7 +11,10 @@ use ct_netlink::{Entry, proto};
 use serde::Serialize;
 
 use super::{Target, diagnose::netns_inode, ignore_broken_pipe};
-use crate::cli::{TopArgs, TopBy};
+use crate::{
+    cli::{TopArgs, TopBy},
+    lifetimes::state_label,
+};
 
 /// One key and how many entries have it.
 #[derive(Debug, PartialEq, Serialize)]
@@ -91,7 +94,7 @@ fn key(e: &Entry, by: TopBy, netns: u64) -> Option<String> {
         TopBy::Dport if has_ports(e.proto) => e.orig.dst_port?.to_string(),
         TopBy::Dport => return None,
         TopBy::Proto => proto::name(e.proto).to_owned(),
-        TopBy::State => format!("{}/{}", proto::name(e.proto), state(e)),
+        TopBy::State => format!("{}/{}", proto::name(e.proto), state_label(e)),
         TopBy::Zone => e.zone.unwrap_or(0).to_string(),
         TopBy::Netns => netns.to_string(),
     })
@@ -102,24 +105,6 @@ fn has_ports(p: u8) -> bool {
         p,
         proto::TCP | proto::UDP | proto::UDPLITE | proto::SCTP | proto::DCCP
     )
-}
-
-/// The protocol state, or for stateless protocols what conntrack's flags say.
-fn state(e: &Entry) -> &'static str {
-    if let Some(s) = e.tcp.as_ref().map(|t| t.state.name()) {
-        return s;
-    }
-    if let Some(s) = e.sctp.as_ref().map(|t| t.state.name()) {
-        return s;
-    }
-    if let Some(s) = e.dccp.as_ref().map(|t| t.state.name()) {
-        return s;
-    }
-    match (e.status.is_unreplied(), e.status.is_assured()) {
-        (true, _) => "UNREPLIED",
-        (false, true) => "ASSURED",
-        (false, false) => "REPLIED",
-    }
 }
 
 /// The `n` biggest keys, biggest first, ties by key.
