@@ -33,6 +33,8 @@ mod host_tier;
 mod snat_port_clash;
 #[path = "integration/table_full.rs"]
 mod table_full;
+#[path = "integration/timeouts.rs"]
+mod timeouts;
 #[path = "integration/udp_tcp_flows.rs"]
 mod udp_tcp_flows;
 
@@ -66,11 +68,12 @@ const CTNETLINK_CLI: [(&str, fn()); 4] = [
     ("ctnetlink_cli_errors", ctnetlink_cli::errors),
 ];
 
-/// `ctscope diagnose` and `ctscope top` (ctnetlink and sysctls; no BPF needed).
-const DIAGNOSE: [(&str, fn()); 3] = [
+/// `ctscope diagnose`, `top` and `timeouts` (ctnetlink and sysctls; no BPF needed).
+const DIAGNOSE: [(&str, fn()); 4] = [
     ("diagnose_table_full", diagnose::table_full),
     ("diagnose_snat_clash", diagnose::snat_clash),
     ("diagnose_top_dport", diagnose::top_dport),
+    ("timeouts", timeouts::run),
 ];
 
 fn main() {

@@ -114,7 +114,8 @@ pub(super) fn netns_inode(target: &Target) -> anyhow::Result<u64> {
     Ok(meta.ino())
 }
 
-fn names_of(target: &Target, inode: u64) -> Vec<String> {
+/// The names under /run/netns of the namespace a target talks to.
+pub(super) fn names_of(target: &Target, inode: u64) -> Vec<String> {
     if let Some(ns) = &target.tag {
         return ns.names.clone();
     }
@@ -129,18 +130,7 @@ fn names_of(target: &Target, inode: u64) -> Vec<String> {
 fn text(report: &Report) -> String {
     let mut s = String::new();
     for ev in &report.evidence {
-        let names = if ev.names.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", ev.names.join(","))
-        };
-        s.push_str(&format!(
-            "netns={}{names} entries={} max={} dumped={}\n",
-            ev.netns,
-            ev.count(),
-            ev.max(),
-            ev.table.dumped
-        ));
+        s.push_str(&header(ev));
         for f in report.findings.iter().filter(|f| f.netns == ev.netns) {
             s.push_str(&block(f));
         }
@@ -148,8 +138,24 @@ fn text(report: &Report) -> String {
     s
 }
 
+/// `netns=INODE (NAMES) entries=N max=M dumped=D`: what a namespace's report is about.
+pub(super) fn header(ev: &Evidence) -> String {
+    let names = if ev.names.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", ev.names.join(","))
+    };
+    format!(
+        "netns={}{names} entries={} max={} dumped={}\n",
+        ev.netns,
+        ev.count(),
+        ev.max(),
+        ev.table.dumped
+    )
+}
+
 /// `[SEVERITY] id netns=N`, the summary, `evidence: k=v ...`, `recommendation: ...`.
-fn block(f: &Finding) -> String {
+pub(super) fn block(f: &Finding) -> String {
     let evidence: Vec<String> = f
         .evidence
         .as_object()

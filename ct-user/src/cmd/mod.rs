@@ -12,6 +12,7 @@ pub mod flush;
 pub mod list;
 pub mod probe;
 pub mod stats;
+pub mod timeouts;
 pub mod top;
 
 use std::{
