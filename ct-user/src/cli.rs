@@ -82,6 +82,10 @@ pub enum Command {
     /// Who fills the table: the top keys (source, destination, port, ...) of one dump,
     /// with entry counts and shares.
     Top(TopArgs),
+    /// Timeouts per namespace: the nf_conntrack_*timeout* sysctls next to what the table
+    /// holds (entries and seconds left per protocol and state) and how long ended flows
+    /// lived (from the agent), with warnings about timeouts that fill the table.
+    Timeouts(TimeoutsArgs),
 }
 
 /// `ctscope conntrack ARGS...`: the raw conntrack arguments.
@@ -530,6 +534,20 @@ pub struct DiagnoseArgs {
     pub netns: NetnsArgs,
 
     /// With an agent running, the insert_failed causes its events gave are evidence too.
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TimeoutsArgs {
+    /// One JSON object per namespace and line instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub netns: NetnsArgs,
+
+    /// Lifetimes of ended flows come from a running agent.
     #[command(flatten)]
     pub agent: AgentArgs,
 }
@@ -985,5 +1003,19 @@ mod tests {
         assert!(matches!(cli.command, Command::Diagnose(a) if a.json && a.netns.all_netns));
         let err = Cli::try_parse_from(["ctscope", "diagnose", "--netns", "a", "--all-netns"]);
         assert_eq!(err.unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn timeouts_parse() {
+        let cli = Cli::try_parse_from(["ctscope", "timeouts", "--json", "--netns", "x"]).unwrap();
+        let Command::Timeouts(args) = cli.command else {
+            panic!("not timeouts")
+        };
+        assert!(args.json && !args.netns.all_netns);
+        assert_eq!(args.netns.netns.as_deref(), Some("x"));
+        let err = Cli::try_parse_from(["ctscope", "timeouts", "--netns", "a", "--all-netns"]);
+        assert_eq!(err.unwrap_err().exit_code(), 2);
+        let err = Cli::try_parse_from(["ctscope", "timeouts", "-p", "tcp"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
     }
 }

@@ -47,6 +47,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Expect(args) => runtime()?.block_on(cmd::expect::run(args)),
         Command::Diagnose(args) => runtime()?.block_on(cmd::diagnose::run(args)),
         Command::Top(args) => runtime()?.block_on(cmd::top::run(args)),
+        Command::Timeouts(args) => runtime()?.block_on(cmd::timeouts::run(args)),
         Command::Conntrack(_) => unreachable!("handled in main"),
     }
 }

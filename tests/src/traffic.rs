@@ -54,6 +54,40 @@ pub fn udp_flows(
     })
 }
 
+/// One UDP flow per port from `src:port` in `client` to `dst` in `server`, each answered
+/// once: the entries have seen a reply and, answered within 2 s, are not yet ASSURED.
+/// Returns once every answer has arrived.
+pub fn udp_answered_flows(
+    client: &Netns,
+    server: &Netns,
+    src: Ipv4Addr,
+    ports: &[u16],
+    dst: SocketAddrV4,
+) {
+    let echo = server
+        .run(move || UdpSocket::bind(dst).unwrap_or_else(|e| panic!("bind UDP echo {dst}: {e}")));
+    let wait = Some(Duration::from_secs(10));
+    echo.set_read_timeout(wait).expect("set_read_timeout");
+    for &port in ports {
+        let from = SocketAddrV4::new(src, port);
+        let socket = client
+            .run(move || UdpSocket::bind(from).unwrap_or_else(|e| panic!("bind UDP {from}: {e}")));
+        socket.set_read_timeout(wait).expect("set_read_timeout");
+        socket
+            .send_to(b"ctscope", dst)
+            .unwrap_or_else(|e| panic!("send {from} -> {dst}: {e}"));
+        let mut buf = [0u8; 16];
+        let (_, peer) = echo
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("echo {dst} waiting for {from}: {e}"));
+        echo.send_to(b"answer", peer)
+            .unwrap_or_else(|e| panic!("answer {peer}: {e}"));
+        socket
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("{from} waiting for the answer: {e}"));
+    }
+}
+
 /// Sends one datagram from a single socket on `src:sport` to each of `dports` on `dst`, as
 /// fast as one thread can: one new conntrack entry per destination port without a bind per
 /// flow. Returns how many sends failed and how long the sending took.

@@ -35,6 +35,8 @@ mod host_tier;
 mod snat_port_clash;
 #[path = "integration/table_full.rs"]
 mod table_full;
+#[path = "integration/timeouts.rs"]
+mod timeouts;
 #[path = "integration/udp_tcp_flows.rs"]
 mod udp_tcp_flows;
 
@@ -68,20 +70,22 @@ const CTNETLINK_CLI: [(&str, fn()); 4] = [
     ("ctnetlink_cli_errors", ctnetlink_cli::errors),
 ];
 
-/// `ctscope diagnose` and `ctscope top` (ctnetlink and sysctls; no BPF needed).
-const DIAGNOSE: [(&str, fn()); 3] = [
+/// `ctscope diagnose`, `top` and `timeouts` (ctnetlink and sysctls; no BPF needed).
+const DIAGNOSE: [(&str, fn()); 4] = [
     ("diagnose_table_full", diagnose::table_full),
     ("diagnose_snat_clash", diagnose::snat_clash),
     ("diagnose_top_dport", diagnose::top_dport),
+    ("timeouts", timeouts::run),
 ];
 
 /// The agent (`ctscope watch`), given its tier flags.
 type AgentScenario = fn(&'static [&'static str]);
 
-const AGENT: [(&str, AgentScenario); 3] = [
+const AGENT: [(&str, AgentScenario); 4] = [
     ("agent_mirror", agent::mirror),
     ("agent_attribution", agent::attribution),
     ("agent_overflow", agent::overflow),
+    ("agent_lifetimes", agent::lifetimes),
 ];
 
 fn main() {

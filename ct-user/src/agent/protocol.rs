@@ -60,6 +60,9 @@ pub enum Request {
         n: usize,
         json: bool,
     },
+    /// `ctscope timeouts`: how long ended flows lived, one [`NsLifetimes`] line per
+    /// namespace asked for.
+    Lifetimes { netns: Vec<u32> },
     /// `ctscope stats`: counters, attribution and the unexplained remainder.
     Stats { scope: Scope, json: bool },
     /// `ctscope events`: the agent's event stream from now on.
@@ -70,6 +73,13 @@ pub enum Request {
     },
     /// What the agent runs on and how it is doing (one JSON object).
     Status,
+}
+
+/// One namespace's lifetimes, as the `lifetimes` answer carries them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NsLifetimes {
+    pub netns: u32,
+    pub lifetimes: crate::lifetimes::Lifetimes,
 }
 
 /// The first line of every answer.

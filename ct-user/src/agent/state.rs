@@ -12,7 +12,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use super::{
     attribution::{Attributed, Kernel, unexplained},
     clock::Stamp,
-    protocol::{Header, Request, Scope},
+    protocol::{Header, NsLifetimes, Request, Scope},
     server::Incoming,
     table::{Fields, Merge, Note, Row, Table},
 };
@@ -20,6 +20,7 @@ use crate::{
     cmd::{list, stats::NsStats, top},
     event::{CtEvent, Lost, Record},
     filter::Filter,
+    lifetimes::Lifetimes,
     netns,
     output::{Format, write_record},
 };
@@ -71,6 +72,8 @@ pub struct Agent {
     pub totals: Totals,
     pub recent: VecDeque<Record>,
     subscribers: Vec<Subscriber>,
+    /// How long the flows that ended while the agent watched had lived, per namespace.
+    lifetimes: HashMap<u32, Lifetimes>,
 }
 
 pub use super::clock::wall_now as now_unix;
@@ -100,6 +103,7 @@ impl Agent {
             totals: Totals::default(),
             recent: VecDeque::new(),
             subscribers: Vec::new(),
+            lifetimes: HashMap::new(),
         }
     }
 
@@ -120,7 +124,21 @@ impl Agent {
     pub fn apply(&mut self, ev: CtEvent) {
         *self.totals.events.entry(ev.kind).or_default() += 1;
         self.watched(ev.netns).attributed.count(&ev);
-        self.table.apply(&ev, Stamp::of_wall(ev.ts));
+        if let Some((key, row)) = self.table.apply(&ev, Stamp::of_wall(ev.ts))
+            && row.birth_known
+        {
+            // The event has the entry's last status and TCP state; the row, the rest.
+            let mut last = row.entry(&key);
+            last.status = ev.status;
+            if let (Some(state), Some(tcp)) = (ev.tcp_state, last.tcp.as_mut()) {
+                tcp.state = state;
+            }
+            let lived = ev.ts - row.first_seen;
+            self.lifetimes
+                .entry(ev.netns)
+                .or_default()
+                .record(&last, lived);
+        }
         let record = Record::Conntrack(Box::new(ev));
         self.publish(&record);
         if let Record::Conntrack(ev) = &record
@@ -158,10 +176,11 @@ impl Agent {
         self.totals.merged.refreshed += m.refreshed;
     }
 
-    /// A namespace that vanished: its rows and counters go.
+    /// A namespace that vanished: its rows, counters and lifetimes go.
     pub fn forget(&mut self, netns: u32) {
         self.table.forget(netns);
         self.watched.remove(&netns);
+        self.lifetimes.remove(&netns);
     }
 
     /// Namespaces the agent knows.
@@ -249,6 +268,7 @@ impl Agent {
             Request::Top { scope, by, n, json } => Ok(self.top(scope, by, n, json)),
             Request::Stats { scope, json } => self.stats(scope, json).await,
             Request::Status => Ok(self.status()),
+            Request::Lifetimes { netns } => Ok(self.lifetimes(&netns)),
             Request::Events { .. } => unreachable!("handled above"),
         };
         let answer = match body {
@@ -344,6 +364,19 @@ impl Agent {
             return Err("the agent watches no such network namespace".into());
         }
         Ok(out)
+    }
+
+    fn lifetimes(&self, netns: &[u32]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &n in netns {
+            let ns = NsLifetimes {
+                netns: n,
+                lifetimes: self.lifetimes.get(&n).cloned().unwrap_or_default(),
+            };
+            let _ = serde_json::to_writer(&mut out, &ns);
+            out.push(b'\n');
+        }
+        out
     }
 
     fn status(&self) -> Vec<u8> {

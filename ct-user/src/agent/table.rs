@@ -5,7 +5,7 @@
 //! timeout refreshed by traffic), so each row says when and from where its fields were
 //! read; dumps refresh them (`ctscope watch --resync`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use ct_netlink::{Entry, Status, TcpInfo, Tuple};
 use serde::Serialize;
@@ -162,7 +162,15 @@ pub struct Merge {
 #[derive(Debug, Default)]
 pub struct Table {
     rows: HashMap<Key, Row>,
+    /// Rows a dump no longer had, kept a while for their `destroy`: a dump skips expired
+    /// entries the gc worker has not reaped yet, so their event comes after the dump.
+    gone: HashMap<Key, Row>,
+    /// `gone`'s keys, oldest first.
+    gone_order: VecDeque<Key>,
 }
+
+/// How many rows removed by dumps wait for their `destroy` (the oldest go first).
+const GONE_KEPT: usize = 1 << 16;
 
 impl Table {
     pub fn len(&self) -> usize {
@@ -218,12 +226,24 @@ impl Table {
             self.rows.insert(key, row);
         }
         merge.removed = old.len() as u64;
+        old.into_iter().for_each(|(k, row)| self.bury(k, row));
         merge
+    }
+
+    fn bury(&mut self, key: Key, row: Row) {
+        if self.gone_order.len() == GONE_KEPT
+            && let Some(oldest) = self.gone_order.pop_front()
+        {
+            self.gone.remove(&oldest);
+        }
+        self.gone_order.push_back(key.clone());
+        self.gone.insert(key, row);
     }
 
     /// Drops every row of a namespace that is gone.
     pub fn forget(&mut self, netns: u32) {
         self.rows.retain(|k, _| k.netns != netns);
+        self.gone.retain(|k, _| k.netns != netns);
     }
 
     /// Applies one event (`at`: its time); returns the row a `destroy` or `early_drop`
@@ -235,7 +255,10 @@ impl Table {
                 self.born(key, ev, at);
                 None
             }
-            "destroy" | "early_drop" => self.rows.remove_entry(&key),
+            "destroy" | "early_drop" => self
+                .rows
+                .remove_entry(&key)
+                .or_else(|| self.gone.remove_entry(&key)),
             "clash_resolved" => {
                 // The loser shares the winner's original tuple: merged into it, or made a
                 // hidden reply-only entry beside it.
@@ -457,6 +480,23 @@ mod tests {
         assert!(t.get(7, 0, &tuple(&side(1001, 53), 17)).is_none());
         let added = t.get(7, 0, &tuple(&side(1002, 53), 17)).expect("added");
         assert!(!added.birth_known);
+    }
+
+    #[test]
+    fn a_destroy_after_a_dump_dropped_the_row_still_returns_it() {
+        let mut t = Table::default();
+        t.apply(&event("new", 1000, 10.0), Stamp::at(10.0));
+        // Expired: the dump skips it before the gc worker reaps it.
+        t.merge_dump(7, Vec::new());
+        assert!(t.is_empty());
+        let (_, row) = t
+            .apply(&event("destroy", 1000, 45.0), Stamp::at(45.0))
+            .expect("the row the dump dropped");
+        assert_eq!(row.first_seen, 10.0);
+        assert!(
+            t.apply(&event("destroy", 1000, 46.0), Stamp::at(46.0))
+                .is_none()
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::{
     path::Path,
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use ct_netlink::CpuStats;
 use serde::Serialize;
 use serde_json::Value;
@@ -26,8 +26,6 @@ use crate::{
     diagnose::{Causes, Composition, Evidence, Finding, Memory, StructSizes, rules},
     netns,
 };
-
-const SYSCTL_DIR: &str = "/proc/sys/net/netfilter";
 
 /// `--json`: every finding, and what each namespace's findings were drawn from.
 #[derive(Serialize)]
@@ -117,7 +115,9 @@ async fn gather(target: &Target, sizes: &StructSizes) -> anyhow::Result<Option<E
     let Some((cpus, global, entries)) = read else {
         return Ok(None);
     };
-    let sysctls = read_sysctls(target.path())?;
+    let Some(sysctls) = target.sysctls()? else {
+        return Ok(None);
+    };
     let inode = netns_inode(target)?;
     let entries_now = u64::from(global.entries);
     let max_entries = global.max_entries.map(u64::from);
@@ -152,41 +152,6 @@ fn totals(cpus: &[CpuStats]) -> BTreeMap<String, u64> {
     sums
 }
 
-/// Numeric `nf_conntrack_*` sysctls, read from inside the namespace (most are per
-/// namespace, and /proc/sys/net shows the reading thread's namespace).
-fn read_sysctls(path: Option<&Path>) -> anyhow::Result<BTreeMap<String, u64>> {
-    let read = match path {
-        Some(p) => netns::run_in(p, read_sysctl_dir)
-            .with_context(|| format!("enter network namespace {}", p.display()))?,
-        None => read_sysctl_dir(),
-    };
-    let sysctls = read.with_context(|| format!("read {SYSCTL_DIR}"))?;
-    if !sysctls.contains_key("nf_conntrack_count") {
-        bail!(
-            "no {SYSCTL_DIR}/nf_conntrack_count: conntrack is not loaded (modprobe nf_conntrack)"
-        );
-    }
-    Ok(sysctls)
-}
-
-fn read_sysctl_dir() -> io::Result<BTreeMap<String, u64>> {
-    let mut sysctls = BTreeMap::new();
-    for e in fs::read_dir(SYSCTL_DIR)?.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("nf_conntrack_") {
-            continue;
-        }
-        // Unreadable or non-numeric entries are not evidence.
-        if let Some(v) = fs::read_to_string(e.path())
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-        {
-            sysctls.insert(name, v);
-        }
-    }
-    Ok(sysctls)
-}
-
 /// The inode of the namespace a target talks to.
 pub(super) fn netns_inode(target: &Target) -> anyhow::Result<u64> {
     if let Some(ns) = &target.tag {
@@ -197,7 +162,8 @@ pub(super) fn netns_inode(target: &Target) -> anyhow::Result<u64> {
     Ok(meta.ino())
 }
 
-fn names_of(target: &Target, inode: u64) -> Vec<String> {
+/// The names under /run/netns of the namespace a target talks to.
+pub(super) fn names_of(target: &Target, inode: u64) -> Vec<String> {
     if let Some(ns) = &target.tag {
         return ns.names.clone();
     }
@@ -212,18 +178,7 @@ fn names_of(target: &Target, inode: u64) -> Vec<String> {
 fn text(report: &Report) -> String {
     let mut s = String::new();
     for ev in &report.evidence {
-        let names = if ev.names.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", ev.names.join(","))
-        };
-        s.push_str(&format!(
-            "netns={}{names} entries={} max={} dumped={}\n",
-            ev.netns,
-            ev.count(),
-            ev.max(),
-            ev.table.dumped
-        ));
+        s.push_str(&header(ev));
         for f in report.findings.iter().filter(|f| f.netns == ev.netns) {
             s.push_str(&block(f));
         }
@@ -231,8 +186,24 @@ fn text(report: &Report) -> String {
     s
 }
 
+/// `netns=INODE (NAMES) entries=N max=M dumped=D`: what a namespace's report is about.
+pub(super) fn header(ev: &Evidence) -> String {
+    let names = if ev.names.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", ev.names.join(","))
+    };
+    format!(
+        "netns={}{names} entries={} max={} dumped={}\n",
+        ev.netns,
+        ev.count(),
+        ev.max(),
+        ev.table.dumped
+    )
+}
+
 /// `[SEVERITY] id netns=N`, the summary, `evidence: k=v ...`, `recommendation: ...`.
-fn block(f: &Finding) -> String {
+pub(super) fn block(f: &Finding) -> String {
     let evidence: Vec<String> = f
         .evidence
         .as_object()

@@ -12,10 +12,12 @@ pub mod flush;
 pub mod list;
 pub mod probe;
 pub mod stats;
+pub mod timeouts;
 pub mod top;
 pub mod watch;
 
 use std::{
+    collections::BTreeMap,
     io,
     path::{Path, PathBuf},
 };
@@ -23,7 +25,7 @@ use std::{
 use anyhow::bail;
 use ct_netlink::Conntrack;
 
-use crate::{agent::protocol::Scope, cli::NetnsArgs, netns};
+use crate::{agent::protocol::Scope, cli::NetnsArgs, netns, sysctl};
 
 /// A namespace a table command talks to.
 #[derive(Debug)]
@@ -71,6 +73,19 @@ impl Target {
     /// The namespace's path; `None` for ctscope's own.
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
+    }
+
+    /// The namespace's conntrack sysctls, read inside it. `Ok(None)` (after a warning)
+    /// when iterating all namespaces and this one has vanished since it was listed.
+    pub fn sysctls(&self) -> anyhow::Result<Option<BTreeMap<String, u64>>> {
+        match sysctl::conntrack(self.path()) {
+            Ok(sysctls) => Ok(Some(sysctls)),
+            Err(e) if self.tag.is_some() && vanished(&e) => {
+                eprintln!("ctscope: warning: skipping {}: {e:#}", self.label);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Opens ctnetlink in the namespace and runs `op`. `Ok(None)` (after a warning) when
@@ -128,6 +143,13 @@ fn skippable(e: &ct_netlink::Error) -> bool {
         E::Netns { source, .. } => source.kind() == io::ErrorKind::NotFound,
         _ => false,
     }
+}
+
+/// An error from a path that no longer exists (a process and its namespace are gone).
+fn vanished(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<io::Error>())
+        .any(|io| io.kind() == io::ErrorKind::NotFound)
 }
 
 /// A ctnetlink error with what to do about it.

@@ -15,6 +15,7 @@ use super::{Target, agent_scope, diagnose::netns_inode, ignore_broken_pipe};
 use crate::{
     agent::{self, protocol::Request},
     cli::{TopArgs, TopBy},
+    lifetimes::state_label,
 };
 
 /// One key and how many entries have it.
@@ -136,7 +137,7 @@ fn key(e: &Entry, by: TopBy, netns: u64) -> Option<String> {
         TopBy::Dport if has_ports(e.proto) => e.orig.dst_port?.to_string(),
         TopBy::Dport => return None,
         TopBy::Proto => proto::name(e.proto).to_owned(),
-        TopBy::State => format!("{}/{}", proto::name(e.proto), state(e)),
+        TopBy::State => format!("{}/{}", proto::name(e.proto), state_label(e)),
         TopBy::Zone => e.zone.unwrap_or(0).to_string(),
         TopBy::Netns => netns.to_string(),
     })
@@ -147,24 +148,6 @@ fn has_ports(p: u8) -> bool {
         p,
         proto::TCP | proto::UDP | proto::UDPLITE | proto::SCTP | proto::DCCP
     )
-}
-
-/// The protocol state, or for stateless protocols what conntrack's flags say.
-fn state(e: &Entry) -> &'static str {
-    if let Some(s) = e.tcp.as_ref().map(|t| t.state.name()) {
-        return s;
-    }
-    if let Some(s) = e.sctp.as_ref().map(|t| t.state.name()) {
-        return s;
-    }
-    if let Some(s) = e.dccp.as_ref().map(|t| t.state.name()) {
-        return s;
-    }
-    match (e.status.is_unreplied(), e.status.is_assured()) {
-        (true, _) => "UNREPLIED",
-        (false, true) => "ASSURED",
-        (false, false) => "REPLIED",
-    }
 }
 
 /// The `n` biggest keys, biggest first, ties by key.

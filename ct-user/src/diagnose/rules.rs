@@ -40,6 +40,14 @@ pub fn all(ev: &Evidence) -> Vec<Finding> {
     rules.iter().filter_map(|rule| rule(ev)).collect()
 }
 
+/// The rules about timeouts that let entries fill the table, in report order: what
+/// `ctscope timeouts` warns about (`all` runs them too).
+pub fn timeouts(ev: &Evidence) -> Vec<Finding> {
+    let rules: [fn(&Evidence) -> Option<Finding>; 3] =
+        [tcp_established_timeout, udp_unreplied, tcp_closing];
+    rules.iter().filter_map(|rule| rule(ev)).collect()
+}
+
 fn finding(
     ev: &Evidence,
     id: &'static str,
@@ -759,6 +767,18 @@ mod tests {
         );
         e.table.tcp_states = BTreeMap::from([("TIME_WAIT".into(), 150), ("CLOSE".into(), 10)]);
         assert_eq!(tcp_closing(&e).unwrap().evidence["closing"], 160);
+    }
+
+    #[test]
+    fn timeouts_runs_only_the_timeout_rules() {
+        let mut e = ev(400, 1000, &[("drop", 5)]);
+        e.table.dns_udp = 200;
+        e.table.udp_unreplied = 200;
+        e.table.tcp_states = BTreeMap::from([("ESTABLISHED".into(), 150)]);
+        let got: Vec<_> = timeouts(&e).iter().map(|f| f.id).collect();
+        assert_eq!(got, ["tcp_established_timeout", "udp_unreplied"]);
+        assert!(ids(&e).contains(&"dns_notrack"));
+        assert!(ids(&e).contains(&"udp_unreplied"));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, net::SocketAddrV4, time::Duration};
 
 use ctscope_tests::{
     agent::Agent,
-    kernel::{CtStats, SysctlGuard},
+    kernel::{self, CtStats, SysctlGuard},
     netns::{self, Netns},
     nft, traffic, wait,
 };
@@ -333,6 +333,49 @@ pub fn overflow(tier: &'static [&'static str]) {
     assert_eq!(
         assert_same(&agent, &p.c, "after overflow"),
         usize::from(FLOWS)
+    );
+    agent.stop();
+}
+
+/// Flows that end while the agent watches: `ctscope timeouts` shows how long they lived,
+/// per protocol and final state.
+pub fn lifetimes(tier: &'static [&'static str]) {
+    const TIMEOUT: u32 = 5;
+    let ctx = Ctx::new(Watch::KernelOnly, 47, |p| {
+        kernel::short_timeouts(&p.c, TIMEOUT)
+    });
+    let p = &ctx.pair;
+    let udp = SocketAddrV4::new(p.s_addr, UDP_PORT);
+    let _sink = traffic::UdpSink::bind(&p.s, udp);
+    let tcp = SocketAddrV4::new(p.s_addr, TCP_PORT);
+    let _closer = traffic::TcpCloser::start(&p.s, tcp);
+    let agent = Agent::start(&args(tier, &["--resync", "1"]));
+    traffic::udp_flows(&p.c, p.c_addr, &traffic::ports(29000, 10), udp);
+    traffic::tcp_connections(&p.c, tcp, 3);
+    let gc = wait::env_secs("CTSCOPE_TEST_GC_SECS", 90);
+    let empty = wait::poll(gc, Duration::from_millis(500), || {
+        (kernel::ct_count(&p.c) == 0).then_some(())
+    });
+    assert!(empty.is_some(), "entries left in c after {gc:?}");
+
+    let mut last = Value::Null;
+    let counted = wait::poll(event_wait(), Duration::from_millis(250), || {
+        let out = agent.ctscope(&["timeouts", "--json", "--netns", p.c.name()]);
+        last = serde_json::from_slice(&out.stdout).expect("timeouts --json is one object");
+        let by = &last["lifetimes"]["by_proto"];
+        let tcp: u64 = by["tcp"].as_object().map_or(0, |states| {
+            states.values().filter_map(|h| h["count"].as_u64()).sum()
+        });
+        (by["udp"]["UNREPLIED"]["count"] == 10 && tcp == 3).then_some(())
+    });
+    assert!(counted.is_some(), "lifetimes: {:#}", last["lifetimes"]);
+    let udp_lived = &last["lifetimes"]["by_proto"]["udp"]["UNREPLIED"];
+    note(format!("lifetimes: udp UNREPLIED {udp_lived}"));
+    let min = udp_lived["min"].as_f64().unwrap_or(0.0);
+    let max = udp_lived["max"].as_f64().unwrap_or(f64::MAX);
+    assert!(
+        min >= f64::from(TIMEOUT) - 1.0 && max <= gc.as_secs_f64() + f64::from(TIMEOUT),
+        "UDP flows with a {TIMEOUT} s timeout lived {min}..{max} s"
     );
     agent.stop();
 }

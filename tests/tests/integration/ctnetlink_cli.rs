@@ -165,7 +165,7 @@ impl Table {
     }
 }
 
-fn run_ctscope(args: &[&str]) -> Output {
+pub fn run_ctscope(args: &[&str]) -> Output {
     let bin = ctscope::binary_or_panic();
     Command::new(&bin)
         .args(args)

@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::common::{Ctx, UDP_PORT, Watch, note};
 
 /// `ctscope ARGS --netns NS`, required to exit 0; stdout as JSON.
-fn ctscope_json(ns: &Netns, args: &[&str]) -> Value {
+pub fn ctscope_json(ns: &Netns, args: &[&str]) -> Value {
     let bin = ctscope::binary_or_panic();
     let out = Command::new(&bin)
         .args(args)
