@@ -524,18 +524,25 @@ pub struct StatsArgs {
     pub netns: NetnsArgs,
 }
 
+/// Which namespaces a report covers, and the agent that adds what only it knows.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub netns: NetnsArgs,
+
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
 #[derive(Debug, Args)]
 pub struct DiagnoseArgs {
     /// One JSON object (`findings`, `evidence` per namespace) instead of text.
     #[arg(long)]
     pub json: bool,
 
-    #[command(flatten)]
-    pub netns: NetnsArgs,
-
     /// With an agent running, the insert_failed causes its events gave are evidence too.
     #[command(flatten)]
-    pub agent: AgentArgs,
+    pub from: ReportArgs,
 }
 
 #[derive(Debug, Args)]
@@ -544,12 +551,9 @@ pub struct TimeoutsArgs {
     #[arg(long)]
     pub json: bool,
 
-    #[command(flatten)]
-    pub netns: NetnsArgs,
-
     /// Lifetimes of ended flows come from a running agent.
     #[command(flatten)]
-    pub agent: AgentArgs,
+    pub from: ReportArgs,
 }
 
 /// What `ctscope top` groups entries by (original direction).
@@ -1000,7 +1004,7 @@ mod tests {
         let err = Cli::try_parse_from(["ctscope", "top", "--by", "port"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
         let cli = Cli::try_parse_from(["ctscope", "diagnose", "--json", "--all-netns"]).unwrap();
-        assert!(matches!(cli.command, Command::Diagnose(a) if a.json && a.netns.all_netns));
+        assert!(matches!(cli.command, Command::Diagnose(a) if a.json && a.from.netns.all_netns));
         let err = Cli::try_parse_from(["ctscope", "diagnose", "--netns", "a", "--all-netns"]);
         assert_eq!(err.unwrap_err().exit_code(), 2);
     }
@@ -1011,8 +1015,8 @@ mod tests {
         let Command::Timeouts(args) = cli.command else {
             panic!("not timeouts")
         };
-        assert!(args.json && !args.netns.all_netns);
-        assert_eq!(args.netns.netns.as_deref(), Some("x"));
+        assert!(args.json && !args.from.netns.all_netns);
+        assert_eq!(args.from.netns.netns.as_deref(), Some("x"));
         let err = Cli::try_parse_from(["ctscope", "timeouts", "--netns", "a", "--all-netns"]);
         assert_eq!(err.unwrap_err().exit_code(), 2);
         let err = Cli::try_parse_from(["ctscope", "timeouts", "-p", "tcp"]).unwrap_err();

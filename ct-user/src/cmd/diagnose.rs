@@ -40,11 +40,11 @@ pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
         findings: Vec::new(),
         evidence: Vec::new(),
     };
-    for target in Target::from_args(&args.netns)? {
+    for target in Target::from_args(&args.from.netns)? {
         let Some(mut ev) = gather(&target, &sizes).await? else {
             continue;
         };
-        if let Some(path) = args.agent.socket() {
+        if let Some(path) = args.from.agent.socket() {
             ev.causes = causes(&path, ev.netns).await?;
         }
         let mut findings = rules::all(&ev);

@@ -261,7 +261,7 @@ impl Printer {
 }
 
 /// Says on stderr which tier runs when it is not the best one, and which hooks failed.
-fn announce(probes: &Probes) {
+pub fn announce(probes: &Probes) {
     for h in probes.hooks.iter().filter(|h| !h.available) {
         log::info!(
             "hook {} not attached: {}",

@@ -65,7 +65,7 @@ struct StateRow {
 
 pub async fn run(args: &TimeoutsArgs) -> anyhow::Result<()> {
     let mut reports = Vec::new();
-    for target in Target::from_args(&args.netns)? {
+    for target in Target::from_args(&args.from.netns)? {
         if let Some(report) = gather(&target).await? {
             reports.push(report);
         }
@@ -92,7 +92,7 @@ async fn from_agent(
     args: &TimeoutsArgs,
     netns: &[u64],
 ) -> anyhow::Result<Option<BTreeMap<u64, Lifetimes>>> {
-    let Some(path) = args.agent.socket() else {
+    let Some(path) = args.from.agent.socket() else {
         return Ok(None);
     };
     let request = Request::Lifetimes {

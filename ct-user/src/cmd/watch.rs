@@ -182,14 +182,7 @@ fn attach(args: &WatchArgs) -> anyhow::Result<Option<loader::Probes>> {
     }
     match loader::load(args.ring_size, args.tier) {
         Ok(p) => {
-            if p.tier != Tier::Kprobes {
-                eprintln!(
-                    "ctscope: tier {} ({}). It sees: {}.",
-                    p.tier.number(),
-                    p.tier_reason,
-                    p.tier.sees()
-                );
-            }
+            super::events::announce(&p);
             Ok(Some(p))
         }
         Err(e @ (LoadError::Tier(..) | LoadError::Btf(_))) if args.tier.is_none() => {

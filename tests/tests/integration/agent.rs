@@ -102,14 +102,29 @@ fn args<'a>(tier: &[&'a str], rest: &[&'a str]) -> Vec<&'a str> {
     tier.iter().chain(rest).copied().collect()
 }
 
+/// A UDP sink and a TCP server that closes at once, in `s`: their addresses, and the
+/// servers to keep alive.
+fn servers(
+    p: &netns::Pair,
+) -> (
+    SocketAddrV4,
+    SocketAddrV4,
+    (traffic::UdpSink, traffic::TcpCloser),
+) {
+    let udp = SocketAddrV4::new(p.s_addr, UDP_PORT);
+    let tcp = SocketAddrV4::new(p.s_addr, TCP_PORT);
+    let servers = (
+        traffic::UdpSink::bind(&p.s, udp),
+        traffic::TcpCloser::start(&p.s, tcp),
+    );
+    (udp, tcp, servers)
+}
+
 /// Events alone (no dumps after the seed), then a restart, then a resync.
 pub fn mirror(tier: &'static [&'static str]) {
     let ctx = Ctx::new(Watch::KernelOnly, 44, |_| {});
     let p = &ctx.pair;
-    let udp = SocketAddrV4::new(p.s_addr, UDP_PORT);
-    let _sink = traffic::UdpSink::bind(&p.s, udp);
-    let tcp = SocketAddrV4::new(p.s_addr, TCP_PORT);
-    let _closer = traffic::TcpCloser::start(&p.s, tcp);
+    let (udp, tcp, _servers) = servers(p);
 
     let agent = Agent::start(&args(tier, &["--resync", "0"]));
     let dumps = agent.total("dumps");
@@ -345,10 +360,7 @@ pub fn lifetimes(tier: &'static [&'static str]) {
         kernel::short_timeouts(&p.c, TIMEOUT)
     });
     let p = &ctx.pair;
-    let udp = SocketAddrV4::new(p.s_addr, UDP_PORT);
-    let _sink = traffic::UdpSink::bind(&p.s, udp);
-    let tcp = SocketAddrV4::new(p.s_addr, TCP_PORT);
-    let _closer = traffic::TcpCloser::start(&p.s, tcp);
+    let (udp, tcp, _servers) = servers(p);
     let agent = Agent::start(&args(tier, &["--resync", "1"]));
     traffic::udp_flows(&p.c, p.c_addr, &traffic::ports(29000, 10), udp);
     traffic::tcp_connections(&p.c, tcp, 3);
