@@ -178,6 +178,9 @@ async fn status(path: &std::path::Path) -> anyhow::Result<()> {
 /// The probes of the tier asked for, or the best; `None` for tier 3 (no BPF).
 fn attach(args: &WatchArgs) -> anyhow::Result<Option<loader::Probes>> {
     if args.tier == Some(Tier::Ctnetlink) {
+        eprintln!(
+            "ctscope: tier 3 (forced, degraded): the table from dumps only, no causes or reasons"
+        );
         return Ok(None);
     }
     match loader::load(args.ring_size, args.tier) {
