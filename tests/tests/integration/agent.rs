@@ -122,7 +122,11 @@ fn servers(
 
 /// Events alone (no dumps after the seed), then a restart, then a resync.
 pub fn mirror(tier: &'static [&'static str]) {
-    let ctx = Ctx::new(Watch::KernelOnly, 44, |_| {});
+    // Long timeouts: the counts below must not shrink while a slow VM runs the phases.
+    let ctx = Ctx::new(Watch::KernelOnly, 44, |p| {
+        p.c.sysctl("net.netfilter.nf_conntrack_udp_timeout", "600");
+        p.c.sysctl("net.netfilter.nf_conntrack_tcp_timeout_time_wait", "600");
+    });
     let p = &ctx.pair;
     let (udp, tcp, _servers) = servers(p);
 
