@@ -73,6 +73,11 @@ pub struct Options {
     /// per 10k events/s, from one flood of --flows new flows it keeps in its table.
     #[arg(long)]
     agent: bool,
+    /// Turn on kernel.bpf_stats_enabled for the `BPF s` column and the per-program run
+    /// times. Off by default: the accounting itself costs two clock reads per program
+    /// run, which would count against ctscope's flow rate.
+    #[arg(long)]
+    bpf_stats: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -129,7 +134,7 @@ pub fn cmd(opts: &Options) -> Result<()> {
     let server = Netns::add(format!("ctbench-{}-s", std::process::id()))?;
     configure(&client, &server)?;
     let _max = raise_conntrack_max(opts.flows)?;
-    let _stats = match opts.modes.contains(&Mode::Ctscope) {
+    let _stats = match opts.bpf_stats && opts.modes.contains(&Mode::Ctscope) {
         true => SysctlGuard::set(BPF_STATS, "1")?,
         false => None,
     };
