@@ -1022,7 +1022,8 @@ fn bpf_run_time(pid: u32) -> Option<(f64, u64)> {
         ns += prog_ns;
         runs += prog_runs;
     }
-    (progs > 0).then(|| (ns as f64 / 1e9, runs))
+    // No runs counted: bpf_stats_enabled is off (see --bpf-stats).
+    (progs > 0 && runs > 0).then(|| (ns as f64 / 1e9, runs))
 }
 
 /// CPU seconds (user + system) the calling thread used.
