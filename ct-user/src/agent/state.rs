@@ -380,10 +380,11 @@ impl Agent {
     }
 
     fn status(&self) -> Vec<u8> {
+        let counts = self.table.counts();
         let per_netns: BTreeMap<u32, usize> = self
             .watched
             .keys()
-            .map(|&n| (n, self.table.count(n)))
+            .map(|&n| (n, counts.get(&n).copied().unwrap_or(0)))
             .collect();
         let status = Status {
             tier: self.tier,

@@ -75,6 +75,13 @@ impl Stored {
         }
     }
 
+    pub fn reply(&self) -> &Tuple {
+        match self {
+            Stored::Whole(e) => &e.reply,
+            Stored::Common(c) => &c.reply,
+        }
+    }
+
     pub fn timeout(&self) -> Option<u32> {
         match self {
             Stored::Whole(e) => e.timeout,

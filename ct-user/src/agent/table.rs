@@ -190,6 +190,15 @@ impl Table {
         self.rows.keys().filter(|k| k.netns == netns).count()
     }
 
+    /// Rows per namespace, in one pass.
+    pub fn counts(&self) -> HashMap<u32, usize> {
+        let mut counts = HashMap::new();
+        for k in self.rows.keys() {
+            *counts.entry(k.netns).or_default() += 1;
+        }
+        counts
+    }
+
     /// Replaces one namespace's rows by a dump (each entry with the time it was read),
     /// keeping what the agent knows beyond the dump (first seen, notes). Must run before
     /// any event that came after the dump started is applied: events already applied
@@ -332,12 +341,8 @@ impl Table {
             return Some(RowRef { key, row });
         }
         self.rows().find(|r| {
-            r.key.netns == netns
-                && r.key.zone == zone
-                && Tuple {
-                    zone: None,
-                    ..r.entry().reply
-                } == key.orig
+            let reply = r.row.stored.reply();
+            r.key.netns == netns && r.key.zone == zone && reply.zone.is_none() && *reply == key.orig
         })
     }
 }

@@ -76,11 +76,12 @@ impl View {
 
     pub fn snapshot(&mut self, agent: &Agent) -> Snapshot {
         let max = sysctl("nf_conntrack_max");
+        let counts = agent.table.counts();
         let mut namespaces: Vec<NsLine> = agent
             .namespaces()
             .into_iter()
             .map(|netns| {
-                let entries = agent.table.count(netns);
+                let entries = counts.get(&netns).copied().unwrap_or(0);
                 NsLine {
                     netns,
                     entries,

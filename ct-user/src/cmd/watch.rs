@@ -89,10 +89,8 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
                 source.handle(w?, &mut out).await;
                 dumps.take(&mut agent, out);
             }
-            Some(done) = dumps.set.join_next() => {
-                if let Ok(d) = done {
-                    dumps.finish(&mut agent, d);
-                }
+            Some(done) = dumps.set.join_next_with_id() => {
+                dumps.joined(&mut agent, done);
                 if dumps.idle() {
                     let took = dumps.round_took();
                     next_round = (resync > 0.0).then(|| Instant::now() + period(resync, took));
@@ -258,6 +256,8 @@ struct Dumped {
 #[derive(Default)]
 struct Dumps {
     set: JoinSet<Dumped>,
+    /// Which namespace each task dumps (to clean up after a task that failed).
+    tasks: HashMap<tokio::task::Id, u32>,
     in_flight: HashSet<u32>,
     /// Asked for again while in flight (a loss during the dump): dump once more.
     again: HashSet<u32>,
@@ -302,10 +302,11 @@ impl Dumps {
             self.again.insert(netns);
             return;
         }
-        self.set.spawn(async move {
+        let task = self.set.spawn(async move {
             let entries = dump(&path).await;
             Dumped { netns, entries }
         });
+        self.tasks.insert(task.id(), netns);
     }
 
     /// Events and losses from the source: applied, held behind a dump, or (losses)
@@ -329,6 +330,31 @@ impl Dumps {
             agent.totals.reseeds += 1;
             self.round(agent);
         }
+    }
+
+    /// A dump task ended; one that failed counts as a failed dump of its namespace, so
+    /// the events held behind it are applied.
+    fn joined(
+        &mut self,
+        agent: &mut Agent,
+        done: Result<(tokio::task::Id, Dumped), tokio::task::JoinError>,
+    ) {
+        let dumped = match done {
+            Ok((id, d)) => {
+                self.tasks.remove(&id);
+                d
+            }
+            Err(e) => {
+                let Some(netns) = self.tasks.remove(&e.id()) else {
+                    return;
+                };
+                Dumped {
+                    netns,
+                    entries: Err(format!("the dump task failed: {e}")),
+                }
+            }
+        };
+        self.finish(agent, dumped);
     }
 
     fn finish(&mut self, agent: &mut Agent, d: Dumped) {
