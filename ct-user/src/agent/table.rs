@@ -341,8 +341,12 @@ impl Table {
             return Some(RowRef { key, row });
         }
         self.rows().find(|r| {
-            let reply = r.row.stored.reply();
-            r.key.netns == netns && r.key.zone == zone && reply.zone.is_none() && *reply == key.orig
+            r.key.netns == netns
+                && r.key.zone == zone
+                && Tuple {
+                    zone: None,
+                    ..r.row.stored.reply().clone()
+                } == key.orig
         })
     }
 }
