@@ -21,10 +21,9 @@ impl Stamp {
         }
     }
 
-    /// An event's time, from its wall time: the kernel clock that far back from now (an
+    /// An event's time, from its wall time: the kernel clock that far back from `now` (an
     /// event is read within milliseconds, so drift does not matter here).
-    pub fn of_wall(wall: f64) -> Self {
-        let now = Stamp::now();
+    pub fn of_wall(wall: f64, now: Stamp) -> Self {
         Stamp {
             wall,
             kernel: now.kernel - (now.wall - wall).max(0.0),
@@ -71,7 +70,7 @@ mod tests {
     #[test]
     fn an_event_stamp_lies_back_on_both_clocks() {
         let now = Stamp::now();
-        let ev = Stamp::of_wall(now.wall - 2.0);
+        let ev = Stamp::of_wall(now.wall - 2.0, now);
         assert!((now.kernel - ev.kernel - 2.0).abs() < 0.1, "{now:?} {ev:?}");
         assert!(
             Stamp::now().kernel >= now.kernel,

@@ -120,11 +120,12 @@ impl Agent {
         })
     }
 
-    /// Applies one event to the table, the attribution and the subscribers.
-    pub fn apply(&mut self, ev: CtEvent) {
+    /// Applies one event to the table, the attribution and the subscribers. `now`: when
+    /// its batch was read (one clock read per batch, not per event).
+    pub fn apply(&mut self, ev: CtEvent, now: Stamp) {
         *self.totals.events.entry(ev.kind).or_default() += 1;
         self.watched(ev.netns).attributed.count(&ev);
-        if let Some((key, row)) = self.table.apply(&ev, Stamp::of_wall(ev.ts))
+        if let Some((key, row)) = self.table.apply(&ev, Stamp::of_wall(ev.ts, now))
             && row.birth_known
         {
             // The event has the entry's last status and TCP state; the row, the rest.

@@ -312,6 +312,7 @@ impl Dumps {
     /// Events and losses from the source: applied, held behind a dump, or (losses)
     /// answered with a reseed of every namespace.
     fn take(&mut self, agent: &mut Agent, out: Output) {
+        let now = Stamp::now();
         for ev in out.events {
             if self.in_flight.contains(&ev.netns) {
                 self.held.entry(ev.netns).or_default().push(ev);
@@ -323,7 +324,7 @@ impl Dumps {
                 // A namespace born after the round: its rows come from a dump too.
                 self.start(ev.netns, path);
             }
-            agent.apply(ev);
+            agent.apply(ev, now);
         }
         if !out.lost.is_empty() {
             agent.lost(out.lost);
@@ -367,8 +368,9 @@ impl Dumps {
                 agent.table.forget(d.netns);
             }
         }
+        let now = Stamp::now();
         for ev in self.held.remove(&d.netns).unwrap_or_default() {
-            agent.apply(ev);
+            agent.apply(ev, now);
         }
         if self.again.remove(&d.netns)
             && let Some(path) = netns::path_of(d.netns)
