@@ -3,7 +3,7 @@
 //! answer out. The loop owns the table, so no lock is needed.
 
 use std::{
-    fs, io,
+    fs,
     os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     time::Duration,
@@ -91,7 +91,11 @@ async fn accept(listener: UnixListener, tx: mpsc::Sender<Incoming>) {
             Ok((stream, _)) => {
                 tokio::spawn(serve(stream, tx.clone()));
             }
-            Err(e) => log::warn!("agent socket: accept: {e}"),
+            Err(e) => {
+                // Out of file descriptors and the like: wait rather than spin.
+                log::warn!("agent socket: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
 }
@@ -135,12 +139,4 @@ async fn read_request(
         _ => return Err("no request: send one JSON object and a newline".into()),
     }
     serde_json::from_str(&line).map_err(|e| format!("bad request: {e}"))
-}
-
-/// A write error a closed client explains.
-pub fn gone(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-    )
 }
