@@ -46,11 +46,13 @@ pub enum Command {
     /// Stream conntrack events: new, destroy (with reason), insert_failed (with cause),
     /// clash_resolved, table_full, early_drop, and lost (ring buffer overflow).
     Events(EventsArgs),
-    /// List the conntrack table through ctnetlink, in `conntrack -L` text or JSON.
+    /// List the conntrack table in `conntrack -L` text or JSON: from the agent when one
+    /// runs (with its extra fields), else through ctnetlink.
     List(ListArgs),
     /// Count the entries of the table (`conntrack -C`), per namespace with --all-netns.
     Count(CountArgs),
-    /// Per-CPU conntrack counters (`conntrack -S`) and the table size and limit.
+    /// Per-CPU conntrack counters (`conntrack -S`) and the table size and limit; with an
+    /// agent running, also what its events explain of them and what is left unexplained.
     Stats(StatsArgs),
     /// Delete the entries matching the filters (`conntrack -D`); at least one filter.
     Delete(DeleteArgs),
@@ -79,8 +81,8 @@ pub enum Command {
     /// clashes, the DNS race, timeouts, helpers), each with its evidence and what to do.
     /// Exit status 0 even with findings.
     Diagnose(DiagnoseArgs),
-    /// Who fills the table: the top keys (source, destination, port, ...) of one dump,
-    /// with entry counts and shares.
+    /// Who fills the table: the top keys (source, destination, port, ...) of one dump, or
+    /// of the agent's live table when one runs, with entry counts and shares.
     Top(TopArgs),
     /// Timeouts per namespace: the nf_conntrack_*timeout* sysctls next to what the table
     /// holds (entries and seconds left per protocol and state) and how long ended flows
