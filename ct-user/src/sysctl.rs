@@ -32,12 +32,18 @@ fn read_dir() -> io::Result<BTreeMap<String, u64>> {
             continue;
         }
         // Unreadable or non-numeric entries are not evidence.
-        if let Some(v) = fs::read_to_string(e.path())
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-        {
+        if let Some(v) = read_number(&e.path()) {
             sysctls.insert(name, v);
         }
     }
     Ok(sysctls)
+}
+
+/// One numeric conntrack sysctl of ctscope's own namespace (e.g. `nf_conntrack_max`).
+pub fn own(name: &str) -> Option<u64> {
+    read_number(&Path::new(DIR).join(name))
+}
+
+fn read_number(path: &Path) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
 }

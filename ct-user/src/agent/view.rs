@@ -3,7 +3,7 @@
 //! insert_failed, table_full, early_drop and lost records. [`super::tui`] draws it on a
 //! terminal; elsewhere [`Snapshot::summary`] is one line per tick.
 
-use std::{collections::BTreeMap, fs, time::Instant};
+use std::{collections::BTreeMap, time::Instant};
 
 use super::state::Agent;
 use crate::output::{Format, write_record};
@@ -75,7 +75,7 @@ impl View {
     }
 
     pub fn snapshot(&mut self, agent: &Agent) -> Snapshot {
-        let max = sysctl("nf_conntrack_max");
+        let max = crate::sysctl::own("nf_conntrack_max");
         let counts = agent.table.counts();
         let mut namespaces: Vec<NsLine> = agent
             .namespaces()
@@ -128,13 +128,4 @@ fn record_text(r: &crate::event::Record) -> String {
     let mut line = Vec::new();
     let _ = write_record(&mut line, Format::Text { timestamp: true }, r);
     String::from_utf8_lossy(&line).trim_end().to_owned()
-}
-
-/// A conntrack sysctl of the agent's namespace.
-fn sysctl(name: &str) -> Option<u64> {
-    fs::read_to_string(format!("/proc/sys/net/netfilter/{name}"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }

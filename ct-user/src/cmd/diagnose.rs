@@ -5,13 +5,10 @@
 use std::{
     cmp::Reverse,
     collections::BTreeMap,
-    fs,
     io::{self, Write},
-    os::unix::fs::MetadataExt,
     path::Path,
 };
 
-use anyhow::Context as _;
 use ct_netlink::CpuStats;
 use serde::Serialize;
 use serde_json::Value;
@@ -118,7 +115,7 @@ async fn gather(target: &Target, sizes: &StructSizes) -> anyhow::Result<Option<E
     let Some(sysctls) = target.sysctls()? else {
         return Ok(None);
     };
-    let inode = netns_inode(target)?;
+    let inode = target.inode()?;
     let entries_now = u64::from(global.entries);
     let max_entries = global.max_entries.map(u64::from);
     let count = sysctls
@@ -150,16 +147,6 @@ fn totals(cpus: &[CpuStats]) -> BTreeMap<String, u64> {
         *sums.entry(name.to_owned()).or_insert(0) += u64::from(v);
     }
     sums
-}
-
-/// The inode of the namespace a target talks to.
-pub(super) fn netns_inode(target: &Target) -> anyhow::Result<u64> {
-    if let Some(ns) = &target.tag {
-        return Ok(u64::from(ns.inode));
-    }
-    let path = target.path().unwrap_or(Path::new("/proc/self/ns/net"));
-    let meta = fs::metadata(path).with_context(|| format!("stat {}", path.display()))?;
-    Ok(meta.ino())
 }
 
 /// The names under /run/netns of the namespace a target talks to.

@@ -75,6 +75,18 @@ impl Target {
         self.path.as_deref()
     }
 
+    /// The inode of the namespace this target talks to.
+    pub fn inode(&self) -> anyhow::Result<u64> {
+        use std::os::unix::fs::MetadataExt as _;
+        if let Some(ns) = &self.tag {
+            return Ok(u64::from(ns.inode));
+        }
+        let path = self.path().unwrap_or(Path::new("/proc/self/ns/net"));
+        let meta =
+            std::fs::metadata(path).map_err(|e| anyhow::anyhow!("stat {}: {e}", path.display()))?;
+        Ok(meta.ino())
+    }
+
     /// The namespace's conntrack sysctls, read inside it. `Ok(None)` (after a warning)
     /// when iterating all namespaces and this one has vanished since it was listed.
     pub fn sysctls(&self) -> anyhow::Result<Option<BTreeMap<String, u64>>> {
@@ -124,14 +136,7 @@ pub fn agent_scope(args: &NetnsArgs) -> anyhow::Result<Scope> {
 
 /// The inode of `--netns NS`, or of ctscope's own namespace.
 pub fn netns_inode(arg: Option<&str>) -> anyhow::Result<u32> {
-    use std::os::unix::fs::MetadataExt as _;
-    let path = match arg {
-        Some(a) => resolve_netns(a)?,
-        None => PathBuf::from("/proc/self/ns/net"),
-    };
-    Ok(std::fs::metadata(&path)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
-        .ino() as u32)
+    Ok(Target::one(arg)?.inode()? as u32)
 }
 
 /// Errors that mean "no ctnetlink here" rather than "ctscope cannot work".

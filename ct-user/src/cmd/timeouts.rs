@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::{
     Target,
-    diagnose::{block, header, names_of, netns_inode},
+    diagnose::{block, header, names_of},
     ignore_broken_pipe,
 };
 use crate::{
@@ -119,7 +119,7 @@ async fn gather(target: &Target) -> anyhow::Result<Option<Report>> {
     let Some(sysctls) = target.sysctls()? else {
         return Ok(None);
     };
-    let netns = netns_inode(target)?;
+    let netns = target.inode()?;
     let evidence = Evidence {
         netns,
         names: names_of(target, netns),

@@ -11,7 +11,7 @@ use std::{
 use ct_netlink::{Entry, proto};
 use serde::Serialize;
 
-use super::{Target, agent_scope, diagnose::netns_inode, ignore_broken_pipe};
+use super::{Target, agent_scope, ignore_broken_pipe};
 use crate::{
     agent::{self, protocol::Request},
     cli::{TopArgs, TopBy},
@@ -56,7 +56,7 @@ pub async fn run(args: &TopArgs) -> anyhow::Result<()> {
         let Some(dump) = target.run(async |ct| ct.dump(None).await).await? else {
             continue;
         };
-        let inode = netns_inode(&target)?;
+        let inode = target.inode()?;
         dump.iter().for_each(|e| counter.add(e, inode));
     }
     let top = counter.top(args.n);
