@@ -140,11 +140,13 @@ impl Agent {
                 .or_default()
                 .record(&last, lived);
         }
+        let notable = matches!(ev.kind, "insert_failed" | "table_full" | "early_drop");
+        if self.subscribers.is_empty() && !notable {
+            return; // Most events: nobody to tell, nothing to keep.
+        }
         let record = Record::Conntrack(Box::new(ev));
         self.publish(&record);
-        if let Record::Conntrack(ev) = &record
-            && matches!(ev.kind, "insert_failed" | "table_full" | "early_drop")
-        {
+        if notable {
             self.remember(record);
         }
     }
