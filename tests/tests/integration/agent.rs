@@ -98,6 +98,17 @@ fn assert_same(agent: &Agent, ns: &Netns, what: &str) -> usize {
     n
 }
 
+/// The traffic made `want` entries in `ns`; on a shortfall, shows the kernel's table so
+/// the missing flow can be told.
+fn assert_count(got: usize, want: usize, ns: &Netns) {
+    if got != want {
+        panic!(
+            "conntrack -L lists {got} entries, the traffic made {want}:\n{}",
+            ns.exec(&["conntrack", "-L"])
+        );
+    }
+}
+
 fn args<'a>(tier: &[&'a str], rest: &[&'a str]) -> Vec<&'a str> {
     tier.iter().chain(rest).copied().collect()
 }
@@ -133,7 +144,7 @@ pub fn mirror(tier: &'static [&'static str]) {
     let agent = Agent::start(&args(tier, &["--resync", "0"]));
     let dumps = agent.total("dumps");
     traffic::udp_flows(&p.c, p.c_addr, &traffic::ports(25000, 20), udp);
-    assert_eq!(assert_same(&agent, &p.c, "events only"), 20);
+    assert_count(assert_same(&agent, &p.c, "events only"), 20, &p.c);
     assert_eq!(
         agent.total("dumps"),
         dumps,
@@ -144,7 +155,7 @@ pub fn mirror(tier: &'static [&'static str]) {
     // TCP entries change state after birth: a restarted agent seeds them from a dump.
     traffic::tcp_connections(&p.c, tcp, 5);
     let agent = Agent::start(&args(tier, &["--resync", "1"]));
-    assert_eq!(assert_same(&agent, &p.c, "after a restart"), 25);
+    assert_count(assert_same(&agent, &p.c, "after a restart"), 25, &p.c);
 
     let stream = agent.spawn(&[
         "events",
@@ -161,7 +172,7 @@ pub fn mirror(tier: &'static [&'static str]) {
     check_stream(stream, 25100..25110);
     traffic::tcp_connections(&p.c, tcp, 3);
     agent.wait_resync();
-    assert_eq!(assert_same(&agent, &p.c, "after a resync"), 38);
+    assert_count(assert_same(&agent, &p.c, "after a resync"), 38, &p.c);
     check_get(&agent, p, 25100);
     check_top(&agent, &p.c);
     agent.stop();

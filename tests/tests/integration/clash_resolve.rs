@@ -8,8 +8,9 @@
 //! backends: their reply tuples differ, so instead of merging the kernel inserts the loser
 //! reply-only with IPS_NAT_CLASH (`nat_clash_reply_only`); still `clash_resolve` +1.
 //!
-//! How often the race is won depends on scheduling; the scenarios assert equality with
-//! the kernel's count, whatever it is, and note it.
+//! How often the race is won depends on scheduling (most of the 3000 rounds on a two-CPU
+//! host; a handful in the VMs, whose vCPUs take turns on one host thread); the scenarios
+//! assert equality with the kernel's count, whatever it is, and note it.
 
 use std::{
     hint,
