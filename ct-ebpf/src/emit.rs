@@ -16,9 +16,12 @@ use crate::kernel::{fill_from_ct, off};
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
-/// The reader is woken only once this much is waiting; below it, it polls on a short
-/// timer. A wakeup per event would cost a syscall and an irq_work per event under load.
+/// The reader is woken when this much comes to be waiting; below it, it polls on a short
+/// timer. A wakeup costs an irq_work, i.e. a self-IPI: on a virtual machine, an APIC
+/// write that exits to the hypervisor.
 const WAKEUP_BYTES: u64 = 64 * 1024;
+/// Ring buffer record header (`BPF_RINGBUF_HDR_SZ`); records are 8-byte aligned.
+const RECORD_HEADER: u64 = 8;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
@@ -50,7 +53,7 @@ pub fn emit(kind: EventKind, cause: u8, fill: impl FnOnce(&mut Event)) {
     e.kind = kind as u8;
     e.cause = cause;
     fill(e);
-    entry.submit(wakeup());
+    entry.submit(wakeup(size_of::<Event>()));
 }
 
 /// Like [`emit`] for an event about entry `ct` in namespace `netns`, but the entry's
@@ -93,13 +96,18 @@ pub fn emit_raw(kind: EventKind, cause: u8, ct: u64, netns: u32, flags: u8) {
         }
         core::ptr::write(&raw mut (*r).head, head);
     }
-    entry.submit(wakeup());
+    entry.submit(wakeup(size_of::<RawCtEvent>()));
 }
 
-/// Submit flags: wake the reader only once a backlog built up (it polls otherwise).
+/// Submit flags for a record of `size` bytes: wake the reader only when this record
+/// takes the backlog across [`WAKEUP_BYTES`]. Waking on every record above it would send
+/// one self-IPI per event while the woken reader is still being scheduled. A crossing
+/// missed in a race with another CPU only waits for the reader's poll timer.
 #[inline(always)]
-fn wakeup() -> u64 {
-    if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+fn wakeup(size: usize) -> u64 {
+    let footprint = (size as u64 + RECORD_HEADER + 7) & !7;
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA);
+    if waiting >= WAKEUP_BYTES && waiting < WAKEUP_BYTES + footprint {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

@@ -811,6 +811,12 @@ pub struct EventsArgs {
     #[arg(long, value_enum, value_name = "N")]
     pub tier: Option<crate::loader::Tier>,
 
+    /// Benchmark only (`cargo xtask bench`): attach tier 2's hooks with programs that
+    /// return at once, so the flow rate shows what the hooks cost by themselves. Reports
+    /// no events.
+    #[arg(long, hide = true)]
+    pub empty_programs: bool,
+
     #[command(flatten)]
     pub agent: AgentArgs,
 }

@@ -142,9 +142,31 @@ impl Support {
     }
 }
 
+/// What [`load`] loads and attaches.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// Ring buffer size in bytes: a power of two, at least 4096.
+    pub ring_bytes: u32,
+    /// The tier to attach; `None` for the best this kernel allows.
+    pub tier: Option<Tier>,
+    /// Benchmark only: the tier-2 programs return at once (`events --empty-programs`).
+    pub empty_programs: bool,
+}
+
+impl LoadOptions {
+    pub fn new(ring_bytes: u32, tier: Option<Tier>) -> Self {
+        Self {
+            ring_bytes,
+            tier,
+            empty_programs: false,
+        }
+    }
+}
+
 /// Loads the object and attaches the best tier this kernel allows (tier 1, else 2), or
-/// the tier `forced`. Tier 3 needs no BPF and is the caller's fallback on error.
-pub fn load(ring_bytes: u32, forced: Option<Tier>) -> Result<Probes, LoadError> {
+/// the tier `opts.tier`. Tier 3 needs no BPF and is the caller's fallback on error.
+pub fn load(opts: LoadOptions) -> Result<Probes, LoadError> {
+    let (ring_bytes, forced) = (opts.ring_bytes, opts.tier);
     if OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
@@ -161,6 +183,7 @@ pub fn load(ring_bytes: u32, forced: Option<Tier>) -> Result<Probes, LoadError> 
     let mut ebpf = EbpfLoader::new()
         .override_global("LAYOUT", &layout, true)
         .override_global("EARLY_DROP_ATTACHED", &early_drop, true)
+        .override_global("EMPTY_PROGRAMS", &u32::from(opts.empty_programs), true)
         .map_max_entries("EVENTS", ring_bytes)
         .load(OBJECT)
         .map_err(permission_or)?;

@@ -6,7 +6,7 @@ use std::{fs, path::Path};
 use serde::Serialize;
 
 use crate::{
-    loader::{self, DEFAULT_RING_BYTES, HookStatus, LoadError, Tier},
+    loader::{self, DEFAULT_RING_BYTES, HookStatus, LoadError, LoadOptions, Tier},
     netns,
 };
 
@@ -78,7 +78,7 @@ pub fn run() -> Report {
         namespaces: namespaces(),
     };
     let mut tier1_unavailable = None;
-    let tier = match loader::load(DEFAULT_RING_BYTES, None) {
+    let tier = match loader::load(LoadOptions::new(DEFAULT_RING_BYTES, None)) {
         Ok(mut probes) => {
             report.ringbuf = true;
             report.hz = probes.layout.hz;
@@ -123,12 +123,15 @@ fn tiers(chosen: Tier, why_not_1: String) -> Vec<TierReport> {
     };
     let two = match chosen {
         Tier::Tracepoints => Ok(()),
-        _ => loader::load(DEFAULT_RING_BYTES, Some(Tier::Tracepoints))
-            .map(drop)
-            .map_err(|e| match e {
-                LoadError::Tier(_, why) => why,
-                other => other.to_string(),
-            }),
+        _ => loader::load(LoadOptions::new(
+            DEFAULT_RING_BYTES,
+            Some(Tier::Tracepoints),
+        ))
+        .map(drop)
+        .map_err(|e| match e {
+            LoadError::Tier(_, why) => why,
+            other => other.to_string(),
+        }),
     };
     vec![
         tried(Tier::Kprobes, one),

@@ -1,6 +1,8 @@
 //! `cargo xtask bench [--flows N] [--rounds R] [--json]`: how fast one sender creates new
 //! conntrack entries with no listener, with `ctscope events` attached and with
 //! `conntrack -E` attached, and how many `new` events each listener received and lost.
+//! Mode `hooks only` attaches ctscope's tier-2 hooks with programs that return at once:
+//! the floor of what running any BPF program on those tracepoints costs.
 //!
 //! Set-up (all removed on exit, errors and Ctrl-C included): namespaces
 //! `ctbench-<pid>-c` (client; conntrack on through an nft `ct state` rule) and
@@ -86,19 +88,28 @@ enum Mode {
     None,
     /// `ctscope events --json --kind new --netns CLIENT` attached.
     Ctscope,
+    /// ctscope's tier-2 hooks attached with programs that return at once
+    /// (`ctscope events --empty-programs`): the floor any tier-2 program pays.
+    Hooks,
     /// `conntrack -E -e NEW -b 33554432` attached in the client namespace.
     Conntrack,
 }
 
 impl Mode {
-    const ALL: [Mode; 3] = [Mode::None, Mode::Ctscope, Mode::Conntrack];
+    const ALL: [Mode; 4] = [Mode::None, Mode::Hooks, Mode::Ctscope, Mode::Conntrack];
 
     fn label(self) -> &'static str {
         match self {
             Mode::None => "none",
             Mode::Ctscope => "ctscope",
+            Mode::Hooks => "hooks only",
             Mode::Conntrack => "conntrack -E",
         }
+    }
+
+    /// Whether the listener reports events to count (and so to find lost).
+    fn counts_events(self) -> bool {
+        matches!(self, Mode::Ctscope | Mode::Conntrack)
     }
 }
 
@@ -134,7 +145,8 @@ pub fn cmd(opts: &Options) -> Result<()> {
     let server = Netns::add(format!("ctbench-{}-s", std::process::id()))?;
     configure(&client, &server)?;
     let _max = raise_conntrack_max(opts.flows)?;
-    let _stats = match opts.bpf_stats && opts.modes.contains(&Mode::Ctscope) {
+    let bpf_modes = [Mode::Ctscope, Mode::Hooks];
+    let _stats = match opts.bpf_stats && opts.modes.iter().any(|m| bpf_modes.contains(m)) {
         true => SysctlGuard::set(BPF_STATS, "1")?,
         false => None,
     };
@@ -360,7 +372,7 @@ impl Ctx<'_> {
         let before = counters(self.client)?;
         let entries_before = entries(self.client)?;
         let sender = self.send(self.opts.flows, false)?;
-        if let Some(l) = &listener {
+        if let Some(l) = listener.as_ref().filter(|_| mode.counts_events()) {
             l.drain(sender.sent);
         }
         let tally = listener.take().map(Listener::stop).transpose()?;
@@ -372,8 +384,10 @@ impl Ctx<'_> {
             .collect();
         run.sender = Some(sender);
         if let Some(t) = tally {
-            run.events = Some(t.events);
-            run.loss_reports = Some(t.loss_reports);
+            if mode.counts_events() {
+                run.events = Some(t.events);
+                run.loss_reports = Some(t.loss_reports);
+            }
             run.shown = t.shown;
             run.cpu = t.cpu;
             run.reader_cpu = Some(t.reader_cpu);
@@ -616,8 +630,9 @@ fn summarize(opts: &Options, runs: &[Run]) -> Vec<Summary> {
             }
         }
         let listening = mode != Mode::None && !done.is_empty();
+        let counting = listening && mode.counts_events();
         let sum = |f: fn(&Run) -> Option<u64>| {
-            listening.then(|| done.iter().map(|r| f(r).unwrap_or(0)).sum())
+            counting.then(|| done.iter().map(|r| f(r).unwrap_or(0)).sum())
         };
         let mut errors: Vec<String> = mine.iter().filter_map(|r| r.error.clone()).collect();
         errors.dedup();
@@ -796,6 +811,12 @@ impl Listener {
                     .arg(&ctx.ready);
                 c
             }
+            Mode::Hooks => {
+                let mut c = Command::new(ctx.ctscope);
+                c.args(["events", "--empty-programs", "--ready-file"])
+                    .arg(&ctx.ready);
+                c
+            }
             Mode::Conntrack => {
                 let mut c = ctx.client.exec("conntrack");
                 c.args(["-E", "-e", "NEW", "-b", CONNTRACK_RCVBUF]);
@@ -832,7 +853,7 @@ impl Listener {
         loop {
             check_interrupt()?;
             let ready = match self.mode {
-                Mode::Ctscope => ctx.ready.exists(),
+                Mode::Ctscope | Mode::Hooks => ctx.ready.exists(),
                 _ => subscribed(pid),
             };
             if ready {

@@ -19,11 +19,25 @@ use crate::{
     cli::EventsArgs,
     event::{Clock, CtEvent, Lost, Record},
     filter::Filter,
-    loader::{self, LoadError, Probes, Tier},
+    loader::{self, LoadError, LoadOptions, Probes, Tier},
     output::{Format, write_event, write_record},
     source::{EventSource, Output},
     tier3,
 };
+
+/// The tier asked for; `--empty-programs` (the benchmark's floor) means tier 2.
+fn tier(args: &EventsArgs) -> anyhow::Result<Option<Tier>> {
+    if !args.empty_programs {
+        return Ok(args.tier);
+    }
+    if args.tier.is_some_and(|t| t != Tier::Tracepoints) {
+        bail!("--empty-programs measures tier 2's hooks: drop --tier or give --tier 2");
+    }
+    eprintln!(
+        "ctscope: empty programs (benchmark floor): the tier-2 hooks attach and report nothing"
+    );
+    Ok(Some(Tier::Tracepoints))
+}
 
 pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
     let filter = args.filter.resolve();
@@ -37,7 +51,8 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
             timestamp: args.timestamp,
         }
     };
-    if args.tier.is_none()
+    let tier = tier(args)?;
+    if tier.is_none()
         && let Some(path) = args.agent.socket()
     {
         let request = Request::Events {
@@ -51,18 +66,23 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
         }
     }
     let mut printer = Printer::new(format, filter, args.count);
-    let mut probes = match loader::load(args.ring_size, args.tier) {
+    let opts = LoadOptions {
+        ring_bytes: args.ring_size,
+        tier,
+        empty_programs: args.empty_programs,
+    };
+    let mut probes = match loader::load(opts) {
         Ok(p) => p,
-        Err(e @ (LoadError::Tier(..) | LoadError::Btf(_))) if args.tier.is_none() => {
+        Err(e @ (LoadError::Tier(..) | LoadError::Btf(_))) if tier.is_none() => {
             eprintln!("ctscope: warning: no BPF tier on this kernel ({e}); falling back to tier 3");
             return run_tier3(args, &mut printer).await;
         }
-        Err(_) if args.tier == Some(Tier::Ctnetlink) => {
+        Err(_) if tier == Some(Tier::Ctnetlink) => {
             return run_tier3(args, &mut printer).await;
         }
         Err(e) => return Err(e.into()),
     };
-    if args.tier == Some(Tier::Ctnetlink) {
+    if tier == Some(Tier::Ctnetlink) {
         drop(probes);
         return run_tier3(args, &mut printer).await;
     }

@@ -181,7 +181,7 @@ fn attach(args: &WatchArgs) -> anyhow::Result<Option<loader::Probes>> {
         );
         return Ok(None);
     }
-    match loader::load(args.ring_size, args.tier) {
+    match loader::load(loader::LoadOptions::new(args.ring_size, args.tier)) {
         Ok(p) => {
             super::events::announce(&p);
             Ok(Some(p))
