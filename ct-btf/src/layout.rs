@@ -15,11 +15,12 @@ pub const RESOLVE_CLASH_ARGS_PRE_5_7: (u32, u32) = (3, 1);
 const RESOLVE_CLASH: &str = "nf_ct_resolve_clash";
 
 /// How much of `struct nf_conn` a raw record must copy to hold every field the agent
-/// parses from it; [`ABSENT`] (parse in BPF instead) when that exceeds [`RAW_CT_BYTES`].
+/// parses from it and the BPF side reads from the copy (status, namespace); [`ABSENT`] (parse in BPF instead) when that exceeds [`RAW_CT_BYTES`].
 fn raw_bytes(l: &KernelLayout, notes: &mut Vec<String>) -> u32 {
     let tuples_end = l.ct_tuplehash + 2 * l.tuplehash_size;
     let fields = [
         (l.ct_status, 8),
+        (l.ct_net, 8),
         (l.ct_timeout, 4),
         (tuples_end, 0),
         (l.ct_mark, 4),

@@ -6,7 +6,7 @@ use aya_ebpf::{
         generated::bpf_jiffies64,
     },
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{PerCpuArray, RingBuf, ring_buf::RingBufEntry},
 };
 use ct_common::{ABSENT, Event, EventKind, FLAG_RAW_CT, RAW_CT_BYTES, RawCtEvent, RawHead, stat};
 
@@ -16,13 +16,12 @@ use crate::kernel::{fill_from_ct, off};
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
-/// The reader is woken when this much comes to be waiting; below it, it polls on a short
-/// timer. A wakeup costs an irq_work, i.e. a self-IPI: on a virtual machine, an APIC
-/// write that exits to the hypervisor.
-const WAKEUP_BYTES: u64 = 64 * 1024;
+/// The least backlog that wakes the reader (see [`wakeup`]).
+const WAKEUP_MIN_BYTES: u64 = 16 * 1024;
 /// Ring buffer record header (`BPF_RINGBUF_HDR_SZ`); records are 8-byte aligned.
 const RECORD_HEADER: u64 = 8;
 const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_RING_SIZE: u64 = 1;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
@@ -62,52 +61,116 @@ pub fn emit(kind: EventKind, cause: u8, fill: impl FnOnce(&mut Event)) {
 /// no copy.
 #[inline(always)]
 pub fn emit_raw(kind: EventKind, cause: u8, ct: u64, netns: u32, flags: u8) {
-    let n = off(|l| &l.ct_raw_bytes);
-    if n == ABSENT || n as usize > RAW_CT_BYTES {
+    if !raw_layout() {
         emit(kind, cause, |e| {
             fill_from_ct(e, ct);
             e.flags |= flags;
         });
         return;
     }
-    let Some(mut entry) = EVENTS.reserve::<RawCtEvent>(0) else {
-        count(stat::LOST_BASE + kind as u32);
-        return;
-    };
-    let r = entry.as_mut_ptr();
-    // SAFETY: `r` points at the reserved record, exclusively ours until submit; the head
-    // is written whole, `raw` only through the helper (bounded by the check above), and
-    // the bytes past `n` are never read by the agent.
-    unsafe {
-        let mut head = RawHead {
-            ts_ns: bpf_ktime_get_boot_ns(),
-            ct,
-            jiffies: bpf_jiffies64(),
-            netns,
-            pid: (bpf_get_current_pid_tgid() >> 32) as u32,
-            kind: kind as u8,
-            cause,
-            flags: flags | FLAG_RAW_CT,
-            _pad: [0; 5],
-        };
-        let raw = &mut (*r).raw;
-        if bpf_probe_read_kernel_buf(ct as *const u8, &mut raw[..n as usize]).is_err() {
-            head.flags &= !FLAG_RAW_CT;
-        }
-        core::ptr::write(&raw mut (*r).head, head);
+    if let Some(r) = RawRecord::reserve(ct, kind) {
+        r.send(kind, cause, netns, flags);
     }
-    entry.submit(wakeup(size_of::<RawCtEvent>()));
+}
+
+/// True when this kernel's `struct nf_conn` fits a raw record ([`RawRecord`]).
+#[inline(always)]
+pub fn raw_layout() -> bool {
+    let n = off(|l| &l.ct_raw_bytes);
+    n != ABSENT && n as usize <= RAW_CT_BYTES
+}
+
+/// A reserved ring-buffer record holding a copy of an entry, not yet sent: its fields
+/// can be read from the copy (one bulk read instead of one helper call per field), and
+/// the record sent or dropped once they decide. Only when [`raw_layout`] holds.
+pub struct RawRecord {
+    entry: RingBufEntry<RawCtEvent>,
+    copied: bool,
+}
+
+impl RawRecord {
+    /// Reserves a record and copies entry `ct` into it. A full ring buffer is counted as
+    /// a lost event of `kind`.
+    #[inline(always)]
+    pub fn reserve(ct: u64, kind: EventKind) -> Option<Self> {
+        let n = off(|l| &l.ct_raw_bytes) as usize;
+        let Some(mut entry) = EVENTS.reserve::<RawCtEvent>(0) else {
+            count(stat::LOST_BASE + kind as u32);
+            return None;
+        };
+        if n > RAW_CT_BYTES {
+            entry.discard(0);
+            return None;
+        }
+        let r = entry.as_mut_ptr();
+        // SAFETY: `r` points at the reserved record, exclusively ours until submit or
+        // discard; `raw` is written only through the helper, bounded by the check above.
+        let copied = unsafe {
+            (*r).head.ct = ct;
+            bpf_probe_read_kernel_buf(ct as *const u8, &mut (&mut (*r).raw)[..n]).is_ok()
+        };
+        Some(RawRecord { entry, copied })
+    }
+
+    /// The `T` at `offset` in the copied entry; `None` for an absent field, one beyond
+    /// the copy, or a failed copy.
+    #[inline(always)]
+    pub fn get<T: Copy>(&self, offset: u32) -> Option<T> {
+        let n = off(|l| &l.ct_raw_bytes) as usize;
+        let at = offset as usize;
+        let end = at.checked_add(size_of::<T>())?;
+        if !self.copied || offset == ABSENT || end > n || end > RAW_CT_BYTES {
+            return None;
+        }
+        // SAFETY: `at + size_of::<T>()` is within the copied bytes of our reserved record
+        // (checked above); the read is unaligned-safe.
+        unsafe {
+            let raw = &(*self.entry.as_ptr()).raw;
+            Some(core::ptr::read_unaligned(raw.as_ptr().add(at).cast::<T>()))
+        }
+    }
+
+    /// Sends the record as an event of `kind` about namespace `netns`.
+    #[inline(always)]
+    pub fn send(mut self, kind: EventKind, cause: u8, netns: u32, flags: u8) {
+        let raw_flag = if self.copied { FLAG_RAW_CT } else { 0 };
+        let r = self.entry.as_mut_ptr();
+        // SAFETY: the reserved record is ours until submit; the head is written whole.
+        unsafe {
+            let head = RawHead {
+                ts_ns: bpf_ktime_get_boot_ns(),
+                ct: (*r).head.ct,
+                jiffies: bpf_jiffies64(),
+                netns,
+                pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+                kind: kind as u8,
+                cause,
+                flags: flags | raw_flag,
+                _pad: [0; 5],
+            };
+            core::ptr::write(&raw mut (*r).head, head);
+        }
+        self.entry.submit(wakeup(size_of::<RawCtEvent>()));
+    }
+
+    /// Drops the record unsent.
+    #[inline(always)]
+    pub fn discard(self) {
+        self.entry.discard(0);
+    }
 }
 
 /// Submit flags for a record of `size` bytes: wake the reader only when this record
-/// takes the backlog across [`WAKEUP_BYTES`]. Waking on every record above it would send
-/// one self-IPI per event while the woken reader is still being scheduled. A crossing
+/// takes the backlog across a quarter of the ring. Below that the reader polls on a timer
+/// ([`WAKEUP_MIN_BYTES`] is the floor for small rings). Each wakeup is an irq_work, i.e. a
+/// self-IPI: on a virtual machine, an APIC write that exits to the hypervisor. A crossing
 /// missed in a race with another CPU only waits for the reader's poll timer.
 #[inline(always)]
 fn wakeup(size: usize) -> u64 {
     let footprint = (size as u64 + RECORD_HEADER + 7) & !7;
+    let threshold = (EVENTS.query(BPF_RB_RING_SIZE) / 4).max(WAKEUP_MIN_BYTES);
     let waiting = EVENTS.query(BPF_RB_AVAIL_DATA);
-    if waiting >= WAKEUP_BYTES && waiting < WAKEUP_BYTES + footprint {
+    if waiting >= threshold && waiting < threshold + footprint {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

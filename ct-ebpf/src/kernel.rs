@@ -14,6 +14,10 @@ pub const IPPROTO_TCP: u8 = 6;
 pub const TCP_CONNTRACK_TIME_WAIT: u8 = 7;
 pub const TCP_CONNTRACK_CLOSE: u8 = 8;
 pub const IP_CT_DIR_REPLY: u8 = 1;
+/// `enum ip_conntrack_info`: original direction, a reply seen.
+pub const IP_CT_ESTABLISHED: u64 = 0;
+/// `enum ip_conntrack_info`: original direction, no reply seen yet.
+pub const IP_CT_NEW: u64 = 2;
 
 /// Reads one offset from `LAYOUT`. Volatile so the compiler cannot fold the all-absent
 /// initial value the object is compiled with.
@@ -82,9 +86,15 @@ pub fn net_inum(net: u64) -> u32 {
 /// Jiffies left before `ct` expires (confirmed entries hold an absolute deadline).
 #[inline(always)]
 pub fn timeout_left(ct: u64, status: u64) -> i32 {
-    let Some(deadline) = read::<u32>(ct, off(|l| &l.ct_timeout)) else {
-        return i32::MIN;
-    };
+    match read::<u32>(ct, off(|l| &l.ct_timeout)) {
+        Some(deadline) => deadline_left(deadline, status),
+        None => i32::MIN,
+    }
+}
+
+/// Jiffies left of an entry's `timeout` field `deadline`, given its status.
+#[inline(always)]
+pub fn deadline_left(deadline: u32, status: u64) -> i32 {
     if status & IPS_CONFIRMED == 0 {
         // Unconfirmed entries hold a relative timeout until confirm adds "now".
         return deadline as i32;

@@ -23,11 +23,11 @@ use aya_ebpf::{
 use ct_common::{ABSENT, Cause, DestroyReason, Event, EventKind, FLAG_UNVERIFIED, stat};
 
 use crate::{
-    emit::{count, emit, emit_raw},
+    emit::{RawRecord, count, emit, emit_raw, raw_layout},
     kernel::{
-        IPPROTO_TCP, IPS_CONFIRMED, IPS_DYING, IPS_NAT_CLASH, TCP_CONNTRACK_CLOSE,
-        TCP_CONNTRACK_TIME_WAIT, ct_status, fill_from_ct, net_inum, off, read, skb_ct,
-        timeout_left,
+        IP_CT_ESTABLISHED, IP_CT_NEW, IPPROTO_TCP, IPS_CONFIRMED, IPS_DYING, IPS_NAT_CLASH,
+        TCP_CONNTRACK_CLOSE, TCP_CONNTRACK_TIME_WAIT, ct_status, deadline_left, fill_from_ct,
+        net_inum, off, read, skb_ct, timeout_left,
     },
 };
 
@@ -40,6 +40,8 @@ const AF_INET6: u8 = 10;
 
 /// Slots of the first-seen filter (2 MiB).
 const SEEN_SLOTS: u32 = 1 << 18;
+/// Slots of the filter for entries without a reply yet (32 KiB: stays in cache).
+const RECENT_SLOTS: u32 = 1 << 12;
 const CT_NETNS_ENTRIES: u32 = 4096;
 
 /// Set to 1 by the loader for the benchmark's floor (`events --empty-programs`): every
@@ -65,6 +67,12 @@ const NOT_CT_SLOTS: u32 = 16;
 /// insert per new entry on the packet path.
 #[map]
 static SEEN: Array<u64> = Array::with_max_entries(SEEN_SLOTS, 0);
+
+/// [`SEEN`]'s small twin for packets of entries without a reply (`IP_CT_NEW`): a flood
+/// of new flows would miss the cache on every SEEN lookup (140 ns a flow, measured), so
+/// those packets look here, and only write SEEN for the entry's later packets.
+#[map]
+static RECENT: Array<u64> = Array::with_max_entries(RECENT_SLOTS, 0);
 
 /// Namespaces (by inode) where conntrack holds entries: learned from every entry seen,
 /// and seeded by the agent at start. A drop without an entry elsewhere is a rule's drop
@@ -94,18 +102,57 @@ pub fn t2_ct_free(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     forget(ptr);
-    let status = ct_status(ptr);
-    if status & IPS_CONFIRMED != 0 {
+    if raw_layout() {
+        freed_raw(ptr);
+        return 0;
+    }
+    if ct_status(ptr) & IPS_CONFIRMED != 0 {
         destroyed(ptr);
-    } else if !take_last_drop(ptr) {
-        // Freed unconfirmed without a drop: a clash loser merged into the winner, or an
-        // entry whose packet died elsewhere. The clash_resolve counter decides.
-        emit(EventKind::ClashResolved, Cause::Merged as u8, |e| {
-            fill_from_ct(e, ptr);
-            e.flags |= FLAG_UNVERIFIED;
-        });
+    } else {
+        freed_unconfirmed(ptr);
     }
     0
+}
+
+/// [`t2_ct_free`] from one copy of the entry: its fields are read from the record.
+#[inline(always)]
+fn freed_raw(ct: u64) {
+    let Some(rec) = RawRecord::reserve(ct, EventKind::Destroy) else {
+        return;
+    };
+    let status: u64 = rec.get(off(|l| &l.ct_status)).unwrap_or(0);
+    if status & IPS_CONFIRMED == 0 {
+        rec.discard();
+        freed_unconfirmed(ct);
+        return;
+    }
+    let net: u64 = rec.get(off(|l| &l.ct_net)).unwrap_or(0);
+    let reason = destroy_reason(
+        &Signals::from_copy(&rec, status),
+        freed_by_kworker(),
+        netns_dying(net),
+    );
+    let netns = net_inum(net);
+    note_netns(netns);
+    rec.send(
+        EventKind::Destroy,
+        reason as u8,
+        netns,
+        unverified_if_unknown(reason),
+    );
+}
+
+/// An entry freed unconfirmed without a drop: a clash loser merged into the winner, or an
+/// entry whose packet died elsewhere. The clash_resolve counter decides.
+#[inline(always)]
+fn freed_unconfirmed(ct: u64) {
+    if take_last_drop(ct) {
+        return;
+    }
+    emit(EventKind::ClashResolved, Cause::Merged as u8, |e| {
+        fill_from_ct(e, ct);
+        e.flags |= FLAG_UNVERIFIED;
+    });
 }
 
 #[btf_tracepoint(function = "net_dev_queue")]
@@ -114,23 +161,60 @@ pub fn t2_dev_queue(ctx: BtfTracePointContext) -> u32 {
         return 0;
     }
     let skb: u64 = ctx.arg(0);
-    let ct = skb_ct(skb);
-    if ct == 0 {
+    let nfct: u64 = read(skb, off(|l| &l.skb_nfct)).unwrap_or(0);
+    let ct = nfct & !7;
+    // Original direction after a reply: the entry left before and was reported then (or
+    // is older than ctscope, and the agent's dump has it). Spares the first-seen lookup
+    // for most packets.
+    if ct == 0 || nfct & 7 == IP_CT_ESTABLISHED {
         return 0;
     }
-    let Some(slot) = SEEN.get_ptr_mut(seen_slot(ct)) else {
+    let hash = seen_hash(ct);
+    let Some(seen) = SEEN.get_ptr_mut(hash & (SEEN_SLOTS - 1)) else {
         return 0;
     };
-    // SAFETY: a slot of our own array; racing writers only cause a repeated `new`.
-    if unsafe { *slot } == ct {
-        return 0;
+    // SAFETY (both slots): slots of our own arrays; racing writers only cause a repeated
+    // `new`.
+    if nfct & 7 == IP_CT_NEW {
+        // No reply yet: mostly an entry's very first packet. The small filter catches
+        // the repeats of unreplied flows, and SEEN, a likely cache miss, is only written.
+        let Some(recent) = RECENT.get_ptr_mut(hash & (RECENT_SLOTS - 1)) else {
+            return 0;
+        };
+        if unsafe { *recent } == ct || !report_first_egress(ct) {
+            return 0;
+        }
+        unsafe {
+            *recent = ct;
+            *seen = ct;
+        }
+    } else {
+        if unsafe { *seen } == ct || !report_first_egress(ct) {
+            return 0;
+        }
+        unsafe { *seen = ct };
     }
+    0
+}
+
+/// Reports entry `ct`, seen leaving and not known to have left before; false if it is
+/// not confirmed yet (nothing reported).
+#[inline(always)]
+fn report_first_egress(ct: u64) -> bool {
+    if raw_layout() {
+        first_egress_raw(ct)
+    } else {
+        first_egress(ct)
+    }
+}
+
+/// [`report_first_egress`] with fields read one by one.
+#[inline(always)]
+fn first_egress(ct: u64) -> bool {
     let status = ct_status(ct);
     if status & IPS_CONFIRMED == 0 {
-        return 0;
+        return false;
     }
-    // SAFETY: as above.
-    unsafe { *slot = ct };
     let netns = ct_netns(ct);
     note_netns(netns);
     if status & IPS_NAT_CLASH != 0 {
@@ -146,7 +230,32 @@ pub fn t2_dev_queue(ctx: BtfTracePointContext) -> u32 {
     } else {
         emit_raw(EventKind::New, 0, ct, netns, 0);
     }
-    0
+    true
+}
+
+/// [`report_first_egress`] from one copy of the entry: status and namespace come from
+/// the record. A full ring buffer counts as reported (the loss is counted, the agent
+/// reseeds).
+#[inline(always)]
+fn first_egress_raw(ct: u64) -> bool {
+    let Some(rec) = RawRecord::reserve(ct, EventKind::New) else {
+        return true;
+    };
+    let status: u64 = rec.get(off(|l| &l.ct_status)).unwrap_or(0);
+    if status & IPS_CONFIRMED == 0 {
+        rec.discard();
+        return false;
+    }
+    let netns = net_inum(rec.get(off(|l| &l.ct_net)).unwrap_or(0));
+    note_netns(netns);
+    if status & IPS_NAT_CLASH != 0 {
+        // Unverified only so the agent looks up the winner and counts it as a clash.
+        let cause = Cause::NatClashReplyOnly as u8;
+        rec.send(EventKind::ClashResolved, cause, netns, FLAG_UNVERIFIED);
+    } else {
+        rec.send(EventKind::New, 0, netns, 0);
+    }
+    true
 }
 
 #[inline(always)]
@@ -155,16 +264,24 @@ fn empty() -> bool {
     unsafe { core::ptr::read_volatile(&EMPTY_PROGRAMS) != 0 }
 }
 
-/// The first-seen slot of entry `ct` (objects are 256-byte aligned or so: drop low bits).
+/// The first-seen hash of entry `ct` (objects are 256-byte aligned or so: drop low bits);
+/// its low bits pick the slot in [`SEEN`] and [`RECENT`].
 #[inline(always)]
-fn seen_slot(ct: u64) -> u32 {
-    ((ct >> 8).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 46) as u32 & (SEEN_SLOTS - 1)
+fn seen_hash(ct: u64) -> u32 {
+    ((ct >> 8).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 46) as u32
 }
 
-/// Clears `ct`'s first-seen slot if it holds `ct`: the address may come back as a new entry.
+/// Clears `ct`'s first-seen slots that hold `ct`: the address may come back as a new entry.
 #[inline(always)]
 fn forget(ct: u64) {
-    if let Some(slot) = SEEN.get_ptr_mut(seen_slot(ct)) {
+    let hash = seen_hash(ct);
+    clear_if(SEEN.get_ptr_mut(hash & (SEEN_SLOTS - 1)), ct);
+    clear_if(RECENT.get_ptr_mut(hash & (RECENT_SLOTS - 1)), ct);
+}
+
+#[inline(always)]
+fn clear_if(slot: Option<*mut u64>, ct: u64) {
+    if let Some(slot) = slot {
         // SAFETY: a slot of our own array.
         unsafe {
             if *slot == ct {
@@ -300,17 +417,31 @@ fn is_ct_cache_name(name: u64) -> bool {
 /// agent tells them apart with the early_drop counter.
 #[inline(always)]
 fn destroyed(ct: u64) {
-    let kworker = bpf_get_current_comm().is_ok_and(|c| c.starts_with(b"kworker/"));
     let net: u64 = read(ct, off(|l| &l.ct_net)).unwrap_or(0);
-    let reason = destroy_reason(&Signals::read(ct), kworker, netns_dying(net));
+    let reason = destroy_reason(&Signals::read(ct), freed_by_kworker(), netns_dying(net));
     let netns = net_inum(net);
     note_netns(netns);
-    let flags = if reason == DestroyReason::Unknown {
+    emit_raw(
+        EventKind::Destroy,
+        reason as u8,
+        ct,
+        netns,
+        unverified_if_unknown(reason),
+    );
+}
+
+#[inline(always)]
+fn freed_by_kworker() -> bool {
+    bpf_get_current_comm().is_ok_and(|c| c.starts_with(b"kworker/"))
+}
+
+#[inline(always)]
+fn unverified_if_unknown(reason: DestroyReason) -> u8 {
+    if reason == DestroyReason::Unknown {
         FLAG_UNVERIFIED
     } else {
         0
-    };
-    emit_raw(EventKind::Destroy, reason as u8, ct, netns, flags);
+    }
 }
 
 /// What the destroy reason depends on, read from the entry.
@@ -323,10 +454,7 @@ struct Signals {
 impl Signals {
     #[inline(always)]
     fn read(ct: u64) -> Self {
-        let proto_off = off(|l| &l.ct_tuplehash)
-            .wrapping_add(off(|l| &l.tuplehash_tuple))
-            .wrapping_add(off(|l| &l.tuple_dst_protonum));
-        let l4proto: u8 = read(ct, proto_off).unwrap_or(0);
+        let l4proto: u8 = read(ct, proto_offset()).unwrap_or(0);
         Signals {
             left: timeout_left(ct, ct_status(ct)),
             l4proto,
@@ -337,6 +465,33 @@ impl Signals {
             },
         }
     }
+
+    /// The same from a copy of a confirmed entry (its timeout is a deadline in jiffies).
+    #[inline(always)]
+    fn from_copy(rec: &RawRecord, status: u64) -> Self {
+        let l4proto: u8 = rec.get(proto_offset()).unwrap_or(0);
+        let left = match rec.get::<u32>(off(|l| &l.ct_timeout)) {
+            None => i32::MIN,
+            Some(deadline) => deadline_left(deadline, status),
+        };
+        Signals {
+            left,
+            l4proto,
+            tcp_state: if l4proto == IPPROTO_TCP {
+                rec.get(off(|l| &l.ct_tcp_state)).unwrap_or(0)
+            } else {
+                0
+            },
+        }
+    }
+}
+
+/// Offset of the original tuple's protocol number in `struct nf_conn`.
+#[inline(always)]
+fn proto_offset() -> u32 {
+    off(|l| &l.ct_tuplehash)
+        .wrapping_add(off(|l| &l.tuplehash_tuple))
+        .wrapping_add(off(|l| &l.tuple_dst_protonum))
 }
 
 #[inline(always)]

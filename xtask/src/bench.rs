@@ -219,6 +219,17 @@ pub fn cmd(opts: &Options) -> Result<()> {
             print_agent(&a);
         }
     }
+    let failed: Vec<&str> = summary
+        .iter()
+        .filter(|s| !s.errors.is_empty())
+        .map(|s| s.mode.label())
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "runs of {} failed and are left out of the figures (errors above)",
+            failed.join(", ")
+        );
+    }
     Ok(())
 }
 
@@ -392,10 +403,13 @@ impl Ctx<'_> {
             run.cpu = t.cpu;
             run.reader_cpu = Some(t.reader_cpu);
             run.bpf = t.bpf;
-            run.stderr = t.stderr;
             if !t.status.success() {
                 run.error = Some(format!("listener {}", cmd::describe(t.status)));
+            } else if let Some(line) = without_bpf(mode, &t.stderr) {
+                // A verifier refusal falls back to ctnetlink: not what this mode measures.
+                run.error = Some(format!("ctscope ran without BPF: {line}"));
             }
+            run.stderr = t.stderr;
         }
         Ok(run)
     }
@@ -618,7 +632,7 @@ fn summarize(opts: &Options, runs: &[Run]) -> Vec<Summary> {
         let done: Vec<&Run> = mine
             .iter()
             .copied()
-            .filter(|r| r.sender.is_some())
+            .filter(|r| r.sender.is_some() && r.error.is_none())
             .collect();
         let senders = done.iter().filter_map(|r| r.sender.as_ref());
         let mut rates: Vec<f64> = senders.clone().map(|s| s.rate).collect();
@@ -949,6 +963,13 @@ impl Drop for Listener {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The line where ctscope announced tier 3 (ctnetlink only), for a BPF mode.
+fn without_bpf(mode: Mode, stderr: &[String]) -> Option<&str> {
+    let bpf = matches!(mode, Mode::Ctscope | Mode::Hooks);
+    let tier3 = stderr.iter().find(|l| l.starts_with("ctscope: tier 3"));
+    tier3.filter(|_| bpf).map(String::as_str)
 }
 
 fn signal(child: &Child, sig: libc::c_int) {
