@@ -102,30 +102,24 @@ pub fn t2_ct_free(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     forget(ptr);
-    if raw_layout() {
-        freed_raw(ptr);
-        return 0;
-    }
-    if ct_status(ptr) & IPS_CONFIRMED != 0 {
-        destroyed(ptr);
-    } else {
+    // Status first: unconfirmed frees (every new packet a rule drops) reserve no record.
+    let status = ct_status(ptr);
+    if status & IPS_CONFIRMED == 0 {
         freed_unconfirmed(ptr);
+    } else if raw_layout() {
+        destroyed_raw(ptr, status);
+    } else {
+        destroyed(ptr);
     }
     0
 }
 
-/// [`t2_ct_free`] from one copy of the entry: its fields are read from the record.
+/// [`destroyed`] from one copy of the entry: its fields are read from the record.
 #[inline(always)]
-fn freed_raw(ct: u64) {
+fn destroyed_raw(ct: u64, status: u64) {
     let Some(rec) = RawRecord::reserve(ct, EventKind::Destroy) else {
         return;
     };
-    let status: u64 = rec.get(off(|l| &l.ct_status)).unwrap_or(0);
-    if status & IPS_CONFIRMED == 0 {
-        rec.discard();
-        freed_unconfirmed(ct);
-        return;
-    }
     let net: u64 = rec.get(off(|l| &l.ct_net)).unwrap_or(0);
     let reason = destroy_reason(
         &Signals::from_copy(&rec, status),
