@@ -15,7 +15,8 @@ pub const RESOLVE_CLASH_ARGS_PRE_5_7: (u32, u32) = (3, 1);
 const RESOLVE_CLASH: &str = "nf_ct_resolve_clash";
 
 /// How much of `struct nf_conn` a raw record must copy to hold every field the agent
-/// parses from it and the BPF side reads from the copy (status, namespace); [`ABSENT`] (parse in BPF instead) when that exceeds [`RAW_CT_BYTES`].
+/// parses from it and the BPF side reads from the copy (status, namespace); [`ABSENT`]
+/// (parse in BPF instead) when that exceeds [`RAW_CT_BYTES`].
 fn raw_bytes(l: &KernelLayout, notes: &mut Vec<String>) -> u32 {
     let tuples_end = l.ct_tuplehash + 2 * l.tuplehash_size;
     let fields = [
