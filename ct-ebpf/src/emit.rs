@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use ct_common::{ABSENT, Event, EventKind, FLAG_RAW_CT, RAW_CT_BYTES, RawCtEvent, RawHead, stat};
 
-use crate::kernel::{fill_from_ct, off};
+use crate::kernel::off;
 
 /// Events to userspace. The loader resizes it (`--ring-size`).
 #[map]
@@ -55,24 +55,6 @@ pub fn emit(kind: EventKind, cause: u8, fill: impl FnOnce(&mut Event)) {
     entry.submit(wakeup(size_of::<Event>()));
 }
 
-/// Like [`emit`] for an event about entry `ct` in namespace `netns`, but the entry's
-/// fields travel as one bulk copy of the `struct nf_conn` for the agent to parse
-/// ([`RawCtEvent`]). Falls back to [`emit`] with fields parsed here when the layout allows
-/// no copy.
-#[inline(always)]
-pub fn emit_raw(kind: EventKind, cause: u8, ct: u64, netns: u32, flags: u8) {
-    if !raw_layout() {
-        emit(kind, cause, |e| {
-            fill_from_ct(e, ct);
-            e.flags |= flags;
-        });
-        return;
-    }
-    if let Some(r) = RawRecord::reserve(ct, kind) {
-        r.send(kind, cause, netns, flags);
-    }
-}
-
 /// True when this kernel's `struct nf_conn` fits a raw record ([`RawRecord`]).
 #[inline(always)]
 pub fn raw_layout() -> bool {
@@ -90,18 +72,17 @@ pub struct RawRecord {
 
 impl RawRecord {
     /// Reserves a record and copies entry `ct` into it. A full ring buffer is counted as
-    /// a lost event of `kind`.
+    /// a lost event of `kind`. `None` without [`raw_layout`], which callers check first.
     #[inline(always)]
     pub fn reserve(ct: u64, kind: EventKind) -> Option<Self> {
         let n = off(|l| &l.ct_raw_bytes) as usize;
+        if n > RAW_CT_BYTES {
+            return None;
+        }
         let Some(mut entry) = EVENTS.reserve::<RawCtEvent>(0) else {
             count(stat::LOST_BASE + kind as u32);
             return None;
         };
-        if n > RAW_CT_BYTES {
-            entry.discard(0);
-            return None;
-        }
         let r = entry.as_mut_ptr();
         // SAFETY: `r` points at the reserved record, exclusively ours until submit or
         // discard; `raw` is written only through the helper, bounded by the check above.

@@ -13,6 +13,7 @@ mod context;
 mod destroy;
 mod drops;
 mod emit;
+mod entry;
 mod feature;
 mod frames;
 mod insert;

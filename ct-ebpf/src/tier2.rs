@@ -23,11 +23,12 @@ use aya_ebpf::{
 use ct_common::{ABSENT, Cause, DestroyReason, Event, EventKind, FLAG_UNVERIFIED, stat};
 
 use crate::{
-    emit::{RawRecord, count, emit, emit_raw, raw_layout},
+    emit::{RawRecord, count, emit, raw_layout},
+    entry::{Entry, Fields},
     kernel::{
         IP_CT_ESTABLISHED, IP_CT_NEW, IPPROTO_TCP, IPS_CONFIRMED, IPS_DYING, IPS_NAT_CLASH,
         TCP_CONNTRACK_CLOSE, TCP_CONNTRACK_TIME_WAIT, ct_status, deadline_left, fill_from_ct,
-        net_inum, off, read, skb_ct, timeout_left,
+        net_inum, off, read, skb_ct,
     },
 };
 
@@ -106,34 +107,12 @@ pub fn t2_ct_free(ctx: RawTracePointContext) -> i32 {
     let status = ct_status(ptr);
     if status & IPS_CONFIRMED == 0 {
         freed_unconfirmed(ptr);
-    } else if raw_layout() {
-        destroyed_raw(ptr, status);
-    } else {
-        destroyed(ptr);
+    } else if !raw_layout() {
+        destroyed(Fields(ptr), status);
+    } else if let Some(rec) = RawRecord::reserve(ptr, EventKind::Destroy) {
+        destroyed(rec, status);
     }
     0
-}
-
-/// [`destroyed`] from one copy of the entry: its fields are read from the record.
-#[inline(always)]
-fn destroyed_raw(ct: u64, status: u64) {
-    let Some(rec) = RawRecord::reserve(ct, EventKind::Destroy) else {
-        return;
-    };
-    let net: u64 = rec.get(off(|l| &l.ct_net)).unwrap_or(0);
-    let reason = destroy_reason(
-        &Signals::from_copy(&rec, status),
-        freed_by_kworker(),
-        netns_dying(net),
-    );
-    let netns = net_inum(net);
-    note_netns(netns);
-    rec.send(
-        EventKind::Destroy,
-        reason as u8,
-        netns,
-        unverified_if_unknown(reason),
-    );
 }
 
 /// An entry freed unconfirmed without a drop: a clash loser merged into the winner, or an
@@ -195,59 +174,32 @@ pub fn t2_dev_queue(ctx: BtfTracePointContext) -> u32 {
 /// not confirmed yet (nothing reported).
 #[inline(always)]
 fn report_first_egress(ct: u64) -> bool {
-    if raw_layout() {
-        first_egress_raw(ct)
-    } else {
-        first_egress(ct)
+    if !raw_layout() {
+        return first_egress(Fields(ct));
+    }
+    match RawRecord::reserve(ct, EventKind::New) {
+        Some(rec) => first_egress(rec),
+        // A full ring buffer counts as reported: the loss is counted, the agent reseeds.
+        None => true,
     }
 }
 
-/// [`report_first_egress`] with fields read one by one.
+/// [`report_first_egress`] for an entry read through `entry`.
 #[inline(always)]
-fn first_egress(ct: u64) -> bool {
-    let status = ct_status(ct);
+fn first_egress(entry: impl Entry) -> bool {
+    let status: u64 = entry.field(off(|l| &l.ct_status)).unwrap_or(0);
     if status & IPS_CONFIRMED == 0 {
+        entry.discard();
         return false;
     }
-    let netns = ct_netns(ct);
-    note_netns(netns);
-    if status & IPS_NAT_CLASH != 0 {
-        // Unverified only so the agent looks up the winner and counts it as a clash.
-        emit(
-            EventKind::ClashResolved,
-            Cause::NatClashReplyOnly as u8,
-            |e| {
-                fill_from_ct(e, ct);
-                e.flags |= FLAG_UNVERIFIED;
-            },
-        );
-    } else {
-        emit_raw(EventKind::New, 0, ct, netns, 0);
-    }
-    true
-}
-
-/// [`report_first_egress`] from one copy of the entry: status and namespace come from
-/// the record. A full ring buffer counts as reported (the loss is counted, the agent
-/// reseeds).
-#[inline(always)]
-fn first_egress_raw(ct: u64) -> bool {
-    let Some(rec) = RawRecord::reserve(ct, EventKind::New) else {
-        return true;
-    };
-    let status: u64 = rec.get(off(|l| &l.ct_status)).unwrap_or(0);
-    if status & IPS_CONFIRMED == 0 {
-        rec.discard();
-        return false;
-    }
-    let netns = net_inum(rec.get(off(|l| &l.ct_net)).unwrap_or(0));
+    let netns = net_inum(entry.field(off(|l| &l.ct_net)).unwrap_or(0));
     note_netns(netns);
     if status & IPS_NAT_CLASH != 0 {
         // Unverified only so the agent looks up the winner and counts it as a clash.
         let cause = Cause::NatClashReplyOnly as u8;
-        rec.send(EventKind::ClashResolved, cause, netns, FLAG_UNVERIFIED);
+        entry.send(EventKind::ClashResolved, cause, netns, FLAG_UNVERIFIED);
     } else {
-        rec.send(EventKind::New, 0, netns, 0);
+        entry.send(EventKind::New, 0, netns, 0);
     }
     true
 }
@@ -283,12 +235,6 @@ fn clear_if(slot: Option<*mut u64>, ct: u64) {
             }
         }
     }
-}
-
-/// Inode of the namespace of entry `ct`.
-#[inline(always)]
-fn ct_netns(ct: u64) -> u32 {
-    net_inum(read(ct, off(|l| &l.ct_net)).unwrap_or(0))
 }
 
 #[btf_tracepoint(function = "kfree_skb")]
@@ -410,15 +356,18 @@ fn is_ct_cache_name(name: u64) -> bool {
 /// here (a non-worker task, not expired); they go out `Unknown` and unverified, and the
 /// agent tells them apart with the early_drop counter.
 #[inline(always)]
-fn destroyed(ct: u64) {
-    let net: u64 = read(ct, off(|l| &l.ct_net)).unwrap_or(0);
-    let reason = destroy_reason(&Signals::read(ct), freed_by_kworker(), netns_dying(net));
+fn destroyed(entry: impl Entry, status: u64) {
+    let net: u64 = entry.field(off(|l| &l.ct_net)).unwrap_or(0);
+    let reason = destroy_reason(
+        &Signals::of(&entry, status),
+        freed_by_kworker(),
+        netns_dying(net),
+    );
     let netns = net_inum(net);
     note_netns(netns);
-    emit_raw(
+    entry.send(
         EventKind::Destroy,
         reason as u8,
-        ct,
         netns,
         unverified_if_unknown(reason),
     );
@@ -446,25 +395,11 @@ struct Signals {
 }
 
 impl Signals {
+    /// Read from an entry with status `status` (confirmed: its timeout is a deadline).
     #[inline(always)]
-    fn read(ct: u64) -> Self {
-        let l4proto: u8 = read(ct, proto_offset()).unwrap_or(0);
-        Signals {
-            left: timeout_left(ct, ct_status(ct)),
-            l4proto,
-            tcp_state: if l4proto == IPPROTO_TCP {
-                read(ct, off(|l| &l.ct_tcp_state)).unwrap_or(0)
-            } else {
-                0
-            },
-        }
-    }
-
-    /// The same from a copy of a confirmed entry (its timeout is a deadline in jiffies).
-    #[inline(always)]
-    fn from_copy(rec: &RawRecord, status: u64) -> Self {
-        let l4proto: u8 = rec.get(proto_offset()).unwrap_or(0);
-        let left = match rec.get::<u32>(off(|l| &l.ct_timeout)) {
+    fn of(entry: &impl Entry, status: u64) -> Self {
+        let l4proto: u8 = entry.field(proto_offset()).unwrap_or(0);
+        let left = match entry.field::<u32>(off(|l| &l.ct_timeout)) {
             None => i32::MIN,
             Some(deadline) => deadline_left(deadline, status),
         };
@@ -472,7 +407,7 @@ impl Signals {
             left,
             l4proto,
             tcp_state: if l4proto == IPPROTO_TCP {
-                rec.get(off(|l| &l.ct_tcp_state)).unwrap_or(0)
+                entry.field(off(|l| &l.ct_tcp_state)).unwrap_or(0)
             } else {
                 0
             },

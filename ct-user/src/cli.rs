@@ -817,6 +817,11 @@ pub struct EventsArgs {
     #[arg(long, hide = true)]
     pub empty_programs: bool,
 
+    /// Testing only: tier 2 reads each entry field in BPF instead of copying the entry
+    /// whole, as it does on kernels whose `struct nf_conn` does not fit a raw record.
+    #[arg(long, hide = true)]
+    pub parsed_records: bool,
+
     #[command(flatten)]
     pub agent: AgentArgs,
 }

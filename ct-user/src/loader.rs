@@ -7,7 +7,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
     programs::{BtfTracePoint, FEntry, KProbe, ProgramError, RawTracePoint},
 };
-use ct_common::KernelLayout;
+use ct_common::{ABSENT, KernelLayout};
 use serde::Serialize;
 
 use crate::hooks::{
@@ -151,6 +151,9 @@ pub struct LoadOptions {
     pub tier: Option<Tier>,
     /// Benchmark only: the tier-2 programs return at once (`events --empty-programs`).
     pub empty_programs: bool,
+    /// Testing only: tier 2 reads entry fields one by one, as on kernels whose
+    /// `struct nf_conn` does not fit a raw record (`events --parsed-records`).
+    pub parsed_records: bool,
 }
 
 impl LoadOptions {
@@ -159,6 +162,7 @@ impl LoadOptions {
             ring_bytes,
             tier,
             empty_programs: false,
+            parsed_records: false,
         }
     }
 }
@@ -174,7 +178,10 @@ pub fn load(opts: LoadOptions) -> Result<Probes, LoadError> {
         return Err(LoadError::RingSize(ring_bytes));
     }
     raise_memlock();
-    let (layout, notes) = ct_btf::layout_for_running_kernel()?;
+    let (mut layout, notes) = ct_btf::layout_for_running_kernel()?;
+    if opts.parsed_records {
+        layout.ct_raw_bytes = ABSENT;
+    }
     let kallsyms = Kallsyms::read().unwrap_or_default();
     let support = Support::detect();
     let early_drop = u32::from(

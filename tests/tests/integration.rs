@@ -6,7 +6,8 @@
 //!
 //! Scenario trials need ctscope at tier 1 (kprobes); each has a `t2_<name>` twin that
 //! runs the same scenario with `--tier 2` (tracepoints only, which is all the project
-//! hosts allow) and a `kernel_<name>` twin that runs the traffic without ctscope and
+//! hosts allow), some a `t2p_<name>` twin at tier 2 with entries parsed in BPF
+//! (`--parsed-records`), and a `kernel_<name>` twin that runs the traffic without ctscope and
 //! checks only the kernel's counters, skipped as redundant wherever a ctscope tier runs.
 
 #[path = "integration/agent.rs"]
@@ -57,6 +58,19 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("netns_exit", destroy_reasons::netns_exit),
     ("clash_resolve", clash_resolve::merged),
     ("clash_resolve_dnat", clash_resolve::dnat),
+];
+
+/// Scenarios that also run as `t2p_<name>`: tier 2 with `--parsed-records`, the path
+/// kernels take whose `struct nf_conn` does not fit a raw record. Together they cover
+/// every tier-2 event: new, destroy with its reasons, insert_failed, table_full and
+/// clashes.
+const PARSED_SCENARIOS: &[&str] = &[
+    "udp_tcp_flows",
+    "snat_port_clash",
+    "table_full",
+    "tcp_close",
+    "clash_resolve",
+    "clash_resolve_dnat",
 ];
 
 /// ctscope's ctnetlink table commands against conntrack(8); no BPF needed.
@@ -113,6 +127,11 @@ fn main() {
         trials.add(&env, &format!("t2_{name}"), Needs::Tier2, move || {
             scenario(Watch::Tier2)
         });
+        if PARSED_SCENARIOS.contains(&name) {
+            trials.add(&env, &format!("t2p_{name}"), Needs::Tier2, move || {
+                scenario(Watch::Tier2Parsed)
+            });
+        }
         let twin_needs = if watched {
             Needs::Redundant(name)
         } else {

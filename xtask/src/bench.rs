@@ -578,6 +578,9 @@ struct Summary {
     /// (median, min, max) flows/s.
     rate: Option<(f64, f64, f64)>,
     slowdown_pct: Option<f64>,
+    /// Sender time per flow this mode adds, from the medians: the cost in a unit that
+    /// does not depend on how fast the machine makes a flow.
+    added_ns: Option<f64>,
     entries: u64,
     events: Option<u64>,
     lost: Option<u64>,
@@ -609,6 +612,7 @@ impl Summary {
             "send_errors": self.send_errors,
             "rate": self.rate.map(|(median, min, max)| json!({"median": median, "min": min, "max": max})),
             "slowdown_pct": self.slowdown_pct,
+            "added_ns_per_flow": self.added_ns,
             "entries": self.entries,
             "events": self.events,
             "lost": self.lost,
@@ -658,6 +662,7 @@ fn summarize(opts: &Options, runs: &[Run]) -> Vec<Summary> {
             send_errors: senders.map(|s| s.send_errors).sum(),
             rate: median_min_max(&rates),
             slowdown_pct: None,
+            added_ns: None,
             entries: done.iter().map(|r| r.entries).sum(),
             events: sum(|r| r.events),
             lost: sum(Run::lost),
@@ -679,6 +684,7 @@ fn summarize(opts: &Options, runs: &[Run]) -> Vec<Summary> {
     for s in &mut out {
         if let (Some(base), Some((median, _, _))) = (base, s.rate) {
             s.slowdown_pct = (s.mode != Mode::None).then(|| (1.0 - median / base) * 100.0);
+            s.added_ns = (s.mode != Mode::None).then(|| (1.0 / median - 1.0 / base) * 1e9);
         }
     }
     out
@@ -715,6 +721,7 @@ fn print_table(command: &str, opts: &Options, env: &Value, summary: &[Summary]) 
         "min",
         "max",
         "slowdown",
+        "ns/flow",
         "entries",
         "events",
         "lost",
@@ -745,6 +752,7 @@ fn print_table(command: &str, opts: &Options, env: &Value, summary: &[Summary]) 
             rate(1),
             rate(2),
             s.slowdown_pct.map_or_else(dash, |p| format!("{p:.1} %")),
+            s.added_ns.map_or_else(dash, |n| format!("{n:+.0}")),
             s.entries.to_string(),
             s.events.map_or_else(dash, |n| n.to_string()),
             s.lost.map_or_else(dash, |n| n.to_string()),
@@ -780,7 +788,8 @@ fn print_table(command: &str, opts: &Options, env: &Value, summary: &[Summary]) 
     println!();
     println!(
         "flows, entries, events, lost and counters are totals over the rounds; flows/s per run \
-         is the sender's own measurement. entries: conntrack entries created (conntrack -C \
+         is the sender's own measurement. ns/flow: sender time per flow added, from the \
+         medians (1/rate - 1/rate without a listener). entries: conntrack entries created (conntrack -C \
          delta); lost = entries - events; loss reports: the count in ctscope's `lost` records, \
          or conntrack -E's ENOBUFS warnings (each hides an unknown number of events); listener \
          CPU s: its user + system time; BPF s: run time of ctscope's BPF programs \

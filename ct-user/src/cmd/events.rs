@@ -70,6 +70,7 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
         ring_bytes: args.ring_size,
         tier,
         empty_programs: args.empty_programs,
+        parsed_records: args.parsed_records,
     };
     let mut probes = match loader::load(opts) {
         Ok(p) => p,
@@ -295,6 +296,12 @@ pub fn announce(probes: &Probes) {
             probes.tier.number(),
             probes.tier_reason,
             probes.tier.sees()
+        );
+    }
+    if probes.tier == Tier::Tracepoints && probes.layout.ct_raw_bytes == ct_common::ABSENT {
+        eprintln!(
+            "ctscope: tier 2 reads entry fields one by one (--parsed-records, or this \
+             kernel's struct nf_conn does not fit a raw record): more BPF time per event"
         );
     }
 }

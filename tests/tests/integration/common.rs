@@ -23,6 +23,9 @@ pub const TCP_PORT: u16 = 8080;
 pub enum Watch {
     Ctscope,
     Tier2,
+    /// Tier 2 reading entry fields one by one in BPF (`--parsed-records`), as on kernels
+    /// whose `struct nf_conn` does not fit a raw record.
+    Tier2Parsed,
     KernelOnly,
 }
 
@@ -36,8 +39,18 @@ impl Watch {
                 opts.extra.extend(["--tier".into(), "2".into()]);
                 Some(opts)
             }
+            Watch::Tier2Parsed => {
+                opts.extra
+                    .extend(["--tier".into(), "2".into(), "--parsed-records".into()]);
+                Some(opts)
+            }
             Watch::KernelOnly => None,
         }
+    }
+
+    /// True when ctscope watches at tier 2 (either way of reading entries).
+    pub fn is_tier2(self) -> bool {
+        matches!(self, Watch::Tier2 | Watch::Tier2Parsed)
     }
 
     /// Starts ctscope on namespace `inode` when watching.
@@ -153,6 +166,7 @@ pub struct Ctx {
     pub pair: Pair,
     /// Inode of `c`: what ctscope reports in `netns`.
     pub inode: u64,
+    watch: Watch,
 }
 
 impl Ctx {
@@ -168,6 +182,7 @@ impl Ctx {
             events,
             pair,
             inode,
+            watch,
         }
     }
 
@@ -188,6 +203,14 @@ impl Ctx {
     pub fn finish(&mut self) -> Option<Vec<Value>> {
         let finished = self.events.take()?.stop();
         finished.assert_clean();
+        if self.watch == Watch::Tier2Parsed {
+            // Else the twin would only repeat `t2_<name>` on the raw-record path.
+            assert!(
+                finished.stderr.contains("reads entry fields one by one"),
+                "--parsed-records not announced; stderr:\n{}",
+                finished.stderr
+            );
+        }
         events::assert_no_loss(&finished.events);
         let all: Vec<&Value> = finished.events.iter().collect();
         note(format!(

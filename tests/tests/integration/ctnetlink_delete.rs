@@ -70,7 +70,7 @@ pub fn run(watch: Watch) {
     let inserted = Tuple::new(p.c_addr, INSERTED_SPORT, p.s_addr, UDP_PORT);
     let sport = INSERTED_SPORT.to_string();
     // Tier 2 sees entries on egress: one inserted through ctnetlink never passes there.
-    let tier2 = watch == Watch::Tier2;
+    let tier2 = watch.is_tier2();
     if !tier2 {
         p.c.exec(&[
             "conntrack",
