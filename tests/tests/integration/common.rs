@@ -35,13 +35,11 @@ impl Watch {
         let mut opts = EventsOpts::netns(inode);
         match self {
             Watch::Ctscope => Some(opts),
-            Watch::Tier2 => {
+            Watch::Tier2 | Watch::Tier2Parsed => {
                 opts.extra.extend(["--tier".into(), "2".into()]);
-                Some(opts)
-            }
-            Watch::Tier2Parsed => {
-                opts.extra
-                    .extend(["--tier".into(), "2".into(), "--parsed-records".into()]);
+                if self == Watch::Tier2Parsed {
+                    opts.extra.push("--parsed-records".into());
+                }
                 Some(opts)
             }
             Watch::KernelOnly => None,
