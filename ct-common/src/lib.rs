@@ -17,6 +17,21 @@ pub use event::{
 pub use layout::{ABSENT, KernelLayout};
 pub use raw::{RAW_CT_BYTES, RawCtEvent, RawHead};
 
+/// Benchmark floors (`ctscope events --floor`, `cargo xtask bench`): how far tier 2 goes,
+/// set by the loader in the BPF global `FLOOR`. The verifier sees the value as a constant
+/// and drops the branches of the others, so a normal load pays nothing for them.
+pub mod floor {
+    /// Normal operation.
+    pub const NONE: u32 = 0;
+    /// Every tier-2 program returns at once: what the hooks cost by themselves.
+    pub const EMPTY: u32 = 1;
+    /// New-flow reports stop after the first-seen filter.
+    pub const FILTER: u32 = 2;
+    /// Each entry the filter passes reserves a ring record and discards it unwritten: the
+    /// ring buffer's own cost per event.
+    pub const RING: u32 = 3;
+}
+
 /// Indices into the per-CPU `STATS` array the BPF side keeps. The first `EventKind::COUNT`
 /// slots count ring-buffer reserve failures (lost events) by kind; the rest count probe hits.
 pub mod stat {

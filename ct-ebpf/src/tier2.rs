@@ -20,10 +20,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
-use ct_common::{ABSENT, Cause, DestroyReason, Event, EventKind, FLAG_UNVERIFIED, stat};
+use ct_common::{ABSENT, Cause, DestroyReason, Event, EventKind, FLAG_UNVERIFIED, floor, stat};
 
 use crate::{
-    emit::{RawRecord, count, emit, raw_layout},
+    emit::{RawRecord, count, emit, raw_layout, reserve_and_discard},
     entry::{Entry, Fields},
     kernel::{
         IP_CT_ESTABLISHED, IP_CT_NEW, IPPROTO_TCP, IPS_CONFIRMED, IPS_DYING, IPS_NAT_CLASH,
@@ -45,11 +45,9 @@ const SEEN_SLOTS: u32 = 1 << 18;
 const RECENT_SLOTS: u32 = 1 << 12;
 const CT_NETNS_ENTRIES: u32 = 4096;
 
-/// Set to 1 by the loader for the benchmark's floor (`events --empty-programs`): every
-/// tier-2 program returns at once, so the flow rate shows what the hooks cost by
-/// themselves.
+/// A `ct_common::floor`, set by the loader for the benchmark (`events --floor`).
 #[unsafe(no_mangle)]
-static EMPTY_PROGRAMS: u32 = 0;
+static FLOOR: u32 = floor::NONE;
 
 /// The `nf_conntrack` slab cache, learned from its name on first sight.
 #[map]
@@ -174,6 +172,14 @@ pub fn t2_dev_queue(ctx: BtfTracePointContext) -> u32 {
 /// not confirmed yet (nothing reported).
 #[inline(always)]
 fn report_first_egress(ct: u64) -> bool {
+    match bench_floor() {
+        floor::FILTER => return true,
+        floor::RING => {
+            reserve_and_discard();
+            return true;
+        }
+        _ => {}
+    }
     if !raw_layout() {
         return first_egress(Fields(ct));
     }
@@ -205,9 +211,14 @@ fn first_egress(entry: impl Entry) -> bool {
 }
 
 #[inline(always)]
-fn empty() -> bool {
+fn bench_floor() -> u32 {
     // SAFETY: volatile read of a loader-set u32 global.
-    unsafe { core::ptr::read_volatile(&EMPTY_PROGRAMS) != 0 }
+    unsafe { core::ptr::read_volatile(&FLOOR) }
+}
+
+#[inline(always)]
+fn empty() -> bool {
+    bench_floor() == floor::EMPTY
 }
 
 /// The first-seen hash of entry `ct` (objects are 256-byte aligned or so: drop low bits);

@@ -811,11 +811,13 @@ pub struct EventsArgs {
     #[arg(long, value_enum, value_name = "N")]
     pub tier: Option<crate::loader::Tier>,
 
-    /// Benchmark only (`cargo xtask bench`): attach tier 2's hooks with programs that
-    /// return at once, so the flow rate shows what the hooks cost by themselves. Reports
-    /// no events.
-    #[arg(long, hide = true)]
-    pub empty_programs: bool,
+    /// Benchmark only (`cargo xtask bench`): tier 2 cut short, to show what each step
+    /// costs a flow. `empty`: the programs return at once (the hooks' own cost; no
+    /// events). `filter`: `new` reports stop after the first-seen filter. `ring`: each
+    /// entry the filter passes reserves a ring record and discards it (the ring buffer's
+    /// own cost). With `filter` and `ring` no `new` event is reported.
+    #[arg(long, hide = true, value_enum, value_name = "STEP")]
+    pub floor: Option<crate::loader::Floor>,
 
     /// Testing only: tier 2 reads each entry field in BPF instead of copying the entry
     /// whole, as it does on kernels whose `struct nf_conn` does not fit a raw record.

@@ -7,7 +7,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
     programs::{BtfTracePoint, FEntry, KProbe, ProgramError, RawTracePoint},
 };
-use ct_common::{ABSENT, KernelLayout};
+use ct_common::{ABSENT, KernelLayout, floor};
 use serde::Serialize;
 
 use crate::hooks::{
@@ -56,6 +56,29 @@ pub struct HookStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub role: &'static str,
+}
+
+/// The benchmark's floors (`ctscope events --floor`): tier 2 cut short at one step, so
+/// `cargo xtask bench` can show what each step costs a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Floor {
+    /// Every tier-2 program returns at once: the hooks' own cost.
+    Empty,
+    /// New-flow reports stop after the first-seen filter.
+    Filter,
+    /// Each entry the filter passes reserves a ring record and discards it unwritten: the
+    /// ring buffer's own cost per event.
+    Ring,
+}
+
+impl Floor {
+    fn code(self) -> u32 {
+        match self {
+            Floor::Empty => floor::EMPTY,
+            Floor::Filter => floor::FILTER,
+            Floor::Ring => floor::RING,
+        }
+    }
 }
 
 /// The hook tiers of DESIGN.md, best first.
@@ -149,8 +172,8 @@ pub struct LoadOptions {
     pub ring_bytes: u32,
     /// The tier to attach; `None` for the best this kernel allows.
     pub tier: Option<Tier>,
-    /// Benchmark only: the tier-2 programs return at once (`events --empty-programs`).
-    pub empty_programs: bool,
+    /// Benchmark only: how far tier 2 goes (`events --floor`).
+    pub floor: Option<Floor>,
     /// Testing only: tier 2 reads entry fields one by one, as on kernels whose
     /// `struct nf_conn` does not fit a raw record (`events --parsed-records`).
     pub parsed_records: bool,
@@ -161,7 +184,7 @@ impl LoadOptions {
         Self {
             ring_bytes,
             tier,
-            empty_programs: false,
+            floor: None,
             parsed_records: false,
         }
     }
@@ -190,7 +213,7 @@ pub fn load(opts: LoadOptions) -> Result<Probes, LoadError> {
     let mut ebpf = EbpfLoader::new()
         .override_global("LAYOUT", &layout, true)
         .override_global("EARLY_DROP_ATTACHED", &early_drop, true)
-        .override_global("EMPTY_PROGRAMS", &u32::from(opts.empty_programs), true)
+        .override_global("FLOOR", &opts.floor.map_or(floor::NONE, Floor::code), true)
         .map_max_entries("EVENTS", ring_bytes)
         .load(OBJECT)
         .map_err(permission_or)?;

@@ -2,7 +2,10 @@
 //! conntrack entries with no listener, with `ctscope events` attached and with
 //! `conntrack -E` attached, and how many `new` events each listener received and lost.
 //! Mode `hooks only` attaches ctscope's tier-2 hooks with programs that return at once:
-//! the floor of what running any BPF program on those tracepoints costs.
+//! the floor of what running any BPF program on those tracepoints costs. Modes `filter`
+//! and `ring` (not run by default) cut tier 2 short after its first-seen filter, and after
+//! reserving and discarding one ring record per new flow: with `--bpf-stats` they break
+//! ctscope's own cost down step by step.
 //!
 //! Set-up (all removed on exit, errors and Ctrl-C included): namespaces
 //! `ctbench-<pid>-c` (client; conntrack on through an nft `ct state` rule) and
@@ -75,8 +78,8 @@ pub struct Options {
     /// per 10k events/s, from one flood of --flows new flows it keeps in its table.
     #[arg(long)]
     agent: bool,
-    /// Turn on kernel.bpf_stats_enabled for the `BPF s` column and the per-program run
-    /// times. Off by default: the accounting itself costs two clock reads per program
+    /// Turn on kernel.bpf_stats_enabled for the `BPF s` and `BPF ns/flow` columns and the
+    /// per-program run times. Off by default: the accounting itself costs two clock reads per program
     /// run, which would count against ctscope's flow rate.
     #[arg(long)]
     bpf_stats: bool,
@@ -89,8 +92,14 @@ enum Mode {
     /// `ctscope events --json --kind new --netns CLIENT` attached.
     Ctscope,
     /// ctscope's tier-2 hooks attached with programs that return at once
-    /// (`ctscope events --empty-programs`): the floor any tier-2 program pays.
+    /// (`ctscope events --floor empty`): the floor any tier-2 program pays.
     Hooks,
+    /// Tier 2 up to its first-seen filter; new flows are not reported
+    /// (`ctscope events --floor filter`).
+    Filter,
+    /// Tier 2 up to its first-seen filter, then one ring record reserved and discarded per
+    /// new flow: the ring buffer's own cost (`ctscope events --floor ring`).
+    Ring,
     /// `conntrack -E -e NEW -b 33554432` attached in the client namespace.
     Conntrack,
 }
@@ -103,8 +112,25 @@ impl Mode {
             Mode::None => "none",
             Mode::Ctscope => "ctscope",
             Mode::Hooks => "hooks only",
+            Mode::Filter => "filter",
+            Mode::Ring => "ring",
             Mode::Conntrack => "conntrack -E",
         }
+    }
+
+    /// The `ctscope events --floor` this mode runs.
+    fn floor(self) -> Option<&'static str> {
+        match self {
+            Mode::Hooks => Some("empty"),
+            Mode::Filter => Some("filter"),
+            Mode::Ring => Some("ring"),
+            _ => None,
+        }
+    }
+
+    /// Whether the listener is ctscope (loads BPF programs).
+    fn runs_ctscope(self) -> bool {
+        self == Mode::Ctscope || self.floor().is_some()
     }
 
     /// Whether the listener reports events to count (and so to find lost).
@@ -145,8 +171,7 @@ pub fn cmd(opts: &Options) -> Result<()> {
     let server = Netns::add(format!("ctbench-{}-s", std::process::id()))?;
     configure(&client, &server)?;
     let _max = raise_conntrack_max(opts.flows)?;
-    let bpf_modes = [Mode::Ctscope, Mode::Hooks];
-    let _stats = match opts.bpf_stats && opts.modes.iter().any(|m| bpf_modes.contains(m)) {
+    let _stats = match opts.bpf_stats && opts.modes.iter().any(|m| m.runs_ctscope()) {
         true => SysctlGuard::set(BPF_STATS, "1")?,
         false => None,
     };
@@ -603,6 +628,12 @@ impl Summary {
         (self.entries > 0).then(|| lost as f64 * 100.0 / self.entries as f64)
     }
 
+    /// BPF run time per flow sent: unlike the flow rate, barely moved by other load.
+    fn bpf_ns_per_flow(&self) -> Option<f64> {
+        let bpf = self.bpf?;
+        (self.sent > 0).then(|| bpf * 1e9 / self.sent as f64)
+    }
+
     fn to_json(&self) -> Value {
         json!({
             "mode": self.mode.label(),
@@ -620,6 +651,7 @@ impl Summary {
             "loss_reports": self.loss_reports,
             "listener_cpu_seconds": self.cpu,
             "bpf_seconds": self.bpf,
+            "bpf_ns_per_flow": self.bpf_ns_per_flow(),
             "counters": self.counters,
             "errors": self.errors,
         })
@@ -729,6 +761,7 @@ fn print_table(command: &str, opts: &Options, env: &Value, summary: &[Summary]) 
         "loss reports",
         "listener CPU s",
         "BPF s",
+        "BPF ns/flow",
         "insert",
         "insert_failed",
         "drop",
@@ -760,6 +793,7 @@ fn print_table(command: &str, opts: &Options, env: &Value, summary: &[Summary]) 
             reports,
             s.cpu.map_or_else(dash, |c| format!("{c:.2}")),
             s.bpf.map_or_else(dash, |c| format!("{c:.3}")),
+            s.bpf_ns_per_flow().map_or_else(dash, |n| format!("{n:.0}")),
             s.counter("insert").to_string(),
             s.counter("insert_failed").to_string(),
             s.counter("drop").to_string(),
@@ -793,7 +827,8 @@ fn print_table(command: &str, opts: &Options, env: &Value, summary: &[Summary]) 
          delta); lost = entries - events; loss reports: the count in ctscope's `lost` records, \
          or conntrack -E's ENOBUFS warnings (each hides an unknown number of events); listener \
          CPU s: its user + system time; BPF s: run time of ctscope's BPF programs \
-         (kernel.bpf_stats_enabled), in the kernel and not in listener CPU; insert, insert_failed, drop: conntrack -S deltas in \
+         (kernel.bpf_stats_enabled), in the kernel and not in listener CPU; BPF ns/flow: the \
+         same per flow sent; insert, insert_failed, drop: conntrack -S deltas in \
          the client namespace."
     );
 }
@@ -834,9 +869,10 @@ impl Listener {
                     .arg(&ctx.ready);
                 c
             }
-            Mode::Hooks => {
+            Mode::Hooks | Mode::Filter | Mode::Ring => {
                 let mut c = Command::new(ctx.ctscope);
-                c.args(["events", "--empty-programs", "--ready-file"])
+                c.args(["events", "--floor", mode.floor().unwrap_or("empty")])
+                    .arg("--ready-file")
                     .arg(&ctx.ready);
                 c
             }
@@ -876,7 +912,7 @@ impl Listener {
         loop {
             check_interrupt()?;
             let ready = match self.mode {
-                Mode::Ctscope | Mode::Hooks => ctx.ready.exists(),
+                m if m.runs_ctscope() => ctx.ready.exists(),
                 _ => subscribed(pid),
             };
             if ready {
@@ -976,7 +1012,7 @@ impl Drop for Listener {
 
 /// The line where ctscope announced tier 3 (ctnetlink only), for a BPF mode.
 fn without_bpf(mode: Mode, stderr: &[String]) -> Option<&str> {
-    let bpf = matches!(mode, Mode::Ctscope | Mode::Hooks);
+    let bpf = mode.runs_ctscope();
     let tier3 = stderr.iter().find(|l| l.starts_with("ctscope: tier 3"));
     tier3.filter(|_| bpf).map(String::as_str)
 }

@@ -19,24 +19,32 @@ use crate::{
     cli::EventsArgs,
     event::{Clock, CtEvent, Lost, Record},
     filter::Filter,
-    loader::{self, LoadError, LoadOptions, Probes, Tier},
+    loader::{self, Floor, LoadError, LoadOptions, Probes, Tier},
     output::{Format, write_event, write_record},
     source::{EventSource, Output},
     tier3,
 };
 
-/// The tier asked for; `--empty-programs` (the benchmark's floor) means tier 2.
+/// The tier asked for; `--floor` (the benchmark's) means tier 2.
 fn tier(args: &EventsArgs) -> anyhow::Result<Option<Tier>> {
-    if !args.empty_programs {
+    let Some(floor) = args.floor else {
         return Ok(args.tier);
-    }
+    };
     if args.tier.is_some_and(|t| t != Tier::Tracepoints) {
-        bail!("--empty-programs measures tier 2's hooks: drop --tier or give --tier 2");
+        bail!("--floor measures tier 2's steps: drop --tier or give --tier 2");
     }
-    eprintln!(
-        "ctscope: empty programs (benchmark floor): the tier-2 hooks attach and report nothing"
-    );
+    eprintln!("ctscope: benchmark floor: {}", floor_note(floor));
     Ok(Some(Tier::Tracepoints))
+}
+
+fn floor_note(floor: Floor) -> &'static str {
+    match floor {
+        Floor::Empty => "empty programs: the tier-2 hooks attach and report nothing",
+        Floor::Filter => "new-flow reports stop after the first-seen filter (no `new` events)",
+        Floor::Ring => {
+            "each new flow reserves a ring record and discards it unwritten (no `new` events)"
+        }
+    }
 }
 
 pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
@@ -69,7 +77,7 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
     let opts = LoadOptions {
         ring_bytes: args.ring_size,
         tier,
-        empty_programs: args.empty_programs,
+        floor: args.floor,
         parsed_records: args.parsed_records,
     };
     let mut probes = match loader::load(opts) {

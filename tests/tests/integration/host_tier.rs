@@ -1,9 +1,10 @@
 //! Runs everywhere: `ctscope probe --json` is well-formed and honest about kprobes, and
-//! `ctscope events` loads and attaches whatever this kernel offers, then exits cleanly.
+//! `ctscope events` loads and attaches whatever this kernel offers, then exits cleanly, as do
+//! the benchmark's `--floor` variants of tier 2.
 
 use std::time::Duration;
 
-use ctscope_tests::ctscope::{self, Events, EventsOpts, Probe};
+use ctscope_tests::ctscope::{self, Events, EventsOpts, Finished, Probe};
 use serde_json::Value;
 
 pub fn run() {
@@ -15,6 +16,24 @@ pub fn run() {
     check_events_run(&[]);
     // Tier 3 needs no BPF: it must run wherever ctnetlink answers.
     check_events_run(&["--tier", "3"]);
+    check_bench_floors(&probe);
+}
+
+/// The benchmark's floors (`events --floor`, used by `cargo xtask bench`) pass the
+/// verifier where tier 2 runs, and each says on stderr what it leaves out.
+fn check_bench_floors(probe: &Probe) {
+    if let Some(why) = probe.tier_missing(2) {
+        eprintln!("note: --floor not checked: {why}");
+        return;
+    }
+    for floor in ["empty", "filter", "ring"] {
+        let finished = check_events_run(&["--floor", floor]);
+        assert!(
+            finished.stderr.contains("ctscope: benchmark floor: "),
+            "--floor {floor} not announced; stderr:\n{}",
+            finished.stderr
+        );
+    }
 }
 
 /// `tiers` lists tiers 1–3, each tried; the chosen one is available, and tier 3 works on
@@ -115,7 +134,7 @@ fn check_tracepoints(probe: &Probe) {
 }
 
 /// `ctscope events --json --duration 1 EXTRA` attaches, exits 0, prints only JSON, no error.
-fn check_events_run(extra: &[&str]) {
+fn check_events_run(extra: &[&str]) -> Finished {
     let opts = EventsOpts {
         duration: Some(1.0),
         extra: extra.iter().map(|s| s.to_string()).collect(),
@@ -130,4 +149,5 @@ fn check_events_run(extra: &[&str]) {
         "ctscope events reported errors:\n{}",
         errors.join("\n")
     );
+    finished
 }
