@@ -603,8 +603,9 @@ struct Summary {
     /// (median, min, max) flows/s.
     rate: Option<(f64, f64, f64)>,
     slowdown_pct: Option<f64>,
-    /// Sender time per flow this mode adds, from the medians: the cost in a unit that
-    /// does not depend on how fast the machine makes a flow.
+    /// Sender time per flow this mode adds (median over rounds of the round's own
+    /// difference to `none`): the cost in a unit that does not depend on how fast the
+    /// machine makes a flow.
     added_ns: Option<f64>,
     entries: u64,
     events: Option<u64>,
@@ -708,18 +709,39 @@ fn summarize(opts: &Options, runs: &[Run]) -> Vec<Summary> {
             errors,
         });
     }
-    let base = out
-        .iter()
-        .find(|s| s.mode == Mode::None)
-        .and_then(|s| s.rate)
-        .map(|r| r.0);
-    for s in &mut out {
-        if let (Some(base), Some((median, _, _))) = (base, s.rate) {
-            s.slowdown_pct = (s.mode != Mode::None).then(|| (1.0 - median / base) * 100.0);
-            s.added_ns = (s.mode != Mode::None).then(|| (1.0 / median - 1.0 / base) * 1e9);
-        }
+    for s in out.iter_mut().filter(|s| s.mode != Mode::None) {
+        let pairs = paired(runs, s.mode);
+        let median_of = |f: fn(f64, f64) -> f64| {
+            let mut v: Vec<f64> = pairs.iter().map(|&(rate, base)| f(rate, base)).collect();
+            v.sort_by(f64::total_cmp);
+            median_min_max(&v).map(|m| m.0)
+        };
+        s.slowdown_pct = median_of(|rate, base| (1.0 - rate / base) * 100.0);
+        s.added_ns = median_of(|rate, base| (1.0 / rate - 1.0 / base) * 1e9);
     }
     out
+}
+
+/// (rate of `mode`, rate without a listener) for every round that ran both: a round's
+/// runs follow each other, so the pair shares the machine's state at the time, and the
+/// median over rounds drops the rounds another load on the machine disturbed.
+fn paired(runs: &[Run], mode: Mode) -> Vec<(f64, f64)> {
+    let rate = |r: &Run| {
+        r.sender
+            .as_ref()
+            .filter(|_| r.error.is_none())
+            .map(|s| s.rate)
+    };
+    let base = |round: u32| {
+        runs.iter()
+            .find(|r| r.mode == Mode::None && r.round == round)
+            .and_then(rate)
+    };
+    runs.iter()
+        .filter(|r| r.mode == mode)
+        .filter_map(|r| Some((rate(r)?, base(r.round)?)))
+        .filter(|&(rate, base)| rate > 0.0 && base > 0.0)
+        .collect()
 }
 
 fn median_min_max(sorted: &[f64]) -> Option<(f64, f64, f64)> {
@@ -822,8 +844,9 @@ fn print_table(command: &str, opts: &Options, env: &Value, summary: &[Summary]) 
     println!();
     println!(
         "flows, entries, events, lost and counters are totals over the rounds; flows/s per run \
-         is the sender's own measurement. ns/flow: sender time per flow added, from the \
-         medians (1/rate - 1/rate without a listener). entries: conntrack entries created (conntrack -C \
+         is the sender's own measurement. slowdown and ns/flow: medians over rounds of each \
+         round's own comparison with its `none` run (1 - rate/rate without a listener; \
+         1/rate - 1/rate without a listener, the sender time per flow added). entries: conntrack entries created (conntrack -C \
          delta); lost = entries - events; loss reports: the count in ctscope's `lost` records, \
          or conntrack -E's ENOBUFS warnings (each hides an unknown number of events); listener \
          CPU s: its user + system time; BPF s: run time of ctscope's BPF programs \
@@ -1408,4 +1431,63 @@ fn check_interrupt() -> Result<()> {
         bail!("interrupted");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(mode: Mode, round: u32, rate: f64) -> Run {
+        let mut r = Run::new(mode, round);
+        r.sender = Some(Sender {
+            flows: 100,
+            sent: 100,
+            send_errors: 0,
+            first_error: None,
+            seconds: 100.0 / rate,
+            rate,
+        });
+        r
+    }
+
+    #[test]
+    fn slowdown_pairs_each_round_with_its_own_baseline() {
+        // Round 2 ran on a machine twice as slow: medians of the raw rates would call
+        // ctscope 25 % slower, the pairs 20 %.
+        let runs = [
+            run(Mode::None, 1, 1000.0),
+            run(Mode::Ctscope, 1, 800.0),
+            run(Mode::None, 2, 500.0),
+            run(Mode::Ctscope, 2, 400.0),
+            run(Mode::None, 3, 1000.0),
+            run(Mode::Ctscope, 3, 800.0),
+        ];
+        let opts = Options {
+            flows: 100,
+            rounds: 3,
+            batch: 64,
+            modes: vec![Mode::None, Mode::Ctscope],
+            json: false,
+            agent: false,
+            bpf_stats: false,
+        };
+        let summary = summarize(&opts, &runs);
+        let ctscope = summary.iter().find(|s| s.mode == Mode::Ctscope).unwrap();
+        let slowdown = ctscope.slowdown_pct.unwrap();
+        assert!((slowdown - 20.0).abs() < 1e-9, "slowdown {slowdown}");
+        // 1/800 - 1/1000 s per flow in rounds 1 and 3.
+        assert!((ctscope.added_ns.unwrap() - 250_000.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_round_without_a_baseline_or_with_an_error_is_left_out() {
+        let mut failed = run(Mode::Ctscope, 1, 10.0);
+        failed.error = Some("listener exited".into());
+        let runs = [
+            run(Mode::None, 1, 1000.0),
+            failed,
+            run(Mode::Ctscope, 2, 10.0),
+        ];
+        assert!(paired(&runs, Mode::Ctscope).is_empty());
+    }
 }
