@@ -32,6 +32,8 @@ mod early_drop;
 mod flood;
 #[path = "integration/host_tier.rs"]
 mod host_tier;
+#[path = "integration/server_side.rs"]
+mod server_side;
 #[path = "integration/snat_port_clash.rs"]
 mod snat_port_clash;
 #[path = "integration/table_full.rs"]
@@ -49,6 +51,7 @@ type Scenario = fn(Watch);
 
 const SCENARIOS: &[(&str, Scenario)] = &[
     ("udp_tcp_flows", udp_tcp_flows::run),
+    ("server_side", server_side::run),
     ("snat_port_clash", snat_port_clash::run),
     ("table_full", table_full::run),
     ("ctnetlink_delete", ctnetlink_delete::run),
@@ -66,6 +69,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
 /// clashes.
 const PARSED_SCENARIOS: &[&str] = &[
     "udp_tcp_flows",
+    "server_side",
     "snat_port_clash",
     "table_full",
     "tcp_close",

@@ -7,7 +7,7 @@ use ctscope_tests::{
     cmd,
     ctscope::{self, Events, EventsOpts, Probe},
     events,
-    netns::{self, Pair},
+    netns::{self, Netns, Pair},
     nft, wait,
 };
 use serde_json::Value;
@@ -157,12 +157,13 @@ pub fn event_wait() -> Duration {
 }
 
 /// A client namespace `c` (conntrack enabled) and server `s` over veth, and ctscope
-/// watching `c` when asked. ctscope is declared first so it stops before the namespaces
-/// are deleted (fields drop in order).
+/// watching `c` when asked (or the other way round: [`Ctx::server`]). ctscope is
+/// declared first so it stops before the namespaces are deleted (fields drop in order).
 pub struct Ctx {
     pub events: Option<Events>,
     pub pair: Pair,
-    /// Inode of `c`: what ctscope reports in `netns`.
+    /// Inode of the watched namespace (`c`, or `s` for [`Ctx::server`]): what ctscope
+    /// reports in `netns`.
     pub inode: u64,
     watch: Watch,
 }
@@ -171,10 +172,26 @@ impl Ctx {
     /// Builds the pair on 10.200.`subnet`.0/24, enables conntrack in `c`, runs `setup`
     /// (rulesets, timeouts), then starts ctscope filtered to `c` if `watch` says so.
     pub fn new(watch: Watch, subnet: u8, setup: impl FnOnce(&Pair)) -> Self {
+        Self::watching(watch, subnet, |p| &p.c, setup)
+    }
+
+    /// Like [`Ctx::new`], but conntrack runs in the server namespace `s` instead, and
+    /// ctscope watches `s`: entries made by inbound traffic, whose first packet to leave
+    /// is the server's answer.
+    pub fn server(watch: Watch, subnet: u8, setup: impl FnOnce(&Pair)) -> Self {
+        Self::watching(watch, subnet, |p| &p.s, setup)
+    }
+
+    fn watching(
+        watch: Watch,
+        subnet: u8,
+        side: fn(&Pair) -> &Netns,
+        setup: impl FnOnce(&Pair),
+    ) -> Self {
         let pair = Pair::new(subnet);
-        nft::apply(&pair.c, nft::CT_ENABLE);
+        nft::apply(side(&pair), nft::CT_ENABLE);
         setup(&pair);
-        let inode = pair.c.inode();
+        let inode = side(&pair).inode();
         let events = watch.start(inode);
         Ctx {
             events,
