@@ -519,6 +519,15 @@ impl Run {
         self.counters.get(key).copied().unwrap_or(0)
     }
 
+    /// The sender's rate, for a run that completed without an error (the runs the
+    /// figures count).
+    fn rate(&self) -> Option<f64> {
+        self.sender
+            .as_ref()
+            .filter(|_| self.error.is_none())
+            .map(|s| s.rate)
+    }
+
     /// Events the listener should have printed: one per entry created.
     fn lost(&self) -> Option<u64> {
         self.events.map(|e| self.entries.saturating_sub(e))
@@ -669,7 +678,7 @@ fn summarize(opts: &Options, runs: &[Run]) -> Vec<Summary> {
         let done: Vec<&Run> = mine
             .iter()
             .copied()
-            .filter(|r| r.sender.is_some() && r.error.is_none())
+            .filter(|r| r.rate().is_some())
             .collect();
         let senders = done.iter().filter_map(|r| r.sender.as_ref());
         let mut rates: Vec<f64> = senders.clone().map(|s| s.rate).collect();
@@ -726,20 +735,14 @@ fn summarize(opts: &Options, runs: &[Run]) -> Vec<Summary> {
 /// runs follow each other, so the pair shares the machine's state at the time, and the
 /// median over rounds drops the rounds another load on the machine disturbed.
 fn paired(runs: &[Run], mode: Mode) -> Vec<(f64, f64)> {
-    let rate = |r: &Run| {
-        r.sender
-            .as_ref()
-            .filter(|_| r.error.is_none())
-            .map(|s| s.rate)
-    };
     let base = |round: u32| {
         runs.iter()
             .find(|r| r.mode == Mode::None && r.round == round)
-            .and_then(rate)
+            .and_then(Run::rate)
     };
     runs.iter()
         .filter(|r| r.mode == mode)
-        .filter_map(|r| Some((rate(r)?, base(r.round)?)))
+        .filter_map(|r| Some((r.rate()?, base(r.round)?)))
         .filter(|&(rate, base)| rate > 0.0 && base > 0.0)
         .collect()
 }
