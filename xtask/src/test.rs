@@ -134,7 +134,8 @@ fn clippy_bpf() -> Result<()> {
 /// The integration tests on this machine's kernel. They create network namespaces and
 /// load BPF, so they run as root; one at a time, because some change global sysctls.
 fn host_tests() -> Result<()> {
-    let ctscope = cargo::build_ctscope(false)?;
+    // The release build, what `cargo xtask run` runs: `flood` measures that binary.
+    let ctscope = cargo::build_ctscope(true)?;
     for test in cargo::build_tests(vm_test::TESTS_PACKAGE, false)? {
         let mut run = cmd::as_root(&test);
         run.args(["--test-threads", "1"])

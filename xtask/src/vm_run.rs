@@ -32,9 +32,9 @@ pub struct Options {
     /// Keep the staged root and the initramfs image (their path is printed).
     #[arg(long)]
     keep: bool,
-    /// Build ctscope with the release profile.
+    /// Build ctscope unoptimised (dev profile); the default is the release build.
     #[arg(long)]
-    release: bool,
+    debug: bool,
 }
 
 /// One boot of one kernel.
@@ -49,7 +49,7 @@ pub struct Job<'a> {
 
 pub fn cmd(opts: &Options) -> Result<()> {
     setup::ensure(&setup::Needs { vm: true })?;
-    let ctscope = cargo::build_ctscope(opts.release)?;
+    let ctscope = cargo::build_ctscope(!opts.debug)?;
     let job = Job {
         series: opts.kernel,
         script: &opts.script,

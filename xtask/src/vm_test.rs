@@ -25,9 +25,10 @@ pub struct Options {
     /// Keep the staged roots and initramfs images.
     #[arg(long)]
     pub keep: bool,
-    /// Build with the release profile.
+    /// Build ctscope unoptimised (dev profile). The default is the release build, what
+    /// `cargo xtask run` runs; the test binaries are always dev builds.
     #[arg(long)]
-    pub release: bool,
+    pub debug: bool,
     /// Arguments for the test binary, after `--` (a name filter, `--exact`, …).
     #[arg(last = true)]
     pub test_args: Vec<OsString>,
@@ -39,7 +40,7 @@ impl Default for Options {
             kernel: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
             keep: false,
-            release: false,
+            debug: false,
             test_args: Vec::new(),
         }
     }
@@ -54,8 +55,8 @@ struct Summary {
 
 pub fn cmd(opts: &Options) -> Result<()> {
     setup::ensure(&setup::Needs { vm: true })?;
-    let ctscope = cargo::build_ctscope(opts.release)?;
-    let tests = cargo::build_tests(TESTS_PACKAGE, opts.release)?;
+    let ctscope = cargo::build_ctscope(!opts.debug)?;
+    let tests = cargo::build_tests(TESTS_PACKAGE, false)?;
     let script = cargo::target_dir()?
         .join("vm")
         .join(format!("vm-test-{}.sh", std::process::id()));
