@@ -159,12 +159,18 @@ struct Trials {
 impl Trials {
     /// Adds a trial that runs `body`, or an ignored one when `needs` is not met here.
     fn add(&mut self, env: &Env, name: &str, needs: Needs, body: impl FnOnce() + Send + 'static) {
-        let trial = match env.unmet(needs) {
-            None => Trial::test(name, move || {
+        let trial = match (env.unmet(needs), env.required(needs)) {
+            (None, _) => Trial::test(name, move || {
                 body();
                 Ok(())
             }),
-            Some(reason) => {
+            (Some(reason), Some(tier)) => Trial::test(name, move || {
+                Err(Failed::from(format!(
+                    "must run on this kernel ({}={tier}), but cannot: {reason}",
+                    common::REQUIRE_TIER_ENV
+                )))
+            }),
+            (Some(reason), None) => {
                 self.skipped.push((name.to_owned(), reason.clone()));
                 // Run anyway (--ignored) it fails with the reason: a skip is never a pass.
                 Trial::test(name, move || {

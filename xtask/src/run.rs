@@ -19,9 +19,7 @@ pub struct Options {
 }
 
 pub fn cmd(opts: &Options) -> Result<()> {
-    let ctscope = build::cmd(&build::Options {
-        debug: opts.debug,
-    })?;
+    let ctscope = build::cmd(&build::Options { debug: opts.debug })?;
     let mut run = cmd::as_root(&ctscope);
     run.args(&opts.args);
     eprintln!("$ {}", cmd::show(&run));

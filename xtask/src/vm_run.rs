@@ -127,13 +127,25 @@ fn env(job: &Job) -> Result<Vec<(String, String)>> {
     let Some(ctscope) = job.binaries.first().and_then(|b| b.file_name()) else {
         bail!("no ctscope binary for the VM");
     };
+    // The test switch that hides kernel symbols (ct-user/src/hooks.rs) goes along, so a
+    // broken probe can be shown to fail the VM stage.
+    let forwarded = std::env::var("CTSCOPE_HIDE_SYMBOL")
+        .ok()
+        .map(|v| ("CTSCOPE_HIDE_SYMBOL".to_owned(), v));
     Ok(vec![
         (
             "CTSCOPE_BIN".into(),
             format!("{}/{}", initramfs::BIN_DIR, ctscope.to_string_lossy()),
         ),
         ("CTSCOPE_VM_KERNEL".into(), job.series.name().into()),
-    ])
+        (
+            "CTSCOPE_REQUIRE_TIER".into(),
+            job.series.required_tier().to_string(),
+        ),
+    ]
+    .into_iter()
+    .chain(forwarded)
+    .collect())
 }
 
 fn report(release: &str, outcome: &qemu::Outcome) {
