@@ -99,8 +99,9 @@ const DIAGNOSE: [(&str, fn()); 4] = [
 /// The agent (`ctscope watch`), given its tier flags.
 type AgentScenario = fn(&'static [&'static str]);
 
-const AGENT: [(&str, AgentScenario); 4] = [
+const AGENT: [(&str, AgentScenario); 5] = [
     ("agent_mirror", agent::mirror),
+    ("agent_recreate", agent::recreate),
     ("agent_attribution", agent::attribution),
     ("agent_overflow", agent::overflow),
     ("agent_lifetimes", agent::lifetimes),
