@@ -38,6 +38,8 @@ mod server_side;
 mod snat_port_clash;
 #[path = "integration/table_full.rs"]
 mod table_full;
+#[path = "integration/tier3.rs"]
+mod tier3;
 #[path = "integration/timeouts.rs"]
 mod timeouts;
 #[path = "integration/udp_tcp_flows.rs"]
@@ -113,6 +115,7 @@ fn main() {
     env.describe();
     let mut trials = Trials::default();
     trials.add(&env, "host_tier", Needs::Root, host_tier::run);
+    trials.add(&env, "events_tier3", Needs::Root, tier3::run);
     for (name, body) in CTNETLINK_CLI {
         trials.add(&env, name, Needs::Root, body);
     }
