@@ -94,7 +94,8 @@ pub fn run(job: &Job) -> Result<qemu::Outcome> {
         kernel.release,
         fs::metadata(&image)?.len() >> 20
     );
-    let outcome = qemu::boot(&kernel.vmlinuz(), &image, job.timeout)?;
+    let prefix = format!("[{}] ", job.series.name());
+    let outcome = qemu::boot(&kernel.vmlinuz(), &image, job.timeout, &prefix)?;
     report(&kernel.release, &outcome);
     if job.keep {
         println!("vm: kept {}", work.display());
