@@ -1356,7 +1356,11 @@ mod tests {
         let p = parse(&args("-L --mask-src 255.255.0.0 -s 10.0.0.0/8")).unwrap();
         assert_eq!(p.mask_src, v4("255.0.0.0"));
         let p = parse(&args("-L --mask-dst 255.255.0.0 -d 10.0.0.1")).unwrap();
-        assert_eq!(p.mask_dst, v4("255.255.0.0"), "-d without /BITS keeps the mask");
+        assert_eq!(
+            p.mask_dst,
+            v4("255.255.0.0"),
+            "-d without /BITS keeps the mask"
+        );
         let p = parse(&args("-L -s 10.0.0.1/32")).unwrap();
         assert_eq!((p.mask_src, p.options & opt::MASK_SRC), (None, 0));
         let p = parse(&args("-L -s fd00:: --mask-src ffff::")).unwrap();
