@@ -181,6 +181,11 @@ pub const TIER2: &[HookSpec] = &[
 pub const TIER1_ESSENTIAL: &[&str] = &["confirm_enter", "confirm_exit", "ct_delete_enter"];
 pub const TIER2_ESSENTIAL: &[&str] = &["t2_ct_free", "t2_dev_queue", "t2_nf_drop"];
 
+/// A test switch: a comma-separated list of functions ctscope treats as absent from
+/// /proc/kallsyms, to prove that a probe which stops attaching fails the test stages
+/// instead of skipping them.
+pub const HIDE_SYMBOL_ENV: &str = "CTSCOPE_HIDE_SYMBOL";
+
 /// Text symbols of the running kernel, from /proc/kallsyms.
 #[derive(Debug, Default)]
 pub struct Kallsyms {
@@ -190,7 +195,20 @@ pub struct Kallsyms {
 
 impl Kallsyms {
     pub fn read() -> io::Result<Self> {
-        Ok(Self::parse(&fs::read_to_string("/proc/kallsyms")?))
+        let mut syms = Self::parse(&fs::read_to_string("/proc/kallsyms")?);
+        if let Ok(hidden) = std::env::var(HIDE_SYMBOL_ENV) {
+            syms.hide(hidden.split(',').filter(|s| !s.is_empty()));
+        }
+        Ok(syms)
+    }
+
+    /// Forgets `funcs` and their compiler clones, as if the kernel lacked them.
+    fn hide<'a>(&mut self, funcs: impl Iterator<Item = &'a str>) {
+        for func in funcs {
+            let clone = format!("{func}.");
+            self.names
+                .retain(|name, _| name != func && !name.starts_with(&clone));
+        }
     }
 
     pub fn parse(text: &str) -> Self {
@@ -284,6 +302,18 @@ ffffffff81000020 d nf_conntrack_max
         assert_eq!(k.resolve("dup"), Resolution::Ambiguous(2));
         assert_eq!(k.resolve("nf_conntrack_max"), Resolution::Missing);
         assert_eq!(k.resolve("gc"), Resolution::Missing);
+    }
+
+    #[test]
+    fn hidden_symbols_and_their_clones_are_missing() {
+        let mut k = Kallsyms::parse(SAMPLE);
+        k.hide(["early_drop", "nf_ct_delete"].into_iter());
+        assert_eq!(k.resolve("early_drop"), Resolution::Missing);
+        assert_eq!(k.resolve("nf_ct_delete"), Resolution::Missing);
+        assert_eq!(
+            k.resolve("gc_worker"),
+            Resolution::Found("gc_worker".into())
+        );
     }
 
     #[test]

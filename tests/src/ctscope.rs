@@ -265,6 +265,11 @@ impl Events {
         }
     }
 
+    /// The process id of the running ctscope.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The events received so far.
     pub fn snapshot(&self) -> Vec<Value> {
         self.events.lock().unwrap().clone()

@@ -38,6 +38,8 @@ mod server_side;
 mod snat_port_clash;
 #[path = "integration/table_full.rs"]
 mod table_full;
+#[path = "integration/tier3.rs"]
+mod tier3;
 #[path = "integration/timeouts.rs"]
 mod timeouts;
 #[path = "integration/udp_tcp_flows.rs"]
@@ -99,8 +101,9 @@ const DIAGNOSE: [(&str, fn()); 4] = [
 /// The agent (`ctscope watch`), given its tier flags.
 type AgentScenario = fn(&'static [&'static str]);
 
-const AGENT: [(&str, AgentScenario); 4] = [
+const AGENT: [(&str, AgentScenario); 5] = [
     ("agent_mirror", agent::mirror),
+    ("agent_recreate", agent::recreate),
     ("agent_attribution", agent::attribution),
     ("agent_overflow", agent::overflow),
     ("agent_lifetimes", agent::lifetimes),
@@ -112,6 +115,7 @@ fn main() {
     env.describe();
     let mut trials = Trials::default();
     trials.add(&env, "host_tier", Needs::Root, host_tier::run);
+    trials.add(&env, "events_tier3", Needs::Root, tier3::run);
     for (name, body) in CTNETLINK_CLI {
         trials.add(&env, name, Needs::Root, body);
     }
@@ -159,12 +163,18 @@ struct Trials {
 impl Trials {
     /// Adds a trial that runs `body`, or an ignored one when `needs` is not met here.
     fn add(&mut self, env: &Env, name: &str, needs: Needs, body: impl FnOnce() + Send + 'static) {
-        let trial = match env.unmet(needs) {
-            None => Trial::test(name, move || {
+        let trial = match (env.unmet(needs), env.required(needs)) {
+            (None, _) => Trial::test(name, move || {
                 body();
                 Ok(())
             }),
-            Some(reason) => {
+            (Some(reason), Some(tier)) => Trial::test(name, move || {
+                Err(Failed::from(format!(
+                    "must run on this kernel ({}={tier}), but cannot: {reason}",
+                    common::REQUIRE_TIER_ENV
+                )))
+            }),
+            (Some(reason), None) => {
                 self.skipped.push((name.to_owned(), reason.clone()));
                 // Run anyway (--ignored) it fails with the reason: a skip is never a pass.
                 Trial::test(name, move || {

@@ -42,6 +42,14 @@ impl Series {
         }
     }
 
+    /// The hook tier ctscope must reach on this kernel (both have kprobes): the VM tests
+    /// fail, rather than skip, a trial of this tier that cannot run.
+    pub fn required_tier(self) -> u8 {
+        match self {
+            Series::V6_1 | Series::V6_12 => 1,
+        }
+    }
+
     /// What `uname -r` of this series starts with, before the ABI/patch number.
     fn release_prefix(self) -> &'static str {
         match self {

@@ -26,7 +26,8 @@ pub struct Outcome {
     pub lines: Vec<String>,
 }
 
-pub fn boot(vmlinuz: &Path, initrd: &Path, timeout: Duration) -> Result<Outcome> {
+/// Console lines are printed behind `prefix` (the kernel's name: VMs may run side by side).
+pub fn boot(vmlinuz: &Path, initrd: &Path, timeout: Duration, prefix: &str) -> Result<Outcome> {
     let mut qemu = command(vmlinuz, initrd);
     eprintln!("$ {}", cmd::show(&qemu));
     let start = Instant::now();
@@ -39,7 +40,7 @@ pub fn boot(vmlinuz: &Path, initrd: &Path, timeout: Duration) -> Result<Outcome>
     loop {
         match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(line) => {
-                println!("{line}");
+                println!("{prefix}{line}");
                 observe(&mut outcome, &line, start);
                 outcome.lines.push(line);
             }

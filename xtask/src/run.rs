@@ -1,5 +1,6 @@
-//! `cargo xtask run [--release] -- ARGS`: the README's main command. Sets up what is
-//! missing, builds, and runs `ctscope ARGS` as root (through `sudo -E` when not root).
+//! `cargo xtask run [--debug] -- ARGS`: the README's main command. Sets up what is
+//! missing, builds (optimised unless `--debug`), and runs `ctscope ARGS` as root
+//! (through `sudo -E` when not root).
 use std::{ffi::OsString, process};
 
 use anyhow::{Context as _, Result};
@@ -9,18 +10,16 @@ use crate::{build, cmd};
 
 #[derive(Args)]
 pub struct Options {
-    /// Build with the release profile.
+    /// Run an unoptimised (dev profile) build; the default is the release build.
     #[arg(long)]
-    release: bool,
+    debug: bool,
     /// Arguments for ctscope, after `--` (e.g. `cargo xtask run -- events --json`).
     #[arg(last = true)]
     args: Vec<OsString>,
 }
 
 pub fn cmd(opts: &Options) -> Result<()> {
-    let ctscope = build::cmd(&build::Options {
-        release: opts.release,
-    })?;
+    let ctscope = build::cmd(&build::Options { debug: opts.debug })?;
     let mut run = cmd::as_root(&ctscope);
     run.args(&opts.args);
     eprintln!("$ {}", cmd::show(&run));

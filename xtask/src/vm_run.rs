@@ -32,9 +32,9 @@ pub struct Options {
     /// Keep the staged root and the initramfs image (their path is printed).
     #[arg(long)]
     keep: bool,
-    /// Build ctscope with the release profile.
+    /// Build ctscope unoptimised (dev profile); the default is the release build.
     #[arg(long)]
-    release: bool,
+    debug: bool,
 }
 
 /// One boot of one kernel.
@@ -49,7 +49,7 @@ pub struct Job<'a> {
 
 pub fn cmd(opts: &Options) -> Result<()> {
     setup::ensure(&setup::Needs { vm: true })?;
-    let ctscope = cargo::build_ctscope(opts.release)?;
+    let ctscope = cargo::build_ctscope(!opts.debug)?;
     let job = Job {
         series: opts.kernel,
         script: &opts.script,
@@ -94,7 +94,8 @@ pub fn run(job: &Job) -> Result<qemu::Outcome> {
         kernel.release,
         fs::metadata(&image)?.len() >> 20
     );
-    let outcome = qemu::boot(&kernel.vmlinuz(), &image, job.timeout)?;
+    let prefix = format!("[{}] ", job.series.name());
+    let outcome = qemu::boot(&kernel.vmlinuz(), &image, job.timeout, &prefix)?;
     report(&kernel.release, &outcome);
     if job.keep {
         println!("vm: kept {}", work.display());
@@ -127,13 +128,25 @@ fn env(job: &Job) -> Result<Vec<(String, String)>> {
     let Some(ctscope) = job.binaries.first().and_then(|b| b.file_name()) else {
         bail!("no ctscope binary for the VM");
     };
+    // The test switch that hides kernel symbols (ct-user/src/hooks.rs) goes along, so a
+    // broken probe can be shown to fail the VM stage.
+    let forwarded = std::env::var("CTSCOPE_HIDE_SYMBOL")
+        .ok()
+        .map(|v| ("CTSCOPE_HIDE_SYMBOL".to_owned(), v));
     Ok(vec![
         (
             "CTSCOPE_BIN".into(),
             format!("{}/{}", initramfs::BIN_DIR, ctscope.to_string_lossy()),
         ),
         ("CTSCOPE_VM_KERNEL".into(), job.series.name().into()),
-    ])
+        (
+            "CTSCOPE_REQUIRE_TIER".into(),
+            job.series.required_tier().to_string(),
+        ),
+    ]
+    .into_iter()
+    .chain(forwarded)
+    .collect())
 }
 
 fn report(release: &str, outcome: &qemu::Outcome) {

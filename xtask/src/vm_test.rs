@@ -25,9 +25,14 @@ pub struct Options {
     /// Keep the staged roots and initramfs images.
     #[arg(long)]
     pub keep: bool,
-    /// Build with the release profile.
+    /// Boot the kernels one after the other instead of side by side (their console
+    /// lines are prefixed with the kernel either way).
     #[arg(long)]
-    pub release: bool,
+    pub serial: bool,
+    /// Build ctscope unoptimised (dev profile). The default is the release build, what
+    /// `cargo xtask run` runs; the test binaries are always dev builds.
+    #[arg(long)]
+    pub debug: bool,
     /// Arguments for the test binary, after `--` (a name filter, `--exact`, …).
     #[arg(last = true)]
     pub test_args: Vec<OsString>,
@@ -39,7 +44,8 @@ impl Default for Options {
             kernel: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
             keep: false,
-            release: false,
+            serial: false,
+            debug: false,
             test_args: Vec::new(),
         }
     }
@@ -54,8 +60,8 @@ struct Summary {
 
 pub fn cmd(opts: &Options) -> Result<()> {
     setup::ensure(&setup::Needs { vm: true })?;
-    let ctscope = cargo::build_ctscope(opts.release)?;
-    let tests = cargo::build_tests(TESTS_PACKAGE, opts.release)?;
+    let ctscope = cargo::build_ctscope(!opts.debug)?;
+    let tests = cargo::build_tests(TESTS_PACKAGE, false)?;
     let script = cargo::target_dir()?
         .join("vm")
         .join(format!("vm-test-{}.sh", std::process::id()));
@@ -66,20 +72,38 @@ pub fn cmd(opts: &Options) -> Result<()> {
     } else {
         opts.kernel.clone()
     };
-    let mut summaries = Vec::new();
-    for series in kernels {
-        let mut binaries = vec![ctscope.clone()];
-        binaries.extend(tests.iter().cloned());
-        let job = vm_run::Job {
+    let mut binaries = vec![ctscope];
+    binaries.extend(tests);
+    let jobs: Vec<vm_run::Job> = kernels
+        .into_iter()
+        .map(|series| vm_run::Job {
             series,
             script: &script,
-            binaries,
+            binaries: binaries.clone(),
             timeout: Duration::from_secs(opts.timeout),
             keep: opts.keep,
-        };
-        // One kernel failing must not hide the other's results.
-        summaries.push(run_one(&job));
-    }
+        })
+        .collect();
+    // Each VM is one single-threaded TCG process: with a core each, the kernels run side
+    // by side. One kernel failing must not hide the other's results.
+    let summaries: Vec<Summary> = if opts.serial {
+        jobs.iter().map(run_one).collect()
+    } else {
+        std::thread::scope(|s| {
+            let running: Vec<_> = jobs.iter().map(|j| s.spawn(|| run_one(j))).collect();
+            running
+                .into_iter()
+                .zip(&jobs)
+                .map(|(t, j)| {
+                    t.join().unwrap_or_else(|_| Summary {
+                        series: j.series,
+                        ok: false,
+                        text: "FAILED: the VM's thread panicked".into(),
+                    })
+                })
+                .collect()
+        })
+    };
     let _ = fs::remove_file(&script);
     print_summaries(&summaries);
     let failed: Vec<_> = summaries

@@ -97,6 +97,10 @@ pub struct Row {
     /// timestamps), false when the entry predates the agent's knowledge of it.
     pub birth_known: bool,
     pub notes: Vec<Note>,
+    /// The kernel address of the entry instance whose `new` event made the row, 0 when
+    /// a dump made it. A tuple outlives its instances (`conntrack -D` and the flow's next
+    /// packet, an early drop and a retry), so deaths are matched to instances.
+    pub ct: u64,
 }
 
 /// A row with its key, as the table hands them out.
@@ -140,6 +144,19 @@ impl Row {
         let t = f64::from(self.stored.timeout()?);
         let elapsed = now.kernel - self.fields_at.kernel;
         Some((t + 0.5 - elapsed).max(0.0).floor() as u32)
+    }
+
+    /// Whether a `destroy` or `early_drop` is about this row's instance: the addresses
+    /// agree (or one is unknown), and the row was read no later than the death. Addresses
+    /// are reused once freed: a row read after the death is a later instance.
+    fn died_as(&self, ev: &CtEvent) -> bool {
+        let same = self.ct == 0 || ev.ct == 0 || self.ct == ev.ct;
+        same && self.fields_at.wall <= ev.ts
+    }
+
+    /// Whether a `new` event is of a later instance than the one this row was born of.
+    fn is_older_instance_than(&self, ev: &CtEvent) -> bool {
+        self.birth_known && self.ct != 0 && ev.ct != 0 && self.ct != ev.ct
     }
 
     fn note(&mut self, ts: f64, what: &'static str, cause: Option<&'static str>) {
@@ -264,10 +281,7 @@ impl Table {
                 self.born(key, ev, at);
                 None
             }
-            "destroy" | "early_drop" => self
-                .rows
-                .remove_entry(&key)
-                .or_else(|| self.gone.remove_entry(&key)),
+            "destroy" | "early_drop" => self.died(&key, ev),
             "clash_resolved" => {
                 // The loser shares the winner's original tuple: merged into it, or made a
                 // hidden reply-only entry beside it.
@@ -293,9 +307,31 @@ impl Table {
         }
     }
 
+    /// Removes the row of the instance a `destroy`/`early_drop` is about: the live row,
+    /// or one set aside (by a dump, or by a later instance of the same tuple).
+    fn died(&mut self, key: &Key, ev: &CtEvent) -> Option<(Key, Row)> {
+        if self.rows.get(key).is_some_and(|r| r.died_as(ev)) {
+            return self.rows.remove_entry(key);
+        }
+        if self.gone.get(key).is_some_and(|r| r.died_as(ev)) {
+            return self.gone.remove_entry(key);
+        }
+        None
+    }
+
     fn born(&mut self, key: Key, ev: &CtEvent, at: Stamp) {
         let netns = ev.netns;
         let fresh = from_event(ev);
+        if self
+            .rows
+            .get(&key)
+            .is_some_and(|r| r.is_older_instance_than(ev))
+            && let Some(older) = self.rows.remove(&key)
+        {
+            // Its destroy may still come (held while the counters settle): set aside, so
+            // the destroy finds it and its lifetime is counted.
+            self.bury(key.clone(), older);
+        }
         match self.rows.get_mut(&key) {
             // A dump read after the event already has fresher fields; the event still
             // dates the birth.
@@ -309,6 +345,7 @@ impl Table {
                 row.stored = Stored::new(fresh);
                 row.fields_at = at;
                 row.fields = Fields::Event;
+                row.ct = ev.ct;
             }
             None => {
                 self.rows.insert(
@@ -321,6 +358,7 @@ impl Table {
                         first_seen: ev.ts,
                         birth_known: true,
                         notes: Vec::new(),
+                        ct: ev.ct,
                     },
                 );
             }
@@ -362,6 +400,7 @@ fn from_dump(netns: u32, entry: Entry, at: Stamp) -> Row {
         first_seen: start.unwrap_or(at.wall),
         birth_known: start.is_some(),
         notes: Vec::new(),
+        ct: 0,
     }
 }
 
@@ -465,6 +504,62 @@ mod tests {
         assert_eq!(gone.first_seen, 10.0);
         assert!(gone.birth_known);
         assert!(t.is_empty());
+    }
+
+    /// An event of the instance at kernel address `ct`.
+    fn event_of(kind: &'static str, sport: u16, ts: f64, ct: u64) -> CtEvent {
+        CtEvent {
+            ct,
+            ..event(kind, sport, ts)
+        }
+    }
+
+    #[test]
+    fn a_late_destroy_of_a_deleted_instance_spares_its_successor() {
+        // `conntrack -D`, then the flow's next packet: the old destroy arrives last.
+        let mut t = Table::default();
+        t.apply(&event_of("new", 1000, 10.0, 0xa0), Stamp::at(10.0));
+        t.apply(&event_of("new", 1000, 20.1, 0xb0), Stamp::at(20.1));
+        let (_, old) = t
+            .apply(&event_of("destroy", 1000, 20.0, 0xa0), Stamp::at(20.2))
+            .expect("the old instance's row, set aside");
+        assert_eq!(old.first_seen, 10.0, "its lifetime is still counted");
+        assert_eq!(t.count(7), 1, "the new instance stays");
+        assert!(
+            t.apply(&event_of("destroy", 1000, 30.0, 0xb0), Stamp::at(30.0))
+                .is_some()
+        );
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_reused_address_is_told_apart_by_time() {
+        // The slab gave the new instance the freed one's address.
+        let mut t = Table::default();
+        t.apply(&event_of("new", 1000, 10.0, 0xa0), Stamp::at(10.0));
+        t.apply(&event_of("new", 1000, 20.1, 0xa0), Stamp::at(20.1));
+        assert!(
+            t.apply(&event_of("destroy", 1000, 20.0, 0xa0), Stamp::at(20.2))
+                .is_none(),
+            "a death before the row was read is an earlier instance's"
+        );
+        assert_eq!(t.count(7), 1);
+    }
+
+    #[test]
+    fn a_dump_after_the_death_keeps_the_row_it_read() {
+        let mut t = Table::default();
+        t.apply(&event_of("new", 1000, 10.0, 0xa0), Stamp::at(10.0));
+        t.merge_dump(7, at(vec![dumped(1000, 25)], 20.5));
+        assert!(
+            t.apply(&event_of("destroy", 1000, 20.0, 0xa0), Stamp::at(20.6))
+                .is_none()
+        );
+        assert_eq!(
+            t.count(7),
+            1,
+            "the dump saw the entry alive after that death"
+        );
     }
 
     #[test]

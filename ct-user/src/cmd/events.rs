@@ -74,6 +74,10 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
         }
     }
     let mut printer = Printer::new(format, filter, args.count);
+    if tier == Some(Tier::Ctnetlink) {
+        // Forced tier 3 is "no BPF": nothing is loaded or attached.
+        return run_tier3(args, &mut printer).await;
+    }
     let opts = LoadOptions {
         ring_bytes: args.ring_size,
         tier,
@@ -86,15 +90,8 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
             eprintln!("ctscope: warning: no BPF tier on this kernel ({e}); falling back to tier 3");
             return run_tier3(args, &mut printer).await;
         }
-        Err(_) if tier == Some(Tier::Ctnetlink) => {
-            return run_tier3(args, &mut printer).await;
-        }
         Err(e) => return Err(e.into()),
     };
-    if tier == Some(Tier::Ctnetlink) {
-        drop(probes);
-        return run_tier3(args, &mut printer).await;
-    }
     announce(&probes);
     let mut source = EventSource::start(&mut probes).await?;
     ready(args)?;

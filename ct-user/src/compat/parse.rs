@@ -369,6 +369,25 @@ pub struct AddrArg {
     pub prefix: Option<u8>,
 }
 
+impl AddrArg {
+    /// The netmask `/BITS` stands for; none without a prefix or with a full one, as in
+    /// conntrack (`-s A/32` is an exact match).
+    pub fn netmask(&self) -> Option<IpAddr> {
+        let bits = u32::from(self.prefix?);
+        match self.addr {
+            IpAddr::V4(_) if bits < 32 => {
+                let m = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+                Some(IpAddr::V4(m.into()))
+            }
+            IpAddr::V6(_) if bits < 128 => {
+                let m = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                Some(IpAddr::V6(m.into()))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// `--src-nat [ADDR[:PORT]]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct NatArg {
@@ -387,6 +406,10 @@ pub struct Parsed {
     pub proto: Option<u8>,
     pub orig_src: Option<AddrArg>,
     pub orig_dst: Option<AddrArg>,
+    /// The netmasks of -s/-d: from `-s ADDR/BITS` or `--mask-src MASK`, whichever came
+    /// last (conntrack keeps one mask per direction; `/32` and `/128` set none).
+    pub mask_src: Option<IpAddr>,
+    pub mask_dst: Option<IpAddr>,
     pub reply_src: Option<IpAddr>,
     pub reply_dst: Option<IpAddr>,
     pub timeout: Option<u32>,
@@ -964,17 +987,29 @@ fn parse_opt(
     match c {
         's' => {
             p.options |= opt::ORIG_SRC;
-            p.orig_src = Some(parse_addr_opt("src", v, true, &mut p.family)?);
-            if p.orig_src.and_then(|a| a.prefix).is_some() {
+            let a = parse_addr_opt("src", v, true, &mut p.family)?;
+            p.orig_src = Some(a);
+            if let Some(mask) = a.netmask() {
                 p.options |= opt::MASK_SRC;
+                p.mask_src = Some(mask);
             }
         }
         'd' => {
             p.options |= opt::ORIG_DST;
-            p.orig_dst = Some(parse_addr_opt("dst", v, true, &mut p.family)?);
-            if p.orig_dst.and_then(|a| a.prefix).is_some() {
+            let a = parse_addr_opt("dst", v, true, &mut p.family)?;
+            p.orig_dst = Some(a);
+            if let Some(mask) = a.netmask() {
                 p.options |= opt::MASK_DST;
+                p.mask_dst = Some(mask);
             }
+        }
+        '{' => {
+            p.options |= opt::MASK_SRC;
+            p.mask_src = Some(parse_addr_opt("mask-src", v, false, &mut p.family)?.addr);
+        }
+        '}' => {
+            p.options |= opt::MASK_DST;
+            p.mask_dst = Some(parse_addr_opt("mask-dst", v, false, &mut p.family)?.addr);
         }
         'r' => {
             p.options |= opt::REPL_SRC;
@@ -1126,11 +1161,9 @@ fn parse_opt(
             };
             set.get_or_insert_with(BTreeSet::new).extend(bits);
         }
-        '[' | ']' | '{' | '}' => {
+        '[' | ']' => {
             return Err(Fail::Unsupported(
-                "expectation tuples and masks (--tuple-src/dst, --mask-src/dst); \
-                 use -s ADDR/BITS for address masks"
-                    .into(),
+                "expectation tuples (--tuple-src/dst)".into(),
             ));
         }
         _ => return Err(param(format!("unknown option `-{c}'"))),
@@ -1313,6 +1346,33 @@ mod tests {
             Ok(p) => panic!("{s:?} parsed: {p:?}"),
             Err(e) => (e.exit_code(), e.message()),
         }
+    }
+
+    #[test]
+    fn netmasks_last_one_wins_and_full_prefixes_set_none() {
+        let v4 = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let p = parse(&args("-L -s 10.0.0.0/8 --mask-src 255.255.0.0")).unwrap();
+        assert_eq!(p.mask_src, v4("255.255.0.0"));
+        let p = parse(&args("-L --mask-src 255.255.0.0 -s 10.0.0.0/8")).unwrap();
+        assert_eq!(p.mask_src, v4("255.0.0.0"));
+        let p = parse(&args("-L --mask-dst 255.255.0.0 -d 10.0.0.1")).unwrap();
+        assert_eq!(
+            p.mask_dst,
+            v4("255.255.0.0"),
+            "-d without /BITS keeps the mask"
+        );
+        let p = parse(&args("-L -s 10.0.0.1/32")).unwrap();
+        assert_eq!((p.mask_src, p.options & opt::MASK_SRC), (None, 0));
+        let p = parse(&args("-L -s fd00:: --mask-src ffff::")).unwrap();
+        assert_eq!(p.family, Some(Family::Ipv6));
+        assert_eq!(
+            err("-L -s 10.0.0.0 --mask-src ffff::"),
+            (2, "mismatched address family".into())
+        );
+        assert_eq!(
+            err("-L -s 10.0.0.0 --mask-src 255.0.0.0/8"),
+            (2, "CIDR notation unavailable for `--mask-src'".into())
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::{
     Fail, labels,
     output::{self, is_dnat, is_dpat, is_snat, is_spat},
-    parse::{Cmd, NatArg, Parsed, ProtoKind, TableArg, ev, opt, out},
+    parse::{AddrArg, Cmd, NatArg, Parsed, ProtoKind, TableArg, ev, opt, out},
     prefix,
 };
 
@@ -124,6 +124,9 @@ pub async fn run(p: &Parsed) -> Result<(), Fail> {
             {
                 return Err(Fail::Param("Can't use -z with filtering parameters".into()));
             }
+            if p.table == TableArg::Conntrack {
+                check_masks(p)?;
+            }
             let table = match p.table {
                 TableArg::Dying => Table::Dying,
                 TableArg::Unconfirmed => Table::Unconfirmed,
@@ -179,6 +182,7 @@ pub async fn run(p: &Parsed) -> Result<(), Fail> {
             summary(p, cmd, 1)
         }
         Cmd::Delete => {
+            check_masks(p)?;
             let f = DumpFilter {
                 family: p.family,
                 mark: p.mark,
@@ -200,6 +204,7 @@ pub async fn run(p: &Parsed) -> Result<(), Fail> {
             summary(p, cmd, counter)
         }
         Cmd::Update => {
+            check_masks(p)?;
             let entries = ct.dump(p.family).await.map_err(failed(cmd))?;
             let now = now();
             let mut counter = 0;
@@ -301,6 +306,7 @@ pub async fn run(p: &Parsed) -> Result<(), Fail> {
             }
         }
         Cmd::Event => {
+            check_masks(p)?;
             drop(so);
             events(p).await
         }
@@ -538,19 +544,47 @@ fn new_entry(p: &Parsed) -> Result<NewEntry, Fail> {
     Ok(n)
 }
 
-/// The masked address test of `-s ADDR/BITS`.
-fn in_prefix(addr: IpAddr, net: IpAddr, bits: u8) -> bool {
-    match (addr, net) {
-        (IpAddr::V4(a), IpAddr::V4(n)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
-            u32::from(a) & mask == u32::from(n) & mask
+/// The masked address test of `-s ADDR/BITS` and `--mask-src`: `addr & mask == net &
+/// mask` (masks need not be contiguous).
+fn in_network(addr: IpAddr, net: IpAddr, mask: IpAddr) -> bool {
+    match (addr, net, mask) {
+        (IpAddr::V4(a), IpAddr::V4(n), IpAddr::V4(m)) => {
+            let m = u32::from(m);
+            u32::from(a) & m == u32::from(n) & m
         }
-        (IpAddr::V6(a), IpAddr::V6(n)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
-            u128::from(a) & mask == u128::from(n) & mask
+        (IpAddr::V6(a), IpAddr::V6(n), IpAddr::V6(m)) => {
+            let m = u128::from(m);
+            u128::from(a) & m == u128::from(n) & m
         }
         _ => false,
     }
+}
+
+/// One address of the original tuple against -s/-d and their mask.
+fn addr_matches(
+    p: &Parsed,
+    e: &Entry,
+    want: Option<AddrArg>,
+    mask: Option<IpAddr>,
+    have: IpAddr,
+) -> bool {
+    match (want, mask) {
+        (Some(a), Some(m)) => p.family == Some(e.family) && in_network(have, a.addr, m),
+        (Some(a), None) => a.addr == have,
+        (None, _) => true,
+    }
+}
+
+/// conntrack's nfct_filter_init: a mask needs its address (checked when the command
+/// runs, after the option checks).
+fn check_masks(p: &Parsed) -> Result<(), Fail> {
+    if p.options & opt::MASK_SRC != 0 && p.options & opt::ORIG_SRC == 0 {
+        return Err(Fail::Param("Can't use --mask-src without --src".into()));
+    }
+    if p.options & opt::MASK_DST != 0 && p.options & opt::ORIG_DST == 0 {
+        return Err(Fail::Param("Can't use --mask-dst without --dst".into()));
+    }
+    Ok(())
 }
 
 fn eq<T: PartialEq>(want: Option<T>, have: Option<T>) -> bool {
@@ -605,22 +639,8 @@ fn nat_matches(p: &Parsed, e: &Entry) -> bool {
 
 /// The tuple part of conntrack's template comparison (original direction).
 fn orig_matches(p: &Parsed, e: &Entry) -> bool {
-    let src_ok = match p.orig_src {
-        Some(a) if a.prefix.is_some() => {
-            p.family == Some(e.family) && in_prefix(e.orig.src, a.addr, a.prefix.unwrap_or(0))
-        }
-        Some(a) => a.addr == e.orig.src,
-        None => true,
-    };
-    let dst_ok = match p.orig_dst {
-        Some(a) if a.prefix.is_some() => {
-            p.family == Some(e.family) && in_prefix(e.orig.dst, a.addr, a.prefix.unwrap_or(0))
-        }
-        Some(a) => a.addr == e.orig.dst,
-        None => true,
-    };
-    src_ok
-        && dst_ok
+    addr_matches(p, e, p.orig_src, p.mask_src, e.orig.src)
+        && addr_matches(p, e, p.orig_dst, p.mask_dst, e.orig.dst)
         && eq(p.proto, Some(e.proto))
         && eq(p.l4.sport, e.orig.src_port)
         && eq(p.l4.dport, e.orig.dst_port)

@@ -3,7 +3,11 @@
 //! early_drop unexplained; an overflowed ring buffer ends in a reseed and an equal table.
 //! Each runs at the best tier (`[]`) and forced to tier 2 (`["--tier", "2"]`).
 
-use std::{collections::BTreeMap, net::SocketAddrV4, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::{SocketAddrV4, UdpSocket},
+    time::Duration,
+};
 
 use ctscope_tests::{
     agent::Agent,
@@ -175,6 +179,38 @@ pub fn mirror(tier: &'static [&'static str]) {
     assert_count(assert_same(&agent, &p.c, "after a resync"), 38, &p.c);
     check_get(&agent, p, 25100);
     check_top(&agent, &p.c);
+    agent.stop();
+}
+
+/// A flow deleted with `conntrack -D` and its next datagram sent at once, round after
+/// round: the kernel holds a new entry with the same tuple each time. The old entry's
+/// `destroy` may come after the new entry's `new` (tier 2 holds a destroy while the
+/// counters settle); it must not take the new entry's row. `--resync 0`: no dump may
+/// repair a wrong row.
+pub fn recreate(tier: &'static [&'static str]) {
+    const ROUNDS: usize = 12;
+    const SPORT: u16 = 28000;
+    let ctx = Ctx::new(Watch::KernelOnly, 60, |p| {
+        p.c.sysctl("net.netfilter.nf_conntrack_udp_timeout", "600");
+    });
+    let p = &ctx.pair;
+    let udp = SocketAddrV4::new(p.s_addr, UDP_PORT);
+    let _sink = traffic::UdpSink::bind(&p.s, udp);
+    let agent = Agent::start(&args(tier, &["--resync", "0"]));
+    let src = SocketAddrV4::new(p.c_addr, SPORT);
+    let socket =
+        p.c.run(move || UdpSocket::bind(src).unwrap_or_else(|e| panic!("bind UDP {src}: {e}")));
+    socket.send_to(b"ctscope", udp).expect("the first datagram");
+    assert_count(assert_same(&agent, &p.c, "the flow"), 1, &p.c);
+    let sport = SPORT.to_string();
+    for round in 0..ROUNDS {
+        p.c.exec(&["conntrack", "-D", "-p", "udp", "--sport", &sport]);
+        socket
+            .send_to(b"ctscope", udp)
+            .expect("the datagram after the delete");
+        let what = format!("recreated, round {round}");
+        assert_count(assert_same(&agent, &p.c, &what), 1, &p.c);
+    }
     agent.stop();
 }
 

@@ -70,6 +70,9 @@ pub enum Needs {
     Redundant(&'static str),
 }
 
+/// The tier this kernel must reach (see [`Env::required`]).
+pub const REQUIRE_TIER_ENV: &str = "CTSCOPE_REQUIRE_TIER";
+
 /// Facts about this machine, gathered once before the trials are built.
 #[derive(Debug)]
 pub struct Env {
@@ -113,6 +116,21 @@ impl Env {
             kernel.trim(),
             std::env::var("CTSCOPE_VM_KERNEL").unwrap_or_else(|_| "-".into()),
         );
+    }
+
+    /// Whether a trial with `needs` must run here: `CTSCOPE_REQUIRE_TIER=N` says this
+    /// kernel reaches tier N (each VM kernel and the host stage state theirs), so a
+    /// trial of tier N or a lower-numbered tier, or one needing only root, that cannot
+    /// run is a regression (a probe that stopped attaching), not a skip.
+    pub fn required(&self, needs: Needs) -> Option<u8> {
+        let tier: u8 = std::env::var(REQUIRE_TIER_ENV).ok()?.trim().parse().ok()?;
+        let covered = match needs {
+            Needs::Root => true,
+            Needs::Tier1 => tier <= 1,
+            Needs::Tier2 => tier <= 2,
+            Needs::Redundant(_) => false,
+        };
+        covered.then_some(tier)
     }
 
     /// `None` if `needs` is met, else the reason.

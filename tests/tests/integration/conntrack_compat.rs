@@ -35,6 +35,8 @@ const A6: &str = "fd00:30::1";
 const B6: &str = "fd00:30::2";
 /// UDP port the -E form's traffic goes to.
 const EVENT_PORT: u16 = 5330;
+/// The source port of the `-E` forms' flow, as it appears in every output format.
+const EVENT_SPORT: &str = "24001";
 
 /// The starting table of every form (inserted with the real conntrack).
 fn baseline() -> Vec<Vec<String>> {
@@ -91,6 +93,29 @@ fn read_only() -> Vec<String> {
         "-L -u SEEN_REPLY,ASSURED",
         "-L -s 10.200.30.0/24",
         "-L -d 10.200.0.0/16 -p tcp",
+        // Netmasks: --mask-src/--mask-dst, in either order with /BITS (the last wins),
+        // non-contiguous, IPv6 (which sets the family), and their parameter errors.
+        "-L -s 10.200.30.0 --mask-src 255.255.255.0",
+        "-L -s 10.200.99.9 --mask-src 255.255.0.0 -p udp",
+        "-L -s 10.200.30.0/24 --mask-src 255.255.255.254",
+        "-L --mask-src 255.255.255.254 -s 10.200.30.0/24",
+        "-L -s 10.200.30.0 --mask-src 255.0.255.0",
+        "-L -s 10.200.30.1/32",
+        "-L -d 10.200.30.0 --mask-dst 255.255.255.0 -s 10.200.30.1 --mask-src 255.255.255.255",
+        "-L -s fd00:30:: --mask-src ffff:ffff::",
+        "-L -d fd00:30:: --mask-dst ffff:ffff:: -o save",
+        "-L --mask-src 255.255.0.0",
+        "-L -r 10.200.30.0 --mask-src 255.255.0.0",
+        "-L -s 10.200.30.0 --mask-src ffff::",
+        "-L -s 10.200.30.0 --mask-src 255.255.0.0 -f ipv6",
+        "-L -s 10.200.30.0 --mask-src 255.255.0.0/8",
+        "-L -s 10.200.30.0 --mask-src 255.255.x.0",
+        "-L dying -s 10.200.30.0 --mask-src 255.255.0.0",
+        "-G -p udp -s 10.200.30.1 -d 10.200.30.2 --sport 1 --dport 2 --mask-src 255.0.0.0",
+        "-I -p udp -s 10.0.0.1 -d 10.0.0.2 --sport 1 --dport 2 -t 10 --mask-src 255.0.0.0",
+        "-D --mask-dst 255.255.255.0",
+        "-E --mask-src 255.255.0.0",
+        "-U -f ipv4 --mask-src 255.255.0.0 -m 1",
         "-L -f ipv6",
         "-L -f ipv4 -p udp",
         "-L -p icmp --icmp-type 8",
@@ -208,6 +233,9 @@ fn mutating() -> Vec<String> {
         "-D -p icmp -o save",
         "-D -w 3 -o extended",
         "-D -u UNREPLIED",
+        "-D -s 10.200.30.0 --mask-src 255.255.255.254 -p udp --dport 54",
+        "-U -s 10.200.30.0 --mask-src 255.255.255.0 -p udp -m 7",
+        "-I -p udp -s 10.200.30.5/32 -d 10.200.30.6 --sport 7 --dport 8 -t 300",
         "-F",
         "-U -f ipv4 -p tcp -u ASSURED",
         "-U -f ipv6 -p udp -m 1",
@@ -543,7 +571,7 @@ impl Compat {
         wait_subscribed(child.id());
         let dst = SocketAddrV4::new(p.s_addr, EVENT_PORT);
         let sink = traffic::UdpSink::bind(&p.s, dst);
-        for r in traffic::udp_flows(&p.c, p.c_addr, &[24001], dst) {
+        for r in traffic::udp_flows(&p.c, p.c_addr, &[EVENT_SPORT.parse().unwrap()], dst) {
             r.unwrap_or_else(|e| panic!("UDP flow to {dst}: {e}"));
         }
         // Delivery is asynchronous; a slow (TCG) VM needs more than a moment.
@@ -652,7 +680,13 @@ pub fn run() {
             (split(f), kind)
         }))
         .collect();
-    for extra in ["", " -o extended", " -o save", " -o xml"] {
+    for extra in [
+        "",
+        " -o extended",
+        " -o save",
+        " -o xml",
+        " -s 10.200.30.0 --mask-src 255.255.255.0",
+    ] {
         let f = format!("-E -e NEW -p udp --dport {EVENT_PORT}{extra}");
         forms.push((split(&f), Kind::Events));
     }
@@ -673,6 +707,18 @@ pub fn run() {
             Kind::Changes => (t.run(false, args, true), t.run(true, args, true)),
             Kind::ReadOnly => (t.run(false, args, false), t.run(true, args, false)),
         };
+        if *kind == Kind::Events {
+            // Two tools that both miss the event would agree: each must show the flow.
+            for (tool, r) in [("conntrack", &theirs), ("ctscope", &ours)] {
+                let shown = r.stdout.iter().filter(|l| l.contains(EVENT_SPORT)).count();
+                if shown != 1 {
+                    mismatches.push(format!(
+                        "conntrack {}: {tool} printed {shown} event lines for the flow: {r:?}",
+                        args.join(" ")
+                    ));
+                }
+            }
+        }
         if theirs != ours {
             mismatches.push(format!(
                 "conntrack {}:\n  conntrack: {theirs:?}\n  ctscope:   {ours:?}",

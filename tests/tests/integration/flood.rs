@@ -43,12 +43,12 @@ pub fn run(watch: Watch) {
         .filter_map(|e| e["orig"]["dport"].as_u64())
         .collect();
     dports.sort_unstable();
+    let reported = dports.len();
     dports.dedup();
     assert_eq!(
-        dports.len(),
-        usize::from(FLOWS),
-        "one `new` per flow (distinct destination ports), got {} `new` events",
-        news.len()
+        (dports.len(), reported),
+        (usize::from(FLOWS), usize::from(FLOWS)),
+        "exactly one `new` per flow: (distinct destination ports, `new` events of the flows)"
     );
     let ts: Vec<f64> = news.iter().filter_map(|e| e["ts"].as_f64()).collect();
     let span =

@@ -1,0 +1,124 @@
+//! `ctscope events --tier 3`: ctnetlink events only. A forced tier 3 is "no BPF": it must
+//! load and attach nothing, not even for a moment, and still report the namespace's new
+//! entries.
+
+use std::{
+    net::SocketAddrV4,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use ctscope_tests::{
+    ctscope::{Events, EventsOpts},
+    traffic,
+};
+
+use crate::common::{Ctx, UDP_PORT, Watch, event_wait};
+
+/// The BPF objects (programs, maps, links) process `pid` holds, by their fd links.
+fn bpf_fds(pid: &str) -> Vec<String> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new(); // gone meanwhile
+    };
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .map(|target| target.display().to_string())
+        .filter(|target| target.contains("bpf"))
+        .collect()
+}
+
+/// Processes whose command line has every word of `words`.
+fn processes_with(words: &[String]) -> Vec<String> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .filter_map(|p| p.ok()?.file_name().into_string().ok())
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            words.iter().all(|w| args.contains(&w.as_bytes()))
+        })
+        .collect()
+}
+
+/// Watches, every 2 ms until stopped, the BPF objects held by the processes whose command
+/// line has `words`: loading and verifying takes far longer, so a load is caught.
+struct BpfWatch {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<String>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl BpfWatch {
+    fn start(words: Vec<String>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (halt, found) = (stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            while !halt.load(Ordering::Relaxed) {
+                for pid in processes_with(&words) {
+                    found.lock().unwrap().extend(bpf_fds(&pid));
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        BpfWatch {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        std::mem::take(&mut self.seen.lock().unwrap())
+    }
+}
+
+fn new_sports(events: &[serde_json::Value]) -> Vec<u64> {
+    let mut s: Vec<u64> = events
+        .iter()
+        .filter(|e| e["kind"] == "new")
+        .filter_map(|e| e["orig"]["sport"].as_u64())
+        .collect();
+    s.sort_unstable();
+    s
+}
+
+pub fn run() {
+    let ctx = Ctx::new(Watch::KernelOnly, 61, |_| {});
+    let p = &ctx.pair;
+    let mut opts = EventsOpts::netns(ctx.inode);
+    opts.extra.extend(["--tier".into(), "3".into()]);
+    let watch = BpfWatch::start(vec![
+        "events".into(),
+        "--tier".into(),
+        "3".into(),
+        ctx.inode.to_string(),
+    ]);
+    let events = Events::start(&opts);
+
+    let udp = SocketAddrV4::new(p.s_addr, UDP_PORT);
+    let _sink = traffic::UdpSink::bind(&p.s, udp);
+    let ports = traffic::ports(29000, 3);
+    traffic::udp_flows(&p.c, p.c_addr, &ports, udp);
+    let want: Vec<u64> = ports.iter().map(|&p| u64::from(p)).collect();
+    events.wait_until(event_wait(), |evs| new_sports(evs) == want);
+    let mut held = watch.finish();
+    held.sort();
+    held.dedup();
+    let finished = events.stop();
+    assert!(
+        held.is_empty(),
+        "events --tier 3 held BPF objects: {held:?}"
+    );
+    assert_eq!(new_sports(&finished.events), want, "{:#?}", finished.events);
+}
