@@ -14,6 +14,8 @@
 mod agent;
 #[path = "integration/clash_resolve.rs"]
 mod clash_resolve;
+#[path = "integration/cli_safety.rs"]
+mod cli_safety;
 #[path = "integration/common.rs"]
 mod common;
 #[path = "integration/conntrack_compat.rs"]
@@ -88,6 +90,32 @@ const CTNETLINK_CLI: [(&str, fn()); 4] = [
     ("ctnetlink_cli_errors", ctnetlink_cli::errors),
 ];
 
+/// Bad input, closed pipes and missing privileges (issue 20); no BPF needed except
+/// `cli_events_watching`, which runs `events` at whatever tier this kernel allows.
+const CLI_SAFETY: [(&str, Needs, fn()); 5] = [
+    (
+        "cli_out_of_range_values",
+        Needs::Root,
+        cli_safety::out_of_range_values,
+    ),
+    ("cli_closed_stdout", Needs::Root, cli_safety::closed_stdout),
+    (
+        "ctnetlink_cli_insert_checks",
+        Needs::Root,
+        cli_safety::insert_checks,
+    ),
+    (
+        "cli_probe_unprivileged",
+        Needs::RootAnd("setpriv"),
+        cli_safety::probe_unprivileged,
+    ),
+    (
+        "cli_events_watching",
+        Needs::Root,
+        cli_safety::events_watching,
+    ),
+];
+
 /// `ctscope diagnose`, `top` and `timeouts` (ctnetlink and sysctls; no BPF needed).
 const DIAGNOSE: [(&str, fn()); 4] = [
     ("diagnose_table_full", diagnose::table_full),
@@ -116,6 +144,9 @@ fn main() {
         trials.add(&env, name, Needs::Root, body);
     }
     trials.add(&env, "conntrack_compat", Needs::Root, conntrack_compat::run);
+    for (name, needs, body) in CLI_SAFETY {
+        trials.add(&env, name, needs, body);
+    }
     for (name, body) in DIAGNOSE {
         trials.add(&env, name, Needs::Root, body);
     }
