@@ -146,84 +146,50 @@ fn with_closed_stdout(argv: &[&str]) -> Output {
     child.wait_with_output().expect("wait")
 }
 
+/// `-p udp -s SRC -d DST --sport SPORT --dport 53`: the tuple of these trials' entries.
+fn udp_tuple(sport: u16) -> String {
+    format!("-p udp -s {SRC} -d {DST} --sport {sport} --dport 53")
+}
+
+/// A command line written as one string, as argv.
+fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
 /// `ctscope count | (exec 0<&-; sleep .3)`: exit 0, nothing on stderr, for every
 /// command that writes to stdout; `ctscope conntrack` as conntrack(8) itself.
 pub fn closed_stdout() {
     let ns = Netns::new();
-    let name = ns.name().to_owned();
-    ns.exec(&[
-        "conntrack",
-        "-I",
-        "-p",
-        "udp",
-        "-s",
-        SRC,
-        "-d",
-        DST,
-        "--sport",
-        "1000",
-        "--dport",
-        "53",
-        "-t",
-        "300",
-    ]);
+    let n = ns.name();
+    ns.exec(&words(&format!("conntrack -I {} -t 300", udp_tuple(1000))));
     let bin = ctscope::binary_or_panic();
     let bin = bin.to_str().expect("UTF-8 binary path");
-    let n = name.as_str();
-    let commands: &[&[&str]] = &[
-        &["count", "--netns", n],
-        &["count", "--json", "--netns", n],
-        &["probe"],
-        &["probe", "--json"],
-        &["stats", "--no-agent", "--netns", n],
-        &["list", "--no-agent", "--netns", n],
-        &["list", "--json", "--no-agent", "--netns", n],
-        &["top", "--no-agent", "--netns", n],
-        &["timeouts", "--no-agent", "--netns", n],
-        &["diagnose", "--no-agent", "--netns", n],
-        &["expect", "count", "--netns", n],
-        &[
-            "get",
-            "--no-agent",
-            "--netns",
-            n,
-            "-p",
-            "udp",
-            "-s",
-            SRC,
-            "-d",
-            DST,
-            "--sport",
-            "1000",
-            "--dport",
-            "53",
-        ],
-        &["count", "--help"],
+    let commands = [
+        format!("count --netns {n}"),
+        format!("count --json --netns {n}"),
+        "probe".into(),
+        "probe --json".into(),
+        format!("stats --no-agent --netns {n}"),
+        format!("list --no-agent --netns {n}"),
+        format!("list --json --no-agent --netns {n}"),
+        format!("top --no-agent --netns {n}"),
+        format!("timeouts --no-agent --netns {n}"),
+        format!("diagnose --no-agent --netns {n}"),
+        format!("expect count --netns {n}"),
+        format!("get --no-agent --netns {n} {}", udp_tuple(1000)),
+        "count --help".into(),
+        // insert writes after it created the entry: the entry stays (checked below).
+        format!("insert --netns {n} {}", udp_tuple(1001)),
     ];
-    for args in commands {
-        let mut argv = vec![bin];
-        argv.extend_from_slice(args);
-        let out = with_closed_stdout(&argv);
+    for args in &commands {
+        let out = with_closed_stdout(&words(&format!("{bin} {args}")));
         assert_eq!(
             (out.status.code(), stderr(&out).as_str()),
             (Some(0), ""),
-            "ctscope {args:?} with stdout closed: {}",
+            "ctscope {args} with stdout closed: {}",
             out.status
         );
     }
-
-    // insert writes after it created the entry: the entry stays, the exit is clean.
-    let insert = [
-        bin, "insert", "--netns", n, "-p", "udp", "-s", SRC, "-d", DST, "--sport", "1001",
-        "--dport", "53",
-    ];
-    let out = with_closed_stdout(&insert);
-    assert_eq!(
-        (out.status.code(), stderr(&out).as_str()),
-        (Some(0), ""),
-        "insert with stdout closed: {}",
-        out.status
-    );
     let table = ns.exec(&["conntrack", "-L"]);
     assert!(
         table.contains("sport=1001 dport=53"),
@@ -233,28 +199,24 @@ pub fn closed_stdout() {
     // conntrack(8) dies of SIGPIPE (the shell's 141) at its first write to a closed
     // pipe: at exit for short outputs, after its summary on stderr. ctscope conntrack
     // does the same.
+    let get = format!("-G {}", udp_tuple(1000));
     for args in [
-        &["-L"][..],
-        &["-L", "-o", "extended"],
-        &["-C"],
-        &["-S"],
-        &["-h"],
-        &["-V"],
-        &["-L", "expect"],
-        &[
-            "-G", "-p", "udp", "-s", SRC, "-d", DST, "--sport", "1000", "--dport", "53",
-        ],
+        "-L",
+        "-L -o extended",
+        "-C",
+        "-S",
+        "-h",
+        "-V",
+        "-L expect",
+        &get,
     ] {
-        let run = |tool: &[&str]| {
-            let mut argv = vec!["ip", "netns", "exec", n];
-            argv.extend_from_slice(tool);
-            argv.extend_from_slice(args);
-            let out = with_closed_stdout(&argv);
+        let run = |tool: &str| {
+            let out = with_closed_stdout(&words(&format!("ip netns exec {n} {tool} {args}")));
             (out.status.code(), out.status.signal(), stderr(&out))
         };
-        let theirs = run(&["conntrack"]);
-        let ours = run(&[bin, "conntrack"]);
-        assert_eq!(ours, theirs, "conntrack {args:?} with stdout closed");
+        let theirs = run("conntrack");
+        let ours = run(&format!("{bin} conntrack"));
+        assert_eq!(ours, theirs, "conntrack {args} with stdout closed");
     }
 }
 
@@ -263,22 +225,16 @@ pub fn closed_stdout() {
 pub fn insert_checks() {
     let ns = Netns::new();
     let n = ns.name();
-    let udp = [
-        "insert", "--netns", n, "-p", "udp", "-s", SRC, "-d", DST, "--sport", "2000", "--dport",
-        "53",
-    ];
-    let mut with_state = udp.to_vec();
-    with_state.extend(["--state", "ESTABLISHED"]);
-    assert_usage_error(&with_state, "insert", "--state");
-    let mut update = with_state.clone();
-    update[0] = "update";
-    assert_usage_error(&update, "update", "--state");
+    let with_state = format!("--netns {n} {} --state ESTABLISHED", udp_tuple(2000));
+    for sub in ["insert", "update"] {
+        assert_usage_error(&words(&format!("{sub} {with_state}")), sub, "--state");
+    }
     let table = ns.exec(&["conntrack", "-L"]);
     assert!(!table.contains("sport=2000"), "nothing created:\n{table}");
 
     // Protocol 200 has no ports: addresses alone create it, ports are refused.
-    let bare = ["insert", "--netns", n, "-p", "200", "-s", SRC, "-d", DST];
-    let out = ctscope_bounded(&bare, Duration::from_secs(20));
+    let bare = format!("insert --netns {n} -p 200 -s {SRC} -d {DST}");
+    let out = ctscope_bounded(&words(&bare), Duration::from_secs(20));
     assert!(out.status.success(), "insert -p 200: {}", stderr(&out));
     let table = ns.exec(&["conntrack", "-L"]);
     let tuple = format!("src={SRC} dst={DST} [UNREPLIED]");
@@ -288,17 +244,22 @@ pub fn insert_checks() {
             .any(|l| l.starts_with("unknown  200 ") && l.contains(&tuple)),
         "protocol 200 entry in conntrack -L:\n{table}"
     );
-    let mut ported = bare.to_vec();
-    ported.extend(["--sport", "1", "--dport", "2"]);
-    assert_usage_error(&ported, "insert", "has no ports");
+    let ported = format!("{bare} --sport 1 --dport 2");
+    assert_usage_error(&words(&ported), "insert", "has no ports");
     // A port protocol still needs both ports.
-    assert_usage_error(
-        &[
-            "insert", "--netns", n, "-p", "udp", "-s", SRC, "-d", DST, "--sport", "1",
-        ],
-        "insert",
-        "--dport",
-    );
+    let one_port = format!("insert --netns {n} -p udp -s {SRC} -d {DST} --sport 1");
+    assert_usage_error(&words(&one_port), "insert", "--dport");
+
+    // The kernel refuses a DYING entry (EBUSY here): its errno text is said once, not
+    // once per link of the error chain.
+    let dying = format!("insert --netns {n} {} -u DYING", udp_tuple(2001));
+    let out = ctscope_bounded(&words(&dying), Duration::from_secs(20));
+    let err = stderr(&out);
+    let errno = err.trim_end().rsplit(": ").next();
+    if let Some(errno) = errno.filter(|_| !out.status.success()) {
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(err.matches(errno).count(), 1, "said once: {err}");
+    }
 }
 
 /// `probe` as nobody: no tier runs, and each says what it misses; the hooks are listed
