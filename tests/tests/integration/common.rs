@@ -68,8 +68,6 @@ pub enum Needs {
     Tier2,
     /// Nothing, but it repeats the named scenario, which runs here.
     Redundant(&'static str),
-    /// Root, the tools, and this one too (e.g. `setpriv`, which the VMs lack).
-    RootAnd(&'static str),
 }
 
 /// Facts about this machine, gathered once before the trials are built.
@@ -132,11 +130,6 @@ impl Env {
                 "missing tools on PATH: {}",
                 self.missing_tools.join(", ")
             ));
-        }
-        if let Needs::RootAnd(tool) = needs
-            && !cmd::on_path(tool)
-        {
-            return Some(format!("`{tool}` is not on PATH"));
         }
         match (needs, &self.probe) {
             (Needs::Tier1, Err(e)) => Some(format!("needs tier 1, but the probe failed: {e}")),
