@@ -18,7 +18,8 @@ use crate::{filter, loader::DEFAULT_RING_BYTES};
     name = "ctscope",
     version,
     propagate_version = true,
-    after_help = "Exit status: 0 success, 1 error (the message says what to do), 2 usage error."
+    after_help = "Exit status: 0 success (also when stdout is closed early, as by `| head`), \
+                  1 error (the message says what to do), 2 usage error."
 )]
 pub struct Cli {
     /// Log level for diagnostics on stderr (error, warn, info, debug, trace).

@@ -2,6 +2,9 @@
 //! not a failure: the write returns [`Closed`], the command stops, and `main` exits 0
 //! without a message, as other Unix tools do (ripgrep: a broken pipe is a clean exit).
 //! Rust ignores SIGPIPE, so without this a `println!` would panic instead.
+//!
+//! `ctscope conntrack` is the exception: it behaves as conntrack(8), which dies of
+//! SIGPIPE, and writes through [`CStdout`], buffered as C's stdio is.
 
 use std::{
     fmt,
