@@ -354,8 +354,9 @@ fn unload_tier1(ebpf: &mut Ebpf, hooks: &mut [HookStatus]) {
     }
 }
 
-/// Every hook of tiers 1 and 2, none tried, each saying `why` (the object did not load).
-pub fn not_tried(why: &str) -> Vec<HookStatus> {
+/// Every hook of tiers 1 and 2, none attached, each saying `why` (for `probe`, when
+/// [`load`] failed and kept none).
+pub fn unattached(why: &str) -> Vec<HookStatus> {
     TIER1
         .iter()
         .chain(TIER2)
@@ -364,7 +365,7 @@ pub fn not_tried(why: &str) -> Vec<HookStatus> {
             kind: spec.kind,
             target: None,
             available: false,
-            reason: Some(format!("not tried: {why}")),
+            reason: Some(why.to_owned()),
             role: spec.role,
         })
         .collect()

@@ -92,10 +92,10 @@ pub fn run() -> Report {
             (Some(probes.tier), probes.tier1_unavailable.clone())
         }
         Err(e) => {
-            let short = short_refusal(&e);
+            let why = hooks_refusal(&e);
             report.load_error = Some(e.to_string());
-            report.fentry_reason = Some(format!("not tried: {short}"));
-            report.hooks = loader::not_tried(&short);
+            report.fentry_reason = Some(why.clone());
+            report.hooks = loader::unattached(&why);
             (None, Some(refusal(Tier::Kprobes, &e)))
         }
     };
@@ -161,15 +161,15 @@ fn refusal(tier: Tier, e: &LoadError) -> String {
     }
 }
 
-/// Why no hook was tried, in a few words.
-fn short_refusal(e: &LoadError) -> String {
+/// Why no hook is attached, in a few words, when [`loader::load`] failed.
+fn hooks_refusal(e: &LoadError) -> String {
     match e {
-        LoadError::Permission(_) => {
-            "the kernel refused to load BPF programs (needs CAP_BPF and CAP_PERFMON, or root)"
-                .into()
-        }
-        LoadError::Tier(n, _) => format!("tier {n} could not attach (see tiers)"),
-        other => other.to_string(),
+        LoadError::Permission(_) => "not tried: the kernel refused to load BPF programs \
+                                     (needs CAP_BPF and CAP_PERFMON, or root)"
+            .into(),
+        // The hooks were tried, but tier 2's essential ones failed too (see the tiers).
+        LoadError::Tier(n, _) => format!("detached: tier {n} could not attach (see the tiers)"),
+        other => format!("not tried: {other}"),
     }
 }
 
