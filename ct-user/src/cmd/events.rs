@@ -68,6 +68,9 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
         }
     }
     let mut printer = Printer::new(format, filter, args.count);
+    if tier == Some(Tier::Ctnetlink) {
+        return run_tier3(args, &mut printer).await;
+    }
     let opts = LoadOptions {
         ring_bytes: args.ring_size,
         tier,
@@ -87,15 +90,8 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
             );
             return run_tier3(args, &mut printer).await;
         }
-        Err(_) if tier == Some(Tier::Ctnetlink) => {
-            return run_tier3(args, &mut printer).await;
-        }
         Err(e) => return Err(e.into()),
     };
-    if tier == Some(Tier::Ctnetlink) {
-        drop(probes);
-        return run_tier3(args, &mut printer).await;
-    }
     announce(&probes);
     let mut source = EventSource::start(&mut probes).await?;
     ready(args)?;
