@@ -255,6 +255,16 @@ pub fn parse_resync(s: &str) -> Result<f64, String> {
     parse_seconds(s, true)
 }
 
+/// `--ring-size`: what a BPF ring buffer can be, a power of two of at least a page.
+pub fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let hint = "give a power of two of at least 4096 bytes, e.g. 16777216 (16 MiB)";
+    match s.trim().parse::<u32>() {
+        Ok(n) if n >= 4096 && n.is_power_of_two() => Ok(n),
+        Ok(n) => Err(format!("{n} is not a ring buffer size: {hint}")),
+        Err(_) => Err(format!("{s:?} is not a number of bytes: {hint}")),
+    }
+}
+
 /// Status flag names (`SEEN_REPLY,ASSURED`, as in `conntrack -u`) to bits.
 pub fn parse_status(s: &str) -> Result<u32, String> {
     s.split(',').try_fold(0, |acc, name| {
@@ -592,7 +602,8 @@ pub struct WatchArgs {
 
     /// Ring buffer size in bytes: a power of two, at least 4096. Events that do not fit
     /// are counted as lost and the table is reseeded from dumps.
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_BYTES)]
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_BYTES,
+          value_parser = parse_ring_size)]
     pub ring_size: u32,
 
     /// Hook tier: 1 kprobes, 2 tracepoints only, 3 no BPF (dumps only). Default: the
@@ -921,7 +932,8 @@ pub struct EventsArgs {
 
     /// Ring buffer size in bytes: a power of two, at least 4096. Events that do not fit
     /// are counted and reported as `lost`.
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_BYTES)]
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_BYTES,
+          value_parser = parse_ring_size)]
     pub ring_size: u32,
 
     /// Create this file once the probes are attached (for scripts and tests).
@@ -1188,6 +1200,22 @@ mod tests {
         assert_eq!(parse_err("ctscope watch --resync 1e30").exit_code(), 2);
         let cli = Cli::try_parse_from(["ctscope", "watch", "--resync", "0"]).unwrap();
         assert!(matches!(cli.command, Command::Watch(a) if a.resync == 0.0));
+    }
+
+    #[test]
+    fn ring_sizes() {
+        assert_eq!(parse_ring_size("4096"), Ok(4096));
+        assert_eq!(
+            parse_ring_size(&DEFAULT_RING_BYTES.to_string()),
+            Ok(DEFAULT_RING_BYTES)
+        );
+        for bad in ["1000", "2048", "0", "5000", "4294967296", "16M"] {
+            assert!(
+                parse_ring_size(bad).unwrap_err().contains("power of two"),
+                "{bad}"
+            );
+        }
+        assert_eq!(parse_err("ctscope events --ring-size 1000").exit_code(), 2);
     }
 
     #[test]

@@ -100,6 +100,10 @@ pub fn out_of_range_values() {
         let arg = format!("--duration={d}");
         assert_usage_error(&["events", "--no-agent", &arg], "events", "--duration");
     }
+    for size in ["1000", "0", "6000", "4294967296"] {
+        let arg = format!("--ring-size={size}");
+        assert_usage_error(&["events", "--no-agent", &arg], "events", "power of two");
+    }
     for r in ["1e30", "inf", "-0.5", "nan"] {
         let arg = format!("--resync={r}");
         let args = ["watch", "--headless", "--socket", socket, &arg];
