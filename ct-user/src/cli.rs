@@ -46,6 +46,10 @@ pub enum Command {
     Watch(WatchArgs),
     /// Stream conntrack events: new, destroy (with reason), insert_failed (with cause),
     /// clash_resolved, table_full, early_drop, and lost (ring buffer overflow).
+    ///
+    /// Once the probes are attached (or the agent answers), one line on stderr says
+    /// `ctscope: watching (tier N: ...), Ctrl-C to stop`: events before it were not
+    /// seen. `--log-level info` adds why this tier and what it sees.
     Events(EventsArgs),
     /// List the conntrack table in `conntrack -L` text or JSON: from the agent when one
     /// runs (with its extra fields), else through ctnetlink.
