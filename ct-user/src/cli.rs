@@ -34,6 +34,9 @@ pub struct Cli {
 pub enum Command {
     /// Show what this kernel offers (BTF, kprobes, fentry, tracepoints, ring buffer,
     /// conntrack) and which tier and hooks ctscope would use, by trying them.
+    ///
+    /// Runs without privileges too: then each tier says which capability it misses
+    /// (CAP_BPF and CAP_PERFMON for tiers 1 and 2, CAP_NET_ADMIN for tier 3).
     Probe(ProbeArgs),
     /// The agent: a live copy of every namespace's table, the cause of every
     /// insert_failed and drop, served to `list`, `get`, `stats` and `events`.
@@ -43,6 +46,7 @@ pub enum Command {
     /// seconds and reseeds after any lost event. Shows table fill, rates and the latest
     /// insert_failed, table_full and early_drop with their causes; --headless runs it
     /// without the view (for services and tests). Listens on a root-only Unix socket.
+    /// Says `ctscope: watching (tier N: ...; agent on SOCKET, ...)` on stderr when ready.
     Watch(WatchArgs),
     /// Stream conntrack events: new, destroy (with reason), insert_failed (with cause),
     /// clash_resolved, table_full, early_drop, and lost (ring buffer overflow).
