@@ -18,7 +18,8 @@ use crate::{filter, loader::DEFAULT_RING_BYTES};
     name = "ctscope",
     version,
     propagate_version = true,
-    after_help = "Exit status: 0 success, 1 error (the message says what to do), 2 usage error."
+    after_help = "Exit status: 0 success (also when stdout is closed early, as by `| head`), \
+                  1 error (the message says what to do), 2 usage error."
 )]
 pub struct Cli {
     /// Log level for diagnostics on stderr (error, warn, info, debug, trace).
@@ -33,6 +34,9 @@ pub struct Cli {
 pub enum Command {
     /// Show what this kernel offers (BTF, kprobes, fentry, tracepoints, ring buffer,
     /// conntrack) and which tier and hooks ctscope would use, by trying them.
+    ///
+    /// Runs without privileges too: then each tier says which capability it misses
+    /// (CAP_BPF and CAP_PERFMON for tiers 1 and 2, CAP_NET_ADMIN for tier 3).
     Probe(ProbeArgs),
     /// The agent: a live copy of every namespace's table, the cause of every
     /// insert_failed and drop, served to `list`, `get`, `stats` and `events`.
@@ -42,9 +46,14 @@ pub enum Command {
     /// seconds and reseeds after any lost event. Shows table fill, rates and the latest
     /// insert_failed, table_full and early_drop with their causes; --headless runs it
     /// without the view (for services and tests). Listens on a root-only Unix socket.
+    /// Says `ctscope: watching (tier N: ...; agent on SOCKET, ...)` on stderr when ready.
     Watch(WatchArgs),
     /// Stream conntrack events: new, destroy (with reason), insert_failed (with cause),
     /// clash_resolved, table_full, early_drop, and lost (ring buffer overflow).
+    ///
+    /// Once the probes are attached (or the agent answers), one line on stderr says
+    /// `ctscope: watching (tier N: ...), Ctrl-C to stop`: events before it were not
+    /// seen. `--log-level info` adds why this tier and what it sees.
     Events(EventsArgs),
     /// List the conntrack table in `conntrack -L` text or JSON: from the agent when one
     /// runs (with its extra fields), else through ctnetlink.
@@ -118,11 +127,12 @@ pub struct TupleArgs {
     #[arg(long, short = 'd', value_name = "ADDR")]
     pub dst: IpAddr,
 
-    /// Original source port (port protocols).
+    /// Original source port: needed for TCP, UDP, UDP-Lite, SCTP and DCCP (GRE: its
+    /// key, optional); other protocols have none.
     #[arg(long, value_name = "PORT")]
     pub sport: Option<u16>,
 
-    /// Original destination port (port protocols).
+    /// Original destination port (as --sport).
     #[arg(long, value_name = "PORT")]
     pub dport: Option<u16>,
 
@@ -144,46 +154,122 @@ pub struct TupleArgs {
 }
 
 impl TupleArgs {
-    /// The ct-netlink tuple; a usage error when the fields do not fit the protocol.
-    pub fn tuple(&self) -> Result<Tuple, clap::Error> {
-        let usage = |msg: String| Cli::command().error(ErrorKind::ArgumentConflict, msg);
+    /// The ct-netlink tuple, or why the fields do not fit the protocol (a usage error:
+    /// [`Cli::validate`] checks it before any command runs).
+    pub fn tuple(&self) -> Result<Tuple, String> {
+        use ct_netlink::proto;
         if Family::of(&self.src) != Family::of(&self.dst) {
-            return Err(usage(
-                "--src and --dst must be of one family (both IPv4 or both IPv6)".into(),
-            ));
+            return Err("--src and --dst must be of one family (both IPv4 or both IPv6)".into());
         }
         let icmp = self.icmp_type.is_some() || self.icmp_code.is_some() || self.icmp_id.is_some();
-        let ports = self.sport.is_some() || self.dport.is_some();
-        match self.proto {
-            ct_netlink::proto::ICMP | ct_netlink::proto::ICMPV6 => {
-                if ports {
-                    return Err(usage(
-                        "ICMP has no ports: use --icmp-type/--icmp-code/--icmp-id".into(),
-                    ));
-                }
-                Ok(Tuple::icmp(
-                    self.src,
-                    self.dst,
-                    self.icmp_type.unwrap_or(8),
-                    self.icmp_code.unwrap_or(0),
-                    self.icmp_id.unwrap_or(0),
-                ))
+        let p = self.proto;
+        if matches!(p, proto::ICMP | proto::ICMPV6) {
+            if self.sport.is_some() || self.dport.is_some() {
+                return Err("ICMP has no ports: use --icmp-type/--icmp-code/--icmp-id".into());
             }
-            p => {
-                if icmp {
-                    return Err(usage(format!(
-                        "--icmp-* need -p icmp or icmpv6, not {}",
-                        ct_netlink::proto::name(p)
-                    )));
-                }
-                let (Some(sport), Some(dport)) = (self.sport, self.dport) else {
-                    return Err(usage(
-                        "--sport and --dport are required for this protocol".into(),
-                    ));
-                };
+            return Ok(Tuple::icmp(
+                self.src,
+                self.dst,
+                self.icmp_type.unwrap_or(8),
+                self.icmp_code.unwrap_or(0),
+                self.icmp_id.unwrap_or(0),
+            ));
+        }
+        if icmp {
+            return Err(format!(
+                "--icmp-* need -p icmp or icmpv6, not {}",
+                proto_label(p)
+            ));
+        }
+        match (self.sport, self.dport) {
+            (Some(sport), Some(dport)) if has_ports(p) || p == proto::GRE => {
                 Ok(Tuple::ports(p, self.src, self.dst, sport, dport))
             }
+            (None, None) if !has_ports(p) => Ok(Tuple {
+                src_port: None,
+                dst_port: None,
+                ..Tuple::ports(p, self.src, self.dst, 0, 0)
+            }),
+            _ if has_ports(p) => Err(format!("{} needs both --sport and --dport", proto_label(p))),
+            _ if p == proto::GRE => {
+                Err("gre: give both --sport and --dport (its keys), or neither".into())
+            }
+            _ => Err(format!(
+                "{} has no ports: give only -s and -d",
+                proto_label(p)
+            )),
         }
+    }
+}
+
+/// Protocols whose tuple has a source and a destination port.
+fn has_ports(p: u8) -> bool {
+    use ct_netlink::proto;
+    matches!(
+        p,
+        proto::TCP | proto::UDP | proto::UDPLITE | proto::SCTP | proto::DCCP
+    )
+}
+
+/// `udp`, or `protocol 200` for one without a name.
+fn proto_label(p: u8) -> String {
+    match ct_netlink::proto::name(p) {
+        "unknown" => format!("protocol {p}"),
+        name => name.to_owned(),
+    }
+}
+
+/// `--state` is a TCP state: refused on any other protocol.
+fn check_state(proto: u8, state: Option<TcpState>) -> Result<(), String> {
+    match state {
+        Some(_) if proto != ct_netlink::proto::TCP => Err(format!(
+            "--state takes a TCP state, but the entry is {}: drop --state or use -p tcp",
+            proto_label(proto)
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The longest `--duration` and `--resync`: ten years, far beyond any run and well
+/// within what timers can hold (a larger value would overflow the deadline).
+pub const MAX_SECONDS: f64 = 315_360_000.0;
+
+/// Seconds in [0, MAX_SECONDS]; `zero_ok` lets 0 through.
+fn parse_seconds(s: &str, zero_ok: bool) -> Result<f64, String> {
+    let range = if zero_ok {
+        format!("give 0 or seconds up to {MAX_SECONDS} (10 years)")
+    } else {
+        format!("give seconds above 0, up to {MAX_SECONDS} (10 years)")
+    };
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds: {range}"))?;
+    let fits = secs.is_finite() && secs <= MAX_SECONDS && (secs > 0.0 || zero_ok && secs == 0.0);
+    if fits {
+        Ok(secs)
+    } else {
+        Err(format!("{s} is out of range: {range}"))
+    }
+}
+
+/// `--duration`: seconds, more than 0 and at most [`MAX_SECONDS`], fractions allowed.
+pub fn parse_duration(s: &str) -> Result<f64, String> {
+    parse_seconds(s, false)
+}
+
+/// `--resync`: 0 (dumps only after losses) or seconds up to [`MAX_SECONDS`].
+pub fn parse_resync(s: &str) -> Result<f64, String> {
+    parse_seconds(s, true)
+}
+
+/// `--ring-size`: what a BPF ring buffer can be, a power of two of at least a page.
+pub fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let hint = "give a power of two of at least 4096 bytes, e.g. 16777216 (16 MiB)";
+    match s.trim().parse::<u32>() {
+        Ok(n) if n >= 4096 && n.is_power_of_two() => Ok(n),
+        Ok(n) => Err(format!("{n} is not a ring buffer size: {hint}")),
+        Err(_) => Err(format!("{s:?} is not a number of bytes: {hint}")),
     }
 }
 
@@ -364,35 +450,54 @@ pub enum ExpectOp {
 }
 
 impl Cli {
-    /// Checks clap cannot express; a failure is a usage error (exit 2).
+    /// Checks clap cannot express; a failure is a usage error (exit 2) with the
+    /// subcommand's usage line.
     pub fn validate(&self) -> Result<(), clap::Error> {
         match &self.command {
             Command::List(a) => a.filter.check_families("list"),
             Command::Delete(a) if a.filter.is_empty() => Err(usage_error(
-                "delete",
+                &["delete"],
                 ErrorKind::MissingRequiredArgument,
                 "delete needs at least one filter (-p, -s, -d, --sport, --dport, --mark, \
                  --zone, -f); to delete every entry use `ctscope flush`",
             )),
             Command::Delete(a) => a.filter.check_families("delete"),
-            Command::Watch(a) if !(a.resync.is_finite() && a.resync >= 0.0) => Err(usage_error(
-                "watch",
-                ErrorKind::ValueValidation,
-                "--resync must be 0 (only after losses) or a positive number of seconds",
-            )),
+            Command::Get(a) => check_entry(&["get"], &a.tuple, None),
+            Command::Insert(a) => a.check(),
+            Command::Update(a) => check_entry(&["update"], &a.tuple, a.state),
+            Command::Expect(a) => match &a.op {
+                ExpectOp::Get { tuple, .. } => check_entry(&["expect", "get"], tuple, None),
+                ExpectOp::Delete { tuple } => check_entry(&["expect", "delete"], tuple, None),
+                _ => Ok(()),
+            },
+            Command::Events(a) => a.check_tier_kinds(),
             _ => Ok(()),
         }
     }
 }
 
-/// A clap error in the style (and with the usage line) of subcommand `sub`.
+/// The tuple fits its protocol, and `--state` comes only with TCP.
+fn check_entry(
+    path: &[&str],
+    tuple: &TupleArgs,
+    state: Option<TcpState>,
+) -> Result<(), clap::Error> {
+    tuple
+        .tuple()
+        .and_then(|_| check_state(tuple.proto, state))
+        .map_err(|msg| usage_error(path, ErrorKind::ArgumentConflict, msg))
+}
+
 impl InsertArgs {
-    /// `--src-nat`/`--dst-nat` in another family than the tuple: a usage error.
-    pub fn check_nat(&self, family: Family) -> Result<(), clap::Error> {
+    /// The tuple and `--state` fit the protocol, and `--src-nat`/`--dst-nat` are in the
+    /// tuple's family.
+    fn check(&self) -> Result<(), clap::Error> {
+        check_entry(&["insert"], &self.tuple, self.state)?;
+        let family = Family::of(&self.tuple.src);
         for nat in [self.src_nat, self.dst_nat].into_iter().flatten() {
             if Family::of(&nat.addr) != family {
                 return Err(usage_error(
-                    "insert",
+                    &["insert"],
                     ErrorKind::ValueValidation,
                     format!(
                         "NAT address {} is not in the entry's address family",
@@ -405,13 +510,43 @@ impl InsertArgs {
     }
 }
 
-fn usage_error(sub: &str, kind: ErrorKind, msg: impl std::fmt::Display) -> clap::Error {
+impl EventsArgs {
+    /// `--tier 3` with a kind it cannot see would wait forever for nothing.
+    fn check_tier_kinds(&self) -> Result<(), clap::Error> {
+        let Some(tier) = self.tier else {
+            return Ok(());
+        };
+        match tier.unseen_kinds(&self.filter.kind) {
+            None => Ok(()),
+            Some(msg) => Err(usage_error(
+                &["events"],
+                ErrorKind::ArgumentConflict,
+                format!("{msg}: drop --tier, or ask for kinds it sees"),
+            )),
+        }
+    }
+}
+
+/// A clap error in the style (and with the usage line) of the subcommand at `path`
+/// (`["expect", "get"]`), so the usage shown is the one that was mistyped.
+fn usage_error(path: &[&str], kind: ErrorKind, msg: impl std::fmt::Display) -> clap::Error {
     let mut cmd = Cli::command();
     cmd.build();
-    match cmd.find_subcommand_mut(sub) {
-        Some(sub) => sub.error(kind, msg),
-        None => cmd.error(kind, msg),
+    error_in(&mut cmd, path, kind, msg)
+}
+
+fn error_in(
+    cmd: &mut clap::Command,
+    path: &[&str],
+    kind: ErrorKind,
+    msg: impl std::fmt::Display,
+) -> clap::Error {
+    if let Some((name, rest)) = path.split_first()
+        && let Some(sub) = cmd.find_subcommand_mut(name)
+    {
+        return error_in(sub, rest, kind, msg);
     }
+    cmd.error(kind, msg)
 }
 
 /// Where a table command looks: one namespace, or all of them.
@@ -454,14 +589,19 @@ pub struct WatchArgs {
     pub headless: bool,
 
     /// Print the running agent's status (tier, entries per namespace, events, losses,
-    /// reseeds, dumps) as one JSON object and exit; exit 1 if no agent answers.
-    #[arg(long)]
+    /// reseeds, dumps) as one JSON object and exit; exit 1 if no agent answers. Takes
+    /// only --socket: the agent's own flags are the running agent's business.
+    #[arg(
+        long,
+        conflicts_with_all = ["headless", "resync", "ring_size", "tier", "ready_file"]
+    )]
     pub status: bool,
 
     /// Seconds between dumps that refresh entry fields (status, TCP state, timeouts
     /// refreshed by traffic) and catch namespaces created since; stretched to 20 times
-    /// the last dump's duration on huge tables. 0: only after losses.
-    #[arg(long, value_name = "S", default_value_t = 5.0)]
+    /// the last dump's duration on huge tables. 0: only after losses. At most 315360000
+    /// (10 years).
+    #[arg(long, value_name = "S", default_value_t = 5.0, value_parser = parse_resync)]
     pub resync: f64,
 
     /// The socket to listen on (default: $CTSCOPE_SOCKET, else /run/ctscope/agent.sock).
@@ -470,7 +610,8 @@ pub struct WatchArgs {
 
     /// Ring buffer size in bytes: a power of two, at least 4096. Events that do not fit
     /// are counted as lost and the table is reseeded from dumps.
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_BYTES)]
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_BYTES,
+          value_parser = parse_ring_size)]
     pub ring_size: u32,
 
     /// Hook tier: 1 kprobes, 2 tracepoints only, 3 no BPF (dumps only). Default: the
@@ -693,7 +834,7 @@ impl TableFilterArgs {
         let fams = self.families();
         match fams.iter().find(|f| **f != fams[0]) {
             Some(_) => Err(usage_error(
-                sub,
+                &[sub],
                 ErrorKind::ArgumentConflict,
                 "the family (-f) and the addresses (-s, -d) disagree: use one family",
             )),
@@ -789,8 +930,9 @@ pub struct EventsArgs {
     #[arg(long, short = 'c', value_name = "N")]
     pub count: Option<u64>,
 
-    /// Stop after S seconds (fractions allowed).
-    #[arg(long, value_name = "S")]
+    /// Stop after S seconds (fractions allowed; more than 0, at most 315360000 = 10
+    /// years).
+    #[arg(long, value_name = "S", value_parser = parse_duration)]
     pub duration: Option<f64>,
 
     #[command(flatten)]
@@ -798,7 +940,8 @@ pub struct EventsArgs {
 
     /// Ring buffer size in bytes: a power of two, at least 4096. Events that do not fit
     /// are counted and reported as `lost`.
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_BYTES)]
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_BYTES,
+          value_parser = parse_ring_size)]
     pub ring_size: u32,
 
     /// Create this file once the probes are attached (for scripts and tests).
@@ -832,7 +975,9 @@ pub struct EventsArgs {
 #[derive(Debug, Args, Default)]
 pub struct FilterArgs {
     /// Only these kinds (comma-separated): new, destroy, insert_failed, clash_resolved,
-    /// table_full, early_drop.
+    /// table_full, early_drop, lost. `lost` records (events ctscope could not deliver)
+    /// come whatever the filter; `--kind lost` shows only them. Tier 3 sees new,
+    /// destroy and lost.
     #[arg(long, value_delimiter = ',', value_name = "KIND",
           value_parser = clap::builder::PossibleValuesParser::new(KINDS))]
     pub kind: Vec<String>,
@@ -871,13 +1016,16 @@ pub struct FilterArgs {
     pub dport: Option<u16>,
 }
 
-pub const KINDS: [&str; 6] = [
+/// What `--kind` takes. `lost` records come whatever the filter: `--kind lost` alone
+/// shows only them.
+pub const KINDS: [&str; 7] = [
     "new",
     "destroy",
     "insert_failed",
     "clash_resolved",
     "table_full",
     "early_drop",
+    "lost",
 ];
 
 impl FilterArgs {
@@ -1022,6 +1170,162 @@ mod tests {
         assert!(matches!(cli.command, Command::Diagnose(a) if a.json && a.from.netns.all_netns));
         let err = Cli::try_parse_from(["ctscope", "diagnose", "--netns", "a", "--all-netns"]);
         assert_eq!(err.unwrap_err().exit_code(), 2);
+    }
+
+    fn parse_err(line: &str) -> clap::Error {
+        let argv: Vec<&str> = line.split_whitespace().collect();
+        match Cli::try_parse_from(&argv) {
+            Ok(cli) => cli.validate().expect_err(line),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn seconds_in_range() {
+        assert_eq!(parse_duration("1.5"), Ok(1.5));
+        assert_eq!(parse_duration("315360000"), Ok(MAX_SECONDS));
+        assert_eq!(parse_resync("0"), Ok(0.0));
+        for bad in [
+            "0",
+            "-1",
+            "1e30",
+            "1.8e19",
+            "315360000.5",
+            "nan",
+            "inf",
+            "x",
+            "",
+        ] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(err.contains("315360000"), "{bad}: {err}");
+        }
+        for bad in ["-0.5", "1e30", "NaN", "-inf"] {
+            assert!(parse_resync(bad).is_err(), "{bad}");
+        }
+        let err = parse_err("ctscope events --duration 1e30");
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("--duration"), "{err}");
+        assert_eq!(parse_err("ctscope watch --resync 1e30").exit_code(), 2);
+        let cli = Cli::try_parse_from(["ctscope", "watch", "--resync", "0"]).unwrap();
+        assert!(matches!(cli.command, Command::Watch(a) if a.resync == 0.0));
+    }
+
+    #[test]
+    fn ring_sizes() {
+        assert_eq!(parse_ring_size("4096"), Ok(4096));
+        assert_eq!(
+            parse_ring_size(&DEFAULT_RING_BYTES.to_string()),
+            Ok(DEFAULT_RING_BYTES)
+        );
+        for bad in ["1000", "2048", "0", "5000", "4294967296", "16M"] {
+            assert!(
+                parse_ring_size(bad).unwrap_err().contains("power of two"),
+                "{bad}"
+            );
+        }
+        assert_eq!(parse_err("ctscope events --ring-size 1000").exit_code(), 2);
+    }
+
+    #[test]
+    fn watch_status_takes_only_the_socket() {
+        for line in [
+            "ctscope watch --status --tier 2",
+            "ctscope watch --status --resync 1",
+            "ctscope watch --status --headless",
+            "ctscope watch --status --ring-size 8192",
+        ] {
+            let err = parse_err(line);
+            assert_eq!(err.exit_code(), 2, "{line}");
+            assert!(
+                err.to_string().contains("cannot be used with"),
+                "{line}: {err}"
+            );
+        }
+        let ok = Cli::try_parse_from(["ctscope", "watch", "--status", "--socket", "/x"]);
+        assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn events_kinds_and_tiers() {
+        let cli = Cli::try_parse_from(["ctscope", "events", "--kind", "lost"]).unwrap();
+        cli.validate().unwrap();
+        let err = parse_err("ctscope events --tier 3 --kind new,insert_failed");
+        assert_eq!(err.exit_code(), 2);
+        let text = err.to_string();
+        assert!(text.contains("cannot see insert_failed"), "{text}");
+        assert!(text.contains("new, destroy, lost"), "{text}");
+        assert!(text.contains("Usage: ctscope events"), "{text}");
+        for ok in [
+            "ctscope events --tier 3 --kind new,destroy,lost",
+            "ctscope events --tier 2 --kind insert_failed",
+        ] {
+            let argv: Vec<&str> = ok.split_whitespace().collect();
+            Cli::try_parse_from(&argv).unwrap().validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn entry_fields_fit_the_protocol() {
+        let tuple = |line: &str| {
+            let argv: Vec<&str> = line.split_whitespace().collect();
+            let cli = Cli::try_parse_from(&argv).unwrap();
+            cli.validate().map(|()| cli)
+        };
+        let cli = tuple("ctscope insert -p 200 -s 10.0.0.1 -d 10.0.0.2").unwrap();
+        let Command::Insert(a) = cli.command else {
+            panic!("not insert")
+        };
+        let t = a.tuple.tuple().unwrap();
+        assert_eq!((t.proto, t.src_port, t.dst_port), (200, None, None));
+        assert!(tuple("ctscope insert -p gre -s 10.0.0.1 -d 10.0.0.2").is_ok());
+        assert!(tuple("ctscope get -p gre -s 10.0.0.1 -d 10.0.0.2 --sport 1 --dport 2").is_ok());
+        assert!(
+            tuple("ctscope insert -p tcp -s ::1 -d ::2 --sport 1 --dport 2 --state SYN_SENT")
+                .is_ok()
+        );
+        for (line, says) in [
+            (
+                "ctscope insert -p udp -s 10.0.0.1 -d 10.0.0.2 --sport 1 --dport 2 --state ESTABLISHED",
+                "--state takes a TCP state",
+            ),
+            (
+                "ctscope update -p udp -s 10.0.0.1 -d 10.0.0.2 --sport 1 --dport 2 --state CLOSE",
+                "Usage: ctscope update",
+            ),
+            (
+                "ctscope insert -p 200 -s 10.0.0.1 -d 10.0.0.2 --sport 1 --dport 2",
+                "protocol 200 has no ports",
+            ),
+            (
+                "ctscope insert -p udp -s 10.0.0.1 -d 10.0.0.2 --sport 1",
+                "udp needs both --sport and --dport",
+            ),
+            (
+                "ctscope insert -p gre -s 10.0.0.1 -d 10.0.0.2 --sport 1",
+                "or neither",
+            ),
+            (
+                "ctscope get -p icmp -s 10.0.0.1 -d 10.0.0.2 --sport 1",
+                "Usage: ctscope get",
+            ),
+            (
+                "ctscope expect get -p udp -s 10.0.0.1 -d ::1 --sport 1 --dport 2",
+                "Usage: ctscope expect get",
+            ),
+            (
+                "ctscope insert -p udp -s 10.0.0.1 -d 10.0.0.2 --sport 1 --dport 2 --src-nat ::1",
+                "NAT address",
+            ),
+        ] {
+            let err = tuple(line).expect_err(line);
+            assert_eq!(err.exit_code(), 2, "{line}");
+            let text = err.to_string();
+            assert!(text.contains(says), "{line}: {text}");
+            assert!(
+                !text.contains("Usage: ctscope [OPTIONS] <COMMAND>"),
+                "{line}: {text}"
+            );
+        }
     }
 
     #[test]

@@ -107,7 +107,16 @@ impl Tier {
         }
     }
 
-    /// What this tier can and cannot see, for `probe` and the startup warning.
+    /// A few words for the tier, as the "watching" line names it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Tier::Kprobes => "kprobes",
+            Tier::Tracepoints => "tracepoints only",
+            Tier::Ctnetlink => "ctnetlink events",
+        }
+    }
+
+    /// What this tier can and cannot see, for `probe` and `--log-level info`.
     pub fn sees(self) -> &'static str {
         match self {
             Tier::Kprobes => {
@@ -126,6 +135,32 @@ impl Tier {
                  insert_failed or table_full, and events can be lost under load"
             }
         }
+    }
+}
+
+impl Tier {
+    /// Event kinds tier 3 delivers: ctnetlink has no insert_failed, table_full,
+    /// early_drop or clash events.
+    const CTNETLINK_KINDS: [&'static str; 3] = ["new", "destroy", "lost"];
+
+    /// `None` if this tier can deliver every kind of `kinds` (an empty list asks for all),
+    /// else which it cannot and the ones it can.
+    pub fn unseen_kinds(self, kinds: &[String]) -> Option<String> {
+        if self != Tier::Ctnetlink {
+            return None;
+        }
+        let unseen: Vec<&str> = kinds
+            .iter()
+            .map(String::as_str)
+            .filter(|k| !Self::CTNETLINK_KINDS.contains(k))
+            .collect();
+        (!unseen.is_empty()).then(|| {
+            format!(
+                "tier 3 (ctnetlink events) cannot see {}; it sees only {}",
+                unseen.join(", "),
+                Self::CTNETLINK_KINDS.join(", ")
+            )
+        })
     }
 }
 
@@ -319,6 +354,23 @@ fn unload_tier1(ebpf: &mut Ebpf, hooks: &mut [HookStatus]) {
     }
 }
 
+/// Every hook of tiers 1 and 2, none attached, each saying `why` (for `probe`, when
+/// [`load`] failed and kept none).
+pub fn unattached(why: &str) -> Vec<HookStatus> {
+    TIER1
+        .iter()
+        .chain(TIER2)
+        .map(|spec| HookStatus {
+            name: spec.program,
+            kind: spec.kind,
+            target: None,
+            available: false,
+            reason: Some(why.to_owned()),
+            role: spec.role,
+        })
+        .collect()
+}
+
 /// Tells tier 2 which namespaces run conntrack (by inode), so drops without an entry
 /// there are checked as table-full candidates from the first one.
 pub fn mark_conntrack_netns(probes: &mut Probes, inodes: &[u32]) -> Result<(), String> {
@@ -460,25 +512,21 @@ fn describe(e: &ProgramError) -> String {
                 .take(2)
                 .collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
-            format!("load refused: {io_error}; verifier: {}", tail.join(" | "))
-        }
-        other => {
-            let mut s = other.to_string();
-            let mut src = std::error::Error::source(other);
-            while let Some(inner) = src {
-                s.push_str(": ");
-                s.push_str(&inner.to_string());
-                src = inner.source();
+            // Some kernels refuse before the verifier runs (EPERM for fentry): no log.
+            if tail.is_empty() {
+                format!("load refused: {io_error}")
+            } else {
+                format!("load refused: {io_error}; verifier: {}", tail.join(" | "))
             }
-            s
         }
+        other => crate::error_text::render(other),
     }
 }
 
 fn permission_or(e: aya::EbpfError) -> LoadError {
     let text = format!("{e:?}");
     if text.contains("PermissionDenied") || text.contains("EPERM") || text.contains("os error 1)") {
-        LoadError::Permission(e.to_string())
+        LoadError::Permission(crate::error_text::render(&e))
     } else {
         LoadError::Ebpf(e)
     }

@@ -1,12 +1,13 @@
 //! The `ctscope` binary: parse flags, run one subcommand, map errors to exit codes.
-//! Exit status: 0 success, 1 runtime error (message on stderr), 2 usage error (clap).
+//! Exit status: 0 success (also when stdout closes early, `ctscope list | head`), 1
+//! runtime error (message on stderr), 2 usage error (clap).
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
 use ctscope::{
     cli::{Cli, Command},
-    cmd,
+    cmd, error_text, stdout,
 };
 
 fn main() -> ExitCode {
@@ -24,8 +25,9 @@ fn main() -> ExitCode {
         .init();
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if stdout::is_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ctscope: error: {e:#}");
+            eprintln!("ctscope: error: {}", error_text::render(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -77,8 +77,7 @@ pub fn run() -> Report {
         notes: Vec::new(),
         namespaces: namespaces(),
     };
-    let mut tier1_unavailable = None;
-    let tier = match loader::load(LoadOptions::new(DEFAULT_RING_BYTES, None)) {
+    let (bpf_tier, why_not_1) = match loader::load(LoadOptions::new(DEFAULT_RING_BYTES, None)) {
         Ok(mut probes) => {
             report.ringbuf = true;
             report.hz = probes.layout.hz;
@@ -90,54 +89,88 @@ pub fn run() -> Report {
             }
             report.hooks = probes.hooks.clone();
             report.tier_reason = probes.tier_reason.clone();
-            tier1_unavailable = probes.tier1_unavailable.clone();
-            probes.tier
+            (Some(probes.tier), probes.tier1_unavailable.clone())
         }
         Err(e) => {
+            let why = hooks_refusal(&e);
             report.load_error = Some(e.to_string());
-            report.tier_reason = format!("no BPF tier: {e}; ctnetlink events only");
-            Tier::Ctnetlink
+            report.fentry_reason = Some(why.clone());
+            report.hooks = loader::unattached(&why);
+            (None, Some(refusal(Tier::Kprobes, &e)))
         }
     };
-    report.tier = Some(tier.number());
-    report.tier_sees = tier.sees().into();
-    report.tiers = tiers(
-        tier,
-        tier1_unavailable.unwrap_or_else(|| report.tier_reason.clone()),
-    );
+    if report.hz == 0 {
+        // Without the BPF object's layout, the kernel config still says (any user).
+        report.hz = ct_btf::kernel_hz().unwrap_or(0);
+    }
+    report.tiers = tiers(bpf_tier, why_not_1);
+    let chosen = report.tiers.iter().find(|t| t.available);
+    report.tier = chosen.map(|t| t.tier);
+    report.tier_sees = chosen.map_or("nothing", |t| t.sees).into();
+    if bpf_tier.is_none() {
+        report.tier_reason = match chosen {
+            Some(_) => "no BPF tier can run (see tiers 1 and 2): ctnetlink events only".into(),
+            None => "no tier can run here: each tier below says what it misses".into(),
+        };
+    }
     report
 }
 
-/// The chosen tier is known to work; the others are tried (tier 2 even where tier 1 won,
-/// so tests and users know whether `--tier 2` would run).
-fn tiers(chosen: Tier, why_not_1: String) -> Vec<TierReport> {
+/// Every tier, tried: the one that loaded (`bpf`) is known to work, the others are
+/// loaded for real (tier 2 even where tier 1 won, so tests and users know whether
+/// `--tier 2` would run). Each reason names what that tier misses.
+fn tiers(bpf: Option<Tier>, why_not_1: Option<String>) -> Vec<TierReport> {
     let tried = |t: Tier, result: Result<(), String>| TierReport {
         tier: t.number(),
         available: result.is_ok(),
         reason: result.err(),
         sees: t.sees(),
     };
-    let one = match chosen {
-        Tier::Kprobes => Ok(()),
-        _ => Err(why_not_1),
+    let one = match bpf {
+        Some(Tier::Kprobes) => Ok(()),
+        _ => Err(why_not_1.unwrap_or_else(|| "not tried".into())),
     };
-    let two = match chosen {
-        Tier::Tracepoints => Ok(()),
+    let two = match bpf {
+        Some(Tier::Tracepoints) => Ok(()),
         _ => loader::load(LoadOptions::new(
             DEFAULT_RING_BYTES,
             Some(Tier::Tracepoints),
         ))
         .map(drop)
-        .map_err(|e| match e {
-            LoadError::Tier(_, why) => why,
-            other => other.to_string(),
-        }),
+        .map_err(|e| refusal(Tier::Tracepoints, &e)),
     };
     vec![
         tried(Tier::Kprobes, one),
         tried(Tier::Tracepoints, two),
         tried(Tier::Ctnetlink, ctnetlink_works()),
     ]
+}
+
+/// Why tier `tier` could not load, naming what it misses.
+fn refusal(tier: Tier, e: &LoadError) -> String {
+    let programs = match tier {
+        Tier::Kprobes => "its kprobe programs",
+        _ => "its tracepoint programs",
+    };
+    match e {
+        LoadError::Permission(why) => format!(
+            "{programs} need CAP_BPF and CAP_PERFMON (or root); the kernel refused them: {why}"
+        ),
+        LoadError::Tier(_, why) => why.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Why no hook is attached, in a few words, when [`loader::load`] failed.
+fn hooks_refusal(e: &LoadError) -> String {
+    match e {
+        LoadError::Permission(_) => "not tried: the kernel refused to load BPF programs \
+                                     (needs CAP_BPF and CAP_PERFMON, or root)"
+            .into(),
+        // The hooks were tried, but tier 2's essential ones failed too (see the tiers).
+        LoadError::Tier(n, _) => format!("detached: tier {n} could not attach (see the tiers)"),
+        other => format!("not tried: {other}"),
+    }
 }
 
 /// Tier 3 needs only a ctnetlink socket that answers.
@@ -147,9 +180,23 @@ fn ctnetlink_works() -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     rt.block_on(async {
-        let mut ct = ct_netlink::Conntrack::open().map_err(|e| e.to_string())?;
-        ct.count().await.map(drop).map_err(|e| e.to_string())
+        let mut ct = ct_netlink::Conntrack::open().map_err(|e| ctnetlink_refusal(&e))?;
+        ct.count()
+            .await
+            .map(drop)
+            .map_err(|e| ctnetlink_refusal(&e))
     })
+}
+
+/// A ctnetlink error; a refusal names the capability.
+fn ctnetlink_refusal(e: &ct_netlink::Error) -> String {
+    let text = format!("ctnetlink: {e}");
+    let refused = matches!(e.errno(), Some(libc::EPERM | libc::EACCES));
+    if refused && !text.contains("CAP_NET_ADMIN") {
+        format!("{text} (needs CAP_NET_ADMIN, or root)")
+    } else {
+        text
+    }
 }
 
 fn conntrack_presence() -> &'static str {

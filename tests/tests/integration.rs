@@ -14,6 +14,8 @@
 mod agent;
 #[path = "integration/clash_resolve.rs"]
 mod clash_resolve;
+#[path = "integration/cli_safety.rs"]
+mod cli_safety;
 #[path = "integration/common.rs"]
 mod common;
 #[path = "integration/conntrack_compat.rs"]
@@ -90,6 +92,16 @@ const CTNETLINK_CLI: [(&str, fn()); 4] = [
     ("ctnetlink_cli_errors", ctnetlink_cli::errors),
 ];
 
+/// Bad input, closed pipes and missing privileges (issue 20); no BPF needed except by
+/// `cli_events_watching`, which runs `events` at whatever tier this kernel allows.
+const CLI_SAFETY: [(&str, fn()); 5] = [
+    ("cli_out_of_range_values", cli_safety::out_of_range_values),
+    ("cli_closed_stdout", cli_safety::closed_stdout),
+    ("ctnetlink_cli_insert_checks", cli_safety::insert_checks),
+    ("cli_probe_unprivileged", cli_safety::probe_unprivileged),
+    ("cli_events_watching", cli_safety::events_watching),
+];
+
 /// `ctscope diagnose`, `top` and `timeouts` (ctnetlink and sysctls; no BPF needed).
 const DIAGNOSE: [(&str, fn()); 4] = [
     ("diagnose_table_full", diagnose::table_full),
@@ -120,6 +132,9 @@ fn main() {
         trials.add(&env, name, Needs::Root, body);
     }
     trials.add(&env, "conntrack_compat", Needs::Root, conntrack_compat::run);
+    for (name, body) in CLI_SAFETY {
+        trials.add(&env, name, Needs::Root, body);
+    }
     for (name, body) in DIAGNOSE {
         trials.add(&env, name, Needs::Root, body);
     }

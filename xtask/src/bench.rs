@@ -1039,7 +1039,9 @@ impl Drop for Listener {
 /// The line where ctscope announced tier 3 (ctnetlink only), for a BPF mode.
 fn without_bpf(mode: Mode, stderr: &[String]) -> Option<&str> {
     let bpf = mode.runs_ctscope();
-    let tier3 = stderr.iter().find(|l| l.starts_with("ctscope: tier 3"));
+    let tier3 = stderr
+        .iter()
+        .find(|l| l.starts_with("ctscope: watching (tier 3"));
     tier3.filter(|_| bpf).map(String::as_str)
 }
 

@@ -13,6 +13,7 @@ use tokio::{
 };
 
 use super::protocol::{Header, Request};
+use crate::stdout;
 
 /// An answer's body, after its header said ok.
 pub type Body = BufReader<UnixStream>;
@@ -54,9 +55,10 @@ pub async fn ask(path: &Path, request: &Request) -> anyhow::Result<Option<Body>>
     Ok(Some(body))
 }
 
-/// Copies the body to stdout; returns how many lines it had.
+/// Copies the body to stdout; returns how many lines it had. A closed stdout
+/// (`ctscope list | head`) is [`stdout::Closed`].
 pub async fn copy_lines(body: &mut Body) -> anyhow::Result<u64> {
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut out = stdout::writer();
     let mut lines = 0;
     loop {
         let chunk = body.fill_buf().await?;
@@ -65,19 +67,9 @@ pub async fn copy_lines(body: &mut Body) -> anyhow::Result<u64> {
         }
         lines += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
         let n = chunk.len();
-        if let Err(e) = out.write_all(chunk) {
-            return closed_pipe_is_fine(e).map(|()| lines);
-        }
+        stdout::check(out.write_all(chunk))?;
         body.consume(n);
     }
-    out.flush().or_else(closed_pipe_is_fine)?;
+    stdout::check(out.flush())?;
     Ok(lines)
-}
-
-/// `ctscope list | head`: a closed stdout ends the copy without an error.
-fn closed_pipe_is_fine(e: io::Error) -> anyhow::Result<()> {
-    match e.kind() {
-        io::ErrorKind::BrokenPipe => Ok(()),
-        _ => Err(e.into()),
-    }
 }

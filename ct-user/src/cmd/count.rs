@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::Target;
-use crate::cli::CountArgs;
+use crate::{cli::CountArgs, stdout};
 
 #[derive(Serialize)]
 struct Row<'a> {
@@ -26,7 +26,7 @@ pub async fn run(args: &CountArgs) -> anyhow::Result<()> {
             names: ns.map_or(&[], |n| &n.names),
             count,
         };
-        println!("{}", line(&row, args.json)?);
+        stdout::line(line(&row, args.json)?)?;
     }
     Ok(())
 }

@@ -2,18 +2,13 @@
 //! ctnetlink dump and, with an agent running, the insert_failed causes its events gave,
 //! and prints the findings of [`crate::diagnose::rules`].
 
-use std::{
-    cmp::Reverse,
-    collections::BTreeMap,
-    io::{self, Write},
-    path::Path,
-};
+use std::{cmp::Reverse, collections::BTreeMap, io, path::Path};
 
 use ct_netlink::CpuStats;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{Target, ignore_broken_pipe};
+use super::Target;
 use crate::{
     agent::{
         self,
@@ -21,7 +16,7 @@ use crate::{
     },
     cli::DiagnoseArgs,
     diagnose::{Causes, Composition, Evidence, Finding, Memory, StructSizes, rules},
-    netns,
+    netns, stdout,
 };
 
 /// `--json`: every finding, and what each namespace's findings were drawn from.
@@ -49,15 +44,11 @@ pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
         report.findings.extend(findings);
         report.evidence.push(ev);
     }
-    let mut out = io::stdout().lock();
-    let written = if args.json {
-        serde_json::to_writer(&mut out, &report)
-            .map_err(io::Error::from)
-            .and_then(|()| out.write_all(b"\n"))
+    if args.json {
+        stdout::line(serde_json::to_string(&report)?)
     } else {
-        out.write_all(text(&report).as_bytes())
-    };
-    ignore_broken_pipe(written)
+        stdout::print(text(&report))
+    }
 }
 
 /// What the agent's events said about namespace `netns`, if an agent runs and watches it.

@@ -11,28 +11,26 @@ use super::{Target, netns_inode};
 use crate::{
     agent::{self, protocol::Request},
     cli::{GetArgs, InsertArgs, TupleArgs, UpdateArgs},
-    table_text,
+    stdout, table_text,
 };
 
 fn print(e: &Entry, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string(e)?);
-    } else {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        println!("{}", table_text::entry_line(e, now));
+        return stdout::line(serde_json::to_string(e)?);
     }
-    Ok(())
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    stdout::line(table_text::entry_line(e, now))
 }
 
-/// The tuple, or clap's usage error (exit 2).
-fn tuple_of(args: &TupleArgs) -> Tuple {
-    args.tuple().unwrap_or_else(|e| e.exit())
+/// The tuple (`Cli::validate` has already refused one that does not fit).
+fn tuple_of(args: &TupleArgs) -> anyhow::Result<Tuple> {
+    args.tuple().map_err(anyhow::Error::msg)
 }
 
 pub async fn get(args: &GetArgs) -> anyhow::Result<()> {
-    let orig = tuple_of(&args.tuple);
+    let orig = tuple_of(&args.tuple)?;
     let zone = args.tuple.zone;
     if let Some(path) = args.agent.socket() {
         let request = Request::Get {
@@ -58,7 +56,7 @@ pub async fn get(args: &GetArgs) -> anyhow::Result<()> {
 }
 
 pub async fn insert(args: &InsertArgs) -> anyhow::Result<()> {
-    let orig = tuple_of(&args.tuple);
+    let orig = tuple_of(&args.tuple)?;
     let mut reply = orig.inverted();
     if let (Some(src), Some(dst)) = (args.reply_src, args.reply_dst) {
         reply.src = src;
@@ -76,7 +74,6 @@ pub async fn insert(args: &InsertArgs) -> anyhow::Result<()> {
     n.mark = args.mark.map(|(m, _)| m);
     n.zone = args.tuple.zone;
     n.tcp_state = args.state;
-    args.check_nat(orig.family()).unwrap_or_else(|e| e.exit());
     n.src_nat = args.src_nat;
     n.dst_nat = args.dst_nat;
     let zone = n.zone;
@@ -98,7 +95,7 @@ pub async fn insert(args: &InsertArgs) -> anyhow::Result<()> {
 }
 
 pub async fn update(args: &UpdateArgs) -> anyhow::Result<()> {
-    let orig = tuple_of(&args.tuple);
+    let orig = tuple_of(&args.tuple)?;
     let zone = args.tuple.zone;
     let mut u = Update::new(orig.clone());
     u.zone = zone;

@@ -1,11 +1,7 @@
 //! `ctscope events`: attach the probes and stream decoded events until a count, a
 //! duration or a signal ends it.
 
-use std::{
-    fs,
-    io::{self, BufWriter, Write},
-    time::Duration,
-};
+use std::{fs, io::Write as _, time::Duration};
 
 use anyhow::{Context as _, bail};
 use tokio::{
@@ -22,7 +18,7 @@ use crate::{
     loader::{self, Floor, LoadError, LoadOptions, Probes, Tier},
     output::{Format, write_event, write_record},
     source::{EventSource, Output},
-    tier3,
+    stdout, tier3,
 };
 
 /// The tier asked for; `--floor` (the benchmark's) means tier 2.
@@ -49,9 +45,6 @@ fn floor_note(floor: Floor) -> &'static str {
 
 pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
     let filter = args.filter.resolve();
-    if args.duration.is_some_and(|d| !(d.is_finite() && d > 0.0)) {
-        bail!("--duration must be a positive number of seconds");
-    }
     let format = if args.json {
         Format::Json
     } else {
@@ -70,6 +63,7 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
         };
         if let Some(body) = agent::client::ask(&path, &request).await? {
             ready(args)?;
+            watching(&format!("through the agent at {}", path.display()));
             return from_agent(args, body).await;
         }
     }
@@ -87,7 +81,14 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
     let mut probes = match loader::load(opts) {
         Ok(p) => p,
         Err(e @ (LoadError::Tier(..) | LoadError::Btf(_))) if tier.is_none() => {
-            eprintln!("ctscope: warning: no BPF tier on this kernel ({e}); falling back to tier 3");
+            log::info!("no BPF tier: {e}");
+            if let Some(msg) = Tier::Ctnetlink.unseen_kinds(&args.filter.kind) {
+                bail!("{msg}, and tier 3 is all this kernel offers (`ctscope probe` says why)");
+            }
+            eprintln!(
+                "ctscope: warning: no BPF tier on this kernel, falling back to tier 3 \
+                 (`ctscope probe` says why)"
+            );
             return run_tier3(args, &mut printer).await;
         }
         Err(e) => return Err(e.into()),
@@ -95,15 +96,24 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
     announce(&probes);
     let mut source = EventSource::start(&mut probes).await?;
     ready(args)?;
+    watching(&tier_label(probes.tier));
     let result = stream(args, &mut source, &mut printer).await;
     let mut out = Output::default();
     source.finish(&mut out).await;
     printer.output(out);
-    let _ = printer.flush();
-    match result {
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        other => other.context("reading events"),
-    }
+    let flushed = printer.flush();
+    result.and(flushed)
+}
+
+/// The one line that says events are being seen from now on (as pwru's "Listening for
+/// events.."): events before it were not.
+fn watching(what: &str) {
+    eprintln!("ctscope: watching ({what}), Ctrl-C to stop");
+}
+
+/// `tier 1: kprobes`.
+fn tier_label(tier: Tier) -> String {
+    format!("tier {}: {}", tier.number(), tier.label())
 }
 
 fn ready(args: &EventsArgs) -> anyhow::Result<()> {
@@ -131,13 +141,13 @@ async fn stream(
     args: &EventsArgs,
     source: &mut EventSource,
     printer: &mut Printer,
-) -> io::Result<()> {
+) -> anyhow::Result<()> {
     let deadline = deadline(args);
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     while !printer.done() {
         let wake = tokio::select! {
-            w = source.wait() => w?,
+            w = source.wait() => w.context("reading events")?,
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             () = until(deadline) => break,
@@ -155,7 +165,7 @@ async fn from_agent(args: &EventsArgs, mut body: Body) -> anyhow::Result<()> {
     let deadline = deadline(args);
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let mut out = BufWriter::new(io::stdout());
+    let mut out = stdout::writer();
     let mut left = args.count;
     let mut line = Vec::new();
     while left != Some(0) {
@@ -168,25 +178,20 @@ async fn from_agent(args: &EventsArgs, mut body: Body) -> anyhow::Result<()> {
             _ = sigterm.recv() => break,
             () = until(deadline) => break,
         }
-        let written = out.write_all(&line).and_then(|()| out.flush());
-        if let Err(e) = written {
-            return super::ignore_broken_pipe(Err(e));
-        }
+        stdout::check(out.write_all(&line).and_then(|()| out.flush()))?;
         if let Some(n) = &mut left {
             *n -= 1;
         }
     }
-    super::ignore_broken_pipe(out.flush())
+    stdout::check(out.flush())
 }
 
 /// Tier 3: ctnetlink events of one namespace, overruns reported as `lost`.
 async fn run_tier3(args: &EventsArgs, printer: &mut Printer) -> anyhow::Result<()> {
     let (mut listener, inode) = tier3::subscribe(printer.filter.netns)?;
-    eprintln!(
-        "ctscope: tier 3 (ctnetlink events, netns {inode}): {}",
-        Tier::Ctnetlink.sees()
-    );
+    log::info!("tier 3 sees {}", Tier::Ctnetlink.sees());
     ready(args)?;
+    watching(&format!("{}, netns {inode}", tier_label(Tier::Ctnetlink)));
     let clock = Clock::new(ct_btf::kernel_hz().unwrap_or(0));
     let deadline = deadline(args);
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -210,29 +215,24 @@ async fn run_tier3(args: &EventsArgs, printer: &mut Printer) -> anyhow::Result<(
             _ = sigterm.recv() => break,
             () = until(deadline) => break,
         }
-        if let Err(e) = printer.flush() {
-            if e.kind() == io::ErrorKind::BrokenPipe {
-                break;
-            }
-            return Err(e).context("writing events");
-        }
+        printer.flush()?;
     }
     Ok(())
 }
 
 /// Filters, counts and writes records; keeps the first write error.
 struct Printer {
-    out: BufWriter<io::Stdout>,
+    out: stdout::Writer,
     format: Format,
     filter: Filter,
     remaining: Option<u64>,
-    error: Option<io::Error>,
+    error: Option<std::io::Error>,
 }
 
 impl Printer {
     fn new(format: Format, filter: Filter, count: Option<u64>) -> Self {
         Self {
-            out: BufWriter::new(io::stdout()),
+            out: stdout::writer(),
             format,
             filter,
             remaining: count,
@@ -278,15 +278,17 @@ impl Printer {
         }
     }
 
-    fn flush(&mut self) -> io::Result<()> {
+    fn flush(&mut self) -> anyhow::Result<()> {
         if let Some(e) = self.error.take() {
-            return Err(e);
+            return Err(stdout::error(e));
         }
-        self.out.flush()
+        stdout::check(self.out.flush())
     }
 }
 
-/// Says on stderr which tier runs when it is not the best one, and which hooks failed.
+/// Logs (at --log-level info) which tier runs, why, what it sees and which hooks
+/// failed; `ctscope probe` shows the same. Only what costs the user something is said
+/// on stderr by default.
 pub fn announce(probes: &Probes) {
     for h in probes.hooks.iter().filter(|h| !h.available) {
         log::info!(
@@ -295,14 +297,12 @@ pub fn announce(probes: &Probes) {
             h.reason.as_deref().unwrap_or("?")
         );
     }
-    if probes.tier != Tier::Kprobes {
-        eprintln!(
-            "ctscope: tier {} ({}). It sees: {}. Run `ctscope probe` for details.",
-            probes.tier.number(),
-            probes.tier_reason,
-            probes.tier.sees()
-        );
-    }
+    log::info!(
+        "tier {} ({}); it sees {}",
+        probes.tier.number(),
+        probes.tier_reason,
+        probes.tier.sees()
+    );
     if probes.tier == Tier::Tracepoints && probes.layout.ct_raw_bytes == ct_common::ABSENT {
         eprintln!(
             "ctscope: tier 2 reads entry fields one by one (--parsed-records, or this \

@@ -8,15 +8,15 @@ use super::Target;
 use crate::{
     cli::{ExpectArgs, ExpectOp},
     compat::output::expectation as expectation_line,
+    stdout,
 };
 
 fn print(x: &Expectation, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string(x)?);
+        stdout::line(serde_json::to_string(x)?)
     } else {
-        println!("{}", expectation_line(x));
+        stdout::line(expectation_line(x))
     }
-    Ok(())
 }
 
 pub async fn run(args: &ExpectArgs) -> anyhow::Result<()> {
@@ -34,7 +34,7 @@ pub async fn run(args: &ExpectArgs) -> anyhow::Result<()> {
             eprintln!("ctscope: {} expectations have been shown.", list.len());
         }
         ExpectOp::Get { tuple, json } => {
-            let t = tuple.tuple().unwrap_or_else(|e| e.exit());
+            let t = tuple.tuple().map_err(anyhow::Error::msg)?;
             match target
                 .run(async |ct| ct.get_expectation(&t).await)
                 .await?
@@ -45,7 +45,7 @@ pub async fn run(args: &ExpectArgs) -> anyhow::Result<()> {
             }
         }
         ExpectOp::Delete { tuple } => {
-            let t = tuple.tuple().unwrap_or_else(|e| e.exit());
+            let t = tuple.tuple().map_err(anyhow::Error::msg)?;
             target
                 .run(async |ct| ct.delete_expectation(&t).await)
                 .await?;
@@ -64,9 +64,9 @@ pub async fn run(args: &ExpectArgs) -> anyhow::Result<()> {
                 .await?
                 .map_or(0, |l| l.len());
             if *json {
-                println!("{}", serde_json::json!({ "count": n }));
+                stdout::line(serde_json::json!({ "count": n }))?;
             } else {
-                println!("{n}");
+                stdout::line(n)?;
             }
         }
     }

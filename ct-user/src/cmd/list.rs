@@ -2,18 +2,18 @@
 //! Lines, from one namespace or all of them.
 
 use std::{
-    io::{self, BufWriter, Write},
+    io::{self, Write},
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use ct_netlink::Entry;
 use serde::Serialize;
 
-use super::{Target, agent_scope, ignore_broken_pipe};
+use super::{Target, agent_scope};
 use crate::{
     agent::{self, protocol::Request},
     cli::ListArgs,
-    table_text,
+    stdout, table_text,
 };
 
 /// An entry as `--json` prints it: ct-netlink's fields, plus `netns` with --all-netns.
@@ -42,7 +42,7 @@ pub async fn run(args: &ListArgs) -> anyhow::Result<()> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let mut out = BufWriter::new(io::stdout());
+    let mut out = stdout::writer();
     let mut shown = 0;
     for target in Target::from_args(&args.netns)? {
         let Some(entries) = target.run(async |ct| ct.list(&filter).await).await? else {
@@ -55,13 +55,11 @@ pub async fn run(args: &ListArgs) -> anyhow::Result<()> {
             } else {
                 write_text(&mut out, entry, netns, now)
             };
-            if let Err(e) = written {
-                return ignore_broken_pipe(Err(e));
-            }
+            stdout::check(written)?;
         }
         shown += entries.len();
     }
-    ignore_broken_pipe(out.flush())?;
+    stdout::check(out.flush())?;
     // conntrack prints its summary on stderr, so stdout stays parseable.
     eprintln!("ctscope: {shown} flow entries have been shown.");
     Ok(())

@@ -185,11 +185,3 @@ fn resolve_netns(arg: &str) -> anyhow::Result<PathBuf> {
         Path::new(&path).display()
     )
 }
-
-/// Stdout write errors, with a closed pipe (`ctscope list | head`) counted as success.
-pub fn ignore_broken_pipe(r: io::Result<()>) -> anyhow::Result<()> {
-    match r {
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        other => Ok(other?),
-    }
-}

@@ -1,13 +1,12 @@
 //! `ctscope probe`.
 
-use crate::{cli::ProbeArgs, probe};
+use crate::{cli::ProbeArgs, probe, stdout};
 
 pub fn run(args: &ProbeArgs) -> anyhow::Result<()> {
     let report = probe::run();
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        stdout::line(serde_json::to_string(&report)?)
     } else {
-        print!("{}", probe::text(&report));
+        stdout::print(probe::text(&report))
     }
-    Ok(())
 }

@@ -11,6 +11,7 @@ use super::{Target, agent_scope};
 use crate::{
     agent::{self, protocol::Request, state::AgentStats},
     cli::StatsArgs,
+    stdout,
 };
 
 /// One namespace's statistics, as `--json` prints them.
@@ -58,9 +59,9 @@ pub async fn run(args: &StatsArgs) -> anyhow::Result<()> {
             ns.map(|n| n.names.clone()),
         );
         if args.json {
-            println!("{}", serde_json::to_string(&stats)?);
+            stdout::line(serde_json::to_string(&stats)?)?;
         } else {
-            print!("{}", stats.text());
+            stdout::print(stats.text())?;
         }
     }
     Ok(())
@@ -95,29 +96,28 @@ impl NsStats {
         }
     }
 
-    /// `conntrack -S` lines (`cpu=%-4u\t` then `name=value ` pairs), then
-    /// `entries=N max_entries=M`; each with `netns=INODE` appended under --all-netns.
+    /// `conntrack -S` lines (`cpu=%-4u\t` then `name=value` pairs, without conntrack's
+    /// trailing space), then `entries=N max_entries=M`; each with ` netns=INODE`
+    /// appended under --all-netns.
     pub fn text(&self) -> String {
-        let tag = self.netns.map(|n| format!("netns={n}")).unwrap_or_default();
+        let tag = self
+            .netns
+            .map(|n| format!(" netns={n}"))
+            .unwrap_or_default();
         let mut s = String::new();
         for cpu in &self.cpus {
-            s.push_str(&format!("cpu={:<4}\t", cpu.cpu));
-            for (name, v) in cpu.fields() {
-                s.push_str(&format!("{name}={v} "));
-            }
-            s.push_str(&tag);
-            s.push('\n');
+            let pairs: Vec<String> = cpu
+                .fields()
+                .into_iter()
+                .map(|(name, v)| format!("{name}={v}"))
+                .collect();
+            s.push_str(&format!("cpu={:<4}\t{}{tag}\n", cpu.cpu, pairs.join(" ")));
         }
         let mut global = format!("entries={}", self.entries);
         if let Some(max) = self.max_entries {
             global.push_str(&format!(" max_entries={max}"));
         }
-        if !tag.is_empty() {
-            global.push(' ');
-            global.push_str(&tag);
-        }
-        s.push_str(&global);
-        s.push('\n');
+        s.push_str(&format!("{global}{tag}\n"));
         if let Some(a) = &self.agent {
             s.push_str(&attribution_text(a, &tag));
         }
@@ -160,12 +160,12 @@ fn attribution_text(a: &AgentStats, tag: &str) -> String {
         rows.push(("clash_resolve", k, causes(&at.clash_resolved), u));
     }
     let mut s = format!(
-        "agent: watching since {:.0}, {} entries in its table {tag}\n",
+        "agent: watching since {:.0}, {} entries in its table{tag}\n",
         a.watched_since, a.table_entries
     );
     for (name, kernel, explained, left) in rows {
         s.push_str(&format!(
-            "{name}={kernel} attributed=[{explained}] unexplained={left} {tag}\n"
+            "{name}={kernel} attributed=[{explained}] unexplained={left}{tag}\n"
         ));
     }
     s
@@ -190,7 +190,7 @@ mod tests {
         let s = NsStats::new(vec![cpu(0, 2), cpu(1, 5)], global, None, None);
         assert_eq!(
             s.text(),
-            "cpu=0   \tfound=2 insert_failed=1 \ncpu=1   \tfound=5 insert_failed=1 \n\
+            "cpu=0   \tfound=2 insert_failed=1\ncpu=1   \tfound=5 insert_failed=1\n\
              entries=3 max_entries=100\n"
         );
         assert_eq!(s.totals["found"], 7);
@@ -198,6 +198,13 @@ mod tests {
         assert_eq!(
             tagged.text(),
             "cpu=0   \tfound=2 insert_failed=1 netns=9\nentries=3 max_entries=100 netns=9\n"
+        );
+        assert!(
+            !s.text()
+                .lines()
+                .chain(tagged.text().lines())
+                .any(|l| l.ends_with(' ')),
+            "no trailing spaces"
         );
     }
 }

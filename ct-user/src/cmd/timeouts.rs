@@ -14,7 +14,6 @@ use serde::Serialize;
 use super::{
     Target,
     diagnose::{block, header, names_of},
-    ignore_broken_pipe,
 };
 use crate::{
     agent::{
@@ -24,6 +23,7 @@ use crate::{
     cli::TimeoutsArgs,
     diagnose::{Composition, Evidence, Finding, rules},
     lifetimes::{Histogram, Lifetimes, state_label},
+    stdout,
 };
 
 /// One namespace's report (`--json`: one object per line).
@@ -77,12 +77,11 @@ pub async fn run(args: &TimeoutsArgs) -> anyhow::Result<()> {
             r.lifetimes = Some(by_netns.remove(&r.netns).unwrap_or_default());
         }
     }
-    let mut out = io::stdout().lock();
-    ignore_broken_pipe(
-        reports
-            .iter()
-            .try_for_each(|r| write(&mut out, r, args.json)),
-    )
+    let mut out = stdout::writer();
+    let written = reports
+        .iter()
+        .try_for_each(|r| write(&mut out, r, args.json));
+    stdout::check(written.and_then(|()| out.flush()))
 }
 
 /// How long the flows that ended in each of the namespaces `netns` lived, by namespace

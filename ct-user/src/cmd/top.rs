@@ -3,19 +3,17 @@
 //! biggest groups, like
 //! `sed -ne 's/^.*src=\([^ ]*\).*/\1/p' /proc/net/nf_conntrack | sort | uniq -c | sort -rn`.
 
-use std::{
-    collections::HashMap,
-    io::{self, Write},
-};
+use std::collections::HashMap;
 
 use ct_netlink::{Entry, proto};
 use serde::Serialize;
 
-use super::{Target, agent_scope, ignore_broken_pipe};
+use super::{Target, agent_scope};
 use crate::{
     agent::{self, protocol::Request},
     cli::{TopArgs, TopBy},
     lifetimes::state_label,
+    stdout,
 };
 
 /// One key and how many entries have it.
@@ -60,8 +58,7 @@ pub async fn run(args: &TopArgs) -> anyhow::Result<()> {
         dump.iter().for_each(|e| counter.add(e, inode));
     }
     let top = counter.top(args.n);
-    let mut out = io::stdout().lock();
-    ignore_broken_pipe(out.write_all(&render(&top, args.json)))?;
+    stdout::bytes(&render(&top, args.json))?;
     if !args.json {
         eprintln!(
             "ctscope: {} entries, {} distinct {} values.",

@@ -34,6 +34,7 @@ use crate::{
     loader::{self, LoadError, Tier},
     netns,
     source::{EventSource, Output},
+    stdout,
 };
 
 /// How often the summary line is printed when stdout is not a terminal.
@@ -96,7 +97,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
                     next_round = (resync > 0.0).then(|| Instant::now() + period(resync, took));
                     if !ready {
                         ready = true;
-                        announce(args, &path, &agent)?;
+                        announce(args, &path, tier, &agent)?;
                     }
                 }
             }
@@ -106,7 +107,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
                 dumps.round(&mut agent);
             }
             _ = redraw.tick(), if view.is_some() => {
-                if view.as_mut().is_some_and(|v| !v.show(&agent)) {
+                if let Some(v) = view.as_mut() && !v.show(&agent)? {
                     break;
                 }
             }
@@ -144,20 +145,18 @@ impl Live {
         }
     }
 
-    /// Shows one frame; false when the user asked to quit.
-    fn show(&mut self, agent: &Agent) -> bool {
+    /// Shows one frame; false when the user asked to quit, [`stdout::Closed`] when
+    /// nobody reads the summary lines any more.
+    fn show(&mut self, agent: &Agent) -> anyhow::Result<bool> {
         let snapshot = self.view.snapshot(agent);
         match self.tui.as_mut() {
             Some(tui) => {
                 if let Err(e) = tui.draw(&snapshot) {
                     log::warn!("drawing the view: {e}");
                 }
-                !tui.quit_requested()
+                Ok(!tui.quit_requested())
             }
-            None => {
-                println!("{}", snapshot.summary());
-                true
-            }
+            None => stdout::line(snapshot.summary()).map(|()| true),
         }
     }
 }
@@ -176,9 +175,7 @@ async fn status(path: &std::path::Path) -> anyhow::Result<()> {
 /// The probes of the tier asked for, or the best; `None` for tier 3 (no BPF).
 fn attach(args: &WatchArgs) -> anyhow::Result<Option<loader::Probes>> {
     if args.tier == Some(Tier::Ctnetlink) {
-        eprintln!(
-            "ctscope: tier 3 (forced, degraded): the table from dumps only, no causes or reasons"
-        );
+        log::info!("tier 3 (forced): the table from dumps only, no causes or reasons");
         return Ok(None);
     }
     match loader::load(loader::LoadOptions::new(args.ring_size, args.tier)) {
@@ -187,9 +184,10 @@ fn attach(args: &WatchArgs) -> anyhow::Result<Option<loader::Probes>> {
             Ok(Some(p))
         }
         Err(e @ (LoadError::Tier(..) | LoadError::Btf(_))) if args.tier.is_none() => {
+            log::info!("no BPF tier: {e}");
             eprintln!(
-                "ctscope: warning: no BPF tier on this kernel ({e}); the agent runs on tier 3 \
-                 (degraded): the table from dumps only, no causes or reasons"
+                "ctscope: warning: no BPF tier on this kernel: the agent runs on tier 3, the \
+                 table from dumps only, no causes or reasons (`ctscope probe` says why)"
             );
             Ok(None)
         }
@@ -211,11 +209,23 @@ async fn baselines() -> Vec<(u32, Kernel)> {
     out
 }
 
-fn announce(args: &WatchArgs, path: &std::path::Path, agent: &Agent) -> anyhow::Result<()> {
+/// The one line that says the agent is ready: its tier, socket and table.
+fn announce(
+    args: &WatchArgs,
+    path: &std::path::Path,
+    tier: Tier,
+    agent: &Agent,
+) -> anyhow::Result<()> {
+    // The agent's tier 3 keeps its table from dumps, not from ctnetlink events.
+    let how = match tier {
+        Tier::Ctnetlink => "dumps only",
+        t => t.label(),
+    };
     eprintln!(
-        "ctscope: agent ready on {} (tier {}): {} entries in {} namespaces",
+        "ctscope: watching (tier {}: {how}; agent on {}, {} entries in {} namespaces), \
+         Ctrl-C to stop",
+        tier.number(),
         path.display(),
-        agent.tier,
         agent.table.len(),
         agent.namespaces().len()
     );

@@ -12,7 +12,9 @@ pub(crate) mod output;
 pub mod parse;
 mod run;
 
-use std::process::ExitCode;
+use std::{io::Write as _, process::ExitCode};
+
+use crate::stdout::CStdout;
 
 /// The version conntrack-tools reports; ctscope speaks its 1.4.7 dialect.
 pub const VERSION: &str = "1.4.7";
@@ -63,6 +65,13 @@ impl Fail {
     }
 }
 
+/// conntrack dies of SIGPIPE when its stdout is closed (status 141 in a shell, nothing
+/// on stderr); Rust ignores the signal, so put the default back to do the same.
+fn die_on_sigpipe() {
+    // SAFETY: installs the default disposition, no handler; no other thread runs yet.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, Fail> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -72,6 +81,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, Fail> {
 
 /// Runs a conntrack command line (the arguments after `conntrack`).
 pub fn main(args: &[String]) -> ExitCode {
+    die_on_sigpipe();
     // ctscope's `--netns NS` may come first, also before -R.
     let (netns, rest) = match args {
         [flag, ns, rest @ ..] if flag == "--netns" => (Some(ns.clone()), rest),
@@ -82,30 +92,35 @@ pub fn main(args: &[String]) -> ExitCode {
     };
     // conntrack takes -R only as the first argument and with a file after it; anything
     // after the file is ignored.
+    let mut out = CStdout::new();
     let result = if rest.len() > 1 && matches!(rest[0].as_str(), "-R" | "--load-file") {
-        load_file(&rest[1], netns)
+        load_file(&rest[1], netns, &mut out)
     } else {
         parse::parse(args).and_then(|p| {
             for w in &p.warnings {
                 eprintln!("{w}");
             }
-            runtime()?.block_on(run::run(&p))
+            runtime()?.block_on(run::run(&p, &mut out))
         })
     };
-    match result {
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             f.report();
             ExitCode::from(f.exit_code() as u8)
         }
-    }
+    };
+    // conntrack's exit flushes stdout after its messages on stderr: a closed pipe kills
+    // it here, with its summary already said.
+    let _ = out.flush();
+    code
 }
 
 /// `-R FILE` (`-` for stdin): every line is a conntrack command line; all are parsed
 /// first (a parameter problem stops before anything runs), only -I, -A, -U, -D and -F
 /// are allowed, then they run in order without summaries; the first failed operation
 /// stops with its error.
-fn load_file(name: &str, netns: Option<String>) -> Result<(), Fail> {
+fn load_file(name: &str, netns: Option<String>, out: &mut CStdout) -> Result<(), Fail> {
     let name = if name == "-" { "/dev/stdin" } else { name };
     let text = std::fs::read(name)
         .map_err(|_| Fail::Param(format!("Failed to open file {name} for reading")))?;
@@ -162,7 +177,7 @@ fn load_file(name: &str, netns: Option<String>) -> Result<(), Fail> {
     }
     let rt = runtime()?;
     for p in &cmds {
-        rt.block_on(run::run(p))?;
+        rt.block_on(run::run(p, out))?;
     }
     Ok(())
 }

@@ -19,6 +19,7 @@ use super::{
     parse::{AddrArg, Cmd, NatArg, Parsed, ProtoKind, TableArg, ev, opt, out},
     prefix,
 };
+use crate::stdout::CStdout;
 
 fn now() -> u64 {
     SystemTime::now()
@@ -81,25 +82,26 @@ fn summary(p: &Parsed, cmd: Cmd, counter: usize) -> Result<(), Fail> {
 }
 
 fn stdout_line(out: &mut impl Write, line: &str) -> Result<(), Fail> {
-    match writeln!(out, "{line}") {
-        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
-            Err(Fail::Other(format!("write error: {e}")))
-        }
-        _ => Ok(()),
-    }
+    stdout_text(out, &format!("{line}\n"))
 }
 
-pub async fn run(p: &Parsed) -> Result<(), Fail> {
+/// A write to conntrack's stdout. A closed pipe never returns here: SIGPIPE ends the
+/// process, as it ends conntrack.
+fn stdout_text(out: &mut impl Write, text: &str) -> Result<(), Fail> {
+    out.write_all(text.as_bytes())
+        .map_err(|e| Fail::Other(format!("write error: {e}")))
+}
+
+/// Runs one command, writing its stdout to `so` (flushed by the caller when conntrack
+/// would flush it: at exit).
+pub async fn run(p: &Parsed, so: &mut CStdout) -> Result<(), Fail> {
     let cmd = p.cmd.unwrap_or(Cmd::Help);
     match cmd {
         Cmd::Version => {
-            println!("conntrack v{} (conntrack-tools)", super::VERSION);
-            return Ok(());
+            let version = format!("conntrack v{} (conntrack-tools)", super::VERSION);
+            return stdout_line(so, &version);
         }
-        Cmd::Help => {
-            print!("{}", usage());
-            return Ok(());
-        }
+        Cmd::Help => return stdout_text(so, &usage()),
         Cmd::ExpCreate | Cmd::ExpEvent | Cmd::ExpStats => {
             return Err(Fail::Unsupported(
                 "-I expect, -E expect and -S expect (use `ctscope expect`)".into(),
@@ -114,8 +116,6 @@ pub async fn run(p: &Parsed) -> Result<(), Fail> {
         Some(libc::ENOENT) => Fail::Other(format!("{e}")),
         _ => Fail::Other("Can't open handler".into()),
     })?;
-    let stdout = io::stdout();
-    let mut so = stdout.lock();
     match cmd {
         Cmd::List => {
             if p.table == TableArg::Conntrack
@@ -145,16 +145,15 @@ pub async fn run(p: &Parsed) -> Result<(), Fail> {
             let mut counter = 0;
             for e in entries.iter().filter(|e| matches(p, e)) {
                 if counter == 0 && xml(p) {
-                    stdout_line(&mut so, output::XML_HEADER)?;
+                    stdout_line(so, output::XML_HEADER)?;
                 }
-                stdout_line(&mut so, &render(p, e, now, Printer::Dump))?;
+                stdout_line(so, &render(p, e, now, Printer::Dump))?;
                 counter += 1;
             }
             // conntrack closes the document only for the main table.
             if counter > 0 && xml(p) && plain {
-                stdout_line(&mut so, output::XML_FOOTER)?;
+                stdout_line(so, output::XML_FOOTER)?;
             }
-            drop(so);
             summary(p, cmd, counter)
         }
         Cmd::Get => {
@@ -170,15 +169,13 @@ pub async fn run(p: &Parsed) -> Result<(), Fail> {
                 ));
             };
             if !labels_match(p, &e) {
-                drop(so);
                 return summary(p, cmd, 0);
             }
             // -G opens the XML document and never closes it, as conntrack does.
             if xml(p) {
-                stdout_line(&mut so, output::XML_HEADER)?;
+                stdout_line(so, output::XML_HEADER)?;
             }
-            stdout_line(&mut so, &render(p, &e, now(), Printer::Dump))?;
-            drop(so);
+            stdout_line(so, &render(p, &e, now(), Printer::Dump))?;
             summary(p, cmd, 1)
         }
         Cmd::Delete => {
@@ -197,10 +194,9 @@ pub async fn run(p: &Parsed) -> Result<(), Fail> {
                     Err(ct_netlink::Error::NotFound { .. }) => continue,
                     Err(err) => return Err(failed(cmd)(err)),
                 }
-                stdout_line(&mut so, &render(p, e, now, Printer::Delete))?;
+                stdout_line(so, &render(p, e, now, Printer::Delete))?;
                 counter += 1;
             }
-            drop(so);
             summary(p, cmd, counter)
         }
         Cmd::Update => {
@@ -221,13 +217,12 @@ pub async fn run(p: &Parsed) -> Result<(), Fail> {
                 }
                 match ct.get(&e.orig, e.zone).await.map_err(failed(cmd))? {
                     Some(after) => {
-                        stdout_line(&mut so, &render(p, &after, now, Printer::Update))?;
+                        stdout_line(so, &render(p, &after, now, Printer::Update))?;
                     }
                     None => continue,
                 }
                 counter += 1;
             }
-            drop(so);
             summary(p, cmd, counter)
         }
         Cmd::Create | Cmd::Add => {
@@ -244,7 +239,6 @@ pub async fn run(p: &Parsed) -> Result<(), Fail> {
                 }
                 Err(e) => return Err(failed(cmd)(e)),
             }
-            drop(so);
             summary(p, cmd, 1)
         }
         Cmd::Flush => {
@@ -254,7 +248,7 @@ pub async fn run(p: &Parsed) -> Result<(), Fail> {
         }
         Cmd::Count => {
             let n = ct.count().await.map_err(failed(cmd))?;
-            stdout_line(&mut so, &n.to_string())
+            stdout_line(so, &n.to_string())
         }
         Cmd::Stats => {
             let cpus = ct.stats_cpu().await.map_err(failed(cmd))?;
@@ -263,21 +257,20 @@ pub async fn run(p: &Parsed) -> Result<(), Fail> {
                 for (name, v) in c.fields() {
                     line.push_str(&format!("{name}={v} "));
                 }
-                stdout_line(&mut so, &line)?;
+                stdout_line(so, &line)?;
             }
             Ok(())
         }
         Cmd::ExpList => {
             let list = ct.expectations(p.family).await.map_err(failed(cmd))?;
             for x in &list {
-                stdout_line(&mut so, &output::expectation(x))?;
+                stdout_line(so, &output::expectation(x))?;
             }
-            drop(so);
             summary(p, cmd, list.len())
         }
         Cmd::ExpCount => {
             let list = ct.expectations(p.family).await.map_err(failed(cmd))?;
-            stdout_line(&mut so, &list.len().to_string())
+            stdout_line(so, &list.len().to_string())
         }
         Cmd::ExpFlush => {
             ct.flush_expectations(p.family).await.map_err(failed(cmd))?;
@@ -293,13 +286,12 @@ pub async fn run(p: &Parsed) -> Result<(), Fail> {
             if cmd == Cmd::ExpDelete {
                 ct.delete_expectation(&tuple).await.map_err(failed(cmd))?;
                 // conntrack counts nothing here, so it reports 0 and exits 1.
-                drop(so);
                 return summary(p, cmd, 0);
             }
             let found: Option<Expectation> =
                 ct.get_expectation(&tuple).await.map_err(failed(cmd))?;
             match found {
-                Some(x) => stdout_line(&mut so, &output::expectation(&x)),
+                Some(x) => stdout_line(so, &output::expectation(&x)),
                 None => Err(Fail::Other(
                     "Operation failed: No such file or directory".into(),
                 )),
@@ -307,8 +299,7 @@ pub async fn run(p: &Parsed) -> Result<(), Fail> {
         }
         Cmd::Event => {
             check_masks(p)?;
-            drop(so);
-            events(p).await
+            events(p, so).await
         }
         _ => Err(Fail::Unsupported(format!("{cmd:?}"))),
     }
@@ -383,7 +374,7 @@ fn open(p: &Parsed) -> ct_netlink::Result<Conntrack> {
 }
 
 /// `-E`: stream events until SIGINT/SIGTERM, then the summary (exit 0).
-async fn events(p: &Parsed) -> Result<(), Fail> {
+async fn events(p: &Parsed, so: &mut CStdout) -> Result<(), Fail> {
     let mut groups = None;
     let mask = if p.options & opt::EVENT_MASK != 0 {
         p.event_mask
@@ -441,8 +432,8 @@ async fn events(p: &Parsed) -> Result<(), Fail> {
                     line.push_str(&format!("[{}.{:06}]\t", t.as_secs(), t.subsec_micros()));
                 }
                 line.push_str(&render(p, &entry, now(), Printer::Event(kind)));
-                let mut so = io::stdout().lock();
-                stdout_line(&mut so, &line)?;
+                // conntrack flushes each event.
+                stdout_line(so, &line)?;
                 let _ = so.flush();
                 counter += 1;
             }
@@ -459,8 +450,7 @@ async fn events(p: &Parsed) -> Result<(), Fail> {
         }
     }
     if counter > 0 && xml(p) {
-        let mut so = io::stdout().lock();
-        stdout_line(&mut so, output::XML_FOOTER)?;
+        stdout_line(so, output::XML_FOOTER)?;
         let _ = so.flush();
     }
     eprintln!("{}{counter} flow events have been shown.", prefix());

@@ -329,13 +329,18 @@ pub fn count_and_stats() {
         "count --all-netns has no line {want:?}:\n{all}"
     );
 
+    // conntrack ends each line with a space; ctscope's own `stats` does not.
     let cpu_lines = |text: &str| -> Vec<String> {
         text.lines()
             .filter(|l| l.starts_with("cpu="))
-            .map(str::to_owned)
+            .map(|l| l.trim_end().to_owned())
             .collect()
     };
     let ours = t.ctscope(&["stats"]);
+    assert!(
+        !ours.lines().any(|l| l.ends_with(' ')),
+        "stats lines end without a space:\n{ours:?}"
+    );
     let theirs = t.conntrack(&["-S"]);
     assert!(!cpu_lines(&theirs).is_empty(), "conntrack -S:\n{theirs}");
     assert_eq!(
