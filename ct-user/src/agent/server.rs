@@ -112,5 +112,5 @@ async fn read_request(
         Ok(Err(e)) => return Err(format!("reading the request: {e}")),
         _ => return Err("no request: send one JSON object and a newline".into()),
     }
-    serde_json::from_str(&line).map_err(|e| format!("bad request: {e}"))
+    Request::parse(line.as_bytes())
 }

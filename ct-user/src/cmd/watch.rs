@@ -164,7 +164,7 @@ impl Live {
 
 /// `--status`: the running agent's answer to `status`.
 async fn status(path: &std::path::Path) -> anyhow::Result<()> {
-    match client::ask(path, &Request::Status).await? {
+    match client::ask(path, &Request::Status {}).await? {
         Some(mut body) => client::copy_lines(&mut body).await.map(drop),
         None => anyhow::bail!(
             "no agent listens on {}: start one with `ctscope watch`",
