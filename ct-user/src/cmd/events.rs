@@ -2,7 +2,6 @@
 //! duration or a signal ends it.
 
 use std::{
-    fs,
     io::{self, BufWriter, Write},
     time::Duration,
 };
@@ -110,10 +109,7 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
 }
 
 fn ready(args: &EventsArgs) -> anyhow::Result<()> {
-    if let Some(path) = &args.ready_file {
-        fs::write(path, b"ready\n").with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+    super::create_ready_file(args.ready_file.as_deref())
 }
 
 /// When `--duration` ends the stream, counted from now.

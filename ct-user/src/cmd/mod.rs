@@ -27,6 +27,27 @@ use ct_netlink::Conntrack;
 
 use crate::{agent::protocol::Scope, cli::NetnsArgs, netns, sysctl};
 
+/// `--ready-file`: creates a new file saying `ready`. It never replaces or follows what is
+/// there (a root agent must not overwrite a file a wrong path names).
+pub fn create_ready_file(path: Option<&Path>) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let Some(path) = path else { return Ok(()) };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => anyhow::anyhow!(
+                "--ready-file {} exists: ctscope creates a new file and overwrites nothing; \
+                 remove it or give a path that does not exist",
+                path.display()
+            ),
+            _ => anyhow::anyhow!("creating --ready-file {}: {e}", path.display()),
+        })?;
+    file.write_all(b"ready\n")?;
+    Ok(())
+}
+
 /// A namespace a table command talks to.
 #[derive(Debug)]
 pub struct Target {
@@ -191,5 +212,30 @@ pub fn ignore_broken_pipe(r: io::Result<()>) -> anyhow::Result<()> {
     match r {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         other => Ok(other?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_file_overwrites_nothing() {
+        let dir = std::env::temp_dir().join(format!("ctscope-ready-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let ready = dir.join("ready");
+        create_ready_file(Some(&ready)).unwrap();
+        assert_eq!(std::fs::read_to_string(&ready).unwrap(), "ready\n");
+        let kept = dir.join("kept");
+        std::fs::write(&kept, "data\n").unwrap();
+        let err = create_ready_file(Some(&kept)).unwrap_err();
+        assert!(err.to_string().contains("overwrites nothing"), "{err}");
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&kept, &link).unwrap();
+        assert!(create_ready_file(Some(&link)).is_err());
+        assert_eq!(std::fs::read_to_string(&kept).unwrap(), "data\n");
+        create_ready_file(None).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

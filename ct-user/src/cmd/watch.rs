@@ -4,13 +4,11 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    fs,
     io::IsTerminal as _,
     path::PathBuf,
     time::Duration,
 };
 
-use anyhow::Context as _;
 use ct_netlink::{Conntrack, Entry};
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -219,10 +217,7 @@ fn announce(args: &WatchArgs, path: &std::path::Path, agent: &Agent) -> anyhow::
         agent.table.len(),
         agent.namespaces().len()
     );
-    if let Some(p) = &args.ready_file {
-        fs::write(p, b"ready\n").with_context(|| format!("writing {}", p.display()))?;
-    }
-    Ok(())
+    super::create_ready_file(args.ready_file.as_deref())
 }
 
 /// The time between dump rounds: `--resync`, stretched so dumps of a huge table take at
