@@ -839,9 +839,9 @@ pub struct EventsArgs {
 #[derive(Debug, Args, Default)]
 pub struct FilterArgs {
     /// Only these kinds (comma-separated): new, destroy, insert_failed, clash_resolved,
-    /// table_full, early_drop.
+    /// table_full, early_drop, lost (lost records are shown whatever the filter).
     #[arg(long, value_delimiter = ',', value_name = "KIND",
-          value_parser = clap::builder::PossibleValuesParser::new(KINDS))]
+          value_parser = clap::builder::PossibleValuesParser::new(filter::KINDS))]
     pub kind: Vec<String>,
 
     /// Only this network namespace: a name under /run/netns, a path such as
@@ -877,15 +877,6 @@ pub struct FilterArgs {
     #[arg(long, value_name = "PORT")]
     pub dport: Option<u16>,
 }
-
-pub const KINDS: [&str; 6] = [
-    "new",
-    "destroy",
-    "insert_failed",
-    "clash_resolved",
-    "table_full",
-    "early_drop",
-];
 
 impl FilterArgs {
     pub fn resolve(&self) -> filter::Filter {

@@ -168,10 +168,15 @@ impl Header {
     }
 }
 
-/// The socket path a command uses: `--socket`, else `CTSCOPE_SOCKET`, else the default.
+/// The socket path a command uses: `--socket`, else `CTSCOPE_SOCKET` (unless empty),
+/// else the default.
 pub fn socket_path(flag: Option<&Path>) -> std::path::PathBuf {
     flag.map(Path::to_path_buf)
-        .or_else(|| std::env::var_os("CTSCOPE_SOCKET").map(Into::into))
+        .or_else(|| {
+            std::env::var_os("CTSCOPE_SOCKET")
+                .filter(|v| !v.is_empty())
+                .map(Into::into)
+        })
         .unwrap_or_else(|| DEFAULT_SOCKET.into())
 }
 
