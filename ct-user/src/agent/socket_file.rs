@@ -228,22 +228,11 @@ mod tests {
     use super::*;
 
     /// A fresh directory of ours, 0700, removed at the end.
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir()
-                .join(format!("ctscope-socket-file-{name}-{}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
-            Scratch(dir)
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
+    fn scratch() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("ctscope-socket-file-")
+            .tempdir()
+            .unwrap()
     }
 
     #[test]
@@ -278,14 +267,14 @@ mod tests {
 
     #[test]
     fn refuses_a_regular_file_and_a_symlink_and_keeps_them() {
-        let s = Scratch::new("refuse");
-        let file = s.0.join("data");
+        let s = scratch();
+        let file = s.path().join("data");
         fs::write(&file, "data\n").unwrap();
         let err = SocketFile::bind(&file).unwrap_err();
         assert!(err.to_string().contains("a regular file"), "{err}");
         assert_eq!(fs::read_to_string(&file).unwrap(), "data\n");
 
-        let link = s.0.join("link");
+        let link = s.path().join("link");
         std::os::unix::fs::symlink(&file, &link).unwrap();
         let err = SocketFile::bind(&link).unwrap_err();
         assert!(err.to_string().contains("a symbolic link"), "{err}");
@@ -297,14 +286,14 @@ mod tests {
         );
         assert_eq!(fs::read_to_string(&file).unwrap(), "data\n");
 
-        let err = SocketFile::bind(&s.0).unwrap_err();
+        let err = SocketFile::bind(s.path()).unwrap_err();
         assert!(err.to_string().contains("a directory"), "{err}");
     }
 
     #[test]
     fn replaces_a_stale_socket_refuses_a_live_one() {
-        let s = Scratch::new("stale");
-        let path = s.0.join("agent.sock");
+        let s = scratch();
+        let path = s.path().join("agent.sock");
         drop(UnixListener::bind(&path).unwrap());
         let (listener, file) = SocketFile::bind(&path).expect("a stale socket is replaced");
         let mode = fs::symlink_metadata(&path).unwrap().mode();
@@ -318,8 +307,8 @@ mod tests {
 
     #[test]
     fn keeps_a_socket_that_replaced_its_own() {
-        let s = Scratch::new("replaced");
-        let path = s.0.join("agent.sock");
+        let s = scratch();
+        let path = s.path().join("agent.sock");
         let (_listener, file) = SocketFile::bind(&path).unwrap();
         fs::remove_file(&path).unwrap();
         let _other = UnixListener::bind(&path).unwrap();
@@ -332,19 +321,19 @@ mod tests {
 
     #[test]
     fn creates_a_missing_directory_0700() {
-        let s = Scratch::new("mkdir");
-        let path = s.0.join("a/b/agent.sock");
+        let s = scratch();
+        let path = s.path().join("a/b/agent.sock");
         let (_listener, file) = SocketFile::bind(&path).unwrap();
-        let mode = fs::metadata(s.0.join("a/b")).unwrap().mode();
+        let mode = fs::metadata(s.path().join("a/b")).unwrap().mode();
         assert_eq!(mode & 0o777, 0o700);
         assert_eq!(file.path(), path);
     }
 
     #[test]
     fn refuses_a_group_writable_directory() {
-        let s = Scratch::new("writable");
-        fs::set_permissions(&s.0, fs::Permissions::from_mode(0o770)).unwrap();
-        let err = SocketFile::bind(&s.0.join("agent.sock")).unwrap_err();
+        let s = scratch();
+        fs::set_permissions(s.path(), fs::Permissions::from_mode(0o770)).unwrap();
+        let err = SocketFile::bind(&s.path().join("agent.sock")).unwrap_err();
         assert!(err.to_string().contains("mode 0770"), "{err}");
     }
 }

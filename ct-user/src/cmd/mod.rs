@@ -221,9 +221,8 @@ mod tests {
 
     #[test]
     fn ready_file_overwrites_nothing() {
-        let dir = std::env::temp_dir().join(format!("ctscope-ready-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let ready = dir.join("ready");
         create_ready_file(Some(&ready)).unwrap();
         assert_eq!(std::fs::read_to_string(&ready).unwrap(), "ready\n");
@@ -236,6 +235,5 @@ mod tests {
         assert!(create_ready_file(Some(&link)).is_err());
         assert_eq!(std::fs::read_to_string(&kept).unwrap(), "data\n");
         create_ready_file(None).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -9,7 +9,7 @@ use std::{
         fs::{DirBuilderExt as _, MetadataExt as _},
         net::{UnixListener, UnixStream},
     },
-    path::{Path, PathBuf},
+    path::Path,
     time::Duration,
 };
 
@@ -25,16 +25,20 @@ const FOREIGN_UID: u32 = 65534;
 /// exits 1 naming why; a stale socket is replaced; a live one is not taken over; on
 /// SIGTERM the agent removes its own socket and no one else's.
 pub fn socket_path() {
-    let scratch = Scratch::new();
+    // Private (0700), so the agent accepts it as the socket's directory.
+    let scratch = tempfile::Builder::new()
+        .prefix("ctscope-socket-")
+        .tempdir()
+        .unwrap();
 
-    let file = scratch.0.join("precious");
+    let file = scratch.path().join("precious");
     fs::write(&file, "keep me\n").unwrap();
     for via in [SocketVia::Flag, SocketVia::Env] {
         refused(&file, via, "is a regular file, not a socket");
         assert_eq!(fs::read_to_string(&file).unwrap(), "keep me\n");
     }
 
-    let link = scratch.0.join("link");
+    let link = scratch.path().join("link");
     std::os::unix::fs::symlink(&file, &link).unwrap();
     refused(&link, SocketVia::Flag, "is a symbolic link, not a socket");
     assert!(
@@ -45,7 +49,7 @@ pub fn socket_path() {
     );
     assert_eq!(fs::read_to_string(&file).unwrap(), "keep me\n");
 
-    let foreign = scratch.0.join("foreign");
+    let foreign = scratch.path().join("foreign");
     fs::DirBuilder::new().mode(0o755).create(&foreign).unwrap();
     std::os::unix::fs::chown(&foreign, Some(FOREIGN_UID), None).unwrap();
     refused(
@@ -63,7 +67,7 @@ pub fn socket_path() {
     refused(&foreign, SocketVia::Flag, "is a directory, not a socket");
 
     // Bound, then closed: no one listens.
-    let stale = scratch.0.join("stale.sock");
+    let stale = scratch.path().join("stale.sock");
     drop(UnixListener::bind(&stale).unwrap());
     let agent = Agent::try_start(&stale, SocketVia::Flag, TIER3)
         .unwrap_or_else(|e| panic!("a stale socket was not replaced: {e:?}"));
@@ -79,7 +83,7 @@ pub fn socket_path() {
     assert!(!exists(&stale), "the agent left its socket behind");
 
     // Someone else's socket at the path after the agent started: it stays.
-    let path = scratch.0.join("replaced.sock");
+    let path = scratch.path().join("replaced.sock");
     let agent = Agent::try_start(&path, SocketVia::Flag, TIER3).unwrap();
     fs::remove_file(&path).unwrap();
     let _other = UnixListener::bind(&path).unwrap();
@@ -173,22 +177,4 @@ fn refused(socket: &Path, via: SocketVia, reason: &str) {
 
 fn exists(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok()
-}
-
-/// A private directory (0700) for this trial's paths, removed at the end.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("ctscope-socket-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
 }
