@@ -2,6 +2,7 @@
 //! what the CLI asks: `list`, `stats`, `watch --status`.
 
 use std::{
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
     time::Duration,
@@ -12,13 +13,15 @@ use nix::{
     unistd::Pid,
 };
 use serde_json::Value;
+use tempfile::TempDir;
 
 use crate::{ctscope, wait};
 
 /// A running agent, stopped (SIGTERM, then waited for) on drop.
 pub struct Agent {
     child: Child,
-    dir: PathBuf,
+    /// Its ready file and log (and its socket, unless given one); removed on drop.
+    _dir: TempDir,
     socket: PathBuf,
 }
 
@@ -43,7 +46,7 @@ impl Agent {
     /// until its table is seeded and its socket answers.
     pub fn start(extra: &[&str]) -> Self {
         let dir = private_dir();
-        let socket = dir.join("agent.sock");
+        let socket = dir.path().join("agent.sock");
         Self::launch(dir, socket, SocketVia::Flag, extra, false)
             .unwrap_or_else(|e| panic!("ctscope watch exited before it was ready: {}", e.status))
     }
@@ -61,14 +64,14 @@ impl Agent {
 
     /// Runs the agent with its ready file (and, when `capture`, its stderr) in `dir`.
     fn launch(
-        dir: PathBuf,
+        dir: TempDir,
         socket: PathBuf,
         via: SocketVia,
         extra: &[&str],
         capture: bool,
     ) -> Result<Self, Exited> {
-        let ready = dir.join("ready");
-        let log = dir.join("stderr");
+        let ready = dir.path().join("ready");
+        let log = dir.path().join("stderr");
         let stderr = if capture {
             Stdio::from(std::fs::File::create(&log).expect("agent stderr file"))
         } else {
@@ -89,7 +92,11 @@ impl Agent {
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
-        let mut agent = Agent { child, dir, socket };
+        let mut agent = Agent {
+            child,
+            _dir: dir,
+            socket,
+        };
         let mut exited = None;
         let up = wait::poll(ctscope::ready_timeout(), Duration::from_millis(50), || {
             if let Ok(Some(status)) = agent.child.try_wait() {
@@ -185,17 +192,14 @@ impl Agent {
     }
 }
 
-/// A fresh directory for one agent's ready file and log, removed with the agent.
-fn private_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "ctscope-agent-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    ));
-    std::fs::create_dir_all(&dir).expect("agent test dir");
-    dir
+/// A fresh directory, 0700 whatever the umask (the agent refuses to put its socket in
+/// one others may write), removed on drop.
+pub fn private_dir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("ctscope-agent-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .expect("agent test dir")
 }
 
 impl Drop for Agent {
@@ -203,6 +207,5 @@ impl Drop for Agent {
         if self.child.try_wait().ok().flatten().is_none() {
             self.terminate();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

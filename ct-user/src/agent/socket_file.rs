@@ -231,6 +231,7 @@ mod tests {
     fn scratch() -> tempfile::TempDir {
         tempfile::Builder::new()
             .prefix("ctscope-socket-file-")
+            .permissions(fs::Permissions::from_mode(0o700))
             .tempdir()
             .unwrap()
     }

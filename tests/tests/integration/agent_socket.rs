@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use ctscope_tests::agent::{Agent, SocketVia};
+use ctscope_tests::agent::{self, Agent, SocketVia};
 use serde_json::Value;
 
 const TIER3: &[&str] = &["--tier", "3"];
@@ -25,11 +25,7 @@ const FOREIGN_UID: u32 = 65534;
 /// exits 1 naming why; a stale socket is replaced; a live one is not taken over; on
 /// SIGTERM the agent removes its own socket and no one else's.
 pub fn socket_path() {
-    // Private (0700), so the agent accepts it as the socket's directory.
-    let scratch = tempfile::Builder::new()
-        .prefix("ctscope-socket-")
-        .tempdir()
-        .unwrap();
+    let scratch = agent::private_dir();
 
     let file = scratch.path().join("precious");
     fs::write(&file, "keep me\n").unwrap();
