@@ -113,14 +113,7 @@ impl Request {
         let Value::Object(mut wire) = value else {
             return Err(r#"bad request: send one JSON object, such as {"op":"status"}"#.into());
         };
-        if let Some(v) = wire.remove("version")
-            && v != PROTOCOL
-        {
-            return Err(format!(
-                "unsupported protocol version {v}: this agent speaks version {PROTOCOL} \
-                 (docs/PROTOCOL.md)"
-            ));
-        }
+        check_version(wire.remove("version"))?;
         let op = match wire.remove("op") {
             Some(Value::String(op)) => op,
             Some(other) => return Err(format!("bad request: op: expected a string, got {other}")),
@@ -129,15 +122,33 @@ impl Request {
             }
         };
         let by_op = Value::Object(Map::from_iter([(op, Value::Object(wire))]));
-        serde_path_to_error::deserialize(by_op).map_err(|e| {
-            // The first segment is the op (the variant); an error before it is the op's.
-            let path: Vec<String> = e.path().iter().skip(1).map(ToString::to_string).collect();
-            match (e.path().iter().next(), path.is_empty()) {
-                (None, _) => format!("bad request: op: {}", e.inner()),
-                (Some(_), true) => format!("bad request: {}", e.inner()),
-                (Some(_), false) => format!("bad request: {}: {}", path.join("."), e.inner()),
-            }
-        })
+        serde_path_to_error::deserialize(by_op).map_err(|e| bad_field(&e))
+    }
+}
+
+/// A request's `version`, if any, must be the one this agent speaks.
+fn check_version(version: Option<Value>) -> Result<(), String> {
+    match version {
+        Some(v) if v != PROTOCOL => Err(format!(
+            "unsupported protocol version {v}: this agent speaks version {PROTOCOL} \
+             (docs/PROTOCOL.md)"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Names the field an error is about, as a path from the request (`filter.kinds`). The
+/// first segment is the op (the enum's variant); an error before it is the op's own.
+fn bad_field(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    let mut segments = e.path().iter();
+    if segments.next().is_none() {
+        return format!("bad request: op: {}", e.inner());
+    }
+    let path: Vec<String> = segments.map(ToString::to_string).collect();
+    if path.is_empty() {
+        format!("bad request: {}", e.inner())
+    } else {
+        format!("bad request: {}: {}", path.join("."), e.inner())
     }
 }
 
