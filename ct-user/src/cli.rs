@@ -466,12 +466,12 @@ pub struct WatchArgs {
 
     /// The socket to listen on (default: $CTSCOPE_SOCKET, else /run/ctscope/agent.sock).
     ///
-    /// A missing directory is created 0700; one owned by another user (but root) or
-    /// writable by others without the sticky bit is refused. The agent removes nothing
-    /// at PATH but a stale socket of its own (no agent answers on it): a regular file,
-    /// directory, symlink or other file there is refused and left alone, and so is a
-    /// socket an agent still answers on. On exit it removes its socket only if PATH still
-    /// holds the one it bound.
+    /// A missing directory is created 0700; one owned by another user (other than
+    /// root) or writable by others without the sticky bit is refused. The agent removes
+    /// nothing at PATH but a stale socket of its own (no agent answers on it): a regular
+    /// file, directory, symlink or other file there is refused and left alone, and so is
+    /// a socket an agent still answers on. On exit it removes its socket only if PATH
+    /// still holds the one it bound.
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
 
