@@ -86,8 +86,9 @@ pub mod proto {
 
 /// One direction of a connection. Port fields are set for port-based protocols
 /// (TCP, UDP, UDP-Lite, SCTP, DCCP; GRE keys land in the port fields as the kernel
-/// sends them), ICMP fields for ICMP and ICMPv6.
+/// sends them), ICMP fields for ICMP and ICMPv6. Deserializing refuses unknown fields.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Tuple {
     pub src: IpAddr,
     pub dst: IpAddr,

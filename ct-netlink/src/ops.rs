@@ -55,8 +55,10 @@ pub struct DumpFilter {
     pub zero_counters: bool,
 }
 
-/// Userspace match on entries, as conntrack's -s/-d/-r/-q/-p/--sport... do.
+/// Userspace match on entries, as conntrack's -s/-d/-r/-q/-p/--sport... do. Deserializing
+/// refuses unknown fields: a misspelt filter must not silently match everything.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TupleFilter {
     pub family: Option<Family>,
     pub proto: Option<u8>,

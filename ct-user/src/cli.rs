@@ -605,6 +605,13 @@ pub struct WatchArgs {
     pub resync: f64,
 
     /// The socket to listen on (default: $CTSCOPE_SOCKET, else /run/ctscope/agent.sock).
+    ///
+    /// A missing directory is created 0700; one owned by another user (other than
+    /// root) or writable by others without the sticky bit is refused. The agent removes
+    /// nothing at PATH but a stale socket of its own (no agent answers on it): a regular
+    /// file, directory, symlink or other file there is refused and left alone, and so is
+    /// a socket an agent still answers on. On exit it removes its socket only if PATH
+    /// still holds the one it bound.
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
 
@@ -979,7 +986,7 @@ pub struct FilterArgs {
     /// come whatever the filter; `--kind lost` shows only them. Tier 3 sees new,
     /// destroy and lost.
     #[arg(long, value_delimiter = ',', value_name = "KIND",
-          value_parser = clap::builder::PossibleValuesParser::new(KINDS))]
+          value_parser = clap::builder::PossibleValuesParser::new(filter::KINDS))]
     pub kind: Vec<String>,
 
     /// Only this network namespace: a name under /run/netns, a path such as
@@ -1015,18 +1022,6 @@ pub struct FilterArgs {
     #[arg(long, value_name = "PORT")]
     pub dport: Option<u16>,
 }
-
-/// What `--kind` takes. `lost` records come whatever the filter: `--kind lost` alone
-/// shows only them.
-pub const KINDS: [&str; 7] = [
-    "new",
-    "destroy",
-    "insert_failed",
-    "clash_resolved",
-    "table_full",
-    "early_drop",
-    "lost",
-];
 
 impl FilterArgs {
     pub fn resolve(&self) -> filter::Filter {

@@ -2,8 +2,9 @@
 //! what the CLI asks: `list`, `stats`, `watch --status`.
 
 use std::{
-    path::PathBuf,
-    process::{Child, Command, Output, Stdio},
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
     time::Duration,
 };
 
@@ -12,50 +13,104 @@ use nix::{
     unistd::Pid,
 };
 use serde_json::Value;
+use tempfile::TempDir;
 
 use crate::{ctscope, wait};
 
 /// A running agent, stopped (SIGTERM, then waited for) on drop.
 pub struct Agent {
     child: Child,
-    dir: PathBuf,
+    /// Its ready file and log (and its socket, unless given one); removed on drop.
+    _dir: TempDir,
     socket: PathBuf,
 }
 
+/// How the agent is told its socket path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SocketVia {
+    /// `--socket PATH`.
+    Flag,
+    /// `$CTSCOPE_SOCKET`.
+    Env,
+}
+
+/// An agent that exited before it was ready: how, and what it said on stderr.
+#[derive(Debug)]
+pub struct Exited {
+    pub status: ExitStatus,
+    pub stderr: String,
+}
+
 impl Agent {
-    /// Starts `ctscope watch --headless` with `extra` flags and waits until its table is
-    /// seeded and its socket answers.
+    /// Starts `ctscope watch --headless` with `extra` flags on a private socket and waits
+    /// until its table is seeded and its socket answers.
     pub fn start(extra: &[&str]) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "ctscope-agent-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        ));
-        std::fs::create_dir_all(&dir).expect("agent test dir");
-        let socket = dir.join("agent.sock");
-        let ready = dir.join("ready");
+        let dir = private_dir();
+        let socket = dir.path().join("agent.sock");
+        Self::launch(dir, socket, SocketVia::Flag, extra, false)
+            .unwrap_or_else(|e| panic!("ctscope watch exited before it was ready: {}", e.status))
+    }
+
+    /// Starts the agent on `socket`, given as `via` says; `Err` with its exit status and
+    /// stderr when it exits before it is ready.
+    pub fn try_start(socket: &Path, via: SocketVia, extra: &[&str]) -> Result<Self, Exited> {
+        Self::launch(private_dir(), socket.to_path_buf(), via, extra, true)
+    }
+
+    /// The agent's socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Runs the agent with its ready file (and, when `capture`, its stderr) in `dir`.
+    fn launch(
+        dir: TempDir,
+        socket: PathBuf,
+        via: SocketVia,
+        extra: &[&str],
+        capture: bool,
+    ) -> Result<Self, Exited> {
+        let ready = dir.path().join("ready");
+        let log = dir.path().join("stderr");
+        let stderr = if capture {
+            Stdio::from(std::fs::File::create(&log).expect("agent stderr file"))
+        } else {
+            Stdio::inherit()
+        };
         let bin = ctscope::binary_or_panic();
-        let child = Command::new(&bin)
-            .args(["watch", "--headless", "--socket"])
-            .arg(&socket)
-            .arg("--ready-file")
+        let mut cmd = Command::new(&bin);
+        cmd.args(["watch", "--headless", "--ready-file"])
             .arg(&ready)
             .args(extra)
+            .env_remove("CTSCOPE_SOCKET")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr);
+        match via {
+            SocketVia::Flag => cmd.arg("--socket").arg(&socket),
+            SocketVia::Env => cmd.env("CTSCOPE_SOCKET", &socket),
+        };
+        let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
-        let mut agent = Agent { child, dir, socket };
+        let mut agent = Agent {
+            child,
+            _dir: dir,
+            socket,
+        };
+        let mut exited = None;
         let up = wait::poll(ctscope::ready_timeout(), Duration::from_millis(50), || {
             if let Ok(Some(status)) = agent.child.try_wait() {
-                panic!("ctscope watch exited before it was ready: {status}");
+                exited = Some(status);
+                return Some(());
             }
             ready.exists().then_some(())
         });
+        if let Some(status) = exited {
+            let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+            return Err(Exited { status, stderr });
+        }
         assert!(up.is_some(), "ctscope watch not ready in time");
-        agent
+        Ok(agent)
     }
 
     /// `ctscope ARGS --socket SOCKET`, required to exit 0.
@@ -137,11 +192,20 @@ impl Agent {
     }
 }
 
+/// A fresh directory, 0700 whatever the umask (the agent refuses to put its socket in
+/// one others may write), removed on drop.
+pub fn private_dir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("ctscope-agent-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .expect("agent test dir")
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {
             self.terminate();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

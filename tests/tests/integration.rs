@@ -12,6 +12,8 @@
 
 #[path = "integration/agent.rs"]
 mod agent;
+#[path = "integration/agent_socket.rs"]
+mod agent_socket;
 #[path = "integration/clash_resolve.rs"]
 mod clash_resolve;
 #[path = "integration/cli_safety.rs"]
@@ -110,6 +112,12 @@ const DIAGNOSE: [(&str, fn()); 4] = [
     ("timeouts", timeouts::run),
 ];
 
+/// The agent's socket under bad input, at tier 3 (no BPF needed).
+const AGENT_SOCKET: [(&str, fn()); 2] = [
+    ("agent_socket_path", agent_socket::socket_path),
+    ("agent_protocol", agent_socket::protocol),
+];
+
 /// The agent (`ctscope watch`), given its tier flags.
 type AgentScenario = fn(&'static [&'static str]);
 
@@ -136,6 +144,9 @@ fn main() {
         trials.add(&env, name, Needs::Root, body);
     }
     for (name, body) in DIAGNOSE {
+        trials.add(&env, name, Needs::Root, body);
+    }
+    for (name, body) in AGENT_SOCKET {
         trials.add(&env, name, Needs::Root, body);
     }
     for (name, scenario) in AGENT {

@@ -37,9 +37,7 @@ pub async fn ask(path: &Path, request: &Request) -> anyhow::Result<Option<Body>>
         ),
         Err(e) => bail!("connecting to the agent at {}: {e}", path.display()),
     };
-    let mut line = serde_json::to_vec(request)?;
-    line.push(b'\n');
-    stream.write_all(&line).await?;
+    stream.write_all(&request.to_line()?).await?;
     let mut body = BufReader::new(stream);
     let mut header = String::new();
     body.read_line(&mut header).await?;

@@ -6,7 +6,8 @@
 //! - [`attribution`]: kernel counters beside the events that explain them.
 //! - [`clock`]: when things were read, by the wall clock and by the kernel's jiffies.
 //! - [`protocol`]: the socket's requests and framing (JSON lines).
-//! - [`server`] / [`client`]: the two ends of the socket.
+//! - [`server`] / [`client`]: the two ends of the socket; [`socket_file`]: claiming and
+//!   releasing its path.
 //! - [`state`]: the agent's state and how it answers requests.
 //! - [`view`]: what the live view of `ctscope watch` shows; [`tui`]: drawing it.
 pub mod attribution;
@@ -14,6 +15,7 @@ pub mod client;
 pub mod clock;
 pub mod protocol;
 pub mod server;
+pub mod socket_file;
 pub mod state;
 pub mod stored;
 pub mod table;

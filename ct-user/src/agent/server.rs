@@ -2,14 +2,9 @@
 //! and hands it to the agent's loop with a channel for the answer, then copies the
 //! answer out. The loop owns the table, so no lock is needed.
 
-use std::{
-    fs,
-    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
@@ -17,7 +12,10 @@ use tokio::{
     time::timeout,
 };
 
-use super::protocol::{Header, Request};
+use super::{
+    protocol::{Header, Request},
+    socket_file::SocketFile,
+};
 
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,43 +30,25 @@ pub struct Incoming {
 }
 
 pub struct Server {
-    path: PathBuf,
+    /// Removes the socket when the server goes (if it is still the one bound).
+    _socket: SocketFile,
     requests: mpsc::Receiver<Incoming>,
 }
 
 impl Server {
-    /// Binds `path` (mode 0600, in a directory created 0700), refusing to steal the
-    /// socket of an agent that still answers.
+    /// Binds `path` (mode 0600, in a directory created 0700) through [`SocketFile`]:
+    /// refuses anything at the path but a stale socket, and the socket of an agent that
+    /// still answers.
     pub fn bind(path: &Path) -> anyhow::Result<Self> {
-        if let Some(dir) = path.parent().filter(|d| !d.exists()) {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .with_context(|| format!("creating {}", dir.display()))?;
-        }
-        if path.exists() {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                bail!(
-                    "an agent already listens on {}: stop it, or give this one another --socket",
-                    path.display()
-                );
-            }
-            fs::remove_file(path)
-                .with_context(|| format!("removing the stale socket {}", path.display()))?;
-        }
-        let listener = UnixListener::bind(path).with_context(|| {
-            format!(
-                "binding {} (run as root, or pick a --socket you may write)",
-                path.display()
-            )
-        })?;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("making {} root-only", path.display()))?;
+        let (listener, socket) = SocketFile::bind(path)?;
+        listener
+            .set_nonblocking(true)
+            .context("making the agent socket non-blocking")?;
+        let listener = UnixListener::from_std(listener).context("listening on the agent socket")?;
         let (tx, requests) = mpsc::channel(64);
         tokio::spawn(accept(listener, tx));
         Ok(Server {
-            path: path.to_path_buf(),
+            _socket: socket,
             requests,
         })
     }
@@ -76,12 +56,6 @@ impl Server {
     /// The next request. Cancel-safe.
     pub async fn next(&mut self) -> Option<Incoming> {
         self.requests.recv().await
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
     }
 }
 
@@ -138,5 +112,5 @@ async fn read_request(
         Ok(Err(e)) => return Err(format!("reading the request: {e}")),
         _ => return Err("no request: send one JSON object and a newline".into()),
     }
-    serde_json::from_str(&line).map_err(|e| format!("bad request: {e}"))
+    Request::parse(line.as_bytes())
 }

@@ -12,7 +12,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use super::{
     attribution::{Attributed, Kernel, unexplained},
     clock::Stamp,
-    protocol::{Header, NsLifetimes, Request, Scope},
+    protocol::{Header, NsLifetimes, PROTOCOL, Request, Scope},
     server::Incoming,
     table::{Fields, Merge, Note, Row, Table},
 };
@@ -270,7 +270,7 @@ impl Agent {
             } => self.get(netns, zone.unwrap_or(0), &tuple, json),
             Request::Top { scope, by, n, json } => Ok(self.top(scope, by, n, json)),
             Request::Stats { scope, json } => self.stats(scope, json).await,
-            Request::Status => Ok(self.status()),
+            Request::Status {} => Ok(self.status()),
             Request::Lifetimes { netns } => Ok(self.lifetimes(&netns)),
             Request::Events { .. } => unreachable!("handled above"),
         };
@@ -390,6 +390,7 @@ impl Agent {
             .map(|&n| (n, counts.get(&n).copied().unwrap_or(0)))
             .collect();
         let status = Status {
+            protocol: PROTOCOL,
             tier: self.tier,
             tier_sees: self.tier_sees,
             started: self.started,
@@ -407,6 +408,8 @@ impl Agent {
 /// The `status` answer.
 #[derive(Serialize)]
 struct Status<'a> {
+    /// The socket protocol's version (docs/PROTOCOL.md).
+    protocol: u64,
     tier: u8,
     tier_sees: &'static str,
     started: f64,

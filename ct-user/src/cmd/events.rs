@@ -1,7 +1,7 @@
 //! `ctscope events`: attach the probes and stream decoded events until a count, a
 //! duration or a signal ends it.
 
-use std::{fs, io::Write as _, time::Duration};
+use std::{io::Write as _, time::Duration};
 
 use anyhow::{Context as _, bail};
 use tokio::{
@@ -117,10 +117,7 @@ fn tier_label(tier: Tier) -> String {
 }
 
 fn ready(args: &EventsArgs) -> anyhow::Result<()> {
-    if let Some(path) = &args.ready_file {
-        fs::write(path, b"ready\n").with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+    super::create_ready_file(args.ready_file.as_deref())
 }
 
 /// When `--duration` ends the stream, counted from now.

@@ -27,6 +27,27 @@ use ct_netlink::Conntrack;
 
 use crate::{agent::protocol::Scope, cli::NetnsArgs, netns, sysctl};
 
+/// `--ready-file`: creates a new file saying `ready`. It never replaces or follows what is
+/// there (a root agent must not overwrite a file a wrong path names).
+pub fn create_ready_file(path: Option<&Path>) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let Some(path) = path else { return Ok(()) };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => anyhow::anyhow!(
+                "--ready-file {} exists: ctscope creates a new file and overwrites nothing; \
+                 remove it or give a path that does not exist",
+                path.display()
+            ),
+            _ => anyhow::anyhow!("creating --ready-file {}: {e}", path.display()),
+        })?;
+    file.write_all(b"ready\n")?;
+    Ok(())
+}
+
 /// A namespace a table command talks to.
 #[derive(Debug)]
 pub struct Target {
@@ -184,4 +205,27 @@ fn resolve_netns(arg: &str) -> anyhow::Result<PathBuf> {
          list`, a /proc/PID/ns/net path or an inode",
         Path::new(&path).display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_file_overwrites_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let ready = dir.join("ready");
+        create_ready_file(Some(&ready)).unwrap();
+        assert_eq!(std::fs::read_to_string(&ready).unwrap(), "ready\n");
+        let kept = dir.join("kept");
+        std::fs::write(&kept, "data\n").unwrap();
+        let err = create_ready_file(Some(&kept)).unwrap_err();
+        assert!(err.to_string().contains("overwrites nothing"), "{err}");
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&kept, &link).unwrap();
+        assert!(create_ready_file(Some(&link)).is_err());
+        assert_eq!(std::fs::read_to_string(&kept).unwrap(), "data\n");
+        create_ready_file(None).unwrap();
+    }
 }

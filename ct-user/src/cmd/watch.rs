@@ -4,13 +4,11 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    fs,
     io::IsTerminal as _,
     path::PathBuf,
     time::Duration,
 };
 
-use anyhow::Context as _;
 use ct_netlink::{Conntrack, Entry};
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -163,7 +161,7 @@ impl Live {
 
 /// `--status`: the running agent's answer to `status`.
 async fn status(path: &std::path::Path) -> anyhow::Result<()> {
-    match client::ask(path, &Request::Status).await? {
+    match client::ask(path, &Request::Status {}).await? {
         Some(mut body) => client::copy_lines(&mut body).await.map(drop),
         None => anyhow::bail!(
             "no agent listens on {}: start one with `ctscope watch`",
@@ -229,10 +227,7 @@ fn announce(
         agent.table.len(),
         agent.namespaces().len()
     );
-    if let Some(p) = &args.ready_file {
-        fs::write(p, b"ready\n").with_context(|| format!("writing {}", p.display()))?;
-    }
-    Ok(())
+    super::create_ready_file(args.ready_file.as_deref())
 }
 
 /// The time between dump rounds: `--resync`, stretched so dumps of a huge table take at
