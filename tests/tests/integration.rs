@@ -12,6 +12,8 @@
 
 #[path = "integration/agent.rs"]
 mod agent;
+#[path = "integration/agent_clients.rs"]
+mod agent_clients;
 #[path = "integration/clash_resolve.rs"]
 mod clash_resolve;
 #[path = "integration/common.rs"]
@@ -99,11 +101,12 @@ const DIAGNOSE: [(&str, fn()); 4] = [
 /// The agent (`ctscope watch`), given its tier flags.
 type AgentScenario = fn(&'static [&'static str]);
 
-const AGENT: [(&str, AgentScenario); 4] = [
+const AGENT: [(&str, AgentScenario); 5] = [
     ("agent_mirror", agent::mirror),
     ("agent_attribution", agent::attribution),
     ("agent_overflow", agent::overflow),
     ("agent_lifetimes", agent::lifetimes),
+    ("agent_slow_subscribers", agent_clients::slow_subscribers),
 ];
 
 fn main() {
@@ -119,6 +122,13 @@ fn main() {
     for (name, body) in DIAGNOSE {
         trials.add(&env, name, Needs::Root, body);
     }
+    // Tier 3 (dumps only): runs wherever root does.
+    trials.add(
+        &env,
+        "agent_client_bounds",
+        Needs::Root,
+        agent_clients::client_bounds,
+    );
     for (name, scenario) in AGENT {
         trials.add(&env, name, Needs::Tier1, move || scenario(&[]));
         trials.add(&env, &format!("t2_{name}"), Needs::Tier2, move || {

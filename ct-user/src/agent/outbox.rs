@@ -167,6 +167,24 @@ impl Outbox {
         let _ = self.tx.send(chunk);
     }
 
+    /// The longest answer [`Outbox::answer`] would take now, so that an answer costly
+    /// to build (`list` of a big table) can stop as soon as it is too long.
+    pub fn room(&self) -> usize {
+        match self.budget.held() {
+            0 => usize::MAX,
+            held => ANSWER_BUDGET.saturating_sub(held).max(SMALL_ANSWER),
+        }
+    }
+
+    /// An answer past [`Outbox::room`]: the client is told to retry.
+    pub fn refuse(self) {
+        let held = self.budget.held();
+        let _ = self.tx.send(Chunk {
+            bytes: Header::line(Some(over_budget(held))).into(),
+            charge: None,
+        });
+    }
+
     /// Queues one chunk of a stream, if the subscriber's queue has room for it.
     pub fn push(&self, bytes: Bytes) -> Push {
         if self.tx.is_closed() {
@@ -286,6 +304,17 @@ mod tests {
         );
         drop(half);
         assert!(budget.charge(MIB).is_ok());
+    }
+
+    #[test]
+    fn room_is_what_the_budget_would_take() {
+        let budget = Budget::default();
+        let (outbox, _drain) = pair(&budget);
+        assert_eq!(outbox.room(), usize::MAX, "nothing held: any size");
+        let _held = budget.charge(ANSWER_BUDGET - MIB).unwrap();
+        assert_eq!(outbox.room(), MIB);
+        let _more = budget.charge(MIB).unwrap();
+        assert_eq!(outbox.room(), SMALL_ANSWER, "small answers always");
     }
 
     #[tokio::test]

@@ -21,7 +21,7 @@ use tokio::{
 };
 
 use super::{
-    outbox::{self, Budget, MAX_CONNECTIONS, MAX_REQUEST, Outbox, REQUEST_TIMEOUT},
+    outbox::{self, Budget, Cut, MAX_CONNECTIONS, MAX_REQUEST, Outbox, REQUEST_TIMEOUT},
     protocol::{Header, Request},
 };
 
@@ -144,8 +144,11 @@ async fn serve(
     loop {
         tokio::select! {
             r = &mut send => {
-                if let Err(e) = r {
-                    log::warn!("agent socket: a client {e}");
+                match r {
+                    Err(e @ Cut::Stalled) => log::warn!("agent socket: a client {e}"),
+                    // A client that closes before reading all: its own business.
+                    Err(e @ Cut::Io(_)) => log::debug!("agent socket: a client stopped: {e}"),
+                    Ok(()) => {}
                 }
                 return;
             }

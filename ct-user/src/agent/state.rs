@@ -318,7 +318,10 @@ impl Agent {
                 scope,
                 filter,
                 json,
-            } => Ok(self.list(scope, &filter, json)),
+            } => match self.list(scope, &filter, json, reply.room()) {
+                Some(body) => Ok(body),
+                None => return reply.refuse(),
+            },
             Request::Get {
                 netns,
                 zone,
@@ -345,17 +348,28 @@ impl Agent {
         reply.answer(answer);
     }
 
-    fn list(&self, scope: Scope, filter: &ct_netlink::TupleFilter, json: bool) -> Vec<u8> {
+    /// The listing, or `None` once it grows past `room` (what the answer budget would
+    /// take): stalled clients must not also cost the agent's time.
+    fn list(
+        &self,
+        scope: Scope,
+        filter: &ct_netlink::TupleFilter,
+        json: bool,
+        room: usize,
+    ) -> Option<Vec<u8>> {
         let now = Stamp::now();
-        let mut out = Vec::with_capacity(self.table.len() * 160);
+        let mut out = Vec::with_capacity((self.table.len() * 160).min(room));
         for row in self.table.rows().filter(|r| scope.covers(r.netns)) {
             let entry = row.entry_at(now);
             if !filter.matches(&entry) {
                 continue;
             }
             let _ = write_row(&mut out, &row, &entry, scope.tags(), json, now.wall);
+            if out.len() > room {
+                return None;
+            }
         }
-        out
+        Some(out)
     }
 
     fn top(&self, scope: Scope, by: crate::cli::TopBy, n: usize, json: bool) -> Vec<u8> {
