@@ -135,6 +135,8 @@ pub struct Agent {
     subscribers: Vec<Subscriber>,
     /// How long the flows that ended while the agent watched had lived, per namespace.
     lifetimes: HashMap<u32, Lifetimes>,
+    /// Bytes per row of the last listing, text and JSON: what the next will cost.
+    row_bytes: [usize; 2],
 }
 
 pub use super::clock::wall_now as now_unix;
@@ -165,6 +167,7 @@ impl Agent {
             recent: VecDeque::new(),
             subscribers: Vec::new(),
             lifetimes: HashMap::new(),
+            row_bytes: [0; 2],
         }
     }
 
@@ -348,26 +351,43 @@ impl Agent {
         reply.answer(answer);
     }
 
-    /// The listing, or `None` once it grows past `room` (what the answer budget would
-    /// take): stalled clients must not also cost the agent's time.
+    /// The listing, or `None` when it would be longer than `room` (what the answer
+    /// budget would take): refused before it is built when the last listing's row size
+    /// says so, else as soon as it grows past it. Stalled clients must not also cost
+    /// the agent's time.
     fn list(
-        &self,
+        &mut self,
         scope: Scope,
         filter: &ct_netlink::TupleFilter,
         json: bool,
         room: usize,
     ) -> Option<Vec<u8>> {
+        let row_bytes = &mut self.row_bytes[usize::from(json)];
+        if filter.is_empty() && room < usize::MAX {
+            let rows = match scope {
+                Scope::All => self.table.len(),
+                Scope::Netns(n) => self.table.count(n),
+            };
+            if rows * *row_bytes > room {
+                return None;
+            }
+        }
         let now = Stamp::now();
         let mut out = Vec::with_capacity((self.table.len() * 160).min(room));
+        let mut rows = 0;
         for row in self.table.rows().filter(|r| scope.covers(r.netns)) {
             let entry = row.entry_at(now);
             if !filter.matches(&entry) {
                 continue;
             }
             let _ = write_row(&mut out, &row, &entry, scope.tags(), json, now.wall);
+            rows += 1;
             if out.len() > room {
                 return None;
             }
+        }
+        if let Some(per_row) = out.len().checked_div(rows) {
+            *row_bytes = per_row;
         }
         Some(out)
     }
