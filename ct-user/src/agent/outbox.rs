@@ -42,11 +42,22 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_CONNECTIONS: usize = 256;
 
 /// Bytes of one-shot answers (`list`, `top`, `stats`, ...) the agent holds for clients
-/// that have not read them yet, across clients. `list --json` costs ~300 bytes per entry:
-/// 64 MiB lets a dozen clients list a 15k-entry table at once. An answer that alone
-/// exceeds it still goes through when nothing else is held, so a huge table can always
-/// be listed.
+/// that have not read them yet, across clients, unless `watch --answer-budget-mib` says
+/// otherwise. `list --json` costs ~400 bytes per entry: 64 MiB lets a dozen clients list
+/// a 15k-entry table at once. An answer that alone exceeds it still goes through when
+/// nothing else is held, so a huge table can always be listed.
 pub const ANSWER_BUDGET: usize = 64 * MIB;
+
+static BUDGET_LIMIT: AtomicUsize = AtomicUsize::new(ANSWER_BUDGET);
+
+/// Sets the answer budget (once, before the agent serves).
+pub fn set_answer_budget(bytes: usize) {
+    BUDGET_LIMIT.store(bytes, Ordering::Relaxed);
+}
+
+fn answer_budget() -> usize {
+    BUDGET_LIMIT.load(Ordering::Relaxed)
+}
 
 /// Answers this small always go through: `status`, `get` and `stats` must work while
 /// stalled clients hold the budget, and 256 connections × 64 KiB bound them to 16 MiB.
@@ -75,7 +86,7 @@ impl Budget {
     /// hold when it does not fit.
     fn charge(&self, n: usize) -> Result<Charge, usize> {
         let held = self.0.load(Ordering::Relaxed);
-        if n > SMALL_ANSWER && held > 0 && held + n > ANSWER_BUDGET {
+        if n > SMALL_ANSWER && held > 0 && held + n > answer_budget() {
             return Err(held);
         }
         self.0.fetch_add(n, Ordering::Relaxed);
@@ -172,7 +183,7 @@ impl Outbox {
     pub fn room(&self) -> usize {
         match self.budget.held() {
             0 => usize::MAX,
-            held => ANSWER_BUDGET.saturating_sub(held).max(SMALL_ANSWER),
+            held => answer_budget().saturating_sub(held).max(SMALL_ANSWER),
         }
     }
 
@@ -219,7 +230,7 @@ fn over_budget(held: usize) -> String {
         "the agent holds {} MiB of answers other clients have not read yet (limit {} MiB): \
          retry in a few seconds",
         held.div_ceil(MIB),
-        ANSWER_BUDGET / MIB
+        answer_budget() / MIB
     )
 }
 

@@ -23,6 +23,7 @@ use crate::{
         attribution::Kernel,
         client,
         clock::Stamp,
+        outbox,
         protocol::{Request, socket_path},
         server::Server,
         state::Agent,
@@ -61,6 +62,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     if args.status {
         return status(&path).await;
     }
+    outbox::set_answer_budget(usize::from(args.answer_budget_mib) << 20);
     let mut server = Server::bind(&path)?;
     // Before the probes: increments up to here are not the agent's to explain.
     let baselines = baselines().await;

@@ -23,8 +23,10 @@ use crate::{
 
 /// The agent's limits (ct-user/src/agent/outbox.rs), as the tests check them.
 const MAX_REQUEST_KIB: u64 = 64;
-const ANSWER_BUDGET_KIB: u64 = 64 * 1024;
 const MAX_CONNECTIONS: usize = 256;
+/// The answer budget the trial gives the agent: 8 MiB rather than the default 64 fills
+/// with a few answers, so a slow VM fills it well within the 30 s stall limit.
+const ANSWER_BUDGET_MIB: u64 = 8;
 
 /// The client namespaces' subnets (10.200.N.0/24).
 const BOUNDS_SUBNET: u8 = 48;
@@ -65,7 +67,15 @@ pub fn client_bounds() {
     );
     assert_eq!(failed, 0, "sends failed");
     // Tier 3: dumps only, so the trial runs wherever root does; no resync during it.
-    let agent = Agent::start(&["--tier", "3", "--resync", "3600"]);
+    let budget = ANSWER_BUDGET_MIB.to_string();
+    let agent = Agent::start(&[
+        "--tier",
+        "3",
+        "--resync",
+        "3600",
+        "--answer-budget-mib",
+        &budget,
+    ]);
     let listing = agent
         .ctscope(&["list", "--json", "--netns", p.c.name()])
         .stdout;
@@ -110,11 +120,11 @@ fn huge_request(agent: &Agent) {
 }
 
 /// 150 clients ask for the listing and never read. Unbounded, the agent would hold
-/// 150 answers; bounded, it holds at most the answer budget (64 MiB) plus one answer
-/// being built, and refuses the rest, saying why. `status` answers meanwhile.
+/// 150 answers; bounded, it holds at most the answer budget plus one answer being
+/// built, and refuses the rest, saying why. `status` answers meanwhile.
 fn stalled_listings(agent: &Agent, request: &[u8], answer_kib: u64) {
     const CLIENTS: usize = 150;
-    let bound = ANSWER_BUDGET_KIB + 2 * answer_kib + 32 * 1024;
+    let bound = (ANSWER_BUDGET_MIB + 32) * 1024 + 2 * answer_kib;
     let unbounded = CLIENTS as u64 * answer_kib;
     assert!(
         unbounded > 2 * bound,
