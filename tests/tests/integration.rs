@@ -101,7 +101,7 @@ const DIAGNOSE: [(&str, fn()); 4] = [
 /// The agent (`ctscope watch`), given its tier flags.
 type AgentScenario = fn(&'static [&'static str]);
 
-const AGENT: [(&str, AgentScenario); 5] = [
+const AGENT: &[(&str, AgentScenario)] = &[
     ("agent_mirror", agent::mirror),
     ("agent_attribution", agent::attribution),
     ("agent_overflow", agent::overflow),
@@ -129,7 +129,7 @@ fn main() {
         Needs::Root,
         agent_clients::client_bounds,
     );
-    for (name, scenario) in AGENT {
+    for &(name, scenario) in AGENT {
         trials.add(&env, name, Needs::Tier1, move || scenario(&[]));
         trials.add(&env, &format!("t2_{name}"), Needs::Tier2, move || {
             scenario(&["--tier", "2"])
