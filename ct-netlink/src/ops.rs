@@ -82,6 +82,28 @@ fn opt_eq<T: PartialEq>(want: Option<T>, have: Option<T>) -> bool {
 }
 
 impl TupleFilter {
+    /// True when it matches every entry. (No `..`: a new field must be added here.)
+    pub fn is_empty(&self) -> bool {
+        matches!(
+            self,
+            TupleFilter {
+                family: None,
+                proto: None,
+                orig_src: None,
+                orig_dst: None,
+                reply_src: None,
+                reply_dst: None,
+                orig_src_port: None,
+                orig_dst_port: None,
+                reply_src_port: None,
+                reply_dst_port: None,
+                mark: None,
+                zone: None,
+                status: None,
+            }
+        )
+    }
+
     /// True when every set field matches.
     pub fn matches(&self, e: &Entry) -> bool {
         opt_eq(self.family, Some(e.family))

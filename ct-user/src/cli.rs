@@ -629,6 +629,12 @@ pub struct WatchArgs {
     /// Create this file once the table is seeded and the socket answers.
     #[arg(long, hide = true, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
+
+    /// Bytes of unread one-shot answers the agent holds across clients, in MiB (tests
+    /// and tuning; README "The socket").
+    #[arg(long, hide = true, value_name = "MIB", default_value_t = (crate::agent::outbox::ANSWER_BUDGET >> 20) as u16,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub answer_budget_mib: u16,
 }
 
 #[derive(Debug, Args)]

@@ -1,8 +1,12 @@
 //! Driving the agent (`ctscope watch --headless`) on a private socket, and asking it
-//! what the CLI asks: `list`, `stats`, `watch --status`.
+//! what the CLI asks: `list`, `stats`, `watch --status`; or as a raw client would.
 
 use std::{
-    os::unix::fs::PermissionsExt as _,
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::{
+        fs::PermissionsExt as _,
+        net::{UnixListener, UnixStream},
+    },
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
     time::Duration,
@@ -143,6 +147,25 @@ impl Agent {
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()))
     }
 
+    /// The agent's resident memory (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let path = format!("/proc/{}/status", self.child.id());
+        let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in {path}"))
+    }
+
+    /// A raw client: connected, `request` sent, nothing read.
+    pub fn connect(&self, request: &[u8]) -> UnixStream {
+        let mut s = UnixStream::connect(&self.socket)
+            .unwrap_or_else(|e| panic!("connecting to {}: {e}", self.socket.display()));
+        s.write_all(request).expect("sending a request");
+        s
+    }
+
     /// Waits until `n` clients subscribed to the agent's event stream.
     pub fn wait_subscribers(&self, n: u64) {
         let done = wait::poll(Duration::from_secs(30), Duration::from_millis(50), || {
@@ -152,6 +175,16 @@ impl Agent {
             done.is_some(),
             "no `ctscope events` subscribed to the agent"
         );
+    }
+
+    /// Waits until exactly `n` clients are subscribed; the last count seen otherwise.
+    pub fn wait_subscribers_exactly(&self, n: u64, limit: Duration) -> Result<(), Value> {
+        let mut last = Value::Null;
+        wait::poll(limit, Duration::from_millis(100), || {
+            last = self.status()["subscribers"].clone();
+            (last.as_u64() == Some(n)).then_some(())
+        })
+        .ok_or(last)
     }
 
     /// `ctscope watch --status`.
@@ -208,4 +241,42 @@ impl Drop for Agent {
             self.terminate();
         }
     }
+}
+
+/// The request line `ctscope ARGS` sends to an agent, caught on a socket of our own (so
+/// raw clients send exactly what the CLI does).
+pub fn request_line(args: &[&str]) -> Vec<u8> {
+    let dir = std::env::temp_dir().join(format!("ctscope-request-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("request dir");
+    let socket = dir.join("catch.sock");
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket).expect("binding a catching socket");
+    let bin = ctscope::binary_or_panic();
+    let mut cli = Command::new(&bin)
+        .args(args)
+        .arg("--socket")
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+    listener
+        .set_nonblocking(true)
+        .expect("nonblocking listener");
+    let accepted = wait::poll(Duration::from_secs(10), Duration::from_millis(20), || {
+        listener.accept().ok()
+    });
+    let Some((stream, _)) = accepted else {
+        let _ = cli.kill();
+        panic!("ctscope {args:?} sent no request in 10 s");
+    };
+    stream.set_nonblocking(false).expect("blocking stream");
+    let mut line = Vec::new();
+    BufReader::new(&stream)
+        .read_until(b'\n', &mut line)
+        .expect("the CLI sends its request");
+    drop(stream); // No header: the CLI gives up.
+    let _ = cli.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    line
 }

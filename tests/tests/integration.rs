@@ -12,6 +12,8 @@
 
 #[path = "integration/agent.rs"]
 mod agent;
+#[path = "integration/agent_clients.rs"]
+mod agent_clients;
 #[path = "integration/agent_socket.rs"]
 mod agent_socket;
 #[path = "integration/clash_resolve.rs"]
@@ -121,12 +123,13 @@ const AGENT_SOCKET: [(&str, fn()); 2] = [
 /// The agent (`ctscope watch`), given its tier flags.
 type AgentScenario = fn(&'static [&'static str]);
 
-const AGENT: [(&str, AgentScenario); 5] = [
+const AGENT: &[(&str, AgentScenario)] = &[
     ("agent_mirror", agent::mirror),
     ("agent_recreate", agent::recreate),
     ("agent_attribution", agent::attribution),
     ("agent_overflow", agent::overflow),
     ("agent_lifetimes", agent::lifetimes),
+    ("agent_slow_subscribers", agent_clients::slow_subscribers),
 ];
 
 fn main() {
@@ -149,7 +152,14 @@ fn main() {
     for (name, body) in AGENT_SOCKET {
         trials.add(&env, name, Needs::Root, body);
     }
-    for (name, scenario) in AGENT {
+    // Tier 3 (dumps only): runs wherever root does.
+    trials.add(
+        &env,
+        "agent_client_bounds",
+        Needs::Root,
+        agent_clients::client_bounds,
+    );
+    for &(name, scenario) in AGENT {
         trials.add(&env, name, Needs::Tier1, move || scenario(&[]));
         trials.add(&env, &format!("t2_{name}"), Needs::Tier2, move || {
             scenario(&["--tier", "2"])

@@ -5,13 +5,14 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use bytes::Bytes;
 use ct_netlink::{Conntrack, Entry};
 use serde::Serialize;
-use tokio::sync::mpsc::error::TrySendError;
 
 use super::{
     attribution::{Attributed, Kernel, unexplained},
     clock::Stamp,
+    outbox::{Outbox, Push},
     protocol::{Header, NsLifetimes, PROTOCOL, Request, Scope},
     server::Incoming,
     table::{Fields, Merge, Note, Row, Table},
@@ -24,6 +25,9 @@ use crate::{
     netns,
     output::{Format, write_record},
 };
+
+/// Room a `lost` record needs (its text and JSON lines are under 120 bytes).
+const LOST_LINE: usize = 256;
 
 /// Notable events (insert_failed, table_full, early_drop, lost) the live view shows.
 const RECENT_KEPT: usize = 12;
@@ -58,9 +62,66 @@ pub struct Totals {
 struct Subscriber {
     filter: Filter,
     format: Format,
-    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    outbox: Outbox,
     /// Events not delivered since the last `lost` record sent to it.
     dropped: u64,
+}
+
+impl Subscriber {
+    /// Queues the `lost` record it is owed, if any, once its queue has room for it.
+    /// `Queued` when nothing is owed any more.
+    fn pay_lost(&mut self) -> Push {
+        if self.outbox.is_closed() {
+            return Push::Closed;
+        }
+        if self.dropped == 0 {
+            return Push::Queued;
+        }
+        if !self.outbox.has_room(LOST_LINE) {
+            return Push::Full; // Checked before rendering: most events meet a full queue.
+        }
+        let lost = Record::Lost(Lost {
+            ts: now_unix(),
+            kind: "lost",
+            lost_kind: "agent_subscriber",
+            count: self.dropped,
+        });
+        let pushed = self.outbox.push(render(self.format, &lost).into());
+        if pushed == Push::Queued {
+            self.dropped = 0;
+        }
+        pushed
+    }
+
+    /// Queues a record it takes; one that does not fit (or would pass an unpaid `lost`
+    /// record) is dropped (`Full`) and owed as `lost`.
+    fn offer(&mut self, record: &Record, rendered: &mut Rendered) -> Push {
+        let pushed = match self.pay_lost() {
+            Push::Queued => self.outbox.push(rendered.get(self.format, record)),
+            owed => owed,
+        };
+        if pushed == Push::Full {
+            self.dropped += 1;
+        }
+        pushed
+    }
+}
+
+/// One record rendered once per format, shared by every subscriber that takes it.
+#[derive(Default)]
+struct Rendered([Option<Bytes>; 3]);
+
+impl Rendered {
+    fn get(&mut self, format: Format, record: &Record) -> Bytes {
+        let slot = match format {
+            Format::Json => 0,
+            Format::Text { timestamp: false } => 1,
+            Format::Text { timestamp: true } => 2,
+        };
+        self.0[slot]
+            .get_or_insert_with(|| render(format, record).into())
+            .clone()
+    }
 }
 
 pub struct Agent {
@@ -74,6 +135,8 @@ pub struct Agent {
     subscribers: Vec<Subscriber>,
     /// How long the flows that ended while the agent watched had lived, per namespace.
     lifetimes: HashMap<u32, Lifetimes>,
+    /// Bytes per row of the last listing, text and JSON: what the next will cost.
+    row_bytes: [usize; 2],
 }
 
 pub use super::clock::wall_now as now_unix;
@@ -104,6 +167,7 @@ impl Agent {
             recent: VecDeque::new(),
             subscribers: Vec::new(),
             lifetimes: HashMap::new(),
+            row_bytes: [0; 2],
         }
     }
 
@@ -191,40 +255,36 @@ impl Agent {
         self.watched.keys().copied().collect()
     }
 
-    /// Sends a record to every subscriber whose filter takes it; a full queue counts a
-    /// drop (reported to that subscriber as `lost` once it has room), a closed one goes.
+    /// Sends a record to every subscriber whose filter takes it, rendered once per
+    /// format; a full queue counts a drop (reported to that subscriber as `lost` once it
+    /// has room), a closed one goes.
     fn publish(&mut self, record: &Record) {
+        let mut rendered = Rendered::default();
         let mut drops = 0;
         self.subscribers.retain_mut(|s| {
             if let Record::Conntrack(ev) = record
                 && !s.filter.matches(ev)
             {
-                return true;
+                return s.pay_lost() != Push::Closed;
             }
-            if s.dropped > 0 {
-                let lost = Record::Lost(Lost {
-                    ts: now_unix(),
-                    kind: "lost",
-                    lost_kind: "agent_subscriber",
-                    count: s.dropped,
-                });
-                match s.tx.try_send(render(s.format, &lost)) {
-                    Ok(()) => s.dropped = 0,
-                    Err(TrySendError::Closed(_)) => return false,
-                    Err(TrySendError::Full(_)) => {}
-                }
-            }
-            match s.tx.try_send(render(s.format, record)) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_)) => {
-                    s.dropped += 1;
+            match s.offer(record, &mut rendered) {
+                Push::Queued => true,
+                Push::Full => {
                     drops += 1;
                     true
                 }
-                Err(TrySendError::Closed(_)) => false,
+                Push::Closed => false,
             }
         });
         self.totals.subscriber_drops += drops;
+    }
+
+    /// Forgets subscribers that went away, and queues the `lost` records the others are
+    /// owed once they have room, whatever they filter. The watch loop calls it every
+    /// second, and `status` before counting.
+    pub fn tend_subscribers(&mut self) {
+        self.subscribers
+            .retain_mut(|s| s.pay_lost() != Push::Closed);
     }
 
     /// Answers one request. Errors go into the answer's header.
@@ -238,7 +298,7 @@ impl Agent {
         {
             if self.tier == 3 {
                 let e = "the agent runs on tier 3 (no BPF): run `ctscope events --no-agent`";
-                let _ = reply.try_send(Header::line(Some(e.into())));
+                reply.answer(Header::line(Some(e.into())));
                 return;
             }
             let format = if json {
@@ -246,11 +306,11 @@ impl Agent {
             } else {
                 Format::Text { timestamp }
             };
-            if reply.try_send(Header::line(None)).is_ok() {
+            if reply.push(Header::line(None).into()) == Push::Queued {
                 self.subscribers.push(Subscriber {
                     filter,
                     format,
-                    tx: reply,
+                    outbox: reply,
                     dropped: 0,
                 });
             }
@@ -261,7 +321,10 @@ impl Agent {
                 scope,
                 filter,
                 json,
-            } => Ok(self.list(scope, &filter, json)),
+            } => match self.list(scope, &filter, json, reply.room()) {
+                Some(body) => Ok(body),
+                None => return reply.refuse(),
+            },
             Request::Get {
                 netns,
                 zone,
@@ -270,7 +333,10 @@ impl Agent {
             } => self.get(netns, zone.unwrap_or(0), &tuple, json),
             Request::Top { scope, by, n, json } => Ok(self.top(scope, by, n, json)),
             Request::Stats { scope, json } => self.stats(scope, json).await,
-            Request::Status {} => Ok(self.status()),
+            Request::Status {} => {
+                self.tend_subscribers();
+                Ok(self.status())
+            }
             Request::Lifetimes { netns } => Ok(self.lifetimes(&netns)),
             Request::Events { .. } => unreachable!("handled above"),
         };
@@ -282,21 +348,48 @@ impl Agent {
             }
             Err(e) => Header::line(Some(e)),
         };
-        // The queue is empty: the answer is its first and only chunk.
-        let _ = reply.try_send(answer);
+        reply.answer(answer);
     }
 
-    fn list(&self, scope: Scope, filter: &ct_netlink::TupleFilter, json: bool) -> Vec<u8> {
+    /// The listing, or `None` when it would be longer than `room` (what the answer
+    /// budget would take): refused before it is built when the last listing's row size
+    /// says so, else as soon as it grows past it. Stalled clients must not also cost
+    /// the agent's time.
+    fn list(
+        &mut self,
+        scope: Scope,
+        filter: &ct_netlink::TupleFilter,
+        json: bool,
+        room: usize,
+    ) -> Option<Vec<u8>> {
+        let row_bytes = &mut self.row_bytes[usize::from(json)];
+        if filter.is_empty() && room < usize::MAX {
+            let rows = match scope {
+                Scope::All => self.table.len(),
+                Scope::Netns(n) => self.table.count(n),
+            };
+            if rows * *row_bytes > room {
+                return None;
+            }
+        }
         let now = Stamp::now();
-        let mut out = Vec::with_capacity(self.table.len() * 160);
+        let mut out = Vec::with_capacity((self.table.len() * 160).min(room));
+        let mut rows = 0;
         for row in self.table.rows().filter(|r| scope.covers(r.netns)) {
             let entry = row.entry_at(now);
             if !filter.matches(&entry) {
                 continue;
             }
             let _ = write_row(&mut out, &row, &entry, scope.tags(), json, now.wall);
+            rows += 1;
+            if out.len() > room {
+                return None;
+            }
         }
-        out
+        if let Some(per_row) = out.len().checked_div(rows) {
+            *row_bytes = per_row;
+        }
+        Some(out)
     }
 
     fn top(&self, scope: Scope, by: crate::cli::TopBy, n: usize, json: bool) -> Vec<u8> {

@@ -21,6 +21,7 @@ use crate::{
         attribution::Kernel,
         client,
         clock::Stamp,
+        outbox,
         protocol::{Request, socket_path},
         server::Server,
         state::Agent,
@@ -44,6 +45,14 @@ const TUI_EVERY: Duration = Duration::from_millis(250);
 /// A full round of dumps may take at most this share of the agent's time.
 const DUMP_SHARE: u32 = 20;
 
+/// How often subscribers that went away are forgotten and owed `lost` records sent.
+const TEND_EVERY: Duration = Duration::from_secs(1);
+
+/// Events applied between yields to the connection tasks: a burst of thousands must
+/// not keep clients' writers (and so the readers' events) waiting. ~256 events take
+/// well under a millisecond.
+const YIELD_EVERY: usize = 256;
+
 /// Resync period on tier 3 when `--resync 0` asked for none: dumps are all it has.
 const TIER3_RESYNC: f64 = 5.0;
 
@@ -52,6 +61,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     if args.status {
         return status(&path).await;
     }
+    outbox::set_answer_budget(usize::from(args.answer_budget_mib) << 20);
     let mut server = Server::bind(&path)?;
     // Before the probes: increments up to here are not the agent's to explain.
     let baselines = baselines().await;
@@ -76,6 +86,8 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     dumps.round(&mut agent);
     let mut view = (!args.headless).then(|| Live::start(std::io::stdout().is_terminal()));
     let mut redraw = tokio::time::interval(view.as_ref().map_or(VIEW_EVERY, Live::period));
+    let mut tend = tokio::time::interval(TEND_EVERY);
+    tend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ready = false;
     let mut next_round = None;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -86,7 +98,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
                 let source = source.as_mut().expect("wait pends without a source");
                 let mut out = Output::default();
                 source.handle(w?, &mut out).await;
-                dumps.take(&mut agent, out);
+                dumps.take(&mut agent, out).await;
             }
             Some(done) = dumps.set.join_next_with_id() => {
                 dumps.joined(&mut agent, done);
@@ -100,6 +112,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
                 }
             }
             Some(inc) = server.next() => agent.answer(inc).await,
+            _ = tend.tick() => agent.tend_subscribers(),
             () = until(next_round) => {
                 next_round = None;
                 dumps.round(&mut agent);
@@ -116,7 +129,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     if let Some(s) = source.as_mut() {
         let mut out = Output::default();
         s.finish(&mut out).await;
-        dumps.take(&mut agent, out);
+        dumps.take(&mut agent, out).await;
     }
     Ok(())
 }
@@ -316,9 +329,12 @@ impl Dumps {
 
     /// Events and losses from the source: applied, held behind a dump, or (losses)
     /// answered with a reseed of every namespace.
-    fn take(&mut self, agent: &mut Agent, out: Output) {
+    async fn take(&mut self, agent: &mut Agent, out: Output) {
         let now = Stamp::now();
-        for ev in out.events {
+        for (i, ev) in out.events.into_iter().enumerate() {
+            if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                tokio::task::yield_now().await;
+            }
             if self.in_flight.contains(&ev.netns) {
                 self.held.entry(ev.netns).or_default().push(ev);
                 continue;

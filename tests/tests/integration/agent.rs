@@ -113,7 +113,8 @@ fn assert_count(got: usize, want: usize, ns: &Netns) {
     }
 }
 
-fn args<'a>(tier: &[&'a str], rest: &[&'a str]) -> Vec<&'a str> {
+/// The tier flags, then the rest.
+pub fn args<'a>(tier: &[&'a str], rest: &[&'a str]) -> Vec<&'a str> {
     tier.iter().chain(rest).copied().collect()
 }
 
