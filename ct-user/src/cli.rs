@@ -12,7 +12,8 @@ use crate::{filter, loader::DEFAULT_RING_BYTES};
 ///
 /// Probes on conntrack's insert, confirm, destroy and early_drop paths stream every new
 /// entry, every removal with its reason, and every insert failure with its cause.
-/// Needs root (or CAP_BPF + CAP_PERFMON, and CAP_NET_ADMIN for ctnetlink).
+/// Needs root, or: CAP_BPF + CAP_PERFMON for the probes, CAP_NET_ADMIN for ctnetlink,
+/// CAP_SYS_ADMIN to enter other network namespaces (README: Privileges).
 #[derive(Debug, Parser)]
 #[command(
     name = "ctscope",
@@ -470,7 +471,8 @@ pub struct WatchArgs {
 
     /// Ring buffer size in bytes: a power of two, at least 4096. Events that do not fit
     /// are counted as lost and the table is reseeded from dumps.
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_BYTES)]
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_BYTES,
+          value_parser = parse_ring_size)]
     pub ring_size: u32,
 
     /// Hook tier: 1 kprobes, 2 tracepoints only, 3 no BPF (dumps only). Default: the
@@ -768,6 +770,28 @@ pub fn parse_mark(s: &str) -> Result<(u32, u32), String> {
     }
 }
 
+/// `--ring-size`: a power of two of at least one page (4096 bytes).
+pub fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let bytes: u32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of bytes"))?;
+    if bytes.is_power_of_two() && bytes >= 4096 {
+        Ok(bytes)
+    } else {
+        Err(format!(
+            "{bytes} is not a power of two of at least 4096 (e.g. 16777216 for 16 MiB)"
+        ))
+    }
+}
+
+/// `--duration`: a number of seconds above 0 (fractions allowed).
+pub fn parse_positive_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > 0.0 => Ok(secs),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ProbeArgs {
     /// Print the report as one JSON object.
@@ -790,7 +814,7 @@ pub struct EventsArgs {
     pub count: Option<u64>,
 
     /// Stop after S seconds (fractions allowed).
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", value_parser = parse_positive_seconds)]
     pub duration: Option<f64>,
 
     #[command(flatten)]
@@ -798,7 +822,8 @@ pub struct EventsArgs {
 
     /// Ring buffer size in bytes: a power of two, at least 4096. Events that do not fit
     /// are counted and reported as `lost`.
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_BYTES)]
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_BYTES,
+          value_parser = parse_ring_size)]
     pub ring_size: u32,
 
     /// Create this file once the probes are attached (for scripts and tests).
@@ -839,8 +864,8 @@ pub struct FilterArgs {
 
     /// Only this network namespace: a name under /run/netns, a path such as
     /// /proc/PID/ns/net, or an inode number.
-    #[arg(long, value_name = "NETNS", value_parser = filter::parse_netns)]
-    pub netns: Option<u32>,
+    #[arg(long, value_name = "NETNS")]
+    pub netns: Option<String>,
 
     /// Only this protocol: tcp, udp, icmp, icmpv6, sctp, dccp, gre, udplite or a number.
     #[arg(long, short = 'p', value_name = "PROTO", value_parser = filter::parse_proto)]
@@ -881,10 +906,16 @@ pub const KINDS: [&str; 6] = [
 ];
 
 impl FilterArgs {
-    pub fn resolve(&self) -> filter::Filter {
-        filter::Filter {
+    /// The filter, with `--netns` resolved to its inode.
+    pub fn resolve(&self) -> Result<filter::Filter, crate::netns::ResolveError> {
+        let netns = self
+            .netns
+            .as_deref()
+            .map(crate::netns::resolve)
+            .transpose()?;
+        Ok(filter::Filter {
             kinds: self.kind.clone(),
-            netns: self.netns,
+            netns: netns.map(|n| n.inode),
             proto: self.proto,
             addr: self.addr,
             src: self.src,
@@ -892,7 +923,7 @@ impl FilterArgs {
             port: self.port,
             sport: self.sport,
             dport: self.dport,
-        }
+        })
     }
 }
 
@@ -931,7 +962,7 @@ mod tests {
         assert_eq!(args.count, Some(5));
         assert_eq!(args.filter.proto, Some(17));
         assert_eq!(args.filter.kind, vec!["new", "destroy"]);
-        assert_eq!(args.filter.resolve().kinds, vec!["new", "destroy"]);
+        assert_eq!(args.filter.resolve().unwrap().kinds, vec!["new", "destroy"]);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Event filters shared by `events` (and later `list`): netns, protocol, addresses, ports,
 //! kinds. Every given filter must match.
 
-use std::{net::IpAddr, os::unix::fs::MetadataExt};
+use std::net::IpAddr;
 
 use ct_netlink::proto;
 
@@ -54,18 +54,6 @@ pub fn parse_proto(s: &str) -> Result<u8, String> {
     })
 }
 
-/// `--netns`: an inode number, a name under /run/netns, or a path such as /proc/PID/ns/net.
-pub fn parse_netns(s: &str) -> Result<u32, String> {
-    if let Ok(inode) = s.parse::<u32>() {
-        return Ok(inode);
-    }
-    let path = ct_netlink::netns_path(s);
-    let meta = std::fs::metadata(&path).map_err(|e| {
-        format!("network namespace {s:?} ({}): {e}; give a name from `ip netns list`, a /proc/PID/ns/net path or an inode", path.display())
-    })?;
-    Ok(meta.ino() as u32)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,12 +64,5 @@ mod tests {
         assert_eq!(parse_proto("TCP"), Ok(6));
         assert_eq!(parse_proto("47"), Ok(47));
         assert!(parse_proto("foo").unwrap_err().contains("unknown protocol"));
-    }
-
-    #[test]
-    fn netns_by_inode_and_missing_name() {
-        assert_eq!(parse_netns("4026531840"), Ok(4026531840));
-        let err = parse_netns("no-such-ns-ctscope").unwrap_err();
-        assert!(err.contains("ip netns list"), "{err}");
     }
 }

@@ -32,6 +32,8 @@ mod early_drop;
 mod flood;
 #[path = "integration/host_tier.rs"]
 mod host_tier;
+#[path = "integration/privileges.rs"]
+mod privileges;
 #[path = "integration/server_side.rs"]
 mod server_side;
 #[path = "integration/snat_port_clash.rs"]
@@ -116,6 +118,19 @@ fn main() {
         trials.add(&env, name, Needs::Root, body);
     }
     trials.add(&env, "conntrack_compat", Needs::Root, conntrack_compat::run);
+    trials.add(
+        &env,
+        "capabilities",
+        Needs::Setpriv,
+        privileges::capabilities,
+    );
+    trials.add(
+        &env,
+        "capabilities_tier2",
+        Needs::Tier2Setpriv,
+        privileges::capabilities_tier2,
+    );
+    trials.add(&env, "netns_forms", Needs::Root, privileges::netns_forms);
     for (name, body) in DIAGNOSE {
         trials.add(&env, name, Needs::Root, body);
     }

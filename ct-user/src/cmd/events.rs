@@ -16,6 +16,7 @@ use tokio::{
 
 use crate::{
     agent::{self, client::Body, protocol::Request},
+    caps::{self, Cap},
     cli::EventsArgs,
     event::{Clock, CtEvent, Lost, Record},
     filter::Filter,
@@ -48,10 +49,7 @@ fn floor_note(floor: Floor) -> &'static str {
 }
 
 pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
-    let filter = args.filter.resolve();
-    if args.duration.is_some_and(|d| !(d.is_finite() && d > 0.0)) {
-        bail!("--duration must be a positive number of seconds");
-    }
+    let filter = args.filter.resolve()?;
     let format = if args.json {
         Format::Json
     } else {
@@ -74,6 +72,9 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
         }
     }
     let mut printer = Printer::new(format, filter, args.count);
+    if !caps::bpf_allowed(tier)? {
+        return run_tier3(args, &mut printer).await;
+    }
     let opts = LoadOptions {
         ring_bytes: args.ring_size,
         tier,
@@ -96,6 +97,7 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
         return run_tier3(args, &mut printer).await;
     }
     announce(&probes);
+    warn_unverified();
     let mut source = EventSource::start(&mut probes).await?;
     ready(args)?;
     let result = stream(args, &mut source, &mut printer).await;
@@ -182,9 +184,21 @@ async fn from_agent(args: &EventsArgs, mut body: Body) -> anyhow::Result<()> {
     super::ignore_broken_pipe(out.flush())
 }
 
+/// Destroy reasons the BPF tiers infer are checked against ctnetlink counters, in each
+/// namespace; where ctscope cannot read them the events say `"unverified": true`.
+fn warn_unverified() {
+    let why = "cannot be checked against conntrack's counters (events say \"unverified\")";
+    if !caps::warn_without(Cap::NetAdmin, &format!("destroy reasons {why}")) {
+        caps::warn_without(
+            Cap::SysAdmin,
+            &format!("destroy reasons in other network namespaces {why}"),
+        );
+    }
+}
+
 /// Tier 3: ctnetlink events of one namespace, overruns reported as `lost`.
 async fn run_tier3(args: &EventsArgs, printer: &mut Printer) -> anyhow::Result<()> {
-    let (mut listener, inode) = tier3::subscribe(printer.filter.netns)?;
+    let (mut listener, inode) = tier3::subscribe(args.filter.netns.as_deref())?;
     eprintln!(
         "ctscope: tier 3 (ctnetlink events, netns {inode}): {}",
         Tier::Ctnetlink.sees()

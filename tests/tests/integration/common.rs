@@ -68,6 +68,10 @@ pub enum Needs {
     Tier2,
     /// Nothing, but it repeats the named scenario, which runs here.
     Redundant(&'static str),
+    /// Root, tools, and util-linux `setpriv` to run ctscope with fewer capabilities.
+    Setpriv,
+    /// Tier 2 and `setpriv`.
+    Tier2Setpriv,
 }
 
 /// Facts about this machine, gathered once before the trials are built.
@@ -131,11 +135,16 @@ impl Env {
                 self.missing_tools.join(", ")
             ));
         }
+        if matches!(needs, Needs::Setpriv | Needs::Tier2Setpriv) && !cmd::on_path("setpriv") {
+            return Some("no `setpriv` (util-linux) on PATH to drop capabilities".into());
+        }
         match (needs, &self.probe) {
             (Needs::Tier1, Err(e)) => Some(format!("needs tier 1, but the probe failed: {e}")),
             (Needs::Tier1, Ok(p)) => p.tier1_missing(),
-            (Needs::Tier2, Err(e)) => Some(format!("needs tier 2, but the probe failed: {e}")),
-            (Needs::Tier2, Ok(p)) => p.tier_missing(2),
+            (Needs::Tier2 | Needs::Tier2Setpriv, Err(e)) => {
+                Some(format!("needs tier 2, but the probe failed: {e}"))
+            }
+            (Needs::Tier2 | Needs::Tier2Setpriv, Ok(p)) => p.tier_missing(2),
             _ => None,
         }
     }
