@@ -29,7 +29,7 @@ use crate::{
         tui::Tui,
         view::View,
     },
-    caps::{self, Cap},
+    caps::{self, Cap, Caps},
     cli::WatchArgs,
     event::CtEvent,
     loader::{self, LoadError, Tier},
@@ -194,8 +194,8 @@ fn check_caps(args: &WatchArgs) -> anyhow::Result<bool> {
         && caps::warn_without(
             Cap::SysAdmin,
             &format!(
-                "the agent cannot enter other network namespaces: it watches only its own \
-                 ({others} others not dumped, their destroy reasons unverified)"
+                "the agent cannot enter other network namespaces: it dumps only its own \
+                 ({others} others: entries from events only, destroy reasons unverified)"
             ),
         );
     if !own_only {
@@ -346,7 +346,9 @@ impl Dumps {
                 self.held.entry(ev.netns).or_default().push(ev);
                 continue;
             }
+            // Without CAP_SYS_ADMIN every dump of another namespace would fail.
             if !agent.knows(ev.netns)
+                && Caps::current().has(Cap::SysAdmin)
                 && let Some(path) = netns::path_of(ev.netns)
             {
                 // A namespace born after the round: its rows come from a dump too.

@@ -381,7 +381,7 @@ fn open(p: &Parsed) -> Result<Conntrack, Fail> {
     };
     opened.map_err(|e| match e.errno() {
         Some(libc::ENOENT) => Fail::Other(format!("{e}")),
-        _ => Fail::Other("Can't open handler".into()),
+        _ => Fail::Other(format!("Can't open handler: {e}")),
     })
 }
 

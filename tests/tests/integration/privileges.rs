@@ -191,22 +191,36 @@ pub fn capabilities() {
     }
 
     // A process holding capabilities ctscope lacks: its namespace needs CAP_SYS_PTRACE.
-    let mut sleeper = Command::new("ip")
-        .args(["netns", "exec", other.name(), "sleep", "60"])
-        .spawn()
-        .expect("sleep in the other namespace");
-    let path = format!("/proc/{}/ns/net", sleeper.id());
-    wait_in(&path, other.inode());
-    let list = ["list", "--no-agent", "--netns", &path];
+    let sleeper = Sleeper::start(&other);
+    let list = ["list", "--no-agent", "--netns", &sleeper.path];
     expect(&own, &["sys_ptrace"], &list, 1, "CAP_SYS_PTRACE");
-    let out = run(&own, &without(&["sys_ptrace"]), &list);
-    assert!(
-        stderr(&out).contains("permission denied"),
-        "{}",
-        stderr(&out)
-    );
-    let _ = sleeper.kill();
-    let _ = sleeper.wait();
+    expect(&own, &["sys_ptrace"], &list, 1, "permission denied");
+}
+
+/// A `sleep` in a namespace, killed on drop: a full-capability process there.
+struct Sleeper {
+    child: Child,
+    /// Its /proc/PID/ns/net.
+    path: String,
+}
+
+impl Sleeper {
+    fn start(ns: &Netns) -> Self {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns.name(), "sleep", "60"])
+            .spawn()
+            .expect("sleep in the namespace");
+        let path = format!("/proc/{}/ns/net", child.id());
+        wait_in(&path, ns.inode());
+        Sleeper { child, path }
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Waits until `path` (a process's namespace) is namespace `inode`.
@@ -325,105 +339,89 @@ pub fn capabilities_tier2() {
     );
 }
 
+/// The command families that take `--netns`, each with its arguments; `insert` creates
+/// the entry with source port `sport`.
+fn families(sport: u16) -> Vec<Vec<String>> {
+    let sport = sport.to_string();
+    let mut insert = [&["insert"][..], &TUPLE].concat();
+    insert[8] = &sport;
+    let cmds: Vec<Vec<&str>> = vec![
+        vec!["list", "--no-agent"],
+        vec!["count"],
+        vec!["stats", "--no-agent"],
+        vec!["delete", "-p", "udp", "--dport", "9"],
+        vec!["flush"],
+        [&["get", "--no-agent"][..], &TUPLE].concat(),
+        vec!["expect", "list"],
+        vec!["diagnose", "--no-agent"],
+        vec!["top", "--no-agent"],
+        vec!["timeouts", "--no-agent"],
+        vec!["events", "--tier", "3", "--duration", "0.2"],
+        insert,
+    ];
+    cmds.into_iter()
+        .map(|c| c.into_iter().map(String::from).collect())
+        .collect()
+}
+
+/// `ctscope ARGS --netns FORM` with every capability, from a namespace of its own.
+fn with_netns(from: &Netns, args: &[String], form: &str) -> Output {
+    let mut argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    argv.extend(["--netns", form]);
+    run(from, &[], &argv)
+}
+
 /// Every form of `--netns` for one namespace, and the wrong ones.
 pub fn netns_forms() {
-    let ns = Netns::new();
-    let mut sleeper = Command::new("ip")
-        .args(["netns", "exec", ns.name(), "sleep", "60"])
-        .spawn()
-        .expect("sleep in the namespace");
-    let proc_path = format!("/proc/{}/ns/net", sleeper.id());
-    wait_in(&proc_path, ns.inode());
+    let (ns, from) = (Netns::new(), Netns::new());
+    let sleeper = Sleeper::start(&ns);
     let inode = ns.inode().to_string();
-    let good = [ns.name(), proc_path.as_str(), inode.as_str()];
+    let good = [ns.name(), &sleeper.path, &inode];
     let bad = ["ctst-no-such-ns", "1", "/etc/passwd"];
-    let families = |i: usize| -> Vec<Vec<String>> {
-        // insert needs a tuple of its own per form, or the second one finds it taken.
-        let sport = (2000 + i).to_string();
-        let mut insert: Vec<String> = [&["insert"][..], &TUPLE]
-            .concat()
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        insert[8] = sport;
-        let cmds: Vec<Vec<&str>> = vec![
-            vec!["list", "--no-agent"],
-            vec!["count"],
-            vec!["stats", "--no-agent"],
-            vec!["delete", "-p", "udp", "--dport", "9"],
-            vec!["flush"],
-            [&["get", "--no-agent"][..], &TUPLE].concat(),
-            vec!["expect", "list"],
-            vec!["diagnose", "--no-agent"],
-            vec!["top", "--no-agent"],
-            vec!["timeouts", "--no-agent"],
-            vec!["events", "--tier", "3", "--duration", "0.2"],
-        ];
-        let mut cmds: Vec<Vec<String>> = cmds
-            .into_iter()
-            .map(|c| c.into_iter().map(String::from).collect())
-            .collect();
-        cmds.push(insert);
-        cmds
-    };
-    let host = Netns::new();
-    let full: Vec<String> = Vec::new();
-    // `insert` of a tuple not yet in the table succeeds; the others end as with the name.
-    for (i, args) in families(0).into_iter().enumerate() {
-        let mut codes = Vec::new();
-        for (j, form) in good.iter().enumerate() {
-            let mut argv = families(j).swap_remove(i);
-            argv.extend(["--netns".to_string(), form.to_string()]);
-            let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
-            let out = run(&host, &full, &refs);
-            codes.push((form.to_string(), out.status.code(), stderr(&out)));
-        }
+    for (i, args) in families(2000).iter().enumerate() {
         // delete and get find nothing to act on (exit 1); the others succeed.
         let want = if matches!(args[0].as_str(), "delete" | "get") {
             1
         } else {
             0
         };
-        for (form, code, err) in &codes {
+        for (j, form) in good.iter().enumerate() {
+            // A tuple of its own per form, or the second insert finds it taken.
+            let args = &families(2000 + j as u16)[i];
+            let out = with_netns(&from, args, form);
             assert_eq!(
-                *code,
+                out.status.code(),
                 Some(want),
-                "{args:?} --netns {form}: accepted like the name; stderr:\n{err}"
+                "{args:?} --netns {form}: accepted like the name; stderr:\n{}",
+                stderr(&out)
             );
         }
         for form in bad {
-            let mut argv = args.clone();
-            argv.extend(["--netns".to_string(), form.to_string()]);
-            let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
-            let out = run(&host, &full, &refs);
+            let out = with_netns(&from, args, form);
             let err = stderr(&out);
-            assert_eq!(out.status.code(), Some(2), "{refs:?}: a usage error; {err}");
-            assert!(err.contains(form), "{refs:?} names {form}: {err}");
+            assert_eq!(out.status.code(), Some(2), "{args:?} --netns {form}: {err}");
+            assert!(
+                err.contains(form),
+                "{args:?} --netns {form} names it: {err}"
+            );
         }
     }
     // conntrack's own front end: 0 for the forms, 2 (a parameter problem) for the others.
-    for form in good {
-        let out = run(&host, &full, &["conntrack", "--netns", form, "-L"]);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "conntrack --netns {form}: {}",
-            stderr(&out)
-        );
+    for (forms, want) in [(&good[..], 0), (&bad[..], 2)] {
+        for form in forms {
+            let out = run(&from, &[], &["conntrack", "--netns", form, "-L"]);
+            let err = stderr(&out);
+            assert_eq!(
+                out.status.code(),
+                Some(want),
+                "conntrack --netns {form}: {err}"
+            );
+            if want == 2 {
+                assert!(
+                    err.contains(form),
+                    "conntrack --netns {form} names it: {err}"
+                );
+            }
+        }
     }
-    for form in bad {
-        let out = run(&host, &full, &["conntrack", "--netns", form, "-L"]);
-        let err = stderr(&out);
-        assert_eq!(
-            out.status.code(),
-            Some(2),
-            "conntrack --netns {form}: {err}"
-        );
-        assert!(
-            err.contains(form),
-            "conntrack --netns {form} names it: {err}"
-        );
-    }
-    let _ = sleeper.kill();
-    let _ = sleeper.wait();
 }
