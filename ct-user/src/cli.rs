@@ -1012,6 +1012,23 @@ mod tests {
     }
 
     #[test]
+    fn ring_size_and_duration_out_of_range_are_usage_errors() {
+        for args in [
+            &["events", "--duration", "0"][..],
+            &["events", "--duration", "-1"],
+            &["events", "--duration", "nan"],
+            &["events", "--ring-size", "1000"],
+            &["events", "--ring-size", "2048"],
+            &["watch", "--ring-size", "12288"],
+        ] {
+            let err = Cli::try_parse_from([&["ctscope"][..], args].concat()).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}: {err}");
+        }
+        let cli = Cli::try_parse_from(["ctscope", "events", "--ring-size", "4096"]).unwrap();
+        assert!(matches!(cli.command, Command::Events(a) if a.ring_size == 4096));
+    }
+
+    #[test]
     fn marks() {
         assert_eq!(parse_mark("7"), Ok((7, u32::MAX)));
         assert_eq!(parse_mark("1/3"), Ok((1, 3)));

@@ -15,7 +15,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::caps::{Cap, Caps};
+use crate::caps::{self, Cap, Caps};
 
 /// What to give `--netns`, for error messages.
 const FORMS: &str = "give a name from `ip netns list`, a /proc/PID/ns/net path or an inode \
@@ -229,6 +229,23 @@ pub fn enterable() -> Vec<Netns> {
     let mut listed = list();
     if !Caps::current().has(Cap::SysAdmin) {
         listed.retain(|ns| ns.current);
+    }
+    listed
+}
+
+/// Like [`enterable`], after a warning about what is out of reach: without CAP_SYS_ADMIN
+/// `skipped(n)` says what becomes of the n others; else without CAP_SYS_PTRACE some
+/// namespaces are not even listed.
+pub fn enterable_warned(skipped: impl FnOnce(usize) -> String) -> Vec<Netns> {
+    let mut listed = list();
+    let others = listed.iter().filter(|ns| !ns.current).count();
+    if others > 0 && caps::warn_without(Cap::SysAdmin, &skipped(others)) {
+        listed.retain(|ns| ns.current);
+    } else {
+        caps::warn_without(
+            Cap::SysPtrace,
+            "namespaces of processes with capabilities ctscope lacks are not seen",
+        );
     }
     listed
 }

@@ -68,21 +68,9 @@ impl Target {
         if !args.all_netns {
             return Ok(vec![Self::one(args.netns.as_deref())?]);
         }
-        let mut listed = netns::list();
-        let others = listed.iter().filter(|ns| !ns.current).count();
-        if others > 0
-            && caps::warn_without(
-                Cap::SysAdmin,
-                &format!("only ctscope's own network namespace is read ({others} others skipped)"),
-            )
-        {
-            listed.retain(|ns| ns.current);
-        } else {
-            caps::warn_without(
-                Cap::SysPtrace,
-                "namespaces of processes with capabilities ctscope lacks are not listed",
-            );
-        }
+        let listed = netns::enterable_warned(|others| {
+            format!("only ctscope's own network namespace is read ({others} others skipped)")
+        });
         Ok(listed
             .into_iter()
             .map(|ns| Target {

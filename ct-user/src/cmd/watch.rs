@@ -189,21 +189,12 @@ fn check_caps(args: &WatchArgs) -> anyhow::Result<bool> {
             "ctscope: tier 3 (forced, degraded): the table from dumps only, no causes or reasons"
         );
     }
-    let others = netns::list().iter().filter(|ns| !ns.current).count();
-    let own_only = others > 0
-        && caps::warn_without(
-            Cap::SysAdmin,
-            &format!(
-                "the agent cannot enter other network namespaces: it dumps only its own \
-                 ({others} others: entries from events only, destroy reasons unverified)"
-            ),
-        );
-    if !own_only {
-        caps::warn_without(
-            Cap::SysPtrace,
-            "namespaces of processes with capabilities ctscope lacks are not seen",
-        );
-    }
+    netns::enterable_warned(|others| {
+        format!(
+            "the agent cannot enter other network namespaces: it dumps only its own ({others} \
+             others: entries from events only, destroy reasons unverified)"
+        )
+    });
     Ok(bpf)
 }
 
