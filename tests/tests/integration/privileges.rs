@@ -173,7 +173,7 @@ pub fn capabilities() {
         "CAP_SYS_ADMIN",
     );
     expect(&own, sys_admin, &["probe"], 0, "CAP_SYS_ADMIN");
-    watch_warns(&own, sys_admin, "CAP_SYS_ADMIN");
+    watch_warns(&own, &without(sys_admin), "3", "CAP_SYS_ADMIN", |_| {});
 
     // CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON: both go.
     for (cap, name) in [("bpf", "CAP_BPF"), ("perfmon", "CAP_PERFMON")] {
@@ -236,55 +236,68 @@ fn wait_in(path: &str, inode: u64) {
     }
 }
 
-/// `watch --tier 3` without `caps` gets ready, warning that it lacks `named`.
-fn watch_warns(ns: &Netns, caps: &[&str], named: &str) {
-    let sock = socket("warn");
-    let ready = sock.with_extension("ready");
-    let (sock_arg, ready_arg) = (sock.display().to_string(), ready.display().to_string());
+/// `watch --tier TIER` under `setpriv` arguments `privs` gets ready, warning that it
+/// lacks `named`; `ready` runs with its socket before it is stopped.
+fn watch_warns(
+    ns: &Netns,
+    privs: &[String],
+    tier: &str,
+    named: &str,
+    ready: impl FnOnce(&std::path::Path),
+) {
+    let sock = socket(&format!("warn{tier}"));
+    let ready_file = sock.with_extension("ready");
+    let sock_arg = sock.display().to_string();
+    let ready_arg = ready_file.display().to_string();
     let args = [
         "watch",
         "--headless",
         "--tier",
-        "3",
+        tier,
         "--socket",
         &sock_arg,
         "--ready-file",
         &ready_arg,
     ];
-    let mut child = spawn(ns, &without(caps), &args);
+    let mut child = spawn(ns, privs, &args);
     let start = Instant::now();
-    while !ready.exists() && child.try_wait().expect("wait").is_none() {
+    while !ready_file.exists() && child.try_wait().expect("wait").is_none() {
         assert!(start.elapsed() < LIMIT, "watch never got ready");
         std::thread::sleep(Duration::from_millis(20));
     }
+    if ready_file.exists() {
+        ready(&sock);
+    }
     let _ = child.kill();
     let out = child.wait_with_output().expect("output");
-    let _ = std::fs::remove_file(&ready);
+    let _ = std::fs::remove_file(&ready_file);
+    let err = stderr(&out);
     assert!(
-        ready_seen(&out),
-        "watch without {caps:?} must get ready: {}",
-        stderr(&out)
+        err.contains("agent ready"),
+        "watch {privs:?} must get ready: {err}"
     );
     assert!(
-        stderr(&out).contains(named),
-        "watch without {caps:?} must warn about {named}: {}",
-        stderr(&out)
+        err.contains(named),
+        "watch {privs:?} must warn about {named}: {err}"
     );
 }
 
-fn ready_seen(out: &Output) -> bool {
-    stderr(out).contains("agent ready")
+/// `setpriv` arguments that keep only CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN.
+fn only_bpf_perfmon_net_admin() -> Vec<String> {
+    [
+        "setpriv",
+        "--bounding-set=-all,+bpf,+perfmon,+net_admin",
+        "--inh-caps=-all",
+        "--",
+    ]
+    .map(String::from)
+    .into()
 }
 
 pub fn capabilities_tier2() {
     let pair = Pair::new(SUBNET);
     nft::apply(&pair.c, nft::CT_ENABLE);
-    let keep = [
-        "setpriv".to_string(),
-        "--bounding-set=-all,+bpf,+perfmon,+net_admin".into(),
-        "--inh-caps=-all".into(),
-        "--".into(),
-    ];
+    let keep = only_bpf_perfmon_net_admin();
     let opts = EventsOpts {
         extra: ["--tier", "2", "--netns", pair.c.name()]
             .map(String::from)
@@ -301,7 +314,7 @@ pub fn capabilities_tier2() {
         .concat(),
         ..Default::default()
     };
-    let run = Events::start(&opts);
+    let stream = Events::start(&opts);
     let dst = SocketAddrV4::new(pair.s_addr, UDP_PORT);
     let _sink = traffic::UdpSink::bind(&pair.s, dst);
     let port = 23000;
@@ -315,10 +328,10 @@ pub fn capabilities_tier2() {
     ];
     assert_eq!(kernel::ct_delete(&pair.c, &filter), 1, "conntrack -D");
     let inode = pair.c.inode();
-    run.wait_until(event_wait(), |ev| {
+    stream.wait_until(event_wait(), |ev| {
         !events::select(ev, "destroy", inode, None).is_empty()
     });
-    let finished = run.stop();
+    let finished = stream.stop();
     let destroys = events::select(&finished.events, "destroy", inode, None);
     assert_eq!(
         destroys.len(),
@@ -337,6 +350,30 @@ pub fn capabilities_tier2() {
         "warns that other namespaces need CAP_SYS_ADMIN; stderr:\n{}",
         finished.stderr
     );
+    // The agent seeds its table from its own namespace all the same.
+    pair.c.exec(
+        &["conntrack", "-I"]
+            .iter()
+            .chain(&filter)
+            .chain(&["-t", "100"])
+            .copied()
+            .collect::<Vec<_>>(),
+    );
+    // Tier 2 does not see ctnetlink inserts: the entry comes from the dump.
+    watch_warns(&pair.c, &keep, "2", "CAP_SYS_ADMIN", |sock| {
+        let sock = sock.display().to_string();
+        let list = ["list", "--socket", &sock, "--netns", pair.c.name()];
+        let out = run(&pair.s, &[], &list);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!("sport={port} dport={UDP_PORT}")),
+            "the agent dumped its own namespace: {text}{}",
+            stderr(&out)
+        );
+    });
+    // Without CAP_NET_ADMIN tier 2 still runs, saying its reasons go unverified.
+    let events = ["events", "--tier", "2", "--duration", "0.5"];
+    expect(&pair.c, &["net_admin"], &events, 0, "CAP_NET_ADMIN");
 }
 
 /// The command families that take `--netns`, each with its arguments; `insert` creates
