@@ -38,20 +38,29 @@ pub struct Named {
 pub enum ResolveError {
     #[error("unknown network namespace {arg:?}: {why}; {}", FORMS)]
     Unknown { arg: String, why: String },
-    #[error("{arg:?} ({}) is not a network namespace; {}", path.display(), FORMS)]
+    #[error("{} is not a network namespace; {}", shown(arg, path), FORMS)]
     NotNetns { arg: String, path: PathBuf },
-    #[error("network namespace {arg:?} ({}): permission denied: {need}", path.display())]
+    #[error("network namespace {}: permission denied: {need}", shown(arg, path))]
     Denied {
         arg: String,
         path: PathBuf,
         need: String,
     },
-    #[error("network namespace {arg:?} ({}): {source}", path.display())]
+    #[error("network namespace {}: {source}", shown(arg, path))]
     Io {
         arg: String,
         path: PathBuf,
         source: io::Error,
     },
+}
+
+/// `"ARG"`, with the path it led to when that reads differently.
+fn shown(arg: &str, path: &Path) -> String {
+    if Path::new(arg) == path {
+        format!("{arg:?}")
+    } else {
+        format!("{arg:?} ({})", path.display())
+    }
 }
 
 impl ResolveError {
