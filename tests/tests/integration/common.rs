@@ -135,8 +135,10 @@ impl Env {
                 self.missing_tools.join(", ")
             ));
         }
-        if matches!(needs, Needs::Setpriv | Needs::Tier2Setpriv) && !cmd::on_path("setpriv") {
-            return Some("no `setpriv` (util-linux) on PATH to drop capabilities".into());
+        if matches!(needs, Needs::Setpriv | Needs::Tier2Setpriv)
+            && let Some(why) = setpriv_missing()
+        {
+            return Some(why);
         }
         match (needs, &self.probe) {
             (Needs::Tier1, Err(e)) => Some(format!("needs tier 1, but the probe failed: {e}")),
@@ -148,6 +150,17 @@ impl Env {
             _ => None,
         }
     }
+}
+
+/// Why util-linux `setpriv` cannot drop capabilities from the bounding set here, if it
+/// cannot: absent, or busybox's applet (as in the VMs), which has no `--bounding-set`.
+fn setpriv_missing() -> Option<String> {
+    let Ok(out) = cmd::output(&["setpriv", "--help"], None) else {
+        return Some("no `setpriv` (util-linux) on PATH to drop capabilities".into());
+    };
+    let help = [out.stdout, out.stderr].concat();
+    let bounding = String::from_utf8_lossy(&help).contains("--bounding-set");
+    (!bounding).then(|| "`setpriv` has no --bounding-set (busybox's, not util-linux's)".into())
 }
 
 /// Prints a scenario's measurements when `CTSCOPE_TEST_VERBOSE` is set or inside the VMs
