@@ -58,11 +58,22 @@ fn enter_and_run<T>(
         source,
     };
     let home = File::open("/proc/thread-self/ns/net").map_err(netns_err)?;
+    // Entering the namespace one is in needs CAP_SYS_ADMIN all the same: skip it.
+    if same_file(&home, target).map_err(netns_err)? {
+        return Ok(make());
+    }
     setns(target).map_err(netns_err)?;
     let made = make();
     // The thread ends right after; going back is for tidiness, not correctness.
     let _ = setns(&home);
     Ok(made)
+}
+
+/// Whether two namespace files are the same namespace (same nsfs device and inode).
+fn same_file(a: &File, b: &File) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt as _;
+    let (a, b) = (a.metadata()?, b.metadata()?);
+    Ok(a.dev() == b.dev() && a.ino() == b.ino())
 }
 
 fn setns(ns: &File) -> io::Result<()> {

@@ -12,7 +12,8 @@ use crate::{filter, loader::DEFAULT_RING_BYTES};
 ///
 /// Probes on conntrack's insert, confirm, destroy and early_drop paths stream every new
 /// entry, every removal with its reason, and every insert failure with its cause.
-/// Needs root (or CAP_BPF + CAP_PERFMON, and CAP_NET_ADMIN for ctnetlink).
+/// Needs root, or: CAP_BPF + CAP_PERFMON for the probes, CAP_NET_ADMIN for ctnetlink,
+/// CAP_SYS_ADMIN to enter other network namespaces (README: Privileges).
 #[derive(Debug, Parser)]
 #[command(
     name = "ctscope",
@@ -997,8 +998,8 @@ pub struct FilterArgs {
 
     /// Only this network namespace: a name under /run/netns, a path such as
     /// /proc/PID/ns/net, or an inode number.
-    #[arg(long, value_name = "NETNS", value_parser = filter::parse_netns)]
-    pub netns: Option<u32>,
+    #[arg(long, value_name = "NETNS")]
+    pub netns: Option<String>,
 
     /// Only this protocol: tcp, udp, icmp, icmpv6, sctp, dccp, gre, udplite or a number.
     #[arg(long, short = 'p', value_name = "PROTO", value_parser = filter::parse_proto)]
@@ -1030,10 +1031,16 @@ pub struct FilterArgs {
 }
 
 impl FilterArgs {
-    pub fn resolve(&self) -> filter::Filter {
-        filter::Filter {
+    /// The filter, with `--netns` resolved to its inode.
+    pub fn resolve(&self) -> Result<filter::Filter, crate::netns::ResolveError> {
+        let netns = self
+            .netns
+            .as_deref()
+            .map(crate::netns::resolve)
+            .transpose()?;
+        Ok(filter::Filter {
             kinds: self.kind.clone(),
-            netns: self.netns,
+            netns: netns.map(|n| n.inode),
             proto: self.proto,
             addr: self.addr,
             src: self.src,
@@ -1041,7 +1048,7 @@ impl FilterArgs {
             port: self.port,
             sport: self.sport,
             dport: self.dport,
-        }
+        })
     }
 }
 
@@ -1080,7 +1087,7 @@ mod tests {
         assert_eq!(args.count, Some(5));
         assert_eq!(args.filter.proto, Some(17));
         assert_eq!(args.filter.kind, vec!["new", "destroy"]);
-        assert_eq!(args.filter.resolve().kinds, vec!["new", "destroy"]);
+        assert_eq!(args.filter.resolve().unwrap().kinds, vec!["new", "destroy"]);
     }
 
     #[test]
@@ -1127,6 +1134,23 @@ mod tests {
         assert_eq!(f.orig_dst_port, Some(53));
         assert_eq!(f.mark, Some((0x10, 0xf0)));
         assert_eq!(f.zone, Some(3));
+    }
+
+    #[test]
+    fn ring_size_and_duration_out_of_range_are_usage_errors() {
+        for args in [
+            &["events", "--duration", "0"][..],
+            &["events", "--duration", "-1"],
+            &["events", "--duration", "nan"],
+            &["events", "--ring-size", "1000"],
+            &["events", "--ring-size", "2048"],
+            &["watch", "--ring-size", "12288"],
+        ] {
+            let err = Cli::try_parse_from([&["ctscope"][..], args].concat()).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}: {err}");
+        }
+        let cli = Cli::try_parse_from(["ctscope", "events", "--ring-size", "4096"]).unwrap();
+        assert!(matches!(cli.command, Command::Events(a) if a.ring_size == 4096));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Event filters shared by `events` (and later `list`): netns, protocol, addresses, ports,
 //! kinds. Every given filter must match.
 
-use std::{net::IpAddr, os::unix::fs::MetadataExt};
+use std::net::IpAddr;
 
 use ct_netlink::proto;
 
@@ -83,18 +83,6 @@ pub fn parse_proto(s: &str) -> Result<u8, String> {
     })
 }
 
-/// `--netns`: an inode number, a name under /run/netns, or a path such as /proc/PID/ns/net.
-pub fn parse_netns(s: &str) -> Result<u32, String> {
-    if let Ok(inode) = s.parse::<u32>() {
-        return Ok(inode);
-    }
-    let path = ct_netlink::netns_path(s);
-    let meta = std::fs::metadata(&path).map_err(|e| {
-        format!("network namespace {s:?} ({}): {e}; give a name from `ip netns list`, a /proc/PID/ns/net path or an inode", path.display())
-    })?;
-    Ok(meta.ino() as u32)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,12 +106,5 @@ mod tests {
         );
         let err = serde_json::from_str::<Filter>(r#"{"source": "10.0.0.1"}"#).unwrap_err();
         assert!(err.to_string().contains("unknown field `source`"), "{err}");
-    }
-
-    #[test]
-    fn netns_by_inode_and_missing_name() {
-        assert_eq!(parse_netns("4026531840"), Ok(4026531840));
-        let err = parse_netns("no-such-ns-ctscope").unwrap_err();
-        assert!(err.contains("ip netns list"), "{err}");
     }
 }

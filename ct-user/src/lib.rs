@@ -3,6 +3,7 @@
 //! The `ctscope` binary (src/main.rs) is glue over these modules.
 
 pub mod agent;
+pub mod caps;
 pub mod cli;
 pub mod cmd;
 pub mod compat;

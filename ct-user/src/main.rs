@@ -1,13 +1,14 @@
 //! The `ctscope` binary: parse flags, run one subcommand, map errors to exit codes.
 //! Exit status: 0 success (also when stdout closes early, `ctscope list | head`), 1
-//! runtime error (message on stderr), 2 usage error (clap).
+//! runtime error (message on stderr), 2 usage error (clap, or a `--netns` that names no
+//! network namespace).
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
 use ctscope::{
     cli::{Cli, Command},
-    cmd, error_text, stdout,
+    cmd, error_text, netns, stdout,
 };
 
 fn main() -> ExitCode {
@@ -28,8 +29,21 @@ fn main() -> ExitCode {
         Err(e) if stdout::is_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ctscope: error: {}", error_text::render(e.as_ref()));
-            ExitCode::FAILURE
+            exit_status(&e)
         }
+    }
+}
+
+/// 2 for a usage error found only when resolving the arguments, else 1.
+fn exit_status(e: &anyhow::Error) -> ExitCode {
+    let usage = e
+        .chain()
+        .filter_map(|c| c.downcast_ref::<netns::ResolveError>())
+        .any(netns::ResolveError::is_usage);
+    if usage {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
     }
 }
 

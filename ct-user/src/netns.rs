@@ -1,15 +1,178 @@
-//! Network namespaces: finding them (processes and /run/netns) and running a closure
+//! Network namespaces: finding them (processes and /run/netns), resolving what `--netns`
+//! names (one resolver and one set of errors for every command), and running a closure
 //! inside one (a short-lived thread that `setns`es, so the caller's namespace is untouched).
 
 use std::{
     collections::BTreeMap,
-    fs::{self, File},
+    fs::{self, File, OpenOptions},
     io,
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    os::{
+        fd::AsRawFd,
+        unix::fs::{MetadataExt, OpenOptionsExt as _},
+    },
     path::{Path, PathBuf},
 };
 
 use serde::Serialize;
+
+use crate::caps::{self, Cap, Caps};
+
+/// What to give `--netns`, for error messages.
+const FORMS: &str = "give a name from `ip netns list`, a /proc/PID/ns/net path or an inode \
+                     from `ctscope count --all-netns`";
+
+/// `ioctl(NS_GET_NSTYPE)`: the namespace type of an nsfs file (linux/nsfs.h, `_IO(0xb7, 3)`).
+const NS_GET_NSTYPE: u32 = 0xb703;
+
+/// The namespace a `--netns` argument names.
+#[derive(Clone, Debug)]
+pub struct Named {
+    pub path: PathBuf,
+    pub inode: u32,
+    /// ctscope's own namespace: nothing to enter.
+    pub current: bool,
+}
+
+/// Why a `--netns` argument names no namespace ctscope can use.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("unknown network namespace {arg:?}: {why}; {}", FORMS)]
+    Unknown { arg: String, why: String },
+    #[error("{} is not a network namespace; {}", shown(arg, path), FORMS)]
+    NotNetns { arg: String, path: PathBuf },
+    #[error("network namespace {}: permission denied: {need}", shown(arg, path))]
+    Denied {
+        arg: String,
+        path: PathBuf,
+        need: String,
+    },
+    #[error("network namespace {}: {source}", shown(arg, path))]
+    Io {
+        arg: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+/// `"ARG"`, with the path it led to when that reads differently.
+fn shown(arg: &str, path: &Path) -> String {
+    if Path::new(arg) == path {
+        format!("{arg:?}")
+    } else {
+        format!("{arg:?} ({})", path.display())
+    }
+}
+
+impl ResolveError {
+    /// A wrong argument (exit 2) rather than a failure to reach a real namespace (exit 1).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Self::Unknown { .. } | Self::NotNetns { .. })
+    }
+}
+
+/// `--netns ARG`: a name under /run/netns, a path (with a `/`), or the inode of a listed
+/// namespace (all digits and no such name). The file must be a network namespace.
+pub fn resolve(arg: &str) -> Result<Named, ResolveError> {
+    let path = ct_netlink::netns_path(arg);
+    if !arg.contains('/')
+        && fs::symlink_metadata(&path).is_err()
+        && let Ok(inode) = arg.parse::<u32>()
+    {
+        return by_inode(arg, inode);
+    }
+    open_named(arg, path)
+}
+
+fn by_inode(arg: &str, inode: u32) -> Result<Named, ResolveError> {
+    if let Some(path) = path_of(inode) {
+        return open_named(arg, path);
+    }
+    let mut why = format!("no process and no name under /run/netns is in namespace {inode}");
+    if !Caps::current().has(Cap::SysPtrace) {
+        why += " that ctscope can see (without CAP_SYS_PTRACE it cannot see the namespaces \
+                of processes with capabilities it lacks)";
+    }
+    Err(ResolveError::Unknown {
+        arg: arg.into(),
+        why,
+    })
+}
+
+/// Opens `path` and checks it is a network namespace.
+fn open_named(arg: &str, path: PathBuf) -> Result<Named, ResolveError> {
+    // O_NONBLOCK: a FIFO given by mistake must not hang the open.
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path);
+    let file = match file {
+        Ok(f) => f,
+        Err(e) => return Err(open_error(arg, path, e)),
+    };
+    // SAFETY: NS_GET_NSTYPE takes no argument and only reads the fd, which `file` keeps
+    // open for the call; on a file outside nsfs it fails with ENOTTY.
+    let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+    if kind != libc::CLONE_NEWNET {
+        return Err(ResolveError::NotNetns {
+            arg: arg.into(),
+            path,
+        });
+    }
+    let inode = file
+        .metadata()
+        .map_err(|source| ResolveError::Io {
+            arg: arg.into(),
+            path: path.clone(),
+            source,
+        })?
+        .ino() as u32;
+    Ok(Named {
+        current: own_inode() == Some(inode),
+        path,
+        inode,
+    })
+}
+
+fn open_error(arg: &str, path: PathBuf, e: io::Error) -> ResolveError {
+    let arg = arg.to_owned();
+    match e.kind() {
+        io::ErrorKind::NotFound => ResolveError::Unknown {
+            why: format!("{} does not exist", path.display()),
+            arg,
+        },
+        io::ErrorKind::PermissionDenied => {
+            let ptrace = Caps::current().has(Cap::SysPtrace);
+            let need = match (path.starts_with("/proc"), ptrace) {
+                (true, false) => {
+                    "another process's namespace needs CAP_SYS_PTRACE when that process holds \
+                     capabilities ctscope lacks"
+                }
+                (true, true) => {
+                    "the kernel refused it despite CAP_SYS_PTRACE (a process in another user \
+                     namespace, or a security module's policy)"
+                }
+                (false, _) => "run ctscope as root",
+            };
+            ResolveError::Denied {
+                arg,
+                path,
+                need: need.into(),
+            }
+        }
+        _ => ResolveError::Io {
+            arg,
+            path,
+            source: e,
+        },
+    }
+}
+
+/// The inode of ctscope's own network namespace.
+pub fn own_inode() -> Option<u32> {
+    fs::metadata("/proc/self/ns/net")
+        .map(|m| m.ino() as u32)
+        .ok()
+}
 
 /// A network namespace and a path that reaches it.
 #[derive(Clone, Debug, Serialize)]
@@ -34,9 +197,7 @@ pub fn path_of(inode: u32) -> Option<PathBuf> {
 
 /// Every namespace with a process in it or a name under /run/netns, sorted by inode.
 pub fn list() -> Vec<Netns> {
-    let current = fs::metadata("/proc/self/ns/net")
-        .map(|m| m.ino() as u32)
-        .ok();
+    let current = own_inode();
     let mut found: BTreeMap<u32, Netns> = BTreeMap::new();
     let mut add = |path: PathBuf, name: Option<String>| {
         let Ok(meta) = fs::metadata(&path) else {
@@ -72,12 +233,42 @@ pub fn list() -> Vec<Netns> {
     found.into_values().collect()
 }
 
-/// Runs `f` in a thread that has joined the network namespace at `path`.
+/// The listed namespaces ctscope can enter: only its own without CAP_SYS_ADMIN.
+pub fn enterable() -> Vec<Netns> {
+    let mut listed = list();
+    if !Caps::current().has(Cap::SysAdmin) {
+        listed.retain(|ns| ns.current);
+    }
+    listed
+}
+
+/// Like [`enterable`], after a warning about what is out of reach: without CAP_SYS_ADMIN
+/// `skipped(n)` says what becomes of the n others; else without CAP_SYS_PTRACE some
+/// namespaces are not even listed.
+pub fn enterable_warned(skipped: impl FnOnce(usize) -> String) -> Vec<Netns> {
+    let mut listed = list();
+    let others = listed.iter().filter(|ns| !ns.current).count();
+    if others > 0 && caps::warn_without(Cap::SysAdmin, &skipped(others)) {
+        listed.retain(|ns| ns.current);
+    } else {
+        caps::warn_without(
+            Cap::SysPtrace,
+            "namespaces of processes with capabilities ctscope lacks are not seen",
+        );
+    }
+    listed
+}
+
+/// Runs `f` in a thread that has joined the network namespace at `path` (here, when it
+/// is ctscope's own: setns would need CAP_SYS_ADMIN all the same).
 pub fn run_in<T: Send + 'static>(
     path: &Path,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> io::Result<T> {
     let file = File::open(path)?;
+    if Some(file.metadata()?.ino() as u32) == own_inode() {
+        return Ok(f());
+    }
     std::thread::spawn(move || -> io::Result<T> {
         // SAFETY: setns on a namespace fd we own; it only changes this (new) thread.
         if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
@@ -100,4 +291,33 @@ pub fn conntrack_count(path: &Path) -> Option<u64> {
     })
     .ok()
     .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_the_forms_of_one_namespace() {
+        let own = own_inode().expect("/proc/self/ns/net");
+        for arg in ["/proc/self/ns/net", &own.to_string()] {
+            let named = resolve(arg).unwrap_or_else(|e| panic!("{arg}: {e}"));
+            assert_eq!((named.inode, named.current), (own, true), "{arg}");
+        }
+    }
+
+    #[test]
+    fn wrong_arguments_are_usage_errors() {
+        for arg in [
+            "ctscope-no-such-ns",
+            "1",
+            "/etc/passwd",
+            "/",
+            "/proc/self/ns/uts",
+        ] {
+            let err = resolve(arg).expect_err(arg);
+            assert!(err.is_usage(), "{arg}: {err}");
+            assert!(err.to_string().contains(arg), "{arg} named: {err}");
+        }
+    }
 }

@@ -86,7 +86,7 @@ impl Settler {
     pub async fn new() -> Self {
         let mut namespaces = HashMap::new();
         let mut with_entries = Vec::new();
-        for ns in netns::list() {
+        for ns in netns::enterable() {
             let mut conn = Conntrack::open_in_netns(&ns.path).ok();
             let explained = read_counters(&mut conn).await.unwrap_or_default();
             if let Some(c) = conn.as_mut()

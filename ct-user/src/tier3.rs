@@ -6,31 +6,34 @@ use anyhow::Context as _;
 use ct_netlink::{Entry, EventGroups, EventListener, ListenerOptions};
 
 use crate::{
+    caps::{self, Cap},
     event::{Clock, CtEvent, Proto, Side},
     netns,
 };
 
-/// A listener in namespace `inode` (ctscope's own without one). ctnetlink events are
-/// per namespace, so tier 3 watches exactly one.
-pub fn subscribe(inode: Option<u32>) -> anyhow::Result<(EventListener, u32)> {
-    let (netns, inode) = match inode {
-        Some(i) => {
-            let path =
-                netns::path_of(i).with_context(|| format!("network namespace {i} not found"))?;
-            (Some(path), i)
+/// A listener in the namespace `--netns` names (ctscope's own without one), and its
+/// inode. ctnetlink events are per namespace, so tier 3 watches exactly one.
+pub fn subscribe(netns_arg: Option<&str>) -> anyhow::Result<(EventListener, u32)> {
+    caps::require(&[Cap::NetAdmin], "tier 3 (ctnetlink events)")?;
+    let (netns, inode) = match netns_arg.map(netns::resolve).transpose()? {
+        Some(named) if !named.current => {
+            caps::require(
+                &[Cap::SysAdmin],
+                &format!("entering network namespace {:?}", named.path),
+            )?;
+            (Some(named.path), named.inode)
         }
-        None => {
-            let own = std::fs::metadata("/proc/self/ns/net")
-                .context("ctscope's own network namespace not found in /proc")?;
-            (None, std::os::unix::fs::MetadataExt::ino(&own) as u32)
-        }
+        _ => (
+            None,
+            netns::own_inode().context("ctscope's own network namespace: /proc/self/ns/net")?,
+        ),
     };
     let opts = ListenerOptions {
         netns,
         ..ListenerOptions::default()
     };
     let listener = EventListener::subscribe(EventGroups::NEW | EventGroups::DESTROY, &opts)
-        .context("subscribing to ctnetlink events (needs CAP_NET_ADMIN)")?;
+        .context("subscribing to ctnetlink events")?;
     Ok((listener, inode))
 }
 

@@ -126,6 +126,8 @@ pub struct EventsOpts {
     pub count: Option<u64>,
     /// Anything else, appended as is.
     pub extra: Vec<String>,
+    /// A command that runs ctscope (`ip netns exec NS setpriv ...`), if any.
+    pub wrapper: Vec<String>,
 }
 
 impl EventsOpts {
@@ -203,7 +205,15 @@ impl Events {
     fn spawn(opts: &EventsOpts, ready: PathBuf) -> Self {
         let bin = binary_or_panic();
         let args = opts.args(&ready);
-        let mut child = Command::new(&bin)
+        let mut command = match opts.wrapper.split_first() {
+            Some((prog, rest)) => {
+                let mut c = Command::new(prog);
+                c.args(rest).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let mut child = command
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

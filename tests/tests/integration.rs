@@ -38,6 +38,8 @@ mod early_drop;
 mod flood;
 #[path = "integration/host_tier.rs"]
 mod host_tier;
+#[path = "integration/privileges.rs"]
+mod privileges;
 #[path = "integration/server_side.rs"]
 mod server_side;
 #[path = "integration/snat_port_clash.rs"]
@@ -146,6 +148,19 @@ fn main() {
     for (name, body) in CLI_SAFETY {
         trials.add(&env, name, Needs::Root, body);
     }
+    trials.add(
+        &env,
+        "capabilities",
+        Needs::Setpriv,
+        privileges::capabilities,
+    );
+    trials.add(
+        &env,
+        "capabilities_tier2",
+        Needs::Tier2Setpriv,
+        privileges::capabilities_tier2,
+    );
+    trials.add(&env, "netns_forms", Needs::Root, privileges::netns_forms);
     for (name, body) in DIAGNOSE {
         trials.add(&env, name, Needs::Root, body);
     }

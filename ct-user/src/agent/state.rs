@@ -422,7 +422,10 @@ impl Agent {
     async fn stats(&self, scope: Scope, json: bool) -> Result<Vec<u8>, String> {
         let mut out = Vec::new();
         let mut found = false;
-        for ns in netns::list().into_iter().filter(|n| scope.covers(n.inode)) {
+        for ns in netns::enterable()
+            .into_iter()
+            .filter(|n| scope.covers(n.inode))
+        {
             let Some(w) = self.watched.get(&ns.inode) else {
                 continue;
             };

@@ -12,6 +12,7 @@ use tokio::{
 
 use crate::{
     agent::{self, client::Body, protocol::Request},
+    caps::{self, Cap},
     cli::EventsArgs,
     event::{Clock, CtEvent, Lost, Record},
     filter::Filter,
@@ -44,7 +45,7 @@ fn floor_note(floor: Floor) -> &'static str {
 }
 
 pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
-    let filter = args.filter.resolve();
+    let filter = args.filter.resolve()?;
     let format = if args.json {
         Format::Json
     } else {
@@ -68,8 +69,9 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
         }
     }
     let mut printer = Printer::new(format, filter, args.count);
-    if tier == Some(Tier::Ctnetlink) {
-        // Forced tier 3 is "no BPF": nothing is loaded or attached.
+    // Forced tier 3 is "no BPF", and without CAP_BPF/CAP_PERFMON nothing else runs:
+    // nothing is loaded or attached.
+    if !caps::bpf_allowed(tier)? {
         return run_tier3(args, &mut printer).await;
     }
     let opts = LoadOptions {
@@ -94,6 +96,7 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
         Err(e) => return Err(e.into()),
     };
     announce(&probes);
+    warn_unverified();
     let mut source = EventSource::start(&mut probes).await?;
     ready(args)?;
     watching(&tier_label(probes.tier));
@@ -183,9 +186,21 @@ async fn from_agent(args: &EventsArgs, mut body: Body) -> anyhow::Result<()> {
     stdout::check(out.flush())
 }
 
+/// Destroy reasons the BPF tiers infer are checked against ctnetlink counters, in each
+/// namespace; where ctscope cannot read them the events say `"unverified": true`.
+fn warn_unverified() {
+    let why = "cannot be checked against conntrack's counters (events say \"unverified\")";
+    if !caps::warn_without(Cap::NetAdmin, &format!("destroy reasons {why}")) {
+        caps::warn_without(
+            Cap::SysAdmin,
+            &format!("destroy reasons in other network namespaces {why}"),
+        );
+    }
+}
+
 /// Tier 3: ctnetlink events of one namespace, overruns reported as `lost`.
 async fn run_tier3(args: &EventsArgs, printer: &mut Printer) -> anyhow::Result<()> {
-    let (mut listener, inode) = tier3::subscribe(printer.filter.netns)?;
+    let (mut listener, inode) = tier3::subscribe(args.filter.netns.as_deref())?;
     log::info!("tier 3 sees {}", Tier::Ctnetlink.sees());
     ready(args)?;
     watching(&format!("{}, netns {inode}", tier_label(Tier::Ctnetlink)));

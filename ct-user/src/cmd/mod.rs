@@ -22,10 +22,15 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::bail;
+use anyhow::Context as _;
 use ct_netlink::Conntrack;
 
-use crate::{agent::protocol::Scope, cli::NetnsArgs, netns, sysctl};
+use crate::{
+    agent::protocol::Scope,
+    caps::{self, Cap},
+    cli::NetnsArgs,
+    netns, sysctl,
+};
 
 /// `--ready-file`: creates a new file saying `ready`. It never replaces or follows what is
 /// there (a root agent must not overwrite a file a wrong path names).
@@ -62,33 +67,51 @@ pub struct Target {
 impl Target {
     /// `--netns NS` (a name, a path or an inode), or ctscope's own namespace.
     pub fn one(arg: Option<&str>) -> anyhow::Result<Self> {
-        let Some(arg) = arg else {
-            return Ok(Target {
-                path: None,
-                label: "this network namespace".into(),
-                tag: None,
-            });
-        };
-        Ok(Target {
-            path: Some(resolve_netns(arg)?),
-            label: format!("network namespace {arg:?}"),
+        let own = Target {
+            path: None,
+            label: "this network namespace".into(),
             tag: None,
+        };
+        let Some(arg) = arg else {
+            return Ok(own);
+        };
+        let named = netns::resolve(arg)?;
+        Ok(Target {
+            path: (!named.current).then_some(named.path),
+            label: format!("network namespace {arg:?}"),
+            ..own
         })
     }
 
-    /// Every namespace with --all-netns, else the one `--netns` names.
+    /// Every namespace with --all-netns (only ctscope's own without CAP_SYS_ADMIN, with a
+    /// warning), else the one `--netns` names.
     pub fn from_args(args: &NetnsArgs) -> anyhow::Result<Vec<Self>> {
         if !args.all_netns {
             return Ok(vec![Self::one(args.netns.as_deref())?]);
         }
-        Ok(netns::list()
+        let listed = netns::enterable_warned(|others| {
+            format!("only ctscope's own network namespace is read ({others} others skipped)")
+        });
+        Ok(listed
             .into_iter()
             .map(|ns| Target {
-                path: Some(ns.path.clone()),
+                path: (!ns.current).then(|| ns.path.clone()),
                 label: format!("network namespace {}", ns.inode),
                 tag: Some(ns),
             })
             .collect())
+    }
+
+    /// An error naming the capability this target needs and ctscope lacks: CAP_NET_ADMIN
+    /// for ctnetlink (`netlink`), CAP_SYS_ADMIN to enter another namespace.
+    fn check_caps(&self, netlink: bool) -> anyhow::Result<()> {
+        if netlink {
+            caps::require(&[Cap::NetAdmin], "ctnetlink (the conntrack table)")?;
+        }
+        if self.path.is_some() {
+            caps::require(&[Cap::SysAdmin], &format!("entering {}", self.label))?;
+        }
+        Ok(())
     }
 
     /// The namespace's path; `None` for ctscope's own.
@@ -111,6 +134,7 @@ impl Target {
     /// The namespace's conntrack sysctls, read inside it. `Ok(None)` (after a warning)
     /// when iterating all namespaces and this one has vanished since it was listed.
     pub fn sysctls(&self) -> anyhow::Result<Option<BTreeMap<String, u64>>> {
+        self.check_caps(false)?;
         match sysctl::conntrack(self.path()) {
             Ok(sysctls) => Ok(Some(sysctls)),
             Err(e) if self.tag.is_some() && vanished(&e) => {
@@ -127,6 +151,7 @@ impl Target {
         &self,
         op: impl AsyncFnOnce(&mut Conntrack) -> ct_netlink::Result<T>,
     ) -> anyhow::Result<Option<T>> {
+        self.check_caps(true)?;
         let opened = match &self.path {
             Some(p) => Conntrack::open_in_netns(p),
             None => Conntrack::open(),
@@ -157,7 +182,10 @@ pub fn agent_scope(args: &NetnsArgs) -> anyhow::Result<Scope> {
 
 /// The inode of `--netns NS`, or of ctscope's own namespace.
 pub fn netns_inode(arg: Option<&str>) -> anyhow::Result<u32> {
-    Ok(Target::one(arg)?.inode()? as u32)
+    match arg {
+        Some(arg) => Ok(netns::resolve(arg)?.inode),
+        None => netns::own_inode().context("ctscope's own network namespace: /proc/self/ns/net"),
+    }
 }
 
 /// Errors that mean "no ctnetlink here" rather than "ctscope cannot work".
@@ -189,22 +217,6 @@ fn explain(label: &str, e: ct_netlink::Error) -> anyhow::Error {
     } else {
         anyhow::Error::new(e).context(label.to_owned())
     }
-}
-
-/// `--netns`: a name under /run/netns, a path, or the inode of a listed namespace.
-fn resolve_netns(arg: &str) -> anyhow::Result<PathBuf> {
-    let path = ct_netlink::netns_path(arg);
-    if path.exists() {
-        return Ok(path);
-    }
-    if let Some(path) = arg.parse::<u32>().ok().and_then(netns::path_of) {
-        return Ok(path);
-    }
-    bail!(
-        "unknown network namespace {arg:?} ({} does not exist): give a name from `ip netns \
-         list`, a /proc/PID/ns/net path or an inode",
-        Path::new(&path).display()
-    )
 }
 
 #[cfg(test)]

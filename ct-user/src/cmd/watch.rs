@@ -28,6 +28,7 @@ use crate::{
         tui::Tui,
         view::View,
     },
+    caps::{self, Cap, Caps},
     cli::WatchArgs,
     event::CtEvent,
     loader::{self, LoadError, Tier},
@@ -62,10 +63,11 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
         return status(&path).await;
     }
     outbox::set_answer_budget(usize::from(args.answer_budget_mib) << 20);
+    let bpf = check_caps(args)?;
     let mut server = Server::bind(&path)?;
     // Before the probes: increments up to here are not the agent's to explain.
     let baselines = baselines().await;
-    let mut probes = attach(args)?;
+    let mut probes = if bpf { attach(args)? } else { None };
     let (tier, sees) = match &probes {
         Some(p) => (p.tier, p.tier.sees()),
         None => (
@@ -183,12 +185,29 @@ async fn status(path: &std::path::Path) -> anyhow::Result<()> {
     }
 }
 
-/// The probes of the tier asked for, or the best; `None` for tier 3 (no BPF).
-fn attach(args: &WatchArgs) -> anyhow::Result<Option<loader::Probes>> {
+/// The agent needs CAP_NET_ADMIN (its table comes from dumps), and CAP_BPF and
+/// CAP_PERFMON for tiers 1 and 2; without CAP_SYS_ADMIN it sees only its own namespace.
+/// Whether the BPF tiers may be tried.
+fn check_caps(args: &WatchArgs) -> anyhow::Result<bool> {
+    caps::require(
+        &[Cap::NetAdmin],
+        "the agent (its table comes from ctnetlink dumps)",
+    )?;
+    let bpf = caps::bpf_allowed(args.tier)?;
     if args.tier == Some(Tier::Ctnetlink) {
         log::info!("tier 3 (forced): the table from dumps only, no causes or reasons");
-        return Ok(None);
     }
+    netns::enterable_warned(|others| {
+        format!(
+            "the agent cannot enter other network namespaces: it dumps only its own ({others} \
+             others: entries from events only, destroy reasons unverified)"
+        )
+    });
+    Ok(bpf)
+}
+
+/// The probes of the tier asked for, or the best.
+fn attach(args: &WatchArgs) -> anyhow::Result<Option<loader::Probes>> {
     match loader::load(loader::LoadOptions::new(args.ring_size, args.tier)) {
         Ok(p) => {
             super::events::announce(&p);
@@ -209,7 +228,7 @@ fn attach(args: &WatchArgs) -> anyhow::Result<Option<loader::Probes>> {
 /// Every namespace's counters now.
 async fn baselines() -> Vec<(u32, Kernel)> {
     let mut out = Vec::new();
-    for ns in netns::list() {
+    for ns in netns::enterable() {
         let Ok(mut ct) = Conntrack::open_in_netns(&ns.path) else {
             continue;
         };
@@ -301,7 +320,7 @@ impl Dumps {
     fn round(&mut self, agent: &mut Agent) {
         self.round_started
             .get_or_insert_with(std::time::Instant::now);
-        let listed = netns::list();
+        let listed = netns::enterable();
         let alive: HashSet<u32> = listed.iter().map(|n| n.inode).collect();
         for gone in agent
             .namespaces()
@@ -339,7 +358,9 @@ impl Dumps {
                 self.held.entry(ev.netns).or_default().push(ev);
                 continue;
             }
+            // Without CAP_SYS_ADMIN every dump of another namespace would fail.
             if !agent.knows(ev.netns)
+                && Caps::current().has(Cap::SysAdmin)
                 && let Some(path) = netns::path_of(ev.netns)
             {
                 // A namespace born after the round: its rows come from a dump too.

@@ -4,6 +4,7 @@
 use std::{
     io::{self, Write},
     net::IpAddr,
+    path::PathBuf,
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -12,6 +13,11 @@ use ct_netlink::{
     ListenerOptions, NatRange, NewEntry, Status, Table, TcpState, Tuple, Update, proto,
 };
 use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    caps::{self, Cap},
+    netns,
+};
 
 use super::{
     Fail, labels,
@@ -112,10 +118,7 @@ pub async fn run(p: &Parsed, so: &mut CStdout) -> Result<(), Fail> {
         }
         _ => {}
     }
-    let mut ct = open(p).map_err(|e| match e.errno() {
-        Some(libc::ENOENT) => Fail::Other(format!("{e}")),
-        _ => Fail::Other("Can't open handler".into()),
-    })?;
+    let mut ct = open(p)?;
     match cmd {
         Cmd::List => {
             if p.table == TableArg::Conntrack
@@ -366,11 +369,40 @@ fn labels_match(p: &Parsed, e: &Entry) -> bool {
     })
 }
 
-fn open(p: &Parsed) -> ct_netlink::Result<Conntrack> {
-    match &p.netns {
-        Some(ns) => Conntrack::open_in_netns(ct_netlink::netns_path(ns)),
+/// A ctnetlink socket in the namespace `--netns` names; conntrack's "Can't open handler"
+/// with the capability that is missing.
+fn open(p: &Parsed) -> Result<Conntrack, Fail> {
+    let opened = match netns_path(p)? {
+        Some(path) => Conntrack::open_in_netns(path),
         None => Conntrack::open(),
+    };
+    opened.map_err(|e| match e.errno() {
+        Some(libc::ENOENT) => Fail::Other(format!("{e}")),
+        _ => Fail::Other(format!("Can't open handler: {e}")),
+    })
+}
+
+/// ctscope's `--netns`: the namespace's path, `None` for ctscope's own. Checks the
+/// capabilities ctnetlink there needs; an unknown namespace is a parameter problem.
+fn netns_path(p: &Parsed) -> Result<Option<PathBuf>, Fail> {
+    let denied = |e: anyhow::Error| Fail::Other(format!("Can't open handler: {e:#}"));
+    caps::require(&[Cap::NetAdmin], "ctnetlink").map_err(denied)?;
+    let Some(arg) = &p.netns else {
+        return Ok(None);
+    };
+    let named = netns::resolve(arg).map_err(|e| match e.is_usage() {
+        true => Fail::Param(e.to_string()),
+        false => Fail::Other(e.to_string()),
+    })?;
+    if named.current {
+        return Ok(None);
     }
+    caps::require(
+        &[Cap::SysAdmin],
+        &format!("entering network namespace {arg:?}"),
+    )
+    .map_err(denied)?;
+    Ok(Some(named.path))
 }
 
 /// `-E`: stream events until SIGINT/SIGTERM, then the summary (exit 0).
@@ -391,7 +423,7 @@ async fn events(p: &Parsed, so: &mut CStdout) -> Result<(), Fail> {
         }
     }
     let mut opts = ListenerOptions {
-        netns: p.netns.as_deref().map(ct_netlink::netns_path),
+        netns: netns_path(p)?,
         ..ListenerOptions::default()
     };
     if let Some(b) = p.buffer_size {

@@ -68,6 +68,10 @@ pub enum Needs {
     Tier2,
     /// Nothing, but it repeats the named scenario, which runs here.
     Redundant(&'static str),
+    /// Root, tools, and util-linux `setpriv` to run ctscope with fewer capabilities.
+    Setpriv,
+    /// Tier 2 and `setpriv`.
+    Tier2Setpriv,
 }
 
 /// The tier this kernel must reach (see [`Env::required`]).
@@ -128,7 +132,8 @@ impl Env {
             Needs::Root => true,
             Needs::Tier1 => tier <= 1,
             Needs::Tier2 => tier <= 2,
-            Needs::Redundant(_) => false,
+            // Setpriv trials need a tool the VMs may lack; they skip with the reason.
+            Needs::Redundant(_) | Needs::Setpriv | Needs::Tier2Setpriv => false,
         };
         covered.then_some(tier)
     }
@@ -149,14 +154,32 @@ impl Env {
                 self.missing_tools.join(", ")
             ));
         }
+        if matches!(needs, Needs::Setpriv | Needs::Tier2Setpriv)
+            && let Some(why) = setpriv_missing()
+        {
+            return Some(why);
+        }
         match (needs, &self.probe) {
             (Needs::Tier1, Err(e)) => Some(format!("needs tier 1, but the probe failed: {e}")),
             (Needs::Tier1, Ok(p)) => p.tier1_missing(),
-            (Needs::Tier2, Err(e)) => Some(format!("needs tier 2, but the probe failed: {e}")),
-            (Needs::Tier2, Ok(p)) => p.tier_missing(2),
+            (Needs::Tier2 | Needs::Tier2Setpriv, Err(e)) => {
+                Some(format!("needs tier 2, but the probe failed: {e}"))
+            }
+            (Needs::Tier2 | Needs::Tier2Setpriv, Ok(p)) => p.tier_missing(2),
             _ => None,
         }
     }
+}
+
+/// Why util-linux `setpriv` cannot drop capabilities from the bounding set here, if it
+/// cannot: absent, or busybox's applet (as in the VMs), which has no `--bounding-set`.
+fn setpriv_missing() -> Option<String> {
+    let Ok(out) = cmd::output(&["setpriv", "--help"], None) else {
+        return Some("no `setpriv` (util-linux) on PATH to drop capabilities".into());
+    };
+    let help = [out.stdout, out.stderr].concat();
+    let bounding = String::from_utf8_lossy(&help).contains("--bounding-set");
+    (!bounding).then(|| "`setpriv` has no --bounding-set (busybox's, not util-linux's)".into())
 }
 
 /// Prints a scenario's measurements when `CTSCOPE_TEST_VERBOSE` is set or inside the VMs

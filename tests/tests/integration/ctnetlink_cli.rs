@@ -432,7 +432,11 @@ pub fn errors() {
         &["count", "--netns", name][..],
     ] {
         let out = run_ctscope(args);
-        assert_eq!(out.status.code(), Some(1), "ctscope {args:?}");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "ctscope {args:?}: a usage error"
+        );
         assert!(stderr(&out).contains(name), "names it: {}", stderr(&out));
     }
     let out = run_ctscope(&["delete"]);

@@ -187,7 +187,7 @@ fn check_text_and_errors(c: &Netns) {
 
     let out = run_ctscope(&["timeouts", "--netns", "ctscope-no-such-netns"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.status.code(), Some(2), "a usage error: {out:?}");
     assert!(stderr.contains("unknown network namespace"), "{stderr}");
 }
 
