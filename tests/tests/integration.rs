@@ -87,39 +87,65 @@ const PARSED_SCENARIOS: &[&str] = &[
     "clash_resolve_dnat",
 ];
 
-/// ctscope's ctnetlink table commands against conntrack(8); no BPF needed.
-const CTNETLINK_CLI: [(&str, fn()); 4] = [
-    ("ctnetlink_cli_list", ctnetlink_cli::list),
-    ("ctnetlink_cli_count_stats", ctnetlink_cli::count_and_stats),
+/// Trials that run once, with what each needs: probing, the ctnetlink commands against
+/// conntrack(8), bad input, closed pipes and missing privileges (issue 20), diagnosis,
+/// and the agent's socket under bad input (at tier 3: no BPF). `cli_events_watching`
+/// runs `events` at whatever tier this kernel allows.
+const ONCE: &[(&str, Needs, fn())] = &[
+    ("host_tier", Needs::Root, host_tier::run),
+    ("events_tier3", Needs::Root, tier3::run),
+    ("ctnetlink_cli_list", Needs::Root, ctnetlink_cli::list),
+    (
+        "ctnetlink_cli_count_stats",
+        Needs::Root,
+        ctnetlink_cli::count_and_stats,
+    ),
     (
         "ctnetlink_cli_delete_flush",
+        Needs::Root,
         ctnetlink_cli::delete_and_flush,
     ),
-    ("ctnetlink_cli_errors", ctnetlink_cli::errors),
-];
-
-/// Bad input, closed pipes and missing privileges (issue 20); no BPF needed except by
-/// `cli_events_watching`, which runs `events` at whatever tier this kernel allows.
-const CLI_SAFETY: [(&str, fn()); 5] = [
-    ("cli_out_of_range_values", cli_safety::out_of_range_values),
-    ("cli_closed_stdout", cli_safety::closed_stdout),
-    ("ctnetlink_cli_insert_checks", cli_safety::insert_checks),
-    ("cli_probe_unprivileged", cli_safety::probe_unprivileged),
-    ("cli_events_watching", cli_safety::events_watching),
-];
-
-/// `ctscope diagnose`, `top` and `timeouts` (ctnetlink and sysctls; no BPF needed).
-const DIAGNOSE: [(&str, fn()); 4] = [
-    ("diagnose_table_full", diagnose::table_full),
-    ("diagnose_snat_clash", diagnose::snat_clash),
-    ("diagnose_top_dport", diagnose::top_dport),
-    ("timeouts", timeouts::run),
-];
-
-/// The agent's socket under bad input, at tier 3 (no BPF needed).
-const AGENT_SOCKET: [(&str, fn()); 2] = [
-    ("agent_socket_path", agent_socket::socket_path),
-    ("agent_protocol", agent_socket::protocol),
+    ("ctnetlink_cli_errors", Needs::Root, ctnetlink_cli::errors),
+    ("conntrack_compat", Needs::Root, conntrack_compat::run),
+    (
+        "cli_out_of_range_values",
+        Needs::Root,
+        cli_safety::out_of_range_values,
+    ),
+    ("cli_closed_stdout", Needs::Root, cli_safety::closed_stdout),
+    (
+        "ctnetlink_cli_insert_checks",
+        Needs::Root,
+        cli_safety::insert_checks,
+    ),
+    (
+        "cli_probe_unprivileged",
+        Needs::Root,
+        cli_safety::probe_unprivileged,
+    ),
+    (
+        "cli_events_watching",
+        Needs::Root,
+        cli_safety::events_watching,
+    ),
+    ("capabilities", Needs::Setpriv, privileges::capabilities),
+    (
+        "capabilities_tier2",
+        Needs::Tier2Setpriv,
+        privileges::capabilities_tier2,
+    ),
+    ("netns_forms", Needs::Root, privileges::netns_forms),
+    ("diagnose_table_full", Needs::Root, diagnose::table_full),
+    ("diagnose_snat_clash", Needs::Root, diagnose::snat_clash),
+    ("diagnose_top_dport", Needs::Root, diagnose::top_dport),
+    ("timeouts", Needs::Root, timeouts::run),
+    ("agent_socket_path", Needs::Root, agent_socket::socket_path),
+    ("agent_protocol", Needs::Root, agent_socket::protocol),
+    (
+        "agent_client_bounds",
+        Needs::Root,
+        agent_clients::client_bounds,
+    ),
 ];
 
 /// The agent (`ctscope watch`), given its tier flags.
@@ -139,41 +165,9 @@ fn main() {
     let env = Env::detect();
     env.describe();
     let mut trials = Trials::default();
-    trials.add(&env, "host_tier", Needs::Root, host_tier::run);
-    trials.add(&env, "events_tier3", Needs::Root, tier3::run);
-    for (name, body) in CTNETLINK_CLI {
-        trials.add(&env, name, Needs::Root, body);
+    for &(name, needs, body) in ONCE {
+        trials.add(&env, name, needs, body);
     }
-    trials.add(&env, "conntrack_compat", Needs::Root, conntrack_compat::run);
-    for (name, body) in CLI_SAFETY {
-        trials.add(&env, name, Needs::Root, body);
-    }
-    trials.add(
-        &env,
-        "capabilities",
-        Needs::Setpriv,
-        privileges::capabilities,
-    );
-    trials.add(
-        &env,
-        "capabilities_tier2",
-        Needs::Tier2Setpriv,
-        privileges::capabilities_tier2,
-    );
-    trials.add(&env, "netns_forms", Needs::Root, privileges::netns_forms);
-    for (name, body) in DIAGNOSE {
-        trials.add(&env, name, Needs::Root, body);
-    }
-    for (name, body) in AGENT_SOCKET {
-        trials.add(&env, name, Needs::Root, body);
-    }
-    // Tier 3 (dumps only): runs wherever root does.
-    trials.add(
-        &env,
-        "agent_client_bounds",
-        Needs::Root,
-        agent_clients::client_bounds,
-    );
     for &(name, scenario) in AGENT {
         trials.add(&env, name, Needs::Tier1, move || scenario(&[]));
         trials.add(&env, &format!("t2_{name}"), Needs::Tier2, move || {
