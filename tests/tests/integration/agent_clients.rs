@@ -224,7 +224,10 @@ fn connection_cap(agent: &Agent) {
 /// flows; closed subscribers stop being counted.
 pub fn slow_subscribers(tier: &'static [&'static str]) {
     const FLOWS: u16 = 4000;
-    const BURST: u16 = 250;
+    // A burst's events (~360 KB of JSON) fit one subscriber's queue (512 KiB): the
+    // reader must get them all however late the machine schedules it, so the agent may
+    // not let 200 stalled subscribers crowd it out, nor drop its events for theirs.
+    const BURST: u16 = 1000;
     const STALLED: usize = 200;
     const FIRST_DPORT: u16 = 10000;
     let ctx = Ctx::new(Watch::KernelOnly, SLOW_SUBNET, |_| {});
@@ -237,7 +240,7 @@ pub fn slow_subscribers(tier: &'static [&'static str]) {
     let stalled: Vec<UnixStream> = (0..STALLED).map(|_| agent.connect(&every)).collect();
     let quiet_new = agent.connect(&new_only);
     let (count, duration) = (FLOWS.to_string(), (event_wait().as_secs() + 30).to_string());
-    let reader = agent.spawn(&[
+    let mut reader = agent.spawn(&[
         "events",
         "--json",
         "--kind",
@@ -249,19 +252,27 @@ pub fn slow_subscribers(tier: &'static [&'static str]) {
         "--duration",
         &duration,
     ]);
+    let read = Lines::collect(reader.stdout.take().expect("the reader's stdout"));
     agent.wait_subscribers(STALLED as u64 + 2);
 
-    // Bursts with pauses: the trial is about slow clients, not the ring buffer.
+    // Bursts, each left for the reader to take before the next: the trial is about
+    // slow clients, not the ring buffer or how busy the machine is.
     for first in (FIRST_DPORT..FIRST_DPORT + FLOWS).step_by(BURST.into()) {
         let src = SocketAddrV4::new(p.c_addr, 32000);
         let (failed, _) = traffic::udp_spray(&p.c, src, p.s_addr, first..first + BURST);
         assert_eq!(failed, 0, "sends failed");
-        std::thread::sleep(Duration::from_millis(20));
+        let sent = usize::from(first - FIRST_DPORT + BURST);
+        read.wait_for(sent, event_wait());
     }
 
-    let out = reader.wait_with_output().expect("ctscope events");
-    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
+    let status = reader.wait().expect("ctscope events");
+    assert!(
+        status.success(),
+        "ctscope events through the agent: {status}"
+    );
+    let lines: Vec<Value> = read
+        .finish()
+        .iter()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
         .collect();
     let lost: Vec<&Value> = lines.iter().filter(|e| e["kind"] == "lost").collect();
@@ -330,4 +341,36 @@ fn read_owed(s: &UnixStream, want: u64) -> (u64, u64) {
         }
     }
     (new, lost)
+}
+
+/// A child's stdout, read line by line as it comes.
+struct Lines {
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Lines {
+    fn collect(out: impl std::io::Read + Send + 'static) -> Self {
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let thread = std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Lines { lines, thread }
+    }
+
+    /// Waits until `n` lines came, or `limit` passed (the caller's checks then fail).
+    fn wait_for(&self, n: usize, limit: Duration) {
+        let _ = wait::poll(limit, Duration::from_millis(20), || {
+            (self.lines.lock().unwrap().len() >= n).then_some(())
+        });
+    }
+
+    /// Every line, once the stream ended.
+    fn finish(self) -> Vec<String> {
+        let _ = self.thread.join();
+        std::mem::take(&mut self.lines.lock().unwrap())
+    }
 }

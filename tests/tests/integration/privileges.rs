@@ -273,7 +273,7 @@ fn watch_warns(
     let _ = std::fs::remove_file(&ready_file);
     let err = stderr(&out);
     assert!(
-        err.contains("agent ready"),
+        err.contains("ctscope: watching"),
         "watch {privs:?} must get ready: {err}"
     );
     assert!(
