@@ -112,7 +112,7 @@ fn decode(af: u8, attrs: &[DefaultNla]) -> Option<Expectation> {
     Some(e)
 }
 
-fn reply_expectation(op: &'static str, r: &Reply) -> Result<Option<Expectation>> {
+pub(crate) fn reply_expectation(op: &'static str, r: &Reply) -> Result<Option<Expectation>> {
     let NetfilterMessageInner::Other { attributes, .. } = &r.message.inner else {
         return Ok(None);
     };
