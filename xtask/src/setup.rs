@@ -23,6 +23,8 @@ pub struct Options {
 pub struct Needs {
     /// Booting VM kernels: qemu, busybox, cpio, kmod, xz and the kernels themselves.
     pub vm: bool,
+    /// Running the fuzz targets: cargo-fuzz.
+    pub fuzz: bool,
 }
 
 /// Building the BPF object with bpf-linker (which links LLVM 22) and running the
@@ -46,10 +48,15 @@ const VM_PACKAGES: &[&str] = &[
 /// rust-src for `-Z build-std=core`; clippy to lint the BPF crate for its own target.
 const BPF_TOOLCHAIN_COMPONENTS: &[&str] = &["rust-src", "clippy"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// `cargo xtask fuzz` drives the targets in fuzz/ with it.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 pub fn cmd(opts: &Options) -> Result<()> {
-    let needs = Needs { vm: true };
+    let needs = Needs {
+        vm: true,
+        fuzz: true,
+    };
     if opts.check {
         let missing = report(needs)?;
         if !missing.is_empty() {
@@ -114,6 +121,7 @@ enum Item {
     Apt(Vec<&'static str>),
     BpfToolchain,
     BpfLinker,
+    CargoFuzz,
     Kernel(Series),
 }
 
@@ -123,6 +131,9 @@ fn items(needs: Needs) -> Vec<Item> {
         packages.extend_from_slice(VM_PACKAGES);
     }
     let mut items = vec![Item::Apt(packages), Item::BpfToolchain, Item::BpfLinker];
+    if needs.fuzz {
+        items.push(Item::CargoFuzz);
+    }
     if needs.vm {
         items.extend(Series::ALL.map(Item::Kernel));
     }
@@ -139,6 +150,7 @@ impl Item {
                 BPF_TOOLCHAIN_COMPONENTS.join(", ")
             ),
             Item::BpfLinker => format!("bpf-linker {BPF_LINKER_VERSION} (LLVM 22)"),
+            Item::CargoFuzz => format!("cargo-fuzz {CARGO_FUZZ_VERSION}"),
             Item::Kernel(series) => format!("{series} VM kernel"),
         }
     }
@@ -152,6 +164,7 @@ impl Item {
             }
             Item::BpfToolchain => missing_bpf_toolchain(),
             Item::BpfLinker => (!bpf_linker_present()).then(|| "bpf-linker".into()),
+            Item::CargoFuzz => (!cargo_fuzz_present()).then(|| "cargo-fuzz".into()),
             Item::Kernel(series) => match kernels::cached(*series)? {
                 Some(_) => None,
                 None => Some(format!("(none in {})", kernels::cache_dir()?.display())),
@@ -175,6 +188,7 @@ impl Item {
             Item::Apt(packages) => apt.install(&absent_packages(packages)),
             Item::BpfToolchain => install_bpf_toolchain(),
             Item::BpfLinker => install_bpf_linker(),
+            Item::CargoFuzz => install_cargo_fuzz(),
             Item::Kernel(series) => kernels::install(*series, apt).map(drop),
         }
     }
@@ -286,6 +300,36 @@ fn bpf_linker_present() -> bool {
         o.status.success()
             && String::from_utf8_lossy(&o.stdout).contains(&format!(" {major_minor}."))
     })
+}
+
+fn cargo_fuzz_present() -> bool {
+    let out = cmd::cargo().args(["fuzz", "--version"]).output();
+    out.is_ok_and(|o| {
+        o.status.success()
+            && String::from_utf8_lossy(&o.stdout).trim()
+                == format!("cargo-fuzz {CARGO_FUZZ_VERSION}")
+    })
+}
+
+/// From crates.io with its lock file; built in a temporary directory, as bpf-linker is.
+fn install_cargo_fuzz() -> Result<()> {
+    let mut install = cmd::cargo();
+    install
+        .args([
+            "install",
+            "cargo-fuzz",
+            "--locked",
+            "--version",
+            CARGO_FUZZ_VERSION,
+        ])
+        .env_remove("CARGO_TARGET_DIR");
+    cmd::run(&mut install)?;
+    if !cargo_fuzz_present() {
+        bail!(
+            "cargo-fuzz was installed but `cargo fuzz` does not run it: add ~/.cargo/bin to PATH"
+        );
+    }
+    Ok(())
 }
 
 /// Without LLVM_PREFIX, llvm-sys picks LLVM 14 from /usr/bin and the linker it builds

@@ -53,7 +53,10 @@ struct Summary {
 }
 
 pub fn cmd(opts: &Options) -> Result<()> {
-    setup::ensure(&setup::Needs { vm: true })?;
+    setup::ensure(&setup::Needs {
+        vm: true,
+        fuzz: false,
+    })?;
     let ctscope = cargo::build_ctscope(opts.release)?;
     let tests = cargo::build_tests(TESTS_PACKAGE, opts.release)?;
     let script = cargo::target_dir()?
