@@ -56,3 +56,43 @@ fn decode_reply(r: &Reply) -> Result<Message> {
         decode_global(attrs),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The seed of the `netlink` fuzz target: a dump datagram the kernel sent for three
+    /// entries made with `conntrack -I` (TCP with mark and zone, UDP over IPv6, ICMP).
+    const DUMP: &[u8] = include_bytes!("../../fuzz/corpus/netlink/dump");
+
+    #[test]
+    fn decodes_a_real_dump_datagram() {
+        let entries: Vec<Entry> = decode_datagram(DUMP)
+            .unwrap()
+            .into_iter()
+            .filter_map(|m| match m {
+                Message::Entry(e) => Some(*e),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(entries.len(), 3, "{entries:?}");
+        let tcp = entries.iter().find(|e| e.orig.proto == 6).unwrap();
+        assert_eq!(tcp.orig.src.to_string(), "10.77.0.1");
+        assert_eq!(
+            (tcp.orig.src_port, tcp.orig.dst_port),
+            (Some(1234), Some(80))
+        );
+        assert_eq!((tcp.mark, tcp.zone), (Some(7), Some(3)));
+        let udp = entries.iter().find(|e| e.orig.proto == 17).unwrap();
+        assert_eq!(udp.orig.dst.to_string(), "fd00:77::2");
+        let icmp = entries.iter().find(|e| e.orig.proto == 1).unwrap();
+        assert_eq!(icmp.orig.icmp_id, Some(77));
+    }
+
+    #[test]
+    fn truncated_datagrams_are_errors_or_partial_never_panics() {
+        for len in 0..DUMP.len() {
+            let _ = decode_datagram(&DUMP[..len]);
+        }
+    }
+}
