@@ -262,7 +262,7 @@ impl KernelBtf {
 mod tests {
     use super::*;
 
-    /// Found fuzzing the BTF reader (fuzz/corpus/btf/crash-raw-bytes-overflow): offsets come
+    /// Reproduced through the btf fuzz target (fuzz/corpus/btf/crash-raw-bytes-overflow): offsets come
     /// from BTF, so they can be anything: fields ending past `u32` or a huge
     /// `sizeof(nf_conntrack_tuple_hash)` mean "does not fit", not an overflow.
     #[test]
