@@ -51,9 +51,15 @@ pub enum Target {
     ConntrackArgs,
 }
 
-/// libFuzzer limits per run: a leak or a runaway allocation is a finding, as is an input
-/// that takes longer than `-timeout` seconds.
-const LIBFUZZER_LIMITS: [&str; 3] = ["-rss_limit_mb=2048", "-malloc_limit_mb=256", "-timeout=10"];
+/// libFuzzer flags per run: a leak or a runaway allocation is a finding, as is an input
+/// that takes longer than `-timeout` seconds. `-print_funcs=0` keeps the log to coverage
+/// progress lines instead of every newly reached function.
+const LIBFUZZER_FLAGS: [&str; 4] = [
+    "-rss_limit_mb=2048",
+    "-malloc_limit_mb=256",
+    "-timeout=10",
+    "-print_funcs=0",
+];
 
 pub fn cmd(opts: &Options) -> Result<()> {
     setup::ensure(&setup::Needs {
@@ -119,7 +125,7 @@ fn run_target(opts: &Options, target: Target) -> Result<Outcome> {
         .arg(&seeds)
         .arg("--")
         .arg(format!("-max_total_time={}", opts.seconds))
-        .args(LIBFUZZER_LIMITS);
+        .args(LIBFUZZER_FLAGS);
     let (status, runs) = run_counting(&mut run)?;
     if !status.success() {
         bail!(
