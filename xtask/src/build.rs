@@ -16,10 +16,7 @@ pub struct Options {
 
 /// Ensures the build prerequisites, builds, and returns the path of the `ctscope` binary.
 pub fn cmd(opts: &Options) -> Result<PathBuf> {
-    setup::ensure(&setup::Needs {
-        vm: false,
-        fuzz: false,
-    })?;
+    setup::ensure(&setup::Needs { vm: false })?;
     let ctscope = cargo::build_ctscope(opts.release)?;
     eprintln!("build: {}", ctscope.display());
     Ok(ctscope)

@@ -62,10 +62,7 @@ const LIBFUZZER_FLAGS: [&str; 4] = [
 ];
 
 pub fn cmd(opts: &Options) -> Result<()> {
-    setup::ensure(&setup::Needs {
-        vm: false,
-        fuzz: true,
-    })?;
+    setup::ensure_cargo_fuzz()?;
     let targets = if opts.targets.is_empty() {
         Target::value_variants().to_vec()
     } else {

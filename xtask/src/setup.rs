@@ -23,8 +23,6 @@ pub struct Options {
 pub struct Needs {
     /// Booting VM kernels: qemu, busybox, cpio, kmod, xz and the kernels themselves.
     pub vm: bool,
-    /// Running the fuzz targets: cargo-fuzz.
-    pub fuzz: bool,
 }
 
 /// Building the BPF object with bpf-linker (which links LLVM 22) and running the
@@ -53,12 +51,11 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 pub fn cmd(opts: &Options) -> Result<()> {
-    let needs = Needs {
-        vm: true,
-        fuzz: true,
-    };
+    // Everything, cargo-fuzz included (`cargo xtask fuzz` installs it itself otherwise).
+    let mut all = items(Needs { vm: true });
+    all.push(Item::CargoFuzz);
     if opts.check {
-        let missing = report(needs)?;
+        let missing = report(all)?;
         if !missing.is_empty() {
             bail!("missing: {} (run `cargo xtask setup`)", names(&missing));
         }
@@ -66,7 +63,7 @@ pub fn cmd(opts: &Options) -> Result<()> {
         return Ok(());
     }
     let start = Instant::now();
-    let missing = report(needs)?;
+    let missing = report(all)?;
     install(&missing)?;
     eprintln!("setup: done in {:.1} s", start.elapsed().as_secs_f64());
     Ok(())
@@ -87,10 +84,10 @@ pub fn ensure(needs: &Needs) -> Result<()> {
     install(&missing)
 }
 
-/// Prints the state of every item `needs` requires and returns the missing ones.
-fn report(needs: Needs) -> Result<Vec<Item>> {
+/// Prints the state of every item and returns the missing ones.
+fn report(items: Vec<Item>) -> Result<Vec<Item>> {
     let mut missing = Vec::new();
-    for item in items(needs) {
+    for item in items {
         match item.missing()? {
             None => eprintln!("setup: {}: present{}", item.name(), item.detail()?),
             Some(what) => {
@@ -131,9 +128,6 @@ fn items(needs: Needs) -> Vec<Item> {
         packages.extend_from_slice(VM_PACKAGES);
     }
     let mut items = vec![Item::Apt(packages), Item::BpfToolchain, Item::BpfLinker];
-    if needs.fuzz {
-        items.push(Item::CargoFuzz);
-    }
     if needs.vm {
         items.extend(Series::ALL.map(Item::Kernel));
     }
@@ -300,6 +294,15 @@ fn bpf_linker_present() -> bool {
         o.status.success()
             && String::from_utf8_lossy(&o.stdout).contains(&format!(" {major_minor}."))
     })
+}
+
+/// Installs cargo-fuzz unless the pinned version is present (for `cargo xtask fuzz`).
+pub fn ensure_cargo_fuzz() -> Result<()> {
+    if cargo_fuzz_present() {
+        return Ok(());
+    }
+    eprintln!("setup: missing: {}; installing", Item::CargoFuzz.name());
+    install_cargo_fuzz()
 }
 
 fn cargo_fuzz_present() -> bool {

@@ -92,7 +92,6 @@ fn run_stage(opts: &Options, stage: Stage) -> Result<()> {
     match stage {
         Stage::Setup => setup::ensure(&setup::Needs {
             vm: selected(opts, Stage::Vm),
-            fuzz: selected(opts, Stage::Fuzz),
         }),
         Stage::Fmt => {
             cmd::run(cmd::cargo().args(["fmt", "--all", "--", "--check"]))?;

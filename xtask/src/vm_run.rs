@@ -48,10 +48,7 @@ pub struct Job<'a> {
 }
 
 pub fn cmd(opts: &Options) -> Result<()> {
-    setup::ensure(&setup::Needs {
-        vm: true,
-        fuzz: false,
-    })?;
+    setup::ensure(&setup::Needs { vm: true })?;
     let ctscope = cargo::build_ctscope(opts.release)?;
     let job = Job {
         series: opts.kernel,

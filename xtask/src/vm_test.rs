@@ -53,10 +53,7 @@ struct Summary {
 }
 
 pub fn cmd(opts: &Options) -> Result<()> {
-    setup::ensure(&setup::Needs {
-        vm: true,
-        fuzz: false,
-    })?;
+    setup::ensure(&setup::Needs { vm: true })?;
     let ctscope = cargo::build_ctscope(opts.release)?;
     let tests = cargo::build_tests(TESTS_PACKAGE, opts.release)?;
     let script = cargo::target_dir()?
