@@ -89,6 +89,21 @@ mod tests {
         assert_eq!(icmp.orig.icmp_id, Some(77));
     }
 
+    /// Found by the `netlink` fuzz target: an nftables message (subsystem 10) with an
+    /// attribute length below 4 panicked inside netlink-packet-netfilter. Messages of
+    /// other subsystems are now skipped unparsed.
+    #[test]
+    fn other_subsystems_are_skipped() {
+        let crash = include_bytes!("../../fuzz/corpus/netlink/crash-nftables-nla-length");
+        let _ = decode_datagram(crash);
+        // Its first message (0xd0 bytes) alone: skipped, nothing decoded.
+        assert!(decode_datagram(&crash[..0xd0]).unwrap().is_empty());
+        // The same bytes relabelled as a conntrack message are parsed (and rejected).
+        let mut ct = crash.to_vec();
+        ct[5] = 1;
+        let _ = decode_datagram(&ct);
+    }
+
     #[test]
     fn truncated_datagrams_are_errors_or_partial_never_panics() {
         for len in 0..DUMP.len() {
