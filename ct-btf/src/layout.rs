@@ -17,30 +17,31 @@ const RESOLVE_CLASH: &str = "nf_ct_resolve_clash";
 /// How much of `struct nf_conn` a raw record must copy to hold every field the agent
 /// parses from it and the BPF side reads from the copy (status, namespace); [`ABSENT`]
 /// (parse in BPF instead) when that exceeds [`RAW_CT_BYTES`].
+///
+/// Sums in u64: the offsets come from BTF and can be anywhere in `u32`.
 fn raw_bytes(l: &KernelLayout, notes: &mut Vec<String>) -> u32 {
-    let tuples_end = l.ct_tuplehash + 2 * l.tuplehash_size;
-    let fields = [
-        (l.ct_status, 8),
-        (l.ct_net, 8),
-        (l.ct_timeout, 4),
-        (tuples_end, 0),
-        (l.ct_mark, 4),
-        (l.ct_zone_id, 2),
-        (l.ct_tcp_state, 1),
-    ];
-    let need = fields
-        .iter()
-        .filter(|(off, _)| *off != ABSENT)
-        .map(|(off, len)| off + len)
-        .max()
-        .unwrap_or(0);
-    if need as usize > RAW_CT_BYTES {
+    let end = |off: u32, len: u64| (off != ABSENT).then(|| u64::from(off) + len);
+    let tuples_end = u64::from(l.ct_tuplehash) + 2 * u64::from(l.tuplehash_size);
+    let need = [
+        end(l.ct_status, 8),
+        end(l.ct_net, 8),
+        end(l.ct_timeout, 4),
+        Some(tuples_end),
+        end(l.ct_mark, 4),
+        end(l.ct_zone_id, 2),
+        end(l.ct_tcp_state, 1),
+    ]
+    .into_iter()
+    .flatten()
+    .max()
+    .unwrap_or(0);
+    if need > RAW_CT_BYTES as u64 {
         notes.push(format!(
             "struct nf_conn fields end at byte {need}, beyond a raw record ({RAW_CT_BYTES}): tier 2 parses entries in BPF"
         ));
         return ABSENT;
     }
-    need
+    need as u32
 }
 
 impl KernelBtf {
@@ -254,5 +255,27 @@ impl KernelBtf {
         };
         notes.push(format!("{RESOLVE_CLASH}: {why}; assuming {sig}"));
         args
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reproduced through the btf fuzz target (fuzz/corpus/btf/crash-raw-bytes-overflow): offsets come
+    /// from BTF, so they can be anything: fields ending past `u32` or a huge
+    /// `sizeof(nf_conntrack_tuple_hash)` mean "does not fit", not an overflow.
+    #[test]
+    fn raw_bytes_of_huge_offsets_is_absent() {
+        let mut l = KernelLayout::absent();
+        (l.ct_status, l.ct_tuplehash, l.tuplehash_size) = (128, 16, 56);
+        let mut notes = Vec::new();
+        assert_eq!(raw_bytes(&l, &mut notes), 136);
+        l.ct_net = u32::MAX - 4;
+        assert_eq!(raw_bytes(&l, &mut notes), ABSENT);
+        l.ct_net = 8;
+        l.tuplehash_size = u32::MAX / 2 + 1;
+        assert_eq!(raw_bytes(&l, &mut notes), ABSENT);
+        assert_eq!(notes.len(), 2, "{notes:?}");
     }
 }

@@ -608,3 +608,36 @@ fn tier2_tracepoint_args_and_offsets() {
         assert_eq!(l.kmem_cache_name, 104);
     }
 }
+
+/// The `btf` fuzz target's seeds (fuzz/corpus/btf): a base length (u32 LE), a "vmlinux"
+/// blob and an "nf_conntrack" split blob that hold every type the layout reads.
+fn fuzz_seed(name: &str) -> KernelBtf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus/btf")
+        .join(name);
+    let data = std::fs::read(&path).unwrap();
+    let (len, rest) = data.split_at(4);
+    let (base, module) = rest.split_at(u32::from_le_bytes(len.try_into().unwrap()) as usize);
+    KernelBtf::from_bytes(base, &[("nf_conntrack", module)]).unwrap()
+}
+
+#[test]
+fn fuzz_seeds_reach_a_whole_layout() {
+    let btf = fuzz_seed("split-6x");
+    let (l, notes) = btf.layout_with_notes().unwrap();
+    assert!(notes.is_empty(), "{notes:?}");
+    assert_eq!(
+        (l.ct_status, l.ct_tuplehash, l.tuplehash_size),
+        (128, 16, 56)
+    );
+    assert_eq!((l.tuple_dst_protonum, l.ct_tcp_state), (38, 228));
+    assert_eq!(l.resolve_clash_h_arg, 1);
+    assert_eq!(btf.type_module("nf_conn"), Some("nf_conntrack"));
+    let (old, notes) = fuzz_seed("split-pre-5.7").layout_with_notes().unwrap();
+    assert_eq!(
+        (old.resolve_clash_h_arg, old.ct_mark),
+        (3, ABSENT),
+        "{notes:?}"
+    );
+    assert_eq!(old.kmem_free_arg_is_name, 1);
+}

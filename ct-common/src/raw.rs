@@ -58,9 +58,8 @@ impl RawCtEvent {
         let raw = &self.raw[..(l.ct_raw_bytes as usize).min(RAW_CT_BYTES)];
         let status = get::<4>(raw, l.ct_status).map_or(0, u32::from_le_bytes);
         e.status = status;
-        let tuple = |dir: u32| l.ct_tuplehash + dir * l.tuplehash_size + l.tuplehash_tuple;
-        let (l3, l4) = parse_tuple(raw, tuple(0), l, &mut e.orig);
-        parse_tuple(raw, tuple(1), l, &mut e.reply);
+        let (l3, l4) = parse_tuple(raw, tuple_at(l, 0), l, &mut e.orig);
+        parse_tuple(raw, tuple_at(l, 1), l, &mut e.reply);
         e.l3proto = l3 as u8;
         e.l4proto = l4;
         e.mark = get::<4>(raw, l.ct_mark).map_or(0, u32::from_le_bytes);
@@ -85,6 +84,19 @@ fn get<const N: usize>(raw: &[u8], off: u32) -> Option<[u8; N]> {
     }
     let start = off as usize;
     raw.get(start..start.checked_add(N)?)?.try_into().ok()
+}
+
+/// Offset of direction `dir`'s tuple in `struct nf_conn`; [`ABSENT`] if an offset it is
+/// made of is, or if they add up past `u32` (offsets come from BTF, so any value can).
+fn tuple_at(l: &KernelLayout, dir: u32) -> u32 {
+    let parts = [l.ct_tuplehash, l.tuplehash_size, l.tuplehash_tuple];
+    if parts.contains(&ABSENT) {
+        return ABSENT;
+    }
+    dir.checked_mul(l.tuplehash_size)
+        .and_then(|o| o.checked_add(l.ct_tuplehash))
+        .and_then(|o| o.checked_add(l.tuplehash_tuple))
+        .unwrap_or(ABSENT)
 }
 
 /// Copies the `struct nf_conntrack_tuple` at `at`; returns (l3num, protonum).
@@ -172,5 +184,31 @@ mod tests {
         let e = r.parse(&l);
         assert_eq!(e.mark, 0);
         assert_eq!(e.status, u32::MAX);
+    }
+
+    /// Found by the `raw_record` fuzz target (fuzz/corpus/raw_record/crash-tuple-offset-overflow):
+    /// the tuple offset `ct_tuplehash + dir * tuplehash_size + tuplehash_tuple` overflowed.
+    #[test]
+    fn absent_or_huge_tuple_offsets_read_as_absent() {
+        let mut r = RawCtEvent {
+            head: RawHead {
+                flags: FLAG_RAW_CT,
+                ..RawHead::default()
+            },
+            raw: [0xff; RAW_CT_BYTES],
+        };
+        r.raw[..4].copy_from_slice(&[10, 0, 0, 1]);
+        for (tuplehash, size) in [
+            (ABSENT, 56),
+            (16, ABSENT),
+            (u32::MAX - 8, 56),
+            (16, u32::MAX / 2),
+        ] {
+            let mut l = layout();
+            (l.ct_tuplehash, l.tuplehash_size) = (tuplehash, size);
+            let e = r.parse(&l);
+            assert_eq!(e.reply.src, [0; 16], "{tuplehash} {size}");
+            assert_eq!(e.status, u32::MAX, "the rest still parses");
+        }
     }
 }

@@ -11,9 +11,8 @@ use crate::attrs::{be_u16, be_u32, c_string, raw, tuple_from_bytes, tuple_nla};
 use crate::entry::{Family, Tuple};
 use crate::error::{Error, Result};
 use crate::ops::Conntrack;
-use crate::socket::{Reply, Request, decode_err};
+use crate::socket::{NFNL_SUBSYS_CTNETLINK_EXP, Reply, Request, decode_err};
 
-const NFNL_SUBSYS_CTNETLINK_EXP: u8 = 2;
 // enum cntl_exp_msg_types
 const IPCTNL_MSG_EXP_NEW: u8 = 0;
 const IPCTNL_MSG_EXP_GET: u8 = 1;
@@ -112,7 +111,7 @@ fn decode(af: u8, attrs: &[DefaultNla]) -> Option<Expectation> {
     Some(e)
 }
 
-fn reply_expectation(op: &'static str, r: &Reply) -> Result<Option<Expectation>> {
+pub(crate) fn reply_expectation(op: &'static str, r: &Reply) -> Result<Option<Expectation>> {
     let NetfilterMessageInner::Other { attributes, .. } = &r.message.inner else {
         return Ok(None);
     };

@@ -19,6 +19,7 @@
 //! conntrack-tools' names (`ESTABLISHED`, ...).
 
 mod attrs;
+mod decode;
 mod entry;
 mod error;
 mod events;
@@ -28,6 +29,7 @@ mod ops;
 mod socket;
 mod stats;
 
+pub use decode::{Message, decode_datagram};
 pub use entry::{
     Counters, DccpInfo, DccpState, Entry, Family, SctpInfo, SctpState, Status, TcpInfo, TcpState,
     Timestamps, Tuple, proto,

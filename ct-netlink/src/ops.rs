@@ -240,7 +240,7 @@ pub(crate) fn reply_entry(op: &'static str, r: &Reply) -> Result<Option<Entry>> 
         .ok_or_else(|| socket::decode_err(op, "conntrack message without both tuples"))
 }
 
-fn raw_attrs(r: &Reply) -> &[netlink_packet_core::DefaultNla] {
+pub(crate) fn raw_attrs(r: &Reply) -> &[netlink_packet_core::DefaultNla] {
     match &r.message.inner {
         NetfilterMessageInner::Conntrack(ConntrackMessage::Other { attributes, .. }) => attributes,
         NetfilterMessageInner::Other { attributes, .. } => attributes,

@@ -135,7 +135,8 @@ fn drain(
 }
 
 /// One ring record as an `Event`: an `Event` as written, or a `RawCtEvent` parsed.
-fn record(item: &[u8], layout: &KernelLayout) -> Option<Event> {
+/// `None` for a record too short to be either. Public for the `raw_record` fuzz target.
+pub fn record(item: &[u8], layout: &KernelLayout) -> Option<Event> {
     if item.len() >= size_of::<RawCtEvent>() {
         // SAFETY: the BPF side writes whole records (size checked); the ring buffer only
         // guarantees 8-byte alignment, so read unaligned.

@@ -7,6 +7,7 @@ mod build;
 mod cargo;
 mod cmd;
 mod cpio;
+mod fuzz;
 mod initramfs;
 mod kernels;
 mod qemu;
@@ -45,8 +46,10 @@ enum Command {
     VmRun(vm_run::Options),
     /// Run the integration tests inside the VM kernels.
     VmTest(vm_test::Options),
-    /// Everything CI runs: fmt, clippy, unit tests, host and VM integration tests.
+    /// Everything CI runs: fmt, clippy, unit tests, fuzzing, host and VM integration tests.
     Test(test::Options),
+    /// Run the fuzz targets in fuzz/ (cargo-fuzz), each for a bounded time.
+    Fuzz(fuzz::Options),
     /// Flood new UDP flows and compare the flow rate and the events received with no
     /// listener, with `ctscope events` and with `conntrack -E` (root).
     Bench(bench::Options),
@@ -72,6 +75,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::VmRun(opts) => vm_run::cmd(&opts),
         Command::VmTest(opts) => vm_test::cmd(&opts),
         Command::Test(opts) => test::cmd(&opts),
+        Command::Fuzz(opts) => fuzz::cmd(&opts),
         Command::Bench(opts) => bench::cmd(&opts),
     }
 }

@@ -46,12 +46,16 @@ const VM_PACKAGES: &[&str] = &[
 /// rust-src for `-Z build-std=core`; clippy to lint the BPF crate for its own target.
 const BPF_TOOLCHAIN_COMPONENTS: &[&str] = &["rust-src", "clippy"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// `cargo xtask fuzz` drives the targets in fuzz/ with it.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 pub fn cmd(opts: &Options) -> Result<()> {
-    let needs = Needs { vm: true };
+    // Everything, cargo-fuzz included (`cargo xtask fuzz` installs it itself otherwise).
+    let mut all = items(Needs { vm: true });
+    all.push(Item::CargoFuzz);
     if opts.check {
-        let missing = report(needs)?;
+        let missing = report(all)?;
         if !missing.is_empty() {
             bail!("missing: {} (run `cargo xtask setup`)", names(&missing));
         }
@@ -59,7 +63,7 @@ pub fn cmd(opts: &Options) -> Result<()> {
         return Ok(());
     }
     let start = Instant::now();
-    let missing = report(needs)?;
+    let missing = report(all)?;
     install(&missing)?;
     eprintln!("setup: done in {:.1} s", start.elapsed().as_secs_f64());
     Ok(())
@@ -80,10 +84,10 @@ pub fn ensure(needs: &Needs) -> Result<()> {
     install(&missing)
 }
 
-/// Prints the state of every item `needs` requires and returns the missing ones.
-fn report(needs: Needs) -> Result<Vec<Item>> {
+/// Prints the state of every item and returns the missing ones.
+fn report(items: Vec<Item>) -> Result<Vec<Item>> {
     let mut missing = Vec::new();
-    for item in items(needs) {
+    for item in items {
         match item.missing()? {
             None => eprintln!("setup: {}: present{}", item.name(), item.detail()?),
             Some(what) => {
@@ -114,6 +118,7 @@ enum Item {
     Apt(Vec<&'static str>),
     BpfToolchain,
     BpfLinker,
+    CargoFuzz,
     Kernel(Series),
 }
 
@@ -139,6 +144,7 @@ impl Item {
                 BPF_TOOLCHAIN_COMPONENTS.join(", ")
             ),
             Item::BpfLinker => format!("bpf-linker {BPF_LINKER_VERSION} (LLVM 22)"),
+            Item::CargoFuzz => format!("cargo-fuzz {CARGO_FUZZ_VERSION}"),
             Item::Kernel(series) => format!("{series} VM kernel"),
         }
     }
@@ -152,6 +158,7 @@ impl Item {
             }
             Item::BpfToolchain => missing_bpf_toolchain(),
             Item::BpfLinker => (!bpf_linker_present()).then(|| "bpf-linker".into()),
+            Item::CargoFuzz => (!cargo_fuzz_present()).then(|| "cargo-fuzz".into()),
             Item::Kernel(series) => match kernels::cached(*series)? {
                 Some(_) => None,
                 None => Some(format!("(none in {})", kernels::cache_dir()?.display())),
@@ -175,6 +182,7 @@ impl Item {
             Item::Apt(packages) => apt.install(&absent_packages(packages)),
             Item::BpfToolchain => install_bpf_toolchain(),
             Item::BpfLinker => install_bpf_linker(),
+            Item::CargoFuzz => install_cargo_fuzz(),
             Item::Kernel(series) => kernels::install(*series, apt).map(drop),
         }
     }
@@ -286,6 +294,45 @@ fn bpf_linker_present() -> bool {
         o.status.success()
             && String::from_utf8_lossy(&o.stdout).contains(&format!(" {major_minor}."))
     })
+}
+
+/// Installs cargo-fuzz unless the pinned version is present (for `cargo xtask fuzz`).
+pub fn ensure_cargo_fuzz() -> Result<()> {
+    if cargo_fuzz_present() {
+        return Ok(());
+    }
+    eprintln!("setup: missing: {}; installing", Item::CargoFuzz.name());
+    install_cargo_fuzz()
+}
+
+fn cargo_fuzz_present() -> bool {
+    let out = cmd::cargo().args(["fuzz", "--version"]).output();
+    out.is_ok_and(|o| {
+        o.status.success()
+            && String::from_utf8_lossy(&o.stdout).trim()
+                == format!("cargo-fuzz {CARGO_FUZZ_VERSION}")
+    })
+}
+
+/// From crates.io with its lock file; built in a temporary directory, as bpf-linker is.
+fn install_cargo_fuzz() -> Result<()> {
+    let mut install = cmd::cargo();
+    install
+        .args([
+            "install",
+            "cargo-fuzz",
+            "--locked",
+            "--version",
+            CARGO_FUZZ_VERSION,
+        ])
+        .env_remove("CARGO_TARGET_DIR");
+    cmd::run(&mut install)?;
+    if !cargo_fuzz_present() {
+        bail!(
+            "cargo-fuzz was installed but `cargo fuzz` does not run it: add ~/.cargo/bin to PATH"
+        );
+    }
+    Ok(())
 }
 
 /// Without LLVM_PREFIX, llvm-sys picks LLVM 14 from /usr/bin and the linker it builds

@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, ValueEnum};
 
-use crate::{cargo, cmd, kernels::Series, setup, vm_test};
+use crate::{cargo, cmd, fuzz, kernels::Series, setup, vm_test};
 
 #[derive(Args)]
 pub struct Options {
@@ -36,21 +36,28 @@ enum Stage {
     ClippyBpf,
     /// Unit tests of every crate that runs anywhere.
     Unit,
+    /// Every fuzz target for a short bounded time (`cargo xtask fuzz --dev --seconds 20`).
+    Fuzz,
     /// Integration tests on this machine's kernel, as root.
     Host,
     /// Integration tests inside the VM kernels.
     Vm,
 }
 
-const ORDER: [Stage; 7] = [
+const ORDER: [Stage; 8] = [
     Stage::Setup,
     Stage::Fmt,
     Stage::Clippy,
     Stage::ClippyBpf,
     Stage::Unit,
+    Stage::Fuzz,
     Stage::Host,
     Stage::Vm,
 ];
+
+/// Seconds per fuzz target in the `fuzz` stage: long enough to replay the seeds and
+/// crashers and explore a little, short enough for CI's time budget.
+const FUZZ_SECONDS: u64 = 20;
 
 pub fn cmd(opts: &Options) -> Result<()> {
     let stages: Vec<Stage> = ORDER.into_iter().filter(|s| selected(opts, *s)).collect();
@@ -86,7 +93,17 @@ fn run_stage(opts: &Options, stage: Stage) -> Result<()> {
         Stage::Setup => setup::ensure(&setup::Needs {
             vm: selected(opts, Stage::Vm),
         }),
-        Stage::Fmt => cmd::run(cmd::cargo().args(["fmt", "--all", "--", "--check"])),
+        Stage::Fmt => {
+            cmd::run(cmd::cargo().args(["fmt", "--all", "--", "--check"]))?;
+            // fuzz/ is its own workspace, outside `--all`.
+            cmd::run(cmd::cargo().args([
+                "fmt",
+                "--manifest-path",
+                "fuzz/Cargo.toml",
+                "--",
+                "--check",
+            ]))
+        }
         Stage::Clippy => cmd::run(cmd::cargo().args([
             "clippy",
             "--workspace",
@@ -99,6 +116,11 @@ fn run_stage(opts: &Options, stage: Stage) -> Result<()> {
         ])),
         Stage::ClippyBpf => clippy_bpf(),
         Stage::Unit => unit_tests(),
+        Stage::Fuzz => fuzz::cmd(&fuzz::Options {
+            seconds: FUZZ_SECONDS,
+            dev: true,
+            targets: Vec::new(),
+        }),
         Stage::Host => host_tests(),
         Stage::Vm => vm_test::cmd(&vm_test::Options {
             kernel: opts.kernel.clone(),
@@ -194,6 +216,7 @@ impl Stage {
             Stage::Clippy => "clippy",
             Stage::ClippyBpf => "clippy-bpf",
             Stage::Unit => "unit",
+            Stage::Fuzz => "fuzz",
             Stage::Host => "host",
             Stage::Vm => "vm",
         }

@@ -152,6 +152,11 @@ fn bad_field(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
     }
 }
 
+/// Parses one request line as the agent reads it.
+pub fn parse_request(line: &str) -> Result<Request, String> {
+    serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))
+}
+
 /// One namespace's lifetimes, as the `lifetimes` answer carries them.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NsLifetimes {
