@@ -152,11 +152,6 @@ fn bad_field(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
     }
 }
 
-/// Parses one request line as the agent reads it.
-pub fn parse_request(line: &str) -> Result<Request, String> {
-    serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))
-}
-
 /// One namespace's lifetimes, as the `lifetimes` answer carries them.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NsLifetimes {
@@ -198,6 +193,23 @@ pub fn socket_path(flag: Option<&Path>) -> std::path::PathBuf {
 
 #[cfg(test)]
 mod tests {
+    /// The `protocol` fuzz target's seeds (fuzz/corpus/protocol) are requests the agent
+    /// accepts, so fuzzing starts from the real grammar.
+    #[test]
+    fn fuzz_seeds_parse() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/protocol");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("fuzz/corpus/protocol") {
+            let path = entry.unwrap().path();
+            let line = std::fs::read(&path).unwrap();
+            if let Err(e) = Request::parse(&line) {
+                panic!("{}: {e}", path.display());
+            }
+            seen += 1;
+        }
+        assert!(seen >= 7, "one seed per operation, found {seen}");
+    }
+
     use std::net::IpAddr;
 
     use super::*;
