@@ -271,8 +271,24 @@ pub fn insert_checks() {
 
 /// `probe` as nobody: no tier runs, and each says what it misses; the hooks are listed
 /// as not tried; HZ still comes from the kernel config.
+/// A copy of the binary under test that uid 65534 may run, whatever the modes of the
+/// directories of the checkout it was built in (a CI clone may sit under a 0700 one).
+fn binary_for_nobody() -> (tempfile::TempDir, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::Builder::new()
+        .prefix("ctscope-nobody-")
+        .tempdir()
+        .expect("a scratch directory");
+    let open = std::fs::Permissions::from_mode(0o755);
+    std::fs::set_permissions(dir.path(), open.clone()).expect("chmod the scratch directory");
+    let copy = dir.path().join("ctscope");
+    std::fs::copy(ctscope::binary_or_panic(), &copy).expect("copy ctscope");
+    std::fs::set_permissions(&copy, open).expect("chmod the copy");
+    (dir, copy)
+}
+
 pub fn probe_unprivileged() {
-    let bin = ctscope::binary_or_panic();
+    let (_dir, bin) = binary_for_nobody();
     // As `setpriv --reuid=65534 --regid=65534 --clear-groups` (std clears the groups when
     // root sets a uid), without needing util-linux's setpriv (the VMs have busybox's).
     let run = |args: &[&str]| {
