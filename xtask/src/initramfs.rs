@@ -45,7 +45,7 @@ const BOOT_MODULES: &[&str] = &[
 ];
 
 /// Host tools the scenarios drive, copied with their shared libraries.
-const HOST_TOOLS: &[&str] = &["ip", "nft", "conntrack"];
+const HOST_TOOLS: &[&str] = &["ip", "nft", "conntrack", "setpriv"];
 
 /// What goes into one initramfs.
 pub struct Spec<'a> {
