@@ -26,7 +26,8 @@ pub struct Needs {
 }
 
 /// Building the BPF object with bpf-linker (which links LLVM 22) and running the
-/// host integration tests (which drive nft, conntrack and ip).
+/// host integration tests (which drive nft, conntrack and ip, and drop capabilities
+/// with util-linux's setpriv).
 const BASE_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -35,6 +36,7 @@ const BASE_PACKAGES: &[&str] = &[
     "conntrack",
     "nftables",
     "iproute2",
+    "util-linux",
 ];
 const VM_PACKAGES: &[&str] = &[
     "qemu-system-x86",
