@@ -48,17 +48,6 @@ pub const MAX_CONNECTIONS: usize = 256;
 /// nothing else is held, so a huge table can always be listed.
 pub const ANSWER_BUDGET: usize = 64 * MIB;
 
-static BUDGET_LIMIT: AtomicUsize = AtomicUsize::new(ANSWER_BUDGET);
-
-/// Sets the answer budget (once, before the agent serves).
-pub fn set_answer_budget(bytes: usize) {
-    BUDGET_LIMIT.store(bytes, Ordering::Relaxed);
-}
-
-fn answer_budget() -> usize {
-    BUDGET_LIMIT.load(Ordering::Relaxed)
-}
-
 /// Answers this small always go through: `status`, `get` and `stats` must work while
 /// stalled clients hold the budget, and 256 connections × 64 KiB bound them to 16 MiB.
 const SMALL_ANSWER: usize = 64 * KIB;
@@ -77,19 +66,36 @@ pub const SUBSCRIBER_QUEUE: usize = 512 * KIB;
 /// Bytes gathered into one write: small events are written many at a time.
 const WRITE_BATCH: usize = 64 * KIB;
 
-/// The bytes of one-shot answers not read yet, across clients.
-#[derive(Clone, Debug, Default)]
-pub struct Budget(Arc<AtomicUsize>);
+/// The bytes of one-shot answers not read yet, across clients, and how many it allows.
+#[derive(Clone, Debug)]
+pub struct Budget {
+    held: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget::new(ANSWER_BUDGET)
+    }
+}
 
 impl Budget {
+    /// A budget of `limit` bytes (`watch --answer-budget-mib`).
+    pub fn new(limit: usize) -> Self {
+        Budget {
+            held: Arc::default(),
+            limit,
+        }
+    }
+
     /// Charges an answer of `n` bytes, or says how many bytes others' unread answers
     /// hold when it does not fit.
     fn charge(&self, n: usize) -> Result<Charge, usize> {
-        let held = self.0.load(Ordering::Relaxed);
-        if n > SMALL_ANSWER && held > 0 && held + n > answer_budget() {
+        let held = self.held();
+        if n > SMALL_ANSWER && held > 0 && held + n > self.limit {
             return Err(held);
         }
-        self.0.fetch_add(n, Ordering::Relaxed);
+        self.held.fetch_add(n, Ordering::Relaxed);
         Ok(Charge {
             budget: self.clone(),
             n,
@@ -98,7 +104,17 @@ impl Budget {
 
     /// Bytes held now.
     pub fn held(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Why an answer did not fit: the client is told to retry.
+    fn refusal(&self, held: usize) -> Vec<u8> {
+        Header::line(Some(format!(
+            "the agent holds {} MiB of answers other clients have not read yet (limit {} \
+             MiB): retry in a few seconds",
+            held.div_ceil(MIB),
+            self.limit / MIB
+        )))
     }
 }
 
@@ -111,7 +127,7 @@ struct Charge {
 
 impl Drop for Charge {
     fn drop(&mut self) {
-        self.budget.0.fetch_sub(self.n, Ordering::Relaxed);
+        self.budget.held.fetch_sub(self.n, Ordering::Relaxed);
     }
 }
 
@@ -171,7 +187,7 @@ impl Outbox {
                 charge: Some(charge),
             },
             Err(held) => Chunk {
-                bytes: Header::line(Some(over_budget(held))).into(),
+                bytes: self.budget.refusal(held).into(),
                 charge: None,
             },
         };
@@ -183,15 +199,14 @@ impl Outbox {
     pub fn room(&self) -> usize {
         match self.budget.held() {
             0 => usize::MAX,
-            held => answer_budget().saturating_sub(held).max(SMALL_ANSWER),
+            held => self.budget.limit.saturating_sub(held).max(SMALL_ANSWER),
         }
     }
 
     /// An answer past [`Outbox::room`]: the client is told to retry.
     pub fn refuse(self) {
-        let held = self.budget.held();
         let _ = self.tx.send(Chunk {
-            bytes: Header::line(Some(over_budget(held))).into(),
+            bytes: self.budget.refusal(self.budget.held()).into(),
             charge: None,
         });
     }
@@ -223,15 +238,6 @@ impl Outbox {
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
     }
-}
-
-fn over_budget(held: usize) -> String {
-    format!(
-        "the agent holds {} MiB of answers other clients have not read yet (limit {} MiB): \
-         retry in a few seconds",
-        held.div_ceil(MIB),
-        answer_budget() / MIB
-    )
 }
 
 /// Why a connection's output ended early.
@@ -308,11 +314,8 @@ mod tests {
         let _rest = budget.charge(ANSWER_BUDGET / 2).unwrap();
         let held = budget.charge(MIB).unwrap_err();
         assert_eq!(held, ANSWER_BUDGET);
-        assert!(
-            over_budget(held).contains("64 MiB"),
-            "{}",
-            over_budget(held)
-        );
+        let refusal = String::from_utf8(budget.refusal(held)).unwrap();
+        assert!(refusal.contains("64 MiB"), "{refusal}");
         drop(half);
         assert!(budget.charge(MIB).is_ok());
     }

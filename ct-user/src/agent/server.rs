@@ -34,15 +34,15 @@ pub struct Server {
 impl Server {
     /// Binds `path` (mode 0600, in a directory created 0700) through [`SocketFile`]:
     /// refuses anything at the path but a stale socket, and the socket of an agent that
-    /// still answers.
-    pub fn bind(path: &Path) -> anyhow::Result<Self> {
+    /// still answers. Unread one-shot answers may hold `budget` bytes across clients.
+    pub fn bind(path: &Path, budget: Budget) -> anyhow::Result<Self> {
         let (listener, socket) = SocketFile::bind(path)?;
         listener
             .set_nonblocking(true)
             .context("making the agent socket non-blocking")?;
         let listener = UnixListener::from_std(listener).context("listening on the agent socket")?;
         let (tx, requests) = mpsc::channel(64);
-        tokio::spawn(accept(listener, tx));
+        tokio::spawn(accept(listener, tx, budget));
         Ok(Server {
             _socket: socket,
             requests,
@@ -55,8 +55,7 @@ impl Server {
     }
 }
 
-async fn accept(listener: UnixListener, tx: mpsc::Sender<Incoming>) {
-    let budget = Budget::default();
+async fn accept(listener: UnixListener, tx: mpsc::Sender<Incoming>, budget: Budget) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         match listener.accept().await {

@@ -21,7 +21,7 @@ use crate::{
         attribution::Kernel,
         client,
         clock::Stamp,
-        outbox,
+        outbox::Budget,
         protocol::{Request, socket_path},
         server::Server,
         state::Agent,
@@ -62,9 +62,9 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     if args.status {
         return status(&path).await;
     }
-    outbox::set_answer_budget(usize::from(args.answer_budget_mib) << 20);
     let bpf = check_caps(args)?;
-    let mut server = Server::bind(&path)?;
+    let budget = Budget::new(usize::from(args.answer_budget_mib) << 20);
+    let mut server = Server::bind(&path, budget)?;
     // Before the probes: increments up to here are not the agent's to explain.
     let baselines = baselines().await;
     let mut probes = if bpf { attach(args)? } else { None };
