@@ -2,7 +2,12 @@
 
 /// What happened to a conntrack entry.
 #[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "user",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum EventKind {
     /// An entry entered the table: confirmed by the packet path, or inserted via ctnetlink.
     New = 1,
@@ -33,11 +38,28 @@ impl EventKind {
             _ => return None,
         })
     }
+
+    /// The name users read, as serde writes it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::New => "new",
+            Self::Destroy => "destroy",
+            Self::InsertFailed => "insert_failed",
+            Self::ClashResolved => "clash_resolved",
+            Self::TableFull => "table_full",
+            Self::EarlyDrop => "early_drop",
+        }
+    }
 }
 
 /// Why an insert failed, or how a clash was resolved (`kind` InsertFailed / ClashResolved).
 #[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "user",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum Cause {
     Unknown = 0,
     /// The clash was in the REPLY direction: two flows got the same NAT mapping.
@@ -72,16 +94,38 @@ impl Cause {
             _ => Self::Unknown,
         }
     }
+
+    /// The name users read, as serde writes it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::NatPortClash => "nat_port_clash",
+            Self::SameFlowRace => "same_flow_race",
+            Self::Dying => "dying",
+            Self::ChainTooLong => "chain_too_long",
+            Self::AlreadyConfirmed => "already_confirmed",
+            Self::Merged => "merged",
+            Self::NatClashReplyOnly => "nat_clash_reply_only",
+            Self::TableFull => "table_full",
+        }
+    }
 }
 
 /// Why a confirmed entry left the table (`kind` Destroy / EarlyDrop).
 #[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "user",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum DestroyReason {
     Unknown = 0,
     /// Expired and reaped by the gc worker.
     Timeout = 1,
-    /// Expired and reaped lazily by a lookup on the packet path.
+    /// Expired and reaped lazily by a lookup on the packet path. Users see it as
+    /// `timeout`, with `via: lookup` beside it.
+    #[cfg_attr(feature = "user", serde(rename = "timeout", skip_deserializing))]
     TimeoutLookup = 2,
     /// Evicted by `early_drop()` on allocation.
     EarlyDrop = 3,
@@ -109,6 +153,20 @@ impl DestroyReason {
             7 => Self::NetnsExit,
             8 => Self::Cleanup,
             _ => Self::Unknown,
+        }
+    }
+
+    /// The name users read, as serde writes it: both timeouts are `timeout`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Timeout | Self::TimeoutLookup => "timeout",
+            Self::EarlyDrop => "early_drop",
+            Self::GcEvict => "gc_evict",
+            Self::Ctnetlink => "ctnetlink",
+            Self::TcpClose => "tcp_close",
+            Self::NetnsExit => "netns_exit",
+            Self::Cleanup => "cleanup",
         }
     }
 }

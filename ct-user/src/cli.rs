@@ -6,7 +6,7 @@ use std::{net::IpAddr, path::PathBuf};
 use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum, error::ErrorKind};
 use ct_netlink::{Family, NatRange, Status, TcpState, Tuple, TupleFilter};
 
-use crate::{filter, loader::DEFAULT_RING_BYTES};
+use crate::{event::RecordKind, filter, loader::DEFAULT_RING_BYTES};
 
 /// ctscope: watch Linux connection tracking (nf_conntrack) from inside the kernel.
 ///
@@ -992,9 +992,8 @@ pub struct FilterArgs {
     /// table_full, early_drop, lost. `lost` records (events ctscope could not deliver)
     /// come whatever the filter; `--kind lost` shows only them. Tier 3 sees new,
     /// destroy and lost.
-    #[arg(long, value_delimiter = ',', value_name = "KIND",
-          value_parser = clap::builder::PossibleValuesParser::new(filter::KINDS))]
-    pub kind: Vec<String>,
+    #[arg(long, value_delimiter = ',', value_name = "KIND", value_enum)]
+    pub kind: Vec<RecordKind>,
 
     /// Only this network namespace: a name under /run/netns, a path such as
     /// /proc/PID/ns/net, or an inode number.
@@ -1086,8 +1085,9 @@ mod tests {
         assert!(args.json);
         assert_eq!(args.count, Some(5));
         assert_eq!(args.filter.proto, Some(17));
-        assert_eq!(args.filter.kind, vec!["new", "destroy"]);
-        assert_eq!(args.filter.resolve().unwrap().kinds, vec!["new", "destroy"]);
+        let kinds = [RecordKind::New, RecordKind::Destroy];
+        assert_eq!(args.filter.kind, kinds);
+        assert_eq!(args.filter.resolve().unwrap().kinds, kinds);
     }
 
     #[test]

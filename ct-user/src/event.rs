@@ -10,7 +10,7 @@ use ct_common::{
     Tuple,
 };
 use ct_netlink::{Status, TcpState, proto};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -23,14 +23,130 @@ pub enum Record {
     Lost(Lost),
 }
 
-/// Events the ring buffer could not take, counted by the BPF side per kind.
+/// What a line of `ctscope events` is about: a conntrack event's kind, or `lost`. The
+/// kinds `--kind` and the agent's `kinds` filter take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum RecordKind {
+    New,
+    Destroy,
+    InsertFailed,
+    ClashResolved,
+    TableFull,
+    EarlyDrop,
+    /// Events ctscope could not deliver.
+    Lost,
+}
+
+impl From<EventKind> for RecordKind {
+    fn from(k: EventKind) -> Self {
+        match k {
+            EventKind::New => Self::New,
+            EventKind::Destroy => Self::Destroy,
+            EventKind::InsertFailed => Self::InsertFailed,
+            EventKind::ClashResolved => Self::ClashResolved,
+            EventKind::TableFull => Self::TableFull,
+            EventKind::EarlyDrop => Self::EarlyDrop,
+        }
+    }
+}
+
+impl RecordKind {
+    /// The name on the wire and on the command line.
+    pub fn name(self) -> &'static str {
+        match self.event() {
+            Some(kind) => kind.name(),
+            None => "lost",
+        }
+    }
+
+    /// The conntrack event kind; `None` for `lost`.
+    pub fn event(self) -> Option<EventKind> {
+        [
+            EventKind::New,
+            EventKind::Destroy,
+            EventKind::InsertFailed,
+            EventKind::ClashResolved,
+            EventKind::TableFull,
+            EventKind::EarlyDrop,
+        ]
+        .into_iter()
+        .find(|&k| Self::from(k) == self)
+    }
+}
+
+/// Events ctscope could not deliver: the ring buffer's, counted by the BPF side per
+/// kind, or those of another stage.
 #[derive(Clone, Debug, Serialize)]
 pub struct Lost {
     pub ts: f64,
-    /// Always "lost".
-    pub kind: &'static str,
-    pub lost_kind: &'static str,
+    /// Always [`RecordKind::Lost`].
+    pub kind: RecordKind,
+    pub lost_kind: LostKind,
     pub count: u64,
+}
+
+impl Lost {
+    pub fn new(ts: f64, lost_kind: LostKind, count: u64) -> Self {
+        Self {
+            ts,
+            kind: RecordKind::Lost,
+            lost_kind,
+            count,
+        }
+    }
+}
+
+/// What was lost: events of one kind the ring buffer could not take, or events of
+/// every kind lost at another stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum LostKind {
+    Ring(EventKind),
+    Other(LostAt),
+}
+
+/// Where events of every kind were lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LostAt {
+    /// A ring-buffer loss counter that no kind uses.
+    Unknown,
+    /// The agent dropped them for a subscriber that did not read.
+    AgentSubscriber,
+    /// Tier 3: the ctnetlink socket's buffer overflowed.
+    CtnetlinkOverrun,
+}
+
+impl LostKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ring(k) => k.name(),
+            Self::Other(LostAt::Unknown) => "unknown",
+            Self::Other(LostAt::AgentSubscriber) => "agent_subscriber",
+            Self::Other(LostAt::CtnetlinkOverrun) => "ctnetlink_overrun",
+        }
+    }
+}
+
+/// For `reason: timeout`: which mechanism reaped the expired entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    /// The gc worker.
+    Gc,
+    /// A packet or dump that found it expired.
+    Lookup,
+}
+
+impl Via {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Gc => "gc",
+            Self::Lookup => "lookup",
+        }
+    }
 }
 
 /// A conntrack event.
@@ -38,15 +154,17 @@ pub struct Lost {
 pub struct CtEvent {
     /// Unix time in seconds.
     pub ts: f64,
-    pub kind: &'static str,
+    pub kind: EventKind,
+    /// insert_failed, clash_resolved and table_full: why.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cause: Option<&'static str>,
+    pub cause: Option<Cause>,
+    /// destroy and early_drop: why. Never [`DestroyReason::TimeoutLookup`]: that is
+    /// [`DestroyReason::Timeout`] with `via` [`Via::Lookup`].
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<&'static str>,
-    /// For `reason: "timeout"`: who reaped the expired entry, `gc` (the gc worker) or
-    /// `lookup` (a packet or dump that found it expired).
+    pub reason: Option<DestroyReason>,
+    /// For `reason: "timeout"`: who reaped the expired entry.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub via: Option<&'static str>,
+    pub via: Option<Via>,
     pub proto: Proto,
     /// IP protocol number.
     pub protonum: u8,
@@ -93,7 +211,7 @@ pub struct Winner {
 /// A NAT mapping: what the original source (`snat`) or destination (`dnat`) became.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Nat {
-    pub kind: &'static str,
+    pub kind: NatKind,
     pub addr: IpAddr,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
@@ -105,19 +223,36 @@ impl Nat {
         let mut out = Vec::new();
         if status.contains(Status::SRC_NAT) {
             out.push(Nat {
-                kind: "snat",
+                kind: NatKind::Snat,
                 addr: reply.dst,
                 port: reply.dport,
             });
         }
         if status.contains(Status::DST_NAT) {
             out.push(Nat {
-                kind: "dnat",
+                kind: NatKind::Dnat,
                 addr: reply.src,
                 port: reply.sport,
             });
         }
         out
+    }
+}
+
+/// Which end of the original direction a NAT mapping rewrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NatKind {
+    Snat,
+    Dnat,
+}
+
+impl NatKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Snat => "snat",
+            Self::Dnat => "dnat",
+        }
     }
 }
 
@@ -219,50 +354,12 @@ fn has_ports(l4: u8) -> bool {
     )
 }
 
-pub fn kind_name(k: EventKind) -> &'static str {
-    match k {
-        EventKind::New => "new",
-        EventKind::Destroy => "destroy",
-        EventKind::InsertFailed => "insert_failed",
-        EventKind::ClashResolved => "clash_resolved",
-        EventKind::TableFull => "table_full",
-        EventKind::EarlyDrop => "early_drop",
-    }
-}
-
-pub fn cause_name(c: Cause) -> &'static str {
-    match c {
-        Cause::Unknown => "unknown",
-        Cause::NatPortClash => "nat_port_clash",
-        Cause::SameFlowRace => "same_flow_race",
-        Cause::Dying => "dying",
-        Cause::ChainTooLong => "chain_too_long",
-        Cause::AlreadyConfirmed => "already_confirmed",
-        Cause::Merged => "merged",
-        Cause::NatClashReplyOnly => "nat_clash_reply_only",
-        Cause::TableFull => "table_full",
-    }
-}
-
-pub fn reason_name(r: DestroyReason) -> &'static str {
+/// Which mechanism reaped an expired entry, and the reason users see.
+fn reason_and_via(r: DestroyReason) -> (DestroyReason, Option<Via>) {
     match r {
-        DestroyReason::Unknown => "unknown",
-        DestroyReason::Timeout | DestroyReason::TimeoutLookup => "timeout",
-        DestroyReason::EarlyDrop => "early_drop",
-        DestroyReason::GcEvict => "gc_evict",
-        DestroyReason::Ctnetlink => "ctnetlink",
-        DestroyReason::TcpClose => "tcp_close",
-        DestroyReason::NetnsExit => "netns_exit",
-        DestroyReason::Cleanup => "cleanup",
-    }
-}
-
-/// Which mechanism reaped an expired entry.
-fn timeout_via(r: DestroyReason) -> Option<&'static str> {
-    match r {
-        DestroyReason::Timeout => Some("gc"),
-        DestroyReason::TimeoutLookup => Some("lookup"),
-        _ => None,
+        DestroyReason::Timeout => (r, Some(Via::Gc)),
+        DestroyReason::TimeoutLookup => (DestroyReason::Timeout, Some(Via::Lookup)),
+        _ => (r, None),
     }
 }
 
@@ -313,11 +410,11 @@ pub fn decode(raw: &Event, clock: &Clock) -> Option<CtEvent> {
     let kind = EventKind::from_u8(raw.kind)?;
     let (cause, reason, via) = match kind {
         EventKind::InsertFailed | EventKind::ClashResolved | EventKind::TableFull => {
-            (Some(cause_name(Cause::from_u8(raw.cause))), None, None)
+            (Some(Cause::from_u8(raw.cause)), None, None)
         }
         EventKind::Destroy | EventKind::EarlyDrop => {
-            let r = DestroyReason::from_u8(raw.cause);
-            (None, Some(reason_name(r)), timeout_via(r))
+            let (reason, via) = reason_and_via(DestroyReason::from_u8(raw.cause));
+            (None, Some(reason), via)
         }
         EventKind::New => (None, None, None),
     };
@@ -334,7 +431,7 @@ pub fn decode(raw: &Event, clock: &Clock) -> Option<CtEvent> {
     };
     Some(CtEvent {
         ts: clock.unix_secs(raw.ts_ns),
-        kind: kind_name(kind),
+        kind,
         cause,
         reason,
         via,
@@ -400,8 +497,8 @@ mod tests {
             hz: 250,
         };
         let ev = decode(&udp_event(), &clock).unwrap();
-        assert_eq!(ev.kind, "insert_failed");
-        assert_eq!(ev.cause, Some("nat_port_clash"));
+        assert_eq!(ev.kind, EventKind::InsertFailed);
+        assert_eq!(ev.cause, Some(Cause::NatPortClash));
         assert_eq!(ev.orig.src, "10.200.0.2".parse::<IpAddr>().unwrap());
         assert_eq!(ev.orig.sport, Some(5353));
         assert_eq!(ev.orig.dport, Some(53));
@@ -409,7 +506,7 @@ mod tests {
         assert_eq!(ev.status.names(), vec!["SRC_NAT", "SRC_NAT_DONE"]);
         assert!(ev.winner.is_some());
         let snat = Nat {
-            kind: "snat",
+            kind: NatKind::Snat,
             addr: "10.200.0.1".parse().unwrap(),
             port: Some(40000),
         };
@@ -472,10 +569,15 @@ mod tests {
         let ev = decode(&raw, &clock).unwrap();
         assert_eq!(
             (ev.reason, ev.via, ev.cause),
-            (Some("timeout"), Some("lookup"), None)
+            (Some(DestroyReason::Timeout), Some(Via::Lookup), None)
+        );
+        let v = serde_json::to_value(&ev).unwrap();
+        assert_eq!(
+            (&v["reason"], &v["via"]),
+            (&"timeout".into(), &"lookup".into())
         );
         raw.cause = DestroyReason::Timeout as u8;
-        assert_eq!(decode(&raw, &clock).unwrap().via, Some("gc"));
+        assert_eq!(decode(&raw, &clock).unwrap().via, Some(Via::Gc));
         raw.cause = DestroyReason::Ctnetlink as u8;
         assert_eq!(decode(&raw, &clock).unwrap().via, None);
     }
@@ -488,6 +590,46 @@ mod tests {
         };
         assert_eq!(clock.seconds(-1), Some(-1));
         assert_eq!(clock.seconds(i32::MIN), None);
+    }
+
+    /// `name()` (text output, map keys) and serde (JSON) never disagree.
+    #[test]
+    fn names_are_what_serde_writes() {
+        fn same<T: Serialize>(v: T, name: &str) {
+            assert_eq!(serde_json::to_value(v).unwrap(), name);
+        }
+        for k in 1..=6 {
+            let k = EventKind::from_u8(k).unwrap();
+            same(k, k.name());
+            same(LostKind::Ring(k), LostKind::Ring(k).name());
+        }
+        for c in 0..=8 {
+            same(Cause::from_u8(c), Cause::from_u8(c).name());
+            same(DestroyReason::from_u8(c), DestroyReason::from_u8(c).name());
+        }
+        for at in [
+            LostAt::Unknown,
+            LostAt::AgentSubscriber,
+            LostAt::CtnetlinkOverrun,
+        ] {
+            same(LostKind::Other(at), LostKind::Other(at).name());
+        }
+        for v in [Via::Gc, Via::Lookup] {
+            same(v, v.name());
+        }
+        for n in [NatKind::Snat, NatKind::Dnat] {
+            same(n, n.name());
+        }
+    }
+
+    #[test]
+    fn a_kind_has_one_name_on_the_wire_and_the_command_line() {
+        use clap::ValueEnum;
+        for k in RecordKind::value_variants() {
+            let wire = serde_json::to_value(k).unwrap();
+            let cli = k.to_possible_value().unwrap();
+            assert_eq!((wire.as_str(), cli.get_name()), (Some(k.name()), k.name()));
+        }
     }
 
     /// Every kind with every cause or reason it can carry, over UDP, TCP, ICMP and IPv6,
@@ -549,22 +691,11 @@ mod tests {
         }
         assert_eq!(lines.lines().count(), recorded.lines().count());
     }
-}
 
-#[cfg(test)]
-fn recorded_losses() -> Vec<Lost> {
-    vec![
-        Lost {
-            ts: 1.5,
-            kind: "lost",
-            lost_kind: "new",
-            count: 3,
-        },
-        Lost {
-            ts: 2.5,
-            kind: "lost",
-            lost_kind: "unknown",
-            count: 1,
-        },
-    ]
+    fn recorded_losses() -> Vec<Lost> {
+        vec![
+            Lost::new(1.5, LostKind::Ring(EventKind::New), 3),
+            Lost::new(2.5, LostKind::Other(LostAt::Unknown), 1),
+        ]
+    }
 }

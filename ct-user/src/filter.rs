@@ -5,26 +5,14 @@ use std::net::IpAddr;
 
 use ct_netlink::proto;
 
-use crate::event::{CtEvent, Side};
-
-/// The kinds a filter may name: every event kind, and `lost`.
-pub const KINDS: [&str; 7] = [
-    "new",
-    "destroy",
-    "insert_failed",
-    "clash_resolved",
-    "table_full",
-    "early_drop",
-    "lost",
-];
+use crate::event::{CtEvent, RecordKind, Side};
 
 /// From the agent's socket every field is optional (empty matches everything) and an
 /// unknown field or kind is refused.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Filter {
-    #[serde(deserialize_with = "known_kinds")]
-    pub kinds: Vec<String>,
+    pub kinds: Vec<RecordKind>,
     pub netns: Option<u32>,
     pub proto: Option<u8>,
     /// Either end of either direction.
@@ -40,7 +28,7 @@ pub struct Filter {
 impl Filter {
     pub fn matches(&self, ev: &CtEvent) -> bool {
         let o = &ev.orig;
-        (self.kinds.is_empty() || self.kinds.iter().any(|k| k == ev.kind))
+        (self.kinds.is_empty() || self.kinds.contains(&ev.kind.into()))
             && self.netns.is_none_or(|n| n == ev.netns)
             && self.proto.is_none_or(|p| p == ev.protonum)
             && self
@@ -58,20 +46,6 @@ impl Filter {
 
 fn touches(side: &Side, a: IpAddr) -> bool {
     side.src == a || side.dst == a
-}
-
-/// `kinds`, each one of [`KINDS`].
-fn known_kinds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    use serde::de::{Deserialize as _, Error as _, Unexpected};
-    let kinds = Vec::<String>::deserialize(d)?;
-    if let Some(bad) = kinds.iter().find(|k| !KINDS.contains(&k.as_str())) {
-        let expected = format!("one of {}", KINDS.join(", "));
-        return Err(D::Error::invalid_value(
-            Unexpected::Str(bad),
-            &expected.as_str(),
-        ));
-    }
-    Ok(kinds)
 }
 
 /// `--proto`: a name conntrack(8) knows, or a number.
@@ -98,10 +72,11 @@ mod tests {
     #[test]
     fn socket_filter_refuses_unknown_kinds_and_fields() {
         let f: Filter = serde_json::from_str(r#"{"kinds": ["new", "lost"]}"#).unwrap();
-        assert_eq!(f.kinds, ["new", "lost"]);
+        assert_eq!(f.kinds, [RecordKind::New, RecordKind::Lost]);
         let err = serde_json::from_str::<Filter>(r#"{"kinds": ["bogus"]}"#).unwrap_err();
         assert!(
-            err.to_string().contains("\"bogus\", expected one of new"),
+            err.to_string()
+                .contains("unknown variant `bogus`, expected one of `new`"),
             "{err}"
         );
         let err = serde_json::from_str::<Filter>(r#"{"source": "10.0.0.1"}"#).unwrap_err();

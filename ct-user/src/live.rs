@@ -5,6 +5,8 @@
 
 use rustc_hash::FxHashSet;
 
+use ct_common::{Cause, EventKind};
+
 use crate::event::CtEvent;
 
 /// Room for this many live entries before the set first grows.
@@ -30,14 +32,14 @@ impl Default for LiveEntries {
 impl LiveEntries {
     /// False for a repeated `new` of an entry already live; tracks births and deaths.
     pub fn admit(&mut self, ev: &CtEvent) -> bool {
-        let birth = ev.kind == "new"
-            || (ev.kind == "clash_resolved" && ev.cause == Some("nat_clash_reply_only"));
+        let birth = ev.kind == EventKind::New
+            || (ev.kind == EventKind::ClashResolved && ev.cause == Some(Cause::NatClashReplyOnly));
         if birth {
             let first = self.live.insert(ev.ct);
             self.repeats += u64::from(!first);
             return first;
         }
-        if matches!(ev.kind, "destroy" | "early_drop") {
+        if matches!(ev.kind, EventKind::Destroy | EventKind::EarlyDrop) {
             self.live.remove(&ev.ct);
         }
         true

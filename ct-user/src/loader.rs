@@ -10,6 +10,7 @@ use aya::{
 use ct_common::{ABSENT, KernelLayout, floor};
 use serde::Serialize;
 
+use crate::event::RecordKind;
 use crate::hooks::{
     HookKind, HookSpec, Kallsyms, Resolution, TIER1, TIER1_ESSENTIAL, TIER2, TIER2_ESSENTIAL,
 };
@@ -141,24 +142,26 @@ impl Tier {
 impl Tier {
     /// Event kinds tier 3 delivers: ctnetlink has no insert_failed, table_full,
     /// early_drop or clash events.
-    const CTNETLINK_KINDS: [&'static str; 3] = ["new", "destroy", "lost"];
+    const CTNETLINK_KINDS: [RecordKind; 3] =
+        [RecordKind::New, RecordKind::Destroy, RecordKind::Lost];
 
     /// `None` if this tier can deliver every kind of `kinds` (an empty list asks for all),
     /// else which it cannot and the ones it can.
-    pub fn unseen_kinds(self, kinds: &[String]) -> Option<String> {
+    pub fn unseen_kinds(self, kinds: &[RecordKind]) -> Option<String> {
         if self != Tier::Ctnetlink {
             return None;
         }
         let unseen: Vec<&str> = kinds
             .iter()
-            .map(String::as_str)
             .filter(|k| !Self::CTNETLINK_KINDS.contains(k))
+            .map(|k| k.name())
             .collect();
+        let sees: Vec<&str> = Self::CTNETLINK_KINDS.iter().map(|k| k.name()).collect();
         (!unseen.is_empty()).then(|| {
             format!(
                 "tier 3 (ctnetlink events) cannot see {}; it sees only {}",
                 unseen.join(", "),
-                Self::CTNETLINK_KINDS.join(", ")
+                sees.join(", ")
             )
         })
     }

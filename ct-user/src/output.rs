@@ -4,7 +4,9 @@
 
 use std::io::{self, Write};
 
-use crate::event::{CtEvent, Lost, Record, Side};
+use ct_common::EventKind;
+
+use crate::event::{CtEvent, Lost, LostAt, LostKind, Record, Side};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -47,10 +49,10 @@ pub fn text_line(ev: &CtEvent, timestamp: bool) -> String {
     }
     s.push_str(&format!(
         "{:>9} ",
-        format!("[{}]", ev.kind.to_ascii_uppercase())
+        format!("[{}]", ev.kind.name().to_ascii_uppercase())
     ));
     s.push_str(&format!("{:<8} {} ", ev.proto.to_string(), ev.protonum));
-    if ev.kind != "destroy"
+    if ev.kind != EventKind::Destroy
         && let Some(t) = ev.timeout
     {
         s.push_str(&format!("{} ", t.max(0)));
@@ -72,13 +74,13 @@ pub fn text_line(ev: &CtEvent, timestamp: bool) -> String {
         s.push_str(&format!("zone={} ", ev.zone));
     }
     if let Some(cause) = ev.cause {
-        s.push_str(&format!("cause={cause} "));
+        s.push_str(&format!("cause={} ", cause.name()));
     }
     if let Some(reason) = ev.reason {
-        s.push_str(&format!("reason={reason} "));
+        s.push_str(&format!("reason={} ", reason.name()));
     }
     if let Some(via) = ev.via {
-        s.push_str(&format!("via={via} "));
+        s.push_str(&format!("via={} ", via.name()));
     }
     if let Some(w) = &ev.winner {
         s.push_str("winner=[");
@@ -88,7 +90,7 @@ pub fn text_line(ev: &CtEvent, timestamp: bool) -> String {
         s.push_str("] ");
     }
     for n in &ev.nat {
-        s.push_str(&format!("nat={}:{}", n.kind, n.addr));
+        s.push_str(&format!("nat={}:{}", n.kind.name(), n.addr));
         if let Some(p) = n.port {
             s.push_str(&format!(":{p}"));
         }
@@ -114,9 +116,17 @@ fn lost_line(lost: &Lost, timestamp: bool) -> String {
     } else {
         String::new()
     };
+    let why = match lost.lost_kind {
+        LostKind::Ring(_) | LostKind::Other(LostAt::Unknown) => {
+            "the ring buffer was full (raise --ring-size)"
+        }
+        LostKind::Other(LostAt::AgentSubscriber) => "this client read too slowly for the agent",
+        LostKind::Other(LostAt::CtnetlinkOverrun) => "the ctnetlink socket's buffer overflowed",
+    };
     format!(
-        "{ts}   [LOST] {} {} events: the ring buffer was full (raise --ring-size)",
-        lost.count, lost.lost_kind
+        "{ts}   [LOST] {} {} events: {why}",
+        lost.count,
+        lost.lost_kind.name()
     )
 }
 

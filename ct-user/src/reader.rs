@@ -8,7 +8,7 @@ use ct_common::{Event, EventKind, KernelLayout, RawCtEvent, stat};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    event::{Clock, CtEvent, Lost, Record, decode, kind_name},
+    event::{Clock, CtEvent, Lost, LostAt, LostKind, Record, decode},
     loader::Probes,
 };
 
@@ -81,13 +81,13 @@ impl EventReader {
         let mut out = Vec::new();
         for (k, (&now, seen)) in totals.iter().zip(self.lost_seen.iter_mut()).enumerate() {
             if now > *seen {
-                let lost_kind = EventKind::from_u8(k as u8).map_or("unknown", kind_name);
-                out.push(Record::Lost(Lost {
-                    ts: self.clock.now_unix(),
-                    kind: "lost",
+                let lost_kind = EventKind::from_u8(k as u8)
+                    .map_or(LostKind::Other(LostAt::Unknown), LostKind::Ring);
+                out.push(Record::Lost(Lost::new(
+                    self.clock.now_unix(),
                     lost_kind,
-                    count: now - *seen,
-                }));
+                    now - *seen,
+                )));
                 *seen = now;
             }
         }

@@ -18,6 +18,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use ct_common::{Cause, DestroyReason, EventKind};
 use ct_netlink::{Conntrack, Entry, Tuple};
 
 use crate::{
@@ -163,13 +164,15 @@ impl Settler {
             let keep = credit(&mut ev, &mut avail, &mut ns.explained);
             if !keep {
                 match ev.kind {
-                    "clash_resolved" => discarded.unconfirmed_frees += 1,
+                    EventKind::ClashResolved => discarded.unconfirmed_frees += 1,
                     _ => discarded.drops_by_rules += 1,
                 }
                 continue;
             }
             ev.unverified = false;
-            if matches!(ev.kind, "insert_failed" | "clash_resolved") && ev.cause != Some("dying") {
+            if matches!(ev.kind, EventKind::InsertFailed | EventKind::ClashResolved)
+                && ev.cause != Some(Cause::Dying)
+            {
                 find_winner(&mut conn, &mut ev).await;
             }
             out.push(ev);
@@ -194,31 +197,31 @@ impl Settler {
 /// stays: early_drop if that counter has room, else a ctnetlink delete.
 fn credit(ev: &mut CtEvent, avail: &mut Counters, used: &mut Counters) -> bool {
     match ev.kind {
-        "insert_failed" => {
+        EventKind::InsertFailed => {
             let ok = take(&mut avail.insert_failed, &mut used.insert_failed);
-            if ok && ev.cause != Some("dying") {
+            if ok && ev.cause != Some(Cause::Dying) {
                 // A clash drop also counts in `drop`.
                 take(&mut avail.drop, &mut used.drop);
             }
             ok
         }
-        "table_full" => take(&mut avail.drop, &mut used.drop),
+        EventKind::TableFull => take(&mut avail.drop, &mut used.drop),
         // A NAT-clash insert is certain (the entry carries IPS_NAT_CLASH); it only takes
         // its share of the counter.
-        "clash_resolved" => {
+        EventKind::ClashResolved => {
             take(&mut avail.clash_resolve, &mut used.clash_resolve)
-                || ev.cause == Some("nat_clash_reply_only")
+                || ev.cause == Some(Cause::NatClashReplyOnly)
         }
-        "destroy" => {
+        EventKind::Destroy => {
             if take(&mut avail.early_drop, &mut used.early_drop) {
-                ev.kind = "early_drop";
-                ev.reason = Some("early_drop");
+                ev.kind = EventKind::EarlyDrop;
+                ev.reason = Some(DestroyReason::EarlyDrop);
             } else {
-                ev.reason = Some("ctnetlink");
+                ev.reason = Some(DestroyReason::Ctnetlink);
             }
             true
         }
-        _ => true,
+        EventKind::New | EventKind::EarlyDrop => true,
     }
 }
 
@@ -239,8 +242,8 @@ fn open_checked(inode: u32, path: &Path) -> Option<Conntrack> {
 
 /// A candidate that could not be checked: reported, but marked so.
 fn unchecked(mut ev: CtEvent) -> CtEvent {
-    if ev.kind == "destroy" {
-        ev.reason = Some("unknown");
+    if ev.kind == EventKind::Destroy {
+        ev.reason = Some(DestroyReason::Unknown);
     }
     ev
 }
@@ -267,18 +270,18 @@ async fn find_winner(conn: &mut Option<Conntrack>, ev: &mut CtEvent) {
     let reply = tuple(&ev.reply, ev.protonum);
     let orig = tuple(&ev.orig, ev.protonum);
     let by_reply = match ev.kind {
-        "insert_failed" => conn.get_by_reply(&reply, zone).await.ok().flatten(),
+        EventKind::InsertFailed => conn.get_by_reply(&reply, zone).await.ok().flatten(),
         _ => None,
     };
     let found = match by_reply {
         Some(e) if !same_tuple(&e.orig, &orig) => {
-            ev.cause = Some("nat_port_clash");
+            ev.cause = Some(Cause::NatPortClash);
             Some(e)
         }
         _ => {
             let e = conn.get(&orig, zone).await.ok().flatten();
-            if e.is_some() && ev.kind == "insert_failed" {
-                ev.cause = Some("same_flow_race");
+            if e.is_some() && ev.kind == EventKind::InsertFailed {
+                ev.cause = Some(Cause::SameFlowRace);
             }
             e
         }
@@ -323,9 +326,9 @@ fn same_tuple(a: &Tuple, b: &Tuple) -> bool {
 mod tests {
     use super::*;
 
-    fn candidate(kind: &'static str, cause: Option<&'static str>) -> CtEvent {
+    fn candidate(kind: EventKind, cause: Option<Cause>) -> CtEvent {
         let mut raw = ct_common::Event::zeroed();
-        raw.kind = ct_common::EventKind::New as u8;
+        raw.kind = EventKind::New as u8;
         let mut ev = crate::event::decode(&raw, &crate::event::Clock::new(250)).unwrap();
         ev.kind = kind;
         ev.cause = cause;
@@ -348,7 +351,7 @@ mod tests {
         let mut used = Counters::default();
         let mut kept = 0;
         for _ in 0..3 {
-            let mut ev = candidate("insert_failed", Some("nat_port_clash"));
+            let mut ev = candidate(EventKind::InsertFailed, Some(Cause::NatPortClash));
             kept += usize::from(credit(&mut ev, &mut avail, &mut used));
         }
         assert_eq!(kept, 1, "one insert_failed counted, one event");
@@ -356,7 +359,7 @@ mod tests {
         assert_eq!(used, counters(1, 1, 0, 0));
         let mut full = 0;
         for _ in 0..5 {
-            let mut ev = candidate("table_full", Some("table_full"));
+            let mut ev = candidate(EventKind::TableFull, Some(Cause::TableFull));
             full += usize::from(credit(&mut ev, &mut avail, &mut used));
         }
         assert_eq!(full, 2);
@@ -367,12 +370,12 @@ mod tests {
     fn dying_takes_no_drop_and_nat_clash_is_kept_without_credit() {
         let mut avail = counters(1, 1, 0, 0);
         let mut used = Counters::default();
-        let mut ev = candidate("insert_failed", Some("dying"));
+        let mut ev = candidate(EventKind::InsertFailed, Some(Cause::Dying));
         assert!(credit(&mut ev, &mut avail, &mut used));
         assert_eq!(avail, counters(0, 1, 0, 0));
-        let mut merged = candidate("clash_resolved", Some("merged"));
+        let mut merged = candidate(EventKind::ClashResolved, Some(Cause::Merged));
         assert!(!credit(&mut merged, &mut avail, &mut used));
-        let mut reply_only = candidate("clash_resolved", Some("nat_clash_reply_only"));
+        let mut reply_only = candidate(EventKind::ClashResolved, Some(Cause::NatClashReplyOnly));
         assert!(credit(&mut reply_only, &mut avail, &mut used));
     }
 
@@ -380,14 +383,17 @@ mod tests {
     fn destroys_split_into_early_drop_and_ctnetlink() {
         let mut avail = counters(0, 0, 0, 1);
         let mut used = Counters::default();
-        let mut first = candidate("destroy", Some("unknown"));
-        let mut second = candidate("destroy", Some("unknown"));
+        let mut first = candidate(EventKind::Destroy, None);
+        let mut second = candidate(EventKind::Destroy, None);
         assert!(credit(&mut first, &mut avail, &mut used));
         assert!(credit(&mut second, &mut avail, &mut used));
         assert_eq!(
             (first.kind, first.reason),
-            ("early_drop", Some("early_drop"))
+            (EventKind::EarlyDrop, Some(DestroyReason::EarlyDrop))
         );
-        assert_eq!((second.kind, second.reason), ("destroy", Some("ctnetlink")));
+        assert_eq!(
+            (second.kind, second.reason),
+            (EventKind::Destroy, Some(DestroyReason::Ctnetlink))
+        );
     }
 }

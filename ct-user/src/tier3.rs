@@ -3,6 +3,7 @@
 //! inserts, and a full socket buffer loses events (reported as `lost`).
 
 use anyhow::Context as _;
+use ct_common::{DestroyReason, EventKind};
 use ct_netlink::{Entry, EventGroups, EventListener, ListenerOptions};
 
 use crate::{
@@ -42,9 +43,13 @@ pub fn to_event(kind: ct_netlink::EventKind, e: &Entry, netns: u32, clock: &Cloc
     let destroy = kind == ct_netlink::EventKind::Destroy;
     CtEvent {
         ts: clock.now_unix(),
-        kind: if destroy { "destroy" } else { "new" },
+        kind: if destroy {
+            EventKind::Destroy
+        } else {
+            EventKind::New
+        },
         cause: None,
-        reason: destroy.then_some("unknown"),
+        reason: destroy.then_some(DestroyReason::Unknown),
         via: None,
         proto: Proto::from_number(e.proto),
         protonum: e.proto,

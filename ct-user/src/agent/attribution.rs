@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 
+use ct_common::{Cause, DestroyReason, EventKind};
 use ct_netlink::CpuStats;
 use serde::Serialize;
 
@@ -17,6 +18,7 @@ use crate::event::CtEvent;
 /// What the events of one namespace explained, by cause or reason.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Attributed {
+    /// By cause name: JSON objects list them alphabetically.
     pub insert_failed: BTreeMap<&'static str, u64>,
     pub table_full: u64,
     pub early_drop: u64,
@@ -25,14 +27,16 @@ pub struct Attributed {
 
 impl Attributed {
     pub fn count(&mut self, ev: &CtEvent) {
-        let cause = ev.cause.unwrap_or("unknown");
+        let cause = ev.cause.unwrap_or(Cause::Unknown).name();
         match ev.kind {
-            "insert_failed" => *self.insert_failed.entry(cause).or_default() += 1,
-            "clash_resolved" => *self.clash_resolved.entry(cause).or_default() += 1,
-            "table_full" => self.table_full += 1,
-            "early_drop" => self.early_drop += 1,
-            "destroy" if ev.reason == Some("early_drop") => self.early_drop += 1,
-            _ => {}
+            EventKind::InsertFailed => *self.insert_failed.entry(cause).or_default() += 1,
+            EventKind::ClashResolved => *self.clash_resolved.entry(cause).or_default() += 1,
+            EventKind::TableFull => self.table_full += 1,
+            EventKind::EarlyDrop => self.early_drop += 1,
+            EventKind::Destroy if ev.reason == Some(DestroyReason::EarlyDrop) => {
+                self.early_drop += 1
+            }
+            EventKind::New | EventKind::Destroy => {}
         }
     }
 
@@ -42,9 +46,9 @@ impl Attributed {
 
     /// Insert failures the kernel also counted as `drop`: clashes it could not resolve.
     fn dropped_clashes(&self) -> u64 {
-        ["nat_port_clash", "same_flow_race"]
+        [Cause::NatPortClash, Cause::SameFlowRace]
             .iter()
-            .filter_map(|c| self.insert_failed.get(c))
+            .filter_map(|c| self.insert_failed.get(c.name()))
             .sum()
     }
 }
@@ -140,7 +144,10 @@ pub fn unexplained(delta: Kernel, a: &Attributed) -> Unexplained {
         chaintoolong: delta.chaintoolong.map(|k| {
             left(
                 k,
-                a.insert_failed.get("chain_too_long").copied().unwrap_or(0),
+                a.insert_failed
+                    .get(Cause::ChainTooLong.name())
+                    .copied()
+                    .unwrap_or(0),
             )
         }),
     }

@@ -252,7 +252,10 @@ mod tests {
             },
             Request::Events {
                 filter: Filter {
-                    kinds: vec!["new".into(), "lost".into()],
+                    kinds: vec![
+                        crate::event::RecordKind::New,
+                        crate::event::RecordKind::Lost,
+                    ],
                     src: Some(b),
                     dport: Some(53),
                     ..Default::default()
@@ -337,7 +340,10 @@ mod tests {
         let e = refused(
             r#"{"op":"events","filter":{"kinds":["bogus"]},"json":true,"timestamp":false}"#,
         );
-        assert!(e.contains("filter.kinds: invalid value"), "{e}");
+        assert!(
+            e.contains("filter.kinds.[0]: unknown variant `bogus`"),
+            "{e}"
+        );
         assert!(e.contains("lost"), "lists the kinds: {e}");
         let e = refused(
             r#"{"op":"events","filter":{"srcc":"10.0.0.1"},"json":true,"timestamp":false}"#,

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use bytes::Bytes;
+use ct_common::EventKind;
 use ct_netlink::{Conntrack, Entry};
 use serde::Serialize;
 
@@ -19,7 +20,7 @@ use super::{
 };
 use crate::{
     cmd::{list, stats::NsStats, top},
-    event::{CtEvent, Lost, Record},
+    event::{CtEvent, Lost, LostAt, LostKind, Record},
     filter::Filter,
     lifetimes::Lifetimes,
     netns,
@@ -45,7 +46,7 @@ struct Watched {
 /// Counts of the agent's life.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Totals {
-    /// Events applied, by kind.
+    /// Events applied, by kind name (JSON lists them alphabetically).
     pub events: BTreeMap<&'static str, u64>,
     /// Events the ring buffer lost (each loss triggers a reseed).
     pub lost: u64,
@@ -80,12 +81,11 @@ impl Subscriber {
         if !self.outbox.has_room(LOST_LINE) {
             return Push::Full; // Checked before rendering: most events meet a full queue.
         }
-        let lost = Record::Lost(Lost {
-            ts: now_unix(),
-            kind: "lost",
-            lost_kind: "agent_subscriber",
-            count: self.dropped,
-        });
+        let lost = Record::Lost(Lost::new(
+            now_unix(),
+            LostKind::Other(LostAt::AgentSubscriber),
+            self.dropped,
+        ));
         let pushed = self.outbox.push(render(self.format, &lost).into());
         if pushed == Push::Queued {
             self.dropped = 0;
@@ -187,7 +187,7 @@ impl Agent {
     /// Applies one event to the table, the attribution and the subscribers. `now`: when
     /// its batch was read (one clock read per batch, not per event).
     pub fn apply(&mut self, ev: CtEvent, now: Stamp) {
-        *self.totals.events.entry(ev.kind).or_default() += 1;
+        *self.totals.events.entry(ev.kind.name()).or_default() += 1;
         self.watched(ev.netns).attributed.count(&ev);
         if let Some((key, row)) = self.table.apply(&ev, Stamp::of_wall(ev.ts, now))
             && row.birth_known
@@ -204,7 +204,10 @@ impl Agent {
                 .or_default()
                 .record(&last, lived);
         }
-        let notable = matches!(ev.kind, "insert_failed" | "table_full" | "early_drop");
+        let notable = matches!(
+            ev.kind,
+            EventKind::InsertFailed | EventKind::TableFull | EventKind::EarlyDrop
+        );
         if self.subscribers.is_empty() && !notable {
             return; // Most events: nobody to tell, nothing to keep.
         }

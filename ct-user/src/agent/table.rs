@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use ct_common::{Cause, EventKind};
 use ct_netlink::{Entry, Status, TcpInfo, Tuple};
 use serde::Serialize;
 
@@ -72,11 +73,21 @@ pub enum Fields {
 #[derive(Clone, Debug, Serialize)]
 pub struct Note {
     pub ts: f64,
-    /// `won_insert_failed` (a loser was dropped against it), `won_clash` (a loser was
-    /// merged into it), or `nat_clash_reply_only` (a reply-only entry was made beside it).
-    pub what: &'static str,
+    pub what: NoteWhat,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cause: Option<&'static str>,
+    pub cause: Option<Cause>,
+}
+
+/// What happened beside a row's entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoteWhat {
+    /// A loser was dropped against it.
+    WonInsertFailed,
+    /// A loser was merged into it.
+    WonClash,
+    /// A reply-only entry was made beside it.
+    NatClashReplyOnly,
 }
 
 /// How many notes a row keeps (the oldest go first).
@@ -159,7 +170,7 @@ impl Row {
         self.birth_known && self.ct != 0 && ev.ct != 0 && self.ct != ev.ct
     }
 
-    fn note(&mut self, ts: f64, what: &'static str, cause: Option<&'static str>) {
+    fn note(&mut self, ts: f64, what: NoteWhat, cause: Option<Cause>) {
         if self.notes.len() == NOTES_KEPT {
             self.notes.remove(0);
         }
@@ -277,33 +288,33 @@ impl Table {
     pub fn apply(&mut self, ev: &CtEvent, at: Stamp) -> Option<(Key, Row)> {
         let key = Key::of_event(ev, &ev.orig);
         match ev.kind {
-            "new" => {
+            EventKind::New => {
                 self.born(key, ev, at);
                 None
             }
-            "destroy" | "early_drop" => self.died(&key, ev),
-            "clash_resolved" => {
+            EventKind::Destroy | EventKind::EarlyDrop => self.died(&key, ev),
+            EventKind::ClashResolved => {
                 // The loser shares the winner's original tuple: merged into it, or made a
                 // hidden reply-only entry beside it.
                 let what = match ev.cause {
-                    Some("nat_clash_reply_only") => "nat_clash_reply_only",
-                    _ => "won_clash",
+                    Some(Cause::NatClashReplyOnly) => NoteWhat::NatClashReplyOnly,
+                    _ => NoteWhat::WonClash,
                 };
                 if let Some(row) = self.rows.get_mut(&key) {
                     row.note(ev.ts, what, ev.cause);
                 }
                 None
             }
-            "insert_failed" => {
+            EventKind::InsertFailed => {
                 if let Some(w) = &ev.winner {
                     let key = Key::of_event(ev, &w.orig);
                     if let Some(row) = self.rows.get_mut(&key) {
-                        row.note(ev.ts, "won_insert_failed", ev.cause);
+                        row.note(ev.ts, NoteWhat::WonInsertFailed, ev.cause);
                     }
                 }
                 None
             }
-            _ => None,
+            EventKind::TableFull => None,
         }
     }
 
@@ -452,7 +463,7 @@ mod tests {
         }
     }
 
-    fn event(kind: &'static str, sport: u16, ts: f64) -> CtEvent {
+    fn event(kind: EventKind, sport: u16, ts: f64) -> CtEvent {
         let orig = side(sport, 53);
         CtEvent {
             ts,
@@ -496,10 +507,10 @@ mod tests {
     #[test]
     fn new_then_destroy_leaves_nothing_and_returns_the_row() {
         let mut t = Table::default();
-        t.apply(&event("new", 1000, 10.0), Stamp::at(10.0));
+        t.apply(&event(EventKind::New, 1000, 10.0), Stamp::at(10.0));
         assert_eq!(t.count(7), 1);
         let (_, gone) = t
-            .apply(&event("destroy", 1000, 12.0), Stamp::at(12.0))
+            .apply(&event(EventKind::Destroy, 1000, 12.0), Stamp::at(12.0))
             .expect("the row");
         assert_eq!(gone.first_seen, 10.0);
         assert!(gone.birth_known);
@@ -507,7 +518,7 @@ mod tests {
     }
 
     /// An event of the instance at kernel address `ct`.
-    fn event_of(kind: &'static str, sport: u16, ts: f64, ct: u64) -> CtEvent {
+    fn event_of(kind: EventKind, sport: u16, ts: f64, ct: u64) -> CtEvent {
         CtEvent {
             ct,
             ..event(kind, sport, ts)
@@ -518,16 +529,22 @@ mod tests {
     fn a_late_destroy_of_a_deleted_instance_spares_its_successor() {
         // `conntrack -D`, then the flow's next packet: the old destroy arrives last.
         let mut t = Table::default();
-        t.apply(&event_of("new", 1000, 10.0, 0xa0), Stamp::at(10.0));
-        t.apply(&event_of("new", 1000, 20.1, 0xb0), Stamp::at(20.1));
+        t.apply(&event_of(EventKind::New, 1000, 10.0, 0xa0), Stamp::at(10.0));
+        t.apply(&event_of(EventKind::New, 1000, 20.1, 0xb0), Stamp::at(20.1));
         let (_, old) = t
-            .apply(&event_of("destroy", 1000, 20.0, 0xa0), Stamp::at(20.2))
+            .apply(
+                &event_of(EventKind::Destroy, 1000, 20.0, 0xa0),
+                Stamp::at(20.2),
+            )
             .expect("the old instance's row, set aside");
         assert_eq!(old.first_seen, 10.0, "its lifetime is still counted");
         assert_eq!(t.count(7), 1, "the new instance stays");
         assert!(
-            t.apply(&event_of("destroy", 1000, 30.0, 0xb0), Stamp::at(30.0))
-                .is_some()
+            t.apply(
+                &event_of(EventKind::Destroy, 1000, 30.0, 0xb0),
+                Stamp::at(30.0)
+            )
+            .is_some()
         );
         assert!(t.is_empty());
     }
@@ -536,11 +553,14 @@ mod tests {
     fn a_reused_address_is_told_apart_by_time() {
         // The slab gave the new instance the freed one's address.
         let mut t = Table::default();
-        t.apply(&event_of("new", 1000, 10.0, 0xa0), Stamp::at(10.0));
-        t.apply(&event_of("new", 1000, 20.1, 0xa0), Stamp::at(20.1));
+        t.apply(&event_of(EventKind::New, 1000, 10.0, 0xa0), Stamp::at(10.0));
+        t.apply(&event_of(EventKind::New, 1000, 20.1, 0xa0), Stamp::at(20.1));
         assert!(
-            t.apply(&event_of("destroy", 1000, 20.0, 0xa0), Stamp::at(20.2))
-                .is_none(),
+            t.apply(
+                &event_of(EventKind::Destroy, 1000, 20.0, 0xa0),
+                Stamp::at(20.2)
+            )
+            .is_none(),
             "a death before the row was read is an earlier instance's"
         );
         assert_eq!(t.count(7), 1);
@@ -549,11 +569,14 @@ mod tests {
     #[test]
     fn a_dump_after_the_death_keeps_the_row_it_read() {
         let mut t = Table::default();
-        t.apply(&event_of("new", 1000, 10.0, 0xa0), Stamp::at(10.0));
+        t.apply(&event_of(EventKind::New, 1000, 10.0, 0xa0), Stamp::at(10.0));
         t.merge_dump(7, at(vec![dumped(1000, 25)], 20.5));
         assert!(
-            t.apply(&event_of("destroy", 1000, 20.0, 0xa0), Stamp::at(20.6))
-                .is_none()
+            t.apply(
+                &event_of(EventKind::Destroy, 1000, 20.0, 0xa0),
+                Stamp::at(20.6)
+            )
+            .is_none()
         );
         assert_eq!(
             t.count(7),
@@ -565,8 +588,8 @@ mod tests {
     #[test]
     fn dump_replaces_a_namespace_and_keeps_what_it_knew() {
         let mut t = Table::default();
-        t.apply(&event("new", 1000, 10.0), Stamp::at(10.0));
-        t.apply(&event("new", 1001, 10.0), Stamp::at(10.0));
+        t.apply(&event(EventKind::New, 1000, 10.0), Stamp::at(10.0));
+        t.apply(&event(EventKind::New, 1001, 10.0), Stamp::at(10.0));
         let m = t.merge_dump(7, at(vec![dumped(1000, 25), dumped(1002, 30)], 15.0));
         assert_eq!(
             m,
@@ -589,16 +612,16 @@ mod tests {
     #[test]
     fn a_destroy_after_a_dump_dropped_the_row_still_returns_it() {
         let mut t = Table::default();
-        t.apply(&event("new", 1000, 10.0), Stamp::at(10.0));
+        t.apply(&event(EventKind::New, 1000, 10.0), Stamp::at(10.0));
         // Expired: the dump skips it before the gc worker reaps it.
         t.merge_dump(7, Vec::new());
         assert!(t.is_empty());
         let (_, row) = t
-            .apply(&event("destroy", 1000, 45.0), Stamp::at(45.0))
+            .apply(&event(EventKind::Destroy, 1000, 45.0), Stamp::at(45.0))
             .expect("the row the dump dropped");
         assert_eq!(row.first_seen, 10.0);
         assert!(
-            t.apply(&event("destroy", 1000, 46.0), Stamp::at(46.0))
+            t.apply(&event(EventKind::Destroy, 1000, 46.0), Stamp::at(46.0))
                 .is_none()
         );
     }
@@ -607,7 +630,7 @@ mod tests {
     fn an_older_new_does_not_overwrite_a_fresher_dump() {
         let mut t = Table::default();
         t.merge_dump(7, at(vec![dumped(1000, 25)], 15.0));
-        t.apply(&event("new", 1000, 10.0), Stamp::at(10.0));
+        t.apply(&event(EventKind::New, 1000, 10.0), Stamp::at(10.0));
         let row = t.get(7, 0, &tuple(&side(1000, 53), 17)).unwrap();
         assert_eq!(row.entry().timeout, Some(25));
         assert_eq!(row.first_seen, 10.0);
@@ -617,7 +640,7 @@ mod tests {
     #[test]
     fn dumps_of_other_namespaces_leave_this_one_alone() {
         let mut t = Table::default();
-        t.apply(&event("new", 1000, 10.0), Stamp::at(10.0));
+        t.apply(&event(EventKind::New, 1000, 10.0), Stamp::at(10.0));
         t.merge_dump(8, at(vec![dumped(1000, 25)], 15.0));
         assert_eq!(t.count(7), 1);
         assert_eq!(t.count(8), 1);
@@ -644,12 +667,12 @@ mod tests {
     #[test]
     fn clashes_and_insert_failures_are_noted_on_the_winner() {
         let mut t = Table::default();
-        t.apply(&event("new", 1000, 10.0), Stamp::at(10.0));
-        let mut merged = event("clash_resolved", 1000, 11.0);
-        merged.cause = Some("merged");
+        t.apply(&event(EventKind::New, 1000, 10.0), Stamp::at(10.0));
+        let mut merged = event(EventKind::ClashResolved, 1000, 11.0);
+        merged.cause = Some(Cause::Merged);
         t.apply(&merged, Stamp::at(11.0));
-        let mut failed = event("insert_failed", 2000, 12.0);
-        failed.cause = Some("nat_port_clash");
+        let mut failed = event(EventKind::InsertFailed, 2000, 12.0);
+        failed.cause = Some(Cause::NatPortClash);
         let w = side(1000, 53);
         failed.winner = Some(Winner {
             reply: reversed(&w),
@@ -661,8 +684,8 @@ mod tests {
         assert_eq!(
             whats,
             [
-                ("won_clash", Some("merged")),
-                ("won_insert_failed", Some("nat_port_clash"))
+                (NoteWhat::WonClash, Some(Cause::Merged)),
+                (NoteWhat::WonInsertFailed, Some(Cause::NatPortClash))
             ]
         );
         assert_eq!(t.len(), 1, "the loser never enters the table");

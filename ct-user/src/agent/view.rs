@@ -5,17 +5,22 @@
 
 use std::{collections::BTreeMap, time::Instant};
 
+use ct_common::EventKind;
+
 use super::state::Agent;
-use crate::output::{Format, write_record};
+use crate::{
+    event::RecordKind,
+    output::{Format, write_record},
+};
 
 /// The kinds whose rates the view shows, in order.
-const RATES: [&str; 6] = [
-    "new",
-    "destroy",
-    "insert_failed",
-    "table_full",
-    "early_drop",
-    "clash_resolved",
+const RATES: [EventKind; 6] = [
+    EventKind::New,
+    EventKind::Destroy,
+    EventKind::InsertFailed,
+    EventKind::TableFull,
+    EventKind::EarlyDrop,
+    EventKind::ClashResolved,
 ];
 
 /// One namespace's line.
@@ -111,9 +116,14 @@ impl View {
         self.last = Instant::now();
         let mut counts: Vec<(&'static str, u64)> = RATES
             .iter()
-            .map(|&k| (k, agent.totals.events.get(k).copied().unwrap_or(0)))
+            .map(|k| {
+                (
+                    k.name(),
+                    agent.totals.events.get(k.name()).copied().unwrap_or(0),
+                )
+            })
             .collect();
-        counts.push(("lost", agent.totals.lost));
+        counts.push((RecordKind::Lost.name(), agent.totals.lost));
         counts
             .into_iter()
             .map(|(k, now)| {

@@ -14,7 +14,7 @@ use crate::{
     agent::{self, client::Body, protocol::Request},
     caps::{self, Cap},
     cli::EventsArgs,
-    event::{Clock, CtEvent, Lost, Record},
+    event::{Clock, CtEvent, Lost, LostAt, LostKind, Record},
     filter::Filter,
     loader::{self, Floor, LoadError, LoadOptions, Probes, Tier},
     output::{Format, write_event, write_record},
@@ -216,12 +216,11 @@ async fn run_tier3(args: &EventsArgs, printer: &mut Printer) -> anyhow::Result<(
                         printer.event(tier3::to_event(kind, &entry, inode, &clock));
                     }
                 }
-                ct_netlink::Event::Overrun { .. } => printer.losses(vec![Record::Lost(Lost {
-                    ts: clock.now_unix(),
-                    kind: "lost",
-                    lost_kind: "ctnetlink_overrun",
-                    count: 1,
-                })]),
+                ct_netlink::Event::Overrun { .. } => printer.losses(vec![Record::Lost(Lost::new(
+                    clock.now_unix(),
+                    LostKind::Other(LostAt::CtnetlinkOverrun),
+                    1,
+                ))]),
             },
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,

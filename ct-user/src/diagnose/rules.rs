@@ -1,6 +1,8 @@
 //! One function per finding. Each looks only at [`Evidence`] and returns a [`Finding`]
 //! when its condition holds.
 
+use ct_common::Cause;
+use serde::Deserialize as _;
 use serde_json::{Value, json};
 
 use super::{Evidence, Finding, Severity, mib, pct, ratio};
@@ -397,23 +399,25 @@ pub fn insert_failed_other(ev: &Evidence) -> Option<Finding> {
     )
 }
 
-/// What to do about insert failures of one cause.
+/// What to do about insert failures of one cause, as the agent names it.
 fn remedy(cause: &str) -> &'static str {
-    match cause {
-        "nat_port_clash" => {
+    use serde::de::{IntoDeserializer as _, value::Error};
+    let cause = Cause::deserialize(cause.into_deserializer()).map_err(|_: Error| ());
+    match cause.unwrap_or(Cause::Unknown) {
+        Cause::NatPortClash => {
             "SNAT gave two flows one mapping: `masquerade fully-random` / `--random-fully`, \
              a wider port range or more SNAT addresses"
         }
-        "same_flow_race" => {
+        Cause::SameFlowRace => {
             "one flow was sent from two CPUs at once and could not be merged (the DNS A/AAAA \
              race with NAT to different backends, or TCP): `options single-request-reopen` or \
              `use-vc` in resolv.conf"
         }
-        "chain_too_long" => {
+        Cause::ChainTooLong => {
             "hash chains grew too long: raise net.netfilter.nf_conntrack_buckets (and \
              nf_conntrack_max), and look for one flow key dominating `ctscope top`"
         }
-        "dying" => {
+        Cause::Dying => {
             "entries were deleted before their first packet was confirmed: something (a \
              `conntrack -D`/`-F`, a ctnetlink client, a netns teardown) deletes live flows"
         }

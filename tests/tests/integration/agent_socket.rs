@@ -107,7 +107,7 @@ pub fn protocol() {
         (r#"{"op":"bogus"}"#.into(), "unknown variant `bogus`"),
         (
             r#"{"op":"events","filter":{"kinds":["bogus"]},"json":true,"timestamp":false}"#.into(),
-            "filter.kinds: invalid value: string \"bogus\"",
+            "filter.kinds.[0]: unknown variant `bogus`",
         ),
         (
             r#"{"op":"status","version":2}"#.into(),
