@@ -713,24 +713,11 @@ pub struct TimeoutsArgs {
     pub from: ReportArgs,
 }
 
-/// What `ctscope top` groups entries by (original direction).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TopBy {
-    Src,
-    Dst,
-    Dport,
-    Proto,
-    State,
-    Zone,
-    Netns,
-}
-
 #[derive(Debug, Args)]
 pub struct TopArgs {
     /// Group entries by this key.
     #[arg(long, value_enum, default_value = "src")]
-    pub by: TopBy,
+    pub by: crate::render::top::TopBy,
 
     /// Show the N biggest keys.
     #[arg(short = 'n', value_name = "N", default_value_t = 10)]
@@ -1183,12 +1170,15 @@ mod tests {
         let Command::Top(args) = cli.command else {
             panic!("not top")
         };
-        assert_eq!((args.by, args.n, args.json), (TopBy::Src, 10, false));
+        assert_eq!(
+            (args.by, args.n, args.json),
+            (crate::render::top::TopBy::Src, 10, false)
+        );
         let cli = Cli::try_parse_from(["ctscope", "top", "--by", "dport", "-n", "3"]).unwrap();
         let Command::Top(args) = cli.command else {
             panic!("not top")
         };
-        assert_eq!((args.by, args.n), (TopBy::Dport, 3));
+        assert_eq!((args.by, args.n), (crate::render::top::TopBy::Dport, 3));
         let err = Cli::try_parse_from(["ctscope", "top", "--by", "port"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
         let cli = Cli::try_parse_from(["ctscope", "diagnose", "--json", "--all-netns"]).unwrap();

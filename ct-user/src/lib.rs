@@ -3,6 +3,7 @@
 //! The `ctscope` binary (src/main.rs) is glue over these modules.
 
 pub mod agent;
+pub mod attribution;
 pub mod caps;
 pub mod cli;
 pub mod cmd;
@@ -16,9 +17,9 @@ pub mod lifetimes;
 pub mod live;
 pub mod loader;
 pub mod netns;
-pub mod output;
 pub mod probe;
 pub mod reader;
+pub mod render;
 pub mod settle;
 pub mod source;
 pub mod stdout;

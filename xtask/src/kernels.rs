@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::ValueEnum;
 
-use crate::{cargo, cmd, setup::Apt};
+use crate::{apt::Apt, cargo, cmd};
 
 /// The Debian flavour we boot. `cloud-amd64` has everything the tests need (netfilter,
 /// nf_tables, NAT, veth and nf_conntrack_netlink as modules; virtio and the 8250 serial

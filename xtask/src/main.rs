@@ -1,7 +1,8 @@
 //! ctscope's developer tasks: `cargo xtask <command>` (the alias is in .cargo/config.toml).
 //!
-//! One module per subcommand (`bench` also has its sender, `src/bin/ct-flood.rs`); `cmd`, `cargo`, `kernels`, `initramfs`, `cpio` and `qemu`
+//! One module per subcommand (`bench` also has its sender, `src/bin/ct-flood.rs`); `apt`, `cmd`, `cargo`, `kernels`, `initramfs`, `cpio` and `qemu`
 //! are the helpers they share.
+mod apt;
 mod bench;
 mod build;
 mod cargo;

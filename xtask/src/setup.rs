@@ -7,6 +7,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
 use crate::{
+    apt::{self, Apt},
     cmd,
     kernels::{self, Series},
 };
@@ -155,7 +156,7 @@ impl Item {
     fn missing(&self) -> Result<Option<String>> {
         Ok(match self {
             Item::Apt(packages) => {
-                let absent = absent_packages(packages);
+                let absent = apt::absent(packages);
                 (!absent.is_empty()).then(|| absent.join(" "))
             }
             Item::BpfToolchain => missing_bpf_toolchain(),
@@ -181,47 +182,12 @@ impl Item {
 
     fn install(&self, apt: &mut Apt) -> Result<()> {
         match self {
-            Item::Apt(packages) => apt.install(&absent_packages(packages)),
+            Item::Apt(packages) => apt.install(&apt::absent(packages)),
             Item::BpfToolchain => install_bpf_toolchain(),
             Item::BpfLinker => install_bpf_linker(),
             Item::CargoFuzz => install_cargo_fuzz(),
             Item::Kernel(series) => kernels::install(*series, apt).map(drop),
         }
-    }
-}
-
-fn apt_installed(package: &str) -> bool {
-    let mut query = Command::new("dpkg-query");
-    query.args(["-W", "-f=${db:Status-Abbrev}", package]);
-    cmd::output(&mut query).is_ok_and(|s| s.starts_with("ii"))
-}
-
-/// apt-get, run as root, with `apt-get update` at most once per xtask run and only when
-/// something is about to be installed or downloaded.
-#[derive(Default)]
-pub struct Apt {
-    updated: bool,
-}
-
-impl Apt {
-    pub fn update(&mut self) -> Result<()> {
-        if !self.updated {
-            cmd::run(cmd::as_root("apt-get").args(["update", "-q"]))?;
-            self.updated = true;
-        }
-        Ok(())
-    }
-
-    fn install(&mut self, packages: &[&str]) -> Result<()> {
-        if packages.is_empty() {
-            return Ok(());
-        }
-        self.update()?;
-        let mut get = cmd::as_root("apt-get");
-        get.env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(packages);
-        cmd::run(&mut get)
     }
 }
 
@@ -235,14 +201,6 @@ pub fn bpf_toolchain() -> Result<String> {
         .find(|l| !l.is_empty() && !l.starts_with('#'))
         .map(String::from)
         .with_context(|| format!("{} names no toolchain", path.display()))
-}
-
-fn absent_packages<'a>(packages: &[&'a str]) -> Vec<&'a str> {
-    packages
-        .iter()
-        .filter(|p| !apt_installed(p))
-        .copied()
-        .collect()
 }
 
 fn missing_bpf_toolchain() -> Option<String> {

@@ -67,7 +67,7 @@ pub enum Request {
     /// `ctscope top`: who fills the table, from the agent's live table.
     Top {
         scope: Scope,
-        by: crate::cli::TopBy,
+        by: crate::render::top::TopBy,
         n: usize,
         json: bool,
     },
@@ -213,7 +213,7 @@ mod tests {
     use std::net::IpAddr;
 
     use super::*;
-    use crate::cli::TopBy;
+    use crate::render::top::TopBy;
 
     /// One request of every op, with every kind of field set.
     fn every_op() -> Vec<Request> {

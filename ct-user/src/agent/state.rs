@@ -11,7 +11,6 @@ use ct_netlink::{Conntrack, Entry};
 use serde::Serialize;
 
 use super::{
-    attribution::{Attributed, Kernel, unexplained},
     clock::Stamp,
     outbox::{Outbox, Push},
     protocol::{Header, NsLifetimes, PROTOCOL, Request, Scope},
@@ -19,12 +18,17 @@ use super::{
     table::{Fields, Merge, Note, Row, Table},
 };
 use crate::{
-    cmd::{list, stats::NsStats, top},
+    attribution::{AgentStats, Attributed, Kernel, unexplained},
     event::{CtEvent, Lost, LostAt, LostKind, Record},
     filter::Filter,
     lifetimes::Lifetimes,
     netns,
-    output::{Format, write_record},
+    render::{
+        events::{Format, write_record},
+        list,
+        stats::NsStats,
+        top,
+    },
 };
 
 /// Room a `lost` record needs (its text and JSON lines are under 120 bytes).
@@ -395,7 +399,7 @@ impl Agent {
         Some(out)
     }
 
-    fn top(&self, scope: Scope, by: crate::cli::TopBy, n: usize, json: bool) -> Vec<u8> {
+    fn top(&self, scope: Scope, by: top::TopBy, n: usize, json: bool) -> Vec<u8> {
         let mut counter = top::Counter::new(by);
         for row in self.table.rows().filter(|r| scope.covers(r.netns)) {
             counter.add(&row.entry(), u64::from(row.netns));
@@ -516,19 +520,6 @@ struct Status<'a> {
     per_netns: BTreeMap<u32, usize>,
     totals: &'a Totals,
     subscribers: usize,
-}
-
-/// What `stats` adds with an agent running (README "ctscope stats").
-#[derive(Clone, Debug, Serialize)]
-pub struct AgentStats {
-    /// Unix time the agent started watching the namespace.
-    pub watched_since: f64,
-    /// Entries in the agent's copy of the table.
-    pub table_entries: usize,
-    /// The kernel's increments since `watched_since`.
-    pub kernel: Kernel,
-    pub attributed: Attributed,
-    pub unexplained: super::attribution::Unexplained,
 }
 
 /// An entry as the agent lists it: `list --json`'s fields, plus what only the agent knows.

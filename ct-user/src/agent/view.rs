@@ -10,7 +10,7 @@ use ct_common::EventKind;
 use super::state::Agent;
 use crate::{
     event::RecordKind,
-    output::{Format, write_record},
+    render::events::{Format, write_record},
 };
 
 /// The kinds whose rates the view shows, in order.

@@ -17,7 +17,7 @@ use crate::{
     event::{Clock, CtEvent, Lost, LostAt, LostKind, Record},
     filter::Filter,
     loader::{self, Floor, LoadError, LoadOptions, Probes, Tier},
-    output::{Format, write_event, write_record},
+    render::events::{Format, write_event, write_record},
     source::{EventSource, Output},
     stdout, tier3,
 };

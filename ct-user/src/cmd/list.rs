@@ -2,28 +2,17 @@
 //! Lines, from one namespace or all of them.
 
 use std::{
-    io::{self, Write},
+    io::Write,
     time::{SystemTime, UNIX_EPOCH},
 };
-
-use ct_netlink::Entry;
-use serde::Serialize;
 
 use super::{Target, agent_scope};
 use crate::{
     agent::{self, protocol::Request},
     cli::ListArgs,
-    stdout, table_text,
+    render::list::{write_json, write_text},
+    stdout,
 };
-
-/// An entry as `--json` prints it: ct-netlink's fields, plus `netns` with --all-netns.
-#[derive(Serialize)]
-struct Tagged<'a> {
-    #[serde(flatten)]
-    entry: &'a Entry,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    netns: Option<u32>,
-}
 
 pub async fn run(args: &ListArgs) -> anyhow::Result<()> {
     let filter = args.filter.tuple_filter();
@@ -63,17 +52,4 @@ pub async fn run(args: &ListArgs) -> anyhow::Result<()> {
     // conntrack prints its summary on stderr, so stdout stays parseable.
     eprintln!("ctscope: {shown} flow entries have been shown.");
     Ok(())
-}
-
-pub fn write_text(out: &mut impl Write, e: &Entry, netns: Option<u32>, now: u64) -> io::Result<()> {
-    let line = table_text::entry_line(e, now);
-    match netns {
-        Some(inode) => writeln!(out, "{line} netns={inode}"),
-        None => writeln!(out, "{line}"),
-    }
-}
-
-fn write_json(out: &mut impl Write, entry: &Entry, netns: Option<u32>) -> io::Result<()> {
-    serde_json::to_writer(&mut *out, &Tagged { entry, netns })?;
-    out.write_all(b"\n")
 }

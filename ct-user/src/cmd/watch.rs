@@ -18,7 +18,6 @@ use tokio::{
 
 use crate::{
     agent::{
-        attribution::Kernel,
         client,
         clock::Stamp,
         outbox::Budget,
@@ -28,6 +27,7 @@ use crate::{
         tui::Tui,
         view::View,
     },
+    attribution::Kernel,
     caps::{self, Cap, Caps},
     cli::WatchArgs,
     event::CtEvent,

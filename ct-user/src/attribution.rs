@@ -153,6 +153,19 @@ pub fn unexplained(delta: Kernel, a: &Attributed) -> Unexplained {
     }
 }
 
+/// What `stats` adds with an agent running (README "ctscope stats").
+#[derive(Clone, Debug, Serialize)]
+pub struct AgentStats {
+    /// Unix time the agent started watching the namespace.
+    pub watched_since: f64,
+    /// Entries in the agent's copy of the table.
+    pub table_entries: usize,
+    /// The kernel's increments since `watched_since`.
+    pub kernel: Kernel,
+    pub attributed: Attributed,
+    pub unexplained: Unexplained,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
