@@ -37,7 +37,7 @@ pub use entry::{
 pub use error::{Error, Result};
 pub use events::{Event, EventGroups, EventKind, EventListener, ListenerOptions};
 pub use expect::{Expectation, NewExpectation};
-pub use netns::netns_path;
+pub use netns::{netns_path, run_in};
 pub use ops::{Conntrack, DumpFilter, NatRange, NewEntry, Table, TupleFilter, Update};
 pub use stats::{CpuStats, GlobalStats};
 

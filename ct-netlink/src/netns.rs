@@ -1,4 +1,4 @@
-//! Creating sockets inside another network namespace.
+//! Running code, such as creating a socket, inside another network namespace.
 //!
 //! A socket stays bound to the netns it was created in, so only its creation
 //! has to happen there: a short-lived thread enters the namespace, creates the
@@ -11,33 +11,31 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// Run `make` in the network namespace at `path` (e.g. `/run/netns/NAME` or
-/// `/proc/PID/ns/net`) and return its result.
+/// Runs `f` in a thread that has joined the network namespace at `path` (e.g.
+/// `/run/netns/NAME` or `/proc/PID/ns/net`), or right here when it is the caller's own:
+/// entering that would need CAP_SYS_ADMIN all the same. The error is the namespace's
+/// (opening or entering it); what `f` returns is passed back whole.
+pub fn run_in<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<T> {
+    let target = File::open(path)?;
+    let home = File::open("/proc/thread-self/ns/net")?;
+    if same_file(&home, &target)? {
+        return Ok(f());
+    }
+    // The thread ends right after `f`: nothing else ever runs in the namespace.
+    std::thread::spawn(move || setns(&target).map(|()| f()))
+        .join()
+        .map_err(|_| io::Error::other("netns helper thread panicked"))?
+}
+
+/// [`run_in`] for socket makers, its errors as this crate's.
 pub(crate) fn run_in_netns<T: Send + 'static>(
     path: &Path,
     make: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> Result<io::Result<T>> {
-    let target = open_netns(path)?;
-    let owned = path.to_path_buf();
-    std::thread::spawn(move || enter_and_run(&owned, &target, make))
-        .join()
-        .map_err(|_| Error::Netns {
-            path: path.to_path_buf(),
-            source: io::Error::other("netns helper thread panicked"),
-        })?
-}
-
-/// Resolve a namespace argument: a name under /run/netns or a path.
-pub fn netns_path(name_or_path: &str) -> PathBuf {
-    if name_or_path.contains('/') {
-        PathBuf::from(name_or_path)
-    } else {
-        Path::new("/run/netns").join(name_or_path)
-    }
-}
-
-fn open_netns(path: &Path) -> Result<File> {
-    File::open(path).map_err(|source| match source.kind() {
+    run_in(path, make).map_err(|source| match source.kind() {
         io::ErrorKind::NotFound => Error::NetnsNotFound {
             path: path.to_path_buf(),
         },
@@ -48,25 +46,13 @@ fn open_netns(path: &Path) -> Result<File> {
     })
 }
 
-fn enter_and_run<T>(
-    path: &Path,
-    target: &File,
-    make: impl FnOnce() -> io::Result<T>,
-) -> Result<io::Result<T>> {
-    let netns_err = |source| Error::Netns {
-        path: path.to_path_buf(),
-        source,
-    };
-    let home = File::open("/proc/thread-self/ns/net").map_err(netns_err)?;
-    // Entering the namespace one is in needs CAP_SYS_ADMIN all the same: skip it.
-    if same_file(&home, target).map_err(netns_err)? {
-        return Ok(make());
+/// Resolve a namespace argument: a name under /run/netns or a path.
+pub fn netns_path(name_or_path: &str) -> PathBuf {
+    if name_or_path.contains('/') {
+        PathBuf::from(name_or_path)
+    } else {
+        Path::new("/run/netns").join(name_or_path)
     }
-    setns(target).map_err(netns_err)?;
-    let made = make();
-    // The thread ends right after; going back is for tidiness, not correctness.
-    let _ = setns(&home);
-    Ok(made)
 }
 
 /// Whether two namespace files are the same namespace (same nsfs device and inode).

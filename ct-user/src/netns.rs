@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeMap,
-    fs::{self, File, OpenOptions},
+    fs::{self, OpenOptions},
     io,
     os::{
         fd::AsRawFd,
@@ -259,26 +259,7 @@ pub fn enterable_warned(skipped: impl FnOnce(usize) -> String) -> Vec<Netns> {
     listed
 }
 
-/// Runs `f` in a thread that has joined the network namespace at `path` (here, when it
-/// is ctscope's own: setns would need CAP_SYS_ADMIN all the same).
-pub fn run_in<T: Send + 'static>(
-    path: &Path,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> io::Result<T> {
-    let file = File::open(path)?;
-    if Some(file.metadata()?.ino() as u32) == own_inode() {
-        return Ok(f());
-    }
-    std::thread::spawn(move || -> io::Result<T> {
-        // SAFETY: setns on a namespace fd we own; it only changes this (new) thread.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(f())
-    })
-    .join()
-    .map_err(|_| io::Error::other("namespace thread panicked"))?
-}
+pub use ct_netlink::run_in;
 
 /// `nf_conntrack_count` as seen from inside the namespace at `path` (None without conntrack).
 pub fn conntrack_count(path: &Path) -> Option<u64> {
