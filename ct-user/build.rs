@@ -1,5 +1,5 @@
 //! Builds the BPF object (`ct-ebpf`) with bpf-linker and places it in OUT_DIR, where
-//! `src/loader.rs` embeds it.
+//! `src/bpf/loader.rs` embeds it.
 //!
 //! The toolchain is the one pinned in ct-ebpf/bpf-toolchain (its LLVM must match
 //! bpf-linker's), run with RUSTC_BOOTSTRAP=1 so that it accepts `-Z build-std=core`.

@@ -6,7 +6,7 @@ use std::{net::IpAddr, path::PathBuf};
 use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum, error::ErrorKind};
 use ct_netlink::{Family, NatRange, Status, TcpState, Tuple, TupleFilter};
 
-use crate::{event::RecordKind, filter, loader::DEFAULT_RING_BYTES};
+use crate::{bpf::loader::DEFAULT_RING_BYTES, event::RecordKind, pipeline::filter};
 
 /// ctscope: watch Linux connection tracking (nf_conntrack) from inside the kernel.
 ///
@@ -625,7 +625,7 @@ pub struct WatchArgs {
     /// Hook tier: 1 kprobes, 2 tracepoints only, 3 no BPF (dumps only). Default: the
     /// best this kernel allows.
     #[arg(long, value_enum, value_name = "N")]
-    pub tier: Option<crate::loader::Tier>,
+    pub tier: Option<crate::bpf::loader::Tier>,
 
     /// Create this file once the table is seeded and the socket answers.
     #[arg(long, hide = true, value_name = "PATH")]
@@ -953,7 +953,7 @@ pub struct EventsArgs {
     /// (no BPF). Default: the best this kernel allows (`ctscope probe` explains it).
     /// Implies --no-agent.
     #[arg(long, value_enum, value_name = "N")]
-    pub tier: Option<crate::loader::Tier>,
+    pub tier: Option<crate::bpf::loader::Tier>,
 
     /// Benchmark only (`cargo xtask bench`): tier 2 cut short, to show what each step
     /// costs a flow. `empty`: the programs return at once (the hooks' own cost; no
@@ -961,7 +961,7 @@ pub struct EventsArgs {
     /// entry the filter passes reserves a ring record and discards it (the ring buffer's
     /// own cost). With `filter` and `ring` no `new` event is reported.
     #[arg(long, hide = true, value_enum, value_name = "STEP")]
-    pub floor: Option<crate::loader::Floor>,
+    pub floor: Option<crate::bpf::loader::Floor>,
 
     /// Testing only: tier 2 reads each entry field in BPF instead of copying the entry
     /// whole, as it does on kernels whose `struct nf_conn` does not fit a raw record.
@@ -1018,11 +1018,11 @@ pub struct FilterArgs {
 
 impl FilterArgs {
     /// The filter, with `--netns` resolved to its inode.
-    pub fn resolve(&self) -> Result<filter::Filter, crate::netns::ResolveError> {
+    pub fn resolve(&self) -> Result<filter::Filter, crate::sys::netns::ResolveError> {
         let netns = self
             .netns
             .as_deref()
-            .map(crate::netns::resolve)
+            .map(crate::sys::netns::resolve)
             .transpose()?;
         Ok(filter::Filter {
             kinds: self.kind.clone(),

@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use ctscope::{
     cli::{Cli, Command},
-    cmd, error_text, netns, stdout,
+    cmd,
+    sys::{error_text, netns, stdout},
 };
 
 fn main() -> ExitCode {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use ct_common::KernelLayout;
-use ctscope::{event, reader};
+use ctscope::{bpf::reader, event};
 use libfuzzer_sys::fuzz_target;
 
 const LAYOUT_BYTES: usize = size_of::<KernelLayout>();

@@ -128,7 +128,7 @@ fn env(job: &Job) -> Result<Vec<(String, String)>> {
     let Some(ctscope) = job.binaries.first().and_then(|b| b.file_name()) else {
         bail!("no ctscope binary for the VM");
     };
-    // The test switch that hides kernel symbols (ct-user/src/hooks.rs) goes along, so a
+    // The test switch that hides kernel symbols (ct-user/src/bpf/hooks.rs) goes along, so a
     // broken probe can be shown to fail the VM stage.
     let forwarded = std::env::var("CTSCOPE_HIDE_SYMBOL")
         .ok()

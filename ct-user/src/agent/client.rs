@@ -13,7 +13,7 @@ use tokio::{
 };
 
 use super::protocol::{Header, Request};
-use crate::stdout;
+use crate::sys::stdout;
 
 /// An answer's body, after its header said ok.
 pub type Body = BufReader<UnixStream>;

@@ -5,14 +5,12 @@
 //! - [`table`]: the copy of the table (dumps, then events); [`stored`]: its compact rows.
 //! - [`crate::attribution`] (beside it, as `stats` renders it too): kernel counters beside
 //!   the events that explain them.
-//! - [`clock`]: when things were read, by the wall clock and by the kernel's jiffies.
 //! - [`protocol`]: the socket's requests and framing (JSON lines).
 //! - [`server`] / [`client`]: the two ends of the socket; [`socket_file`]: claiming and
 //!   releasing its path; [`outbox`]: what the agent owes each client, and the limits on it.
 //! - [`state`]: the agent's state and how it answers requests.
 //! - [`view`]: what the live view of `ctscope watch` shows; [`tui`]: drawing it.
 pub mod client;
-pub mod clock;
 pub mod outbox;
 pub mod protocol;
 pub mod server;

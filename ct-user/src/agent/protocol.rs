@@ -13,7 +13,7 @@ use ct_netlink::{Tuple, TupleFilter};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::filter::Filter;
+use crate::pipeline::filter::Filter;
 
 /// Where the agent listens unless `--socket` or `CTSCOPE_SOCKET` says otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/ctscope/agent.sock";

@@ -11,7 +11,6 @@ use ct_netlink::{Conntrack, Entry};
 use serde::Serialize;
 
 use super::{
-    clock::Stamp,
     outbox::{Outbox, Push},
     protocol::{Header, NsLifetimes, PROTOCOL, Request, Scope},
     server::Incoming,
@@ -19,16 +18,17 @@ use super::{
 };
 use crate::{
     attribution::{AgentStats, Attributed, Kernel, unexplained},
+    clock::Stamp,
     event::{CtEvent, Lost, LostAt, LostKind, Record},
-    filter::Filter,
     lifetimes::Lifetimes,
-    netns,
+    pipeline::filter::Filter,
     render::{
         events::{Format, write_record},
         list,
         stats::NsStats,
         top,
     },
+    sys::netns,
 };
 
 /// Room a `lost` record needs (its text and JSON lines are under 120 bytes).
@@ -143,7 +143,7 @@ pub struct Agent {
     row_bytes: [usize; 2],
 }
 
-pub use super::clock::wall_now as now_unix;
+pub use crate::clock::wall_now as now_unix;
 
 impl Agent {
     /// `baselines`: the counters of the namespaces that exist now, read before the

@@ -11,7 +11,8 @@ use ct_common::{Cause, EventKind};
 use ct_netlink::{Entry, Status, TcpInfo, Tuple};
 use serde::Serialize;
 
-use super::{clock::Stamp, stored::Stored};
+use super::stored::Stored;
+use crate::clock::Stamp;
 use crate::event::{CtEvent, Side};
 
 /// Rows are found by namespace, zone and original tuple: the kernel's own identity of a

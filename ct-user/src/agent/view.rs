@@ -80,7 +80,7 @@ impl View {
     }
 
     pub fn snapshot(&mut self, agent: &Agent) -> Snapshot {
-        let max = crate::sysctl::own("nf_conntrack_max");
+        let max = crate::sys::sysctl::own("nf_conntrack_max");
         let counts = agent.table.counts();
         let mut namespaces: Vec<NsLine> = agent
             .namespaces()

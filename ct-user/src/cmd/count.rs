@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::Target;
-use crate::{cli::CountArgs, stdout};
+use crate::{cli::CountArgs, sys::stdout};
 
 #[derive(Serialize)]
 struct Row<'a> {

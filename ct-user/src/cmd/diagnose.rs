@@ -16,7 +16,8 @@ use crate::{
     },
     cli::DiagnoseArgs,
     diagnose::{Causes, Composition, Evidence, Finding, Memory, StructSizes, rules},
-    netns, stdout,
+    sys::netns,
+    sys::stdout,
 };
 
 /// `--json`: every finding, and what each namespace's findings were drawn from.

@@ -11,7 +11,8 @@ use super::{Target, netns_inode};
 use crate::{
     agent::{self, protocol::Request},
     cli::{GetArgs, InsertArgs, TupleArgs, UpdateArgs},
-    stdout, table_text,
+    render::conntrack_text,
+    sys::stdout,
 };
 
 fn print(e: &Entry, json: bool) -> anyhow::Result<()> {
@@ -21,7 +22,7 @@ fn print(e: &Entry, json: bool) -> anyhow::Result<()> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    stdout::line(table_text::entry_line(e, now))
+    stdout::line(conntrack_text::entry_line(e, now))
 }
 
 /// The tuple (`Cli::validate` has already refused one that does not fit).

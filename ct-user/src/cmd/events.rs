@@ -12,14 +12,15 @@ use tokio::{
 
 use crate::{
     agent::{self, client::Body, protocol::Request},
-    caps::{self, Cap},
+    bpf::loader::{self, Floor, LoadError, LoadOptions, Probes, Tier},
     cli::EventsArgs,
     event::{Clock, CtEvent, Lost, LostAt, LostKind, Record},
-    filter::Filter,
-    loader::{self, Floor, LoadError, LoadOptions, Probes, Tier},
+    pipeline::filter::Filter,
+    pipeline::source::{EventSource, Output},
+    pipeline::tier3,
     render::events::{Format, write_event, write_record},
-    source::{EventSource, Output},
-    stdout, tier3,
+    sys::caps::{self, Cap},
+    sys::stdout,
 };
 
 /// The tier asked for; `--floor` (the benchmark's) means tier 2.
@@ -71,7 +72,7 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
     let mut printer = Printer::new(format, filter, args.count);
     // Forced tier 3 is "no BPF", and without CAP_BPF/CAP_PERFMON nothing else runs:
     // nothing is loaded or attached.
-    if !caps::bpf_allowed(tier)? {
+    if !loader::bpf_allowed(tier)? {
         return run_tier3(args, &mut printer).await;
     }
     let opts = LoadOptions {

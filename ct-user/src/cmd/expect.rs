@@ -8,7 +8,7 @@ use super::Target;
 use crate::{
     cli::{ExpectArgs, ExpectOp},
     compat::output::expectation as expectation_line,
-    stdout,
+    sys::stdout,
 };
 
 fn print(x: &Expectation, json: bool) -> anyhow::Result<()> {

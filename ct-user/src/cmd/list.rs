@@ -11,7 +11,7 @@ use crate::{
     agent::{self, protocol::Request},
     cli::ListArgs,
     render::list::{write_json, write_text},
-    stdout,
+    sys::stdout,
 };
 
 pub async fn run(args: &ListArgs) -> anyhow::Result<()> {

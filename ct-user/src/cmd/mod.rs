@@ -27,9 +27,10 @@ use ct_netlink::Conntrack;
 
 use crate::{
     agent::protocol::Scope,
-    caps::{self, Cap},
     cli::NetnsArgs,
-    netns, sysctl,
+    sys::caps::{self, Cap},
+    sys::netns,
+    sys::sysctl,
 };
 
 /// `--ready-file`: creates a new file saying `ready`. It never replaces or follows what is

@@ -1,9 +1,10 @@
 //! `ctscope probe`: needs no capability; without some it reports less, and says which.
 
 use crate::{
-    caps::{self, Cap, Caps},
+    bpf::probe,
     cli::ProbeArgs,
-    probe, stdout,
+    sys::caps::{self, Cap, Caps},
+    sys::stdout,
 };
 
 pub fn run(args: &ProbeArgs) -> anyhow::Result<()> {

@@ -7,7 +7,7 @@ use crate::{
     agent::{self, protocol::Request},
     cli::StatsArgs,
     render::stats::NsStats,
-    stdout,
+    sys::stdout,
 };
 
 pub async fn run(args: &StatsArgs) -> anyhow::Result<()> {

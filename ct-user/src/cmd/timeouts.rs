@@ -23,7 +23,7 @@ use crate::{
     cli::TimeoutsArgs,
     diagnose::{Composition, Evidence, Finding, rules},
     lifetimes::{Histogram, Lifetimes, state_label},
-    stdout,
+    sys::stdout,
 };
 
 /// One namespace's report (`--json`: one object per line).

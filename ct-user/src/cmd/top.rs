@@ -8,7 +8,7 @@ use crate::{
     agent::{self, protocol::Request},
     cli::TopArgs,
     render::top::{Counter, render},
-    stdout,
+    sys::stdout,
 };
 
 pub async fn run(args: &TopArgs) -> anyhow::Result<()> {

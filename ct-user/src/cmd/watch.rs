@@ -19,7 +19,6 @@ use tokio::{
 use crate::{
     agent::{
         client,
-        clock::Stamp,
         outbox::Budget,
         protocol::{Request, socket_path},
         server::Server,
@@ -28,13 +27,14 @@ use crate::{
         view::View,
     },
     attribution::Kernel,
-    caps::{self, Cap, Caps},
+    bpf::loader::{self, LoadError, Tier},
     cli::WatchArgs,
+    clock::Stamp,
     event::CtEvent,
-    loader::{self, LoadError, Tier},
-    netns,
-    source::{EventSource, Output},
-    stdout,
+    pipeline::source::{EventSource, Output},
+    sys::caps::{self, Cap, Caps},
+    sys::netns,
+    sys::stdout,
 };
 
 /// How often the summary line is printed when stdout is not a terminal.
@@ -193,7 +193,7 @@ fn check_caps(args: &WatchArgs) -> anyhow::Result<bool> {
         &[Cap::NetAdmin],
         "the agent (its table comes from ctnetlink dumps)",
     )?;
-    let bpf = caps::bpf_allowed(args.tier)?;
+    let bpf = loader::bpf_allowed(args.tier)?;
     if args.tier == Some(Tier::Ctnetlink) {
         log::info!("tier 3 (forced): the table from dumps only, no causes or reasons");
     }
@@ -268,7 +268,7 @@ fn period(resync: f64, last_round: Duration) -> Duration {
     Duration::from_secs_f64(resync).max(last_round * DUMP_SHARE)
 }
 
-async fn wait(source: &mut Option<EventSource>) -> std::io::Result<crate::source::Wake> {
+async fn wait(source: &mut Option<EventSource>) -> std::io::Result<crate::pipeline::source::Wake> {
     match source {
         Some(s) => s.wait().await,
         None => std::future::pending().await,

@@ -14,7 +14,7 @@ mod run;
 
 use std::{io::Write as _, process::ExitCode};
 
-use crate::stdout::CStdout;
+use crate::sys::stdout::CStdout;
 
 /// The version conntrack-tools reports; ctscope speaks its 1.4.7 dialect.
 pub const VERSION: &str = "1.4.7";

@@ -1,4 +1,4 @@
-//! conntrack's output forms on top of [`crate::table_text`]: `-o extended` (layer-3
+//! conntrack's output forms on top of [`crate::render::conntrack_text`]: `-o extended` (layer-3
 //! column), `-o id`, `-o save` (the entry as conntrack arguments), the `-E` event
 //! prefix, and expectation lines.
 
@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use ct_netlink::{Entry, EventKind, Expectation, Family, Status, Tuple, proto};
 
 use super::parse::out;
-use crate::table_text;
+use crate::render::conntrack_text;
 
 /// `ipv4     2 ` / `ipv6     10 ` (`-o extended`).
 fn layer3(f: Family) -> String {
@@ -33,7 +33,7 @@ pub fn entry(e: &Entry, output: u32, now: u64) -> String {
     if output & out::EXT != 0 {
         s.push_str(&layer3(e.family));
     }
-    s.push_str(&table_text::entry_line(e, now));
+    s.push_str(&conntrack_text::entry_line(e, now));
     if output & out::ID != 0
         && let Some(id) = e.id
     {
@@ -384,7 +384,7 @@ fn xml_when(s: &mut String) {
 /// `src= dst= ` and the layer-4 part of a tuple, as in expectation lines.
 fn exp_tuple(s: &mut String, t: &Tuple, prefix: &str) {
     let _ = write!(s, "{prefix}src={} {prefix}dst={} ", t.src, t.dst);
-    crate::table_text::push_l4(s, t, false);
+    crate::render::conntrack_text::push_l4(s, t, false);
 }
 
 /// One `conntrack -L expect` line (libnetfilter_conntrack's default expectation

@@ -15,8 +15,8 @@ use ct_netlink::{
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    caps::{self, Cap},
-    netns,
+    sys::caps::{self, Cap},
+    sys::netns,
 };
 
 use super::{
@@ -25,7 +25,7 @@ use super::{
     parse::{AddrArg, Cmd, NatArg, Parsed, ProtoKind, TableArg, ev, opt, out},
     prefix,
 };
-use crate::stdout::CStdout;
+use crate::sys::stdout::CStdout;
 
 fn now() -> u64 {
     SystemTime::now()

@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use ct_netlink::Entry;
 use serde::Serialize;
 
-use crate::table_text;
+use crate::render::conntrack_text;
 
 /// An entry as `--json` prints it: ct-netlink's fields, plus `netns` with --all-netns.
 #[derive(Serialize)]
@@ -18,7 +18,7 @@ struct Tagged<'a> {
 }
 
 pub fn write_text(out: &mut impl Write, e: &Entry, netns: Option<u32>, now: u64) -> io::Result<()> {
-    let line = table_text::entry_line(e, now);
+    let line = conntrack_text::entry_line(e, now);
     match netns {
         Some(inode) => writeln!(out, "{line} netns={inode}"),
         None => writeln!(out, "{line}"),

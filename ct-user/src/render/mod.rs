@@ -1,7 +1,8 @@
-//! How ctscope writes what it read: events (text or JSON Lines), table entries, the `top`
-//! ranking and statistics. Commands that read ctnetlink and the agent answering from its
+//! How ctscope writes what it read: events (text or JSON Lines), table entries (as
+//! `conntrack -L` prints them, or JSON), the `top` ranking and statistics. Commands that read ctnetlink and the agent answering from its
 //! own table use the same writers, so their output cannot differ.
 
+pub mod conntrack_text;
 pub mod events;
 pub mod list;
 pub mod stats;

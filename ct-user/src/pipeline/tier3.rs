@@ -7,9 +7,9 @@ use ct_common::{DestroyReason, EventKind};
 use ct_netlink::{Entry, EventGroups, EventListener, ListenerOptions};
 
 use crate::{
-    caps::{self, Cap},
     event::{Clock, CtEvent, Proto, Side},
-    netns,
+    sys::caps::{self, Cap},
+    sys::netns,
 };
 
 /// A listener in the namespace `--netns` names (ctscope's own without one), and its

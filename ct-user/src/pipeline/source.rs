@@ -11,11 +11,11 @@ use std::{io, time::Duration};
 use tokio::time::{Interval, MissedTickBehavior, interval};
 
 use crate::{
+    bpf::loader::{self, Probes, Tier},
+    bpf::reader::{EventReader, ReaderError},
     event::{Clock, CtEvent, Record},
-    live::LiveEntries,
-    loader::{self, Probes, Tier},
-    reader::{EventReader, ReaderError},
-    settle::{Discarded, Settler},
+    pipeline::live::LiveEntries,
+    pipeline::settle::{Discarded, Settler},
 };
 
 /// How often loss counters are checked when no event wakes the reader.

@@ -7,8 +7,6 @@ use std::sync::OnceLock;
 
 use anyhow::bail;
 
-use crate::loader::Tier;
-
 /// The capabilities ctscope uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cap {
@@ -107,25 +105,6 @@ pub fn require(caps: &[Cap], what: &str) -> anyhow::Result<()> {
         names(&missing),
         if missing.len() == 1 { "it" } else { "them" }
     )
-}
-
-/// Whether the BPF tiers may be tried: an error when tier 1 or 2 was forced and CAP_BPF
-/// or CAP_PERFMON is missing; false after a warning when the best tier was asked for.
-pub fn bpf_allowed(tier: Option<Tier>) -> anyhow::Result<bool> {
-    let missing = Caps::current().missing(&[Cap::Bpf, Cap::Perfmon]);
-    match tier {
-        Some(Tier::Ctnetlink) => Ok(false),
-        Some(t) => require(&missing, &format!("tier {}", t.number())).map(|()| true),
-        None if missing.is_empty() => Ok(true),
-        None => {
-            eprintln!(
-                "ctscope: warning: without {}, no BPF tier: tier 3 (ctnetlink only, no causes \
-                 or reasons)",
-                names(&missing)
-            );
-            Ok(false)
-        }
-    }
 }
 
 /// A warning when ctscope lacks `cap`: `without CAP_X, <consequence>`. True if it warned.

@@ -15,7 +15,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::caps::{self, Cap, Caps};
+use crate::sys::caps::{self, Cap, Caps};
 
 /// What to give `--netns`, for error messages.
 const FORMS: &str = "give a name from `ip netns list`, a /proc/PID/ns/net path or an inode \

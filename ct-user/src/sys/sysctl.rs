@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, fs, io, path::Path};
 
 use anyhow::{Context as _, bail};
 
-use crate::netns;
+use crate::sys::netns;
 
 const DIR: &str = "/proc/sys/net/netfilter";
 

@@ -23,7 +23,7 @@ use ct_netlink::{Conntrack, Entry, Tuple};
 
 use crate::{
     event::{CtEvent, Side, Winner},
-    netns,
+    sys::netns,
 };
 
 /// The counters candidates are settled against, summed over CPUs.

@@ -8,8 +8,8 @@ use ct_common::{Event, EventKind, KernelLayout, RawCtEvent, stat};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
+    bpf::loader::Probes,
     event::{Clock, CtEvent, Lost, LostAt, LostKind, Record, decode},
-    loader::Probes,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -10,10 +10,10 @@ use aya::{
 use ct_common::{ABSENT, KernelLayout, floor};
 use serde::Serialize;
 
-use crate::event::RecordKind;
-use crate::hooks::{
+use crate::bpf::hooks::{
     HookKind, HookSpec, Kallsyms, Resolution, TIER1, TIER1_ESSENTIAL, TIER2, TIER2_ESSENTIAL,
 };
+use crate::{event::RecordKind, sys::caps};
 
 /// The BPF object built by build.rs from the `ct-ebpf` crate.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ct-ebpf"));
@@ -164,6 +164,25 @@ impl Tier {
                 sees.join(", ")
             )
         })
+    }
+}
+
+/// Whether the BPF tiers may be tried: an error when tier 1 or 2 was forced and CAP_BPF
+/// or CAP_PERFMON is missing; false after a warning when the best tier was asked for.
+pub fn bpf_allowed(tier: Option<Tier>) -> anyhow::Result<bool> {
+    let missing = caps::Caps::current().missing(&[caps::Cap::Bpf, caps::Cap::Perfmon]);
+    match tier {
+        Some(Tier::Ctnetlink) => Ok(false),
+        Some(t) => caps::require(&missing, &format!("tier {}", t.number())).map(|()| true),
+        None if missing.is_empty() => Ok(true),
+        None => {
+            eprintln!(
+                "ctscope: warning: without {}, no BPF tier: tier 3 (ctnetlink only, no causes \
+                 or reasons)",
+                caps::names(&missing)
+            );
+            Ok(false)
+        }
     }
 }
 
@@ -522,14 +541,14 @@ fn describe(e: &ProgramError) -> String {
                 format!("load refused: {io_error}; verifier: {}", tail.join(" | "))
             }
         }
-        other => crate::error_text::render(other),
+        other => crate::sys::error_text::render(other),
     }
 }
 
 fn permission_or(e: aya::EbpfError) -> LoadError {
     let text = format!("{e:?}");
     if text.contains("PermissionDenied") || text.contains("EPERM") || text.contains("os error 1)") {
-        LoadError::Permission(crate::error_text::render(&e))
+        LoadError::Permission(crate::sys::error_text::render(&e))
     } else {
         LoadError::Ebpf(e)
     }

@@ -6,8 +6,8 @@ use std::{fs, path::Path};
 use serde::Serialize;
 
 use crate::{
-    loader::{self, DEFAULT_RING_BYTES, HookStatus, LoadError, LoadOptions, Tier},
-    netns,
+    bpf::loader::{self, DEFAULT_RING_BYTES, HookStatus, LoadError, LoadOptions, Tier},
+    sys::netns,
 };
 
 #[derive(Debug, Serialize)]

@@ -1,0 +1,9 @@
+//! The host ctscope runs on: network namespaces ([`netns`]), sysctls ([`sysctl`]),
+//! capabilities ([`caps`]), standard output that may close ([`stdout`]), and the text of
+//! system errors ([`error_text`]).
+
+pub mod caps;
+pub mod error_text;
+pub mod netns;
+pub mod stdout;
+pub mod sysctl;
