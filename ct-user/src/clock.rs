@@ -1,9 +1,49 @@
-//! When the agent read something, by two clocks: the wall clock, which users read, and
-//! the kernel's jiffies, which conntrack's timeouts count down in. The two drift apart
+//! ctscope's clocks. [`Clock`] turns the kernel's boot-time stamps of BPF events into
+//! wall-clock time, and jiffies into seconds. [`Stamp`]: when the agent read something, by
+//! two clocks: the wall clock, which users read, and the kernel's jiffies, which
+//! conntrack's timeouts count down in. The two drift apart
 //! where timer ticks are late (seen: about 10 % in a loaded emulated VM), so timeouts are
 //! counted down in jiffies.
 
 use serde::{Serialize, Serializer};
+
+/// Turns kernel clocks into wall-clock time and jiffies into seconds.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    /// Realtime minus boottime, in nanoseconds.
+    pub boot_to_unix_ns: i128,
+    /// Kernel HZ; 0 when unknown (timeouts are then omitted).
+    pub hz: u32,
+}
+
+impl Clock {
+    pub fn new(hz: u32) -> Self {
+        let real = clock_ns(libc::CLOCK_REALTIME);
+        let boot = clock_ns(libc::CLOCK_BOOTTIME);
+        Self {
+            boot_to_unix_ns: real - boot,
+            hz,
+        }
+    }
+
+    pub fn unix_secs(&self, boot_ns: u64) -> f64 {
+        (boot_ns as i128 + self.boot_to_unix_ns) as f64 / 1e9
+    }
+
+    pub fn seconds(&self, jiffies: i32) -> Option<i64> {
+        (self.hz != 0 && jiffies != i32::MIN).then(|| (jiffies as i64).div_euclid(self.hz as i64))
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own; the clocks exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Stamp {
@@ -46,6 +86,12 @@ impl Serialize for Stamp {
     }
 }
 
+/// Unix time in whole seconds, as conntrack prints ages and timestamps.
+pub fn unix_secs() -> u64 {
+    wall_now() as u64
+}
+
+/// Unix time, seconds.
 pub fn wall_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -10,6 +10,8 @@ use ct_common::{
     Tuple,
 };
 use ct_netlink::{Status, TcpState, proto};
+
+use crate::clock::Clock;
 use serde::{Deserialize, Serialize};
 
 const AF_INET: u8 = 2;
@@ -361,48 +363,6 @@ fn reason_and_via(r: DestroyReason) -> (DestroyReason, Option<Via>) {
         DestroyReason::TimeoutLookup => (DestroyReason::Timeout, Some(Via::Lookup)),
         _ => (r, None),
     }
-}
-
-/// Turns kernel clocks into wall-clock time and jiffies into seconds.
-#[derive(Clone, Copy, Debug)]
-pub struct Clock {
-    /// Realtime minus boottime, in nanoseconds.
-    pub boot_to_unix_ns: i128,
-    /// Kernel HZ; 0 when unknown (timeouts are then omitted).
-    pub hz: u32,
-}
-
-impl Clock {
-    pub fn new(hz: u32) -> Self {
-        let real = clock_ns(libc::CLOCK_REALTIME);
-        let boot = clock_ns(libc::CLOCK_BOOTTIME);
-        Self {
-            boot_to_unix_ns: real - boot,
-            hz,
-        }
-    }
-
-    pub fn unix_secs(&self, boot_ns: u64) -> f64 {
-        (boot_ns as i128 + self.boot_to_unix_ns) as f64 / 1e9
-    }
-
-    pub fn now_unix(&self) -> f64 {
-        clock_ns(libc::CLOCK_REALTIME) as f64 / 1e9
-    }
-
-    fn seconds(&self, jiffies: i32) -> Option<i64> {
-        (self.hz != 0 && jiffies != i32::MIN).then(|| (jiffies as i64).div_euclid(self.hz as i64))
-    }
-}
-
-fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own; the clocks exist on Linux.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
 }
 
 /// Decodes a raw record; `None` for a kind this build does not know.

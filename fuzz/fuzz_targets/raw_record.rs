@@ -4,7 +4,7 @@
 #![no_main]
 
 use ct_common::KernelLayout;
-use ctscope::{bpf::reader, event};
+use ctscope::{bpf::reader, clock, event};
 use libfuzzer_sys::fuzz_target;
 
 const LAYOUT_BYTES: usize = size_of::<KernelLayout>();
@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
     let Some(raw) = reader::record(item, &layout) else {
         return;
     };
-    let clock = event::Clock {
+    let clock = clock::Clock {
         boot_to_unix_ns: 1_700_000_000_000_000_000,
         hz,
     };

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::{
     attribution::{AgentStats, Attributed, Kernel, unexplained},
-    clock::Stamp,
+    clock::{Stamp, wall_now},
     event::{CtEvent, Lost, LostAt, LostKind, Record},
     lifetimes::Lifetimes,
     pipeline::filter::Filter,
@@ -86,7 +86,7 @@ impl Subscriber {
             return Push::Full; // Checked before rendering: most events meet a full queue.
         }
         let lost = Record::Lost(Lost::new(
-            now_unix(),
+            wall_now(),
             LostKind::Other(LostAt::AgentSubscriber),
             self.dropped,
         ));
@@ -143,13 +143,11 @@ pub struct Agent {
     row_bytes: [usize; 2],
 }
 
-pub use crate::clock::wall_now as now_unix;
-
 impl Agent {
     /// `baselines`: the counters of the namespaces that exist now, read before the
     /// probes were attached.
     pub fn new(tier: u8, tier_sees: &'static str, baselines: Vec<(u32, Kernel)>) -> Self {
-        let started = now_unix();
+        let started = wall_now();
         let watched = baselines
             .into_iter()
             .map(|(inode, baseline)| {
@@ -181,7 +179,7 @@ impl Agent {
     }
 
     fn watched(&mut self, netns: u32) -> &mut Watched {
-        let since = now_unix();
+        let since = wall_now();
         self.watched.entry(netns).or_insert_with(|| Watched {
             since,
             ..Watched::default()

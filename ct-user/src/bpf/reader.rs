@@ -9,7 +9,8 @@ use tokio::io::unix::AsyncFd;
 
 use crate::{
     bpf::loader::Probes,
-    event::{Clock, CtEvent, Lost, LostAt, LostKind, Record, decode},
+    clock::Clock,
+    event::{CtEvent, Lost, LostAt, LostKind, Record, decode},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +85,7 @@ impl EventReader {
                 let lost_kind = EventKind::from_u8(k as u8)
                     .map_or(LostKind::Other(LostAt::Unknown), LostKind::Ring);
                 out.push(Record::Lost(Lost::new(
-                    self.clock.now_unix(),
+                    crate::clock::wall_now(),
                     lost_kind,
                     now - *seen,
                 )));

@@ -80,7 +80,7 @@ async fn causes(socket: &Path, netns: u64) -> io::Result<Option<Causes>> {
             .filter_map(|(k, n)| Some((k.clone(), n.as_u64()?)))
             .collect()
     };
-    let now = crate::agent::state::now_unix();
+    let now = crate::clock::wall_now();
     Ok(Some(Causes {
         minutes: (now - a["watched_since"].as_f64().unwrap_or(now)) / 60.0,
         insert_failed: counts(&a["attributed"]["insert_failed"]),

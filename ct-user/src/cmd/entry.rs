@@ -2,8 +2,6 @@
 //! `conntrack -G`, `-I` and `-U`, printed as a `conntrack -L` line or one JSON object
 //! (the fields of `list --json`).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use anyhow::bail;
 use ct_netlink::{Entry, NewEntry, Tuple, Update};
 
@@ -19,9 +17,7 @@ fn print(e: &Entry, json: bool) -> anyhow::Result<()> {
     if json {
         return stdout::line(serde_json::to_string(e)?);
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = crate::clock::unix_secs();
     stdout::line(conntrack_text::entry_line(e, now))
 }
 

@@ -14,7 +14,7 @@ use crate::{
     agent::{self, client::Body, protocol::Request},
     bpf::loader::{self, Floor, LoadError, LoadOptions, Probes, Tier},
     cli::EventsArgs,
-    event::{Clock, CtEvent, Lost, LostAt, LostKind, Record},
+    event::{CtEvent, Lost, LostAt, LostKind, Record},
     pipeline::filter::Filter,
     pipeline::source::{EventSource, Output},
     pipeline::tier3,
@@ -205,7 +205,6 @@ async fn run_tier3(args: &EventsArgs, printer: &mut Printer) -> anyhow::Result<(
     log::info!("tier 3 sees {}", Tier::Ctnetlink.sees());
     ready(args)?;
     watching(&format!("{}, netns {inode}", tier_label(Tier::Ctnetlink)));
-    let clock = Clock::new(ct_btf::kernel_hz().unwrap_or(0));
     let deadline = deadline(args);
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -214,11 +213,11 @@ async fn run_tier3(args: &EventsArgs, printer: &mut Printer) -> anyhow::Result<(
             ev = listener.next() => match ev? {
                 ct_netlink::Event::Conntrack { kind, entry } => {
                     if kind != ct_netlink::EventKind::Update {
-                        printer.event(tier3::to_event(kind, &entry, inode, &clock));
+                        printer.event(tier3::to_event(kind, &entry, inode));
                     }
                 }
                 ct_netlink::Event::Overrun { .. } => printer.losses(vec![Record::Lost(Lost::new(
-                    clock.now_unix(),
+                    crate::clock::wall_now(),
                     LostKind::Other(LostAt::CtnetlinkOverrun),
                     1,
                 ))]),

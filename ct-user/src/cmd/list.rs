@@ -1,10 +1,7 @@
 //! `ctscope list`: the conntrack table through ctnetlink, as `conntrack -L` text or JSON
 //! Lines, from one namespace or all of them.
 
-use std::{
-    io::Write,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::io::Write;
 
 use super::{Target, agent_scope};
 use crate::{
@@ -28,9 +25,7 @@ pub async fn run(args: &ListArgs) -> anyhow::Result<()> {
             return Ok(());
         }
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = crate::clock::unix_secs();
     let mut out = stdout::writer();
     let mut shown = 0;
     for target in Target::from_args(&args.netns)? {

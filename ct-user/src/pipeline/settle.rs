@@ -329,7 +329,7 @@ mod tests {
     fn candidate(kind: EventKind, cause: Option<Cause>) -> CtEvent {
         let mut raw = ct_common::Event::zeroed();
         raw.kind = EventKind::New as u8;
-        let mut ev = crate::event::decode(&raw, &crate::event::Clock::new(250)).unwrap();
+        let mut ev = crate::event::decode(&raw, &crate::clock::Clock::new(250)).unwrap();
         ev.kind = kind;
         ev.cause = cause;
         ev.unverified = true;

@@ -13,7 +13,8 @@ use tokio::time::{Interval, MissedTickBehavior, interval};
 use crate::{
     bpf::loader::{self, Probes, Tier},
     bpf::reader::{EventReader, ReaderError},
-    event::{Clock, CtEvent, Record},
+    clock::Clock,
+    event::{CtEvent, Record},
     pipeline::live::LiveEntries,
     pipeline::settle::{Discarded, Settler},
 };

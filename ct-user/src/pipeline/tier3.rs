@@ -7,7 +7,7 @@ use ct_common::{DestroyReason, EventKind};
 use ct_netlink::{Entry, EventGroups, EventListener, ListenerOptions};
 
 use crate::{
-    event::{Clock, CtEvent, Proto, Side},
+    event::{CtEvent, Proto, Side},
     sys::caps::{self, Cap},
     sys::netns,
 };
@@ -39,10 +39,10 @@ pub fn subscribe(netns_arg: Option<&str>) -> anyhow::Result<(EventListener, u32)
 }
 
 /// One ctnetlink event as a ctscope record.
-pub fn to_event(kind: ct_netlink::EventKind, e: &Entry, netns: u32, clock: &Clock) -> CtEvent {
+pub fn to_event(kind: ct_netlink::EventKind, e: &Entry, netns: u32) -> CtEvent {
     let destroy = kind == ct_netlink::EventKind::Destroy;
     CtEvent {
-        ts: clock.now_unix(),
+        ts: crate::clock::wall_now(),
         kind: if destroy {
             EventKind::Destroy
         } else {

@@ -133,7 +133,7 @@ fn lost_line(lost: &Lost, timestamp: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Clock, decode};
+    use crate::{clock::Clock, event::decode};
     use ct_common::{Event, EventKind};
 
     fn new_udp() -> CtEvent {
