@@ -8,9 +8,11 @@
 //! - [`protocol`]: the socket's requests and framing (JSON lines).
 //! - [`server`] / [`client`]: the two ends of the socket; [`socket_file`]: claiming and
 //!   releasing its path; [`outbox`]: what the agent owes each client, and the limits on it.
-//! - [`state`]: the agent's state and how it answers requests.
+//! - [`state`]: the agent's state and how it answers requests; [`dumps`]: dumping every
+//!   namespace, and holding a namespace's events while its dump runs.
 //! - [`view`]: what the live view of `ctscope watch` shows; [`tui`]: drawing it.
 pub mod client;
+pub mod dumps;
 pub mod outbox;
 pub mod protocol;
 pub mod server;
