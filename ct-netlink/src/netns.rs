@@ -14,7 +14,8 @@ use crate::error::{Error, Result};
 /// Runs `f` in a thread that has joined the network namespace at `path` (e.g.
 /// `/run/netns/NAME` or `/proc/PID/ns/net`), or right here when it is the caller's own:
 /// entering that would need CAP_SYS_ADMIN all the same. The error is the namespace's
-/// (opening or entering it); what `f` returns is passed back whole.
+/// (opening or entering it); what `f` returns is passed back whole, and a panic in `f`
+/// goes on here.
 pub fn run_in<T: Send + 'static>(
     path: &Path,
     f: impl FnOnce() -> T + Send + 'static,
@@ -27,7 +28,7 @@ pub fn run_in<T: Send + 'static>(
     // The thread ends right after `f`: nothing else ever runs in the namespace.
     std::thread::spawn(move || setns(&target).map(|()| f()))
         .join()
-        .map_err(|_| io::Error::other("netns helper thread panicked"))?
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 /// [`run_in`] for socket makers, its errors as this crate's.

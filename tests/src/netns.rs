@@ -2,14 +2,11 @@
 //! between them, and running code inside one.
 
 use std::{
-    fs::File,
     net::Ipv4Addr,
     os::unix::fs::MetadataExt,
     path::PathBuf,
     sync::atomic::{AtomicU32, Ordering},
 };
-
-use nix::sched::{CloneFlags, setns};
 
 use crate::cmd;
 
@@ -78,6 +75,13 @@ impl Netns {
         cmd::output(&full, None).unwrap_or_else(|e| panic!("cannot run {full:?}: {e}"))
     }
 
+    /// `ip netns exec NAME PROGRAM`, for the caller to give arguments and run or spawn.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+        let mut c = std::process::Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
     fn exec_argv<'a>(&'a self, argv: &[&'a str]) -> Vec<&'a str> {
         let mut full = vec!["ip", "netns", "exec", &self.name];
         full.extend_from_slice(argv);
@@ -89,16 +93,8 @@ impl Netns {
     /// A panic in `f` is re-raised here.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let path = self.path();
-        let handle = std::thread::spawn(move || {
-            // setns changes only the calling thread's namespace, hence the extra thread.
-            let file = File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-            setns(&file, CloneFlags::CLONE_NEWNET)
-                .unwrap_or_else(|e| panic!("setns {}: {e}", path.display()));
-            f()
-        });
-        handle
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        // ct-netlink's way in, the one ctscope uses: setns on a thread of its own.
+        ct_netlink::run_in(&path, f).unwrap_or_else(|e| panic!("entering {}: {e}", path.display()))
     }
 
     /// Sets a per-namespace sysctl (`net.netfilter.nf_conntrack_udp_timeout`, ...).

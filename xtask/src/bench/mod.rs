@@ -1,0 +1,368 @@
+//! `cargo xtask bench [--flows N] [--rounds R] [--json]`: how fast one sender creates new
+//! conntrack entries with no listener, with `ctscope events` attached and with
+//! `conntrack -E` attached, and how many `new` events each listener received and lost.
+//! Mode `hooks only` attaches ctscope's tier-2 hooks with programs that return at once:
+//! the floor of what running any BPF program on those tracepoints costs. Modes `filter`
+//! and `ring` (not run by default) cut tier 2 short after its first-seen filter, and after
+//! reserving and discarding one ring record per new flow: with `--bpf-stats` they break
+//! ctscope's own cost down step by step.
+//!
+//! Set-up (all removed on exit, errors and Ctrl-C included): two namespaces made as the
+//! integration tests make theirs (ctscope-tests' `Netns`, `ctst-<pid>-<n>`), a client
+//! (conntrack on through an nft `ct state` rule) and a server (routes the flows into a
+//! blackhole, so no ICMP comes back), joined by a veth on 10.77.0.0/24. The flows go from one socket on 10.77.0.1 to 10.77.1.0/24, routed
+//! through the server. The sender is `ct-flood` (xtask/src/bin/ct-flood.rs). Every run
+//! starts from an empty table (`conntrack -F`); the kernel's counters (`conntrack -S`,
+//! `conntrack -C`) are read before and after. Every round runs each mode once, starting
+//! with the next one (rotated), after a warm-up flood of N flows.
+//!
+//! - [`stats`]: runs and their per-mode summaries; [`report`]: the table and environment;
+//! - [`listener`]: the listener of a run; [`footprint`]: `--agent`'s measurement;
+//! - [`host`]: the namespaces' wiring, the kernel's counters, sysctls, Ctrl-C;
+//!   [`procfs`]: memory, CPU and BPF time read from /proc.
+
+mod footprint;
+mod host;
+mod listener;
+mod procfs;
+mod report;
+mod stats;
+
+use ctscope_tests::netns::{self, Netns};
+use footprint::{agent_footprint, print_agent};
+use host::{
+    catch_interrupts, check_interrupt, configure, counters, entries, flush, raise_conntrack_max,
+    set_sysctl,
+};
+use listener::{Listener, without_bpf};
+use report::{environment, print_table};
+use stats::{Run, Summary, summarize};
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, ValueEnum};
+use serde_json::{Value, json};
+
+use crate::{cargo, cmd, setup};
+
+const CLIENT_ADDR: &str = "10.77.0.1";
+const SERVER_ADDR: &str = "10.77.0.2";
+const FLOW_NET: &str = "10.77.1.0/24";
+/// The first destination; ct-flood moves to the next address every 65535 flows.
+const FLOW_FIRST: &str = "10.77.1.1";
+const SPORT: u16 = 40_000;
+/// 254 destination addresses of 65535 ports each.
+const MAX_FLOWS: u64 = 254 * 65_535;
+/// conntrack -E's receive buffer, as DESIGN.md measured it (`-b 32M`).
+const CONNTRACK_RCVBUF: &str = "33554432";
+const NF_CONNTRACK_MAX: &str = "net.netfilter.nf_conntrack_max";
+/// Makes the kernel account each BPF program's run time (read from ctscope's fdinfo).
+const BPF_STATS: &str = "kernel.bpf_stats_enabled";
+/// How long a listener may take to attach (ctscope loads and verifies its BPF programs).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// After the sender: stop once the listener has all events, or none came for this long.
+const DRAIN_IDLE: Duration = Duration::from_secs(1);
+const DRAIN_MAX: Duration = Duration::from_secs(15);
+/// After `conntrack -F`: let the freeing (RCU, slab) finish before the next run.
+const SETTLE: Duration = Duration::from_millis(500);
+
+#[derive(Args)]
+pub struct Options {
+    /// New UDP flows per run (one datagram each).
+    #[arg(long, default_value_t = 200_000,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_FLOWS))]
+    flows: u64,
+    /// Rounds; each round runs every mode once, interleaved.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+    /// Datagrams per sendmmsg call.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    batch: u32,
+    /// Modes to run, in this order within each round (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Mode::ALL)]
+    modes: Vec<Mode>,
+    /// Print the results as one JSON object on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Also measure the agent (`ctscope watch`): its memory per 100k entries and its CPU
+    /// per 10k events/s, from one flood of --flows new flows it keeps in its table.
+    #[arg(long)]
+    agent: bool,
+    /// Turn on kernel.bpf_stats_enabled for the `BPF s` and `BPF ns/flow` columns and the
+    /// per-program run times. Off by default: the accounting itself costs two clock reads per program
+    /// run, which would count against ctscope's flow rate.
+    #[arg(long)]
+    bpf_stats: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// No listener.
+    None,
+    /// `ctscope events --json --kind new --netns CLIENT` attached.
+    Ctscope,
+    /// ctscope's tier-2 hooks attached with programs that return at once
+    /// (`ctscope events --floor empty`): the floor any tier-2 program pays.
+    Hooks,
+    /// Tier 2 up to its first-seen filter; new flows are not reported
+    /// (`ctscope events --floor filter`).
+    Filter,
+    /// Tier 2 up to its first-seen filter, then one ring record reserved and discarded per
+    /// new flow: the ring buffer's own cost (`ctscope events --floor ring`).
+    Ring,
+    /// `conntrack -E -e NEW -b 33554432` attached in the client namespace.
+    Conntrack,
+}
+
+impl Mode {
+    const ALL: [Mode; 4] = [Mode::None, Mode::Hooks, Mode::Ctscope, Mode::Conntrack];
+
+    fn label(self) -> &'static str {
+        match self {
+            Mode::None => "none",
+            Mode::Ctscope => "ctscope",
+            Mode::Hooks => "hooks only",
+            Mode::Filter => "filter",
+            Mode::Ring => "ring",
+            Mode::Conntrack => "conntrack -E",
+        }
+    }
+
+    /// The `ctscope events --floor` this mode runs.
+    fn floor(self) -> Option<&'static str> {
+        match self {
+            Mode::Hooks => Some("empty"),
+            Mode::Filter => Some("filter"),
+            Mode::Ring => Some("ring"),
+            _ => None,
+        }
+    }
+
+    /// Whether the listener is ctscope (loads BPF programs).
+    fn runs_ctscope(self) -> bool {
+        self == Mode::Ctscope || self.floor().is_some()
+    }
+
+    /// Whether the listener reports events to count (and so to find lost).
+    fn counts_events(self) -> bool {
+        matches!(self, Mode::Ctscope | Mode::Conntrack)
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+pub fn cmd(opts: &Options) -> Result<()> {
+    if !cmd::is_root() {
+        bail!(
+            "the benchmark needs root (network namespaces, nft, BPF): \
+             run `sudo -E env PATH=\"$PATH\" cargo xtask bench`"
+        );
+    }
+    if opts.modes.is_empty() {
+        bail!("--modes needs at least one mode");
+    }
+    let command = {
+        let mut c = Command::new("cargo");
+        c.arg("xtask").args(env::args_os().skip(1));
+        cmd::show(&c)
+    };
+    setup::ensure(&setup::Needs { vm: false })?;
+    let ctscope = cargo::build_ctscope(true)?;
+    let flood = cargo::build_bin("xtask", "ct-flood", true)?;
+    catch_interrupts();
+
+    netns::remove_stale();
+    let tmp = tempfile::Builder::new()
+        .prefix("ctscope-bench-")
+        .tempdir()
+        .context("creating a temporary directory")?;
+    let (client, server) = (Netns::new(), Netns::new());
+    configure(&client, &server)?;
+    let _max = raise_conntrack_max(opts.flows)?;
+    let _stats = match opts.bpf_stats && opts.modes.iter().any(|m| m.runs_ctscope()) {
+        true => Some(set_sysctl(BPF_STATS, "1")),
+        false => None,
+    };
+
+    let ctx = Ctx {
+        opts,
+        client: &client,
+        ctscope: &ctscope,
+        flood: &flood,
+        ready: tmp.path().join("ctscope-ready"),
+    };
+    let env = environment(&client)?;
+    eprintln!(
+        "bench: {} flows per run, {} round(s) of {}; kernel {}, {} CPUs, load average {}",
+        opts.flows,
+        opts.rounds,
+        opts.modes
+            .iter()
+            .map(|m| m.label())
+            .collect::<Vec<_>>()
+            .join(", "),
+        env["kernel"].as_str().unwrap_or("?"),
+        env["cpus"],
+        env["loadavg"].as_str().unwrap_or("?"),
+    );
+    eprintln!(
+        "bench: counters: `ip netns exec {0} conntrack -S` and `conntrack -C` before and after \
+         every run, which starts after `conntrack -F`",
+        client.name()
+    );
+
+    // Warm-up, one full flood: neighbour resolution, page cache, and the slab caches grown
+    // to hold N entries, so that the first run does not pay for them.
+    flush(&client)?;
+    ctx.send(opts.flows, true)?;
+
+    let mut runs = Vec::new();
+    for round in 1..=opts.rounds {
+        // Each round starts with the next mode, so no mode always runs first or last.
+        let mut order = opts.modes.clone();
+        let shift = (round as usize - 1) % order.len();
+        order.rotate_left(shift);
+        for mode in order {
+            check_interrupt()?;
+            let run = ctx.run(mode, round)?;
+            eprintln!("{}", run.log_line(opts.rounds));
+            runs.push(run);
+        }
+    }
+    let summary = summarize(opts, &runs);
+    let agent = match opts.agent {
+        true => Some(agent_footprint(&ctx, tmp.path())?),
+        false => None,
+    };
+    if opts.json {
+        let out = json!({
+            "command": command,
+            "flows": opts.flows,
+            "rounds": opts.rounds,
+            "batch": opts.batch,
+            "environment": env,
+            "modes": summary.iter().map(Summary::to_json).collect::<Vec<_>>(),
+            "runs": runs.iter().map(Run::to_json).collect::<Vec<_>>(),
+            "agent": agent,
+        });
+        println!("{out:#}");
+    } else {
+        print_table(&command, opts, &env, &summary);
+        if let Some(a) = agent {
+            print_agent(&a);
+        }
+    }
+    let failed: Vec<&str> = summary
+        .iter()
+        .filter(|s| !s.errors.is_empty())
+        .map(|s| s.mode.label())
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "runs of {} failed and are left out of the figures (errors above)",
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+struct Ctx<'a> {
+    opts: &'a Options,
+    client: &'a Netns,
+    ctscope: &'a Path,
+    flood: &'a Path,
+    ready: PathBuf,
+}
+
+impl Ctx<'_> {
+    /// One run: empty table, listener (if any) attached, flood, drain, counters.
+    fn run(&self, mode: Mode, round: u32) -> Result<Run> {
+        flush(self.client)?;
+        let mut run = Run::new(mode, round);
+        let mut listener = match mode {
+            Mode::None => None,
+            _ => match Listener::start(self, mode) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    run.error = Some(format!("{e:#}"));
+                    return Ok(run);
+                }
+            },
+        };
+        let before = counters(self.client);
+        let entries_before = entries(self.client);
+        let sender = self.send(self.opts.flows, false)?;
+        if let Some(l) = listener.as_ref().filter(|_| mode.counts_events()) {
+            l.drain(sender.sent);
+        }
+        let tally = listener.take().map(Listener::stop).transpose()?;
+        let after = counters(self.client);
+        run.entries = entries(self.client).saturating_sub(entries_before);
+        run.counters = after
+            .iter()
+            .map(|(k, v)| (k.clone(), v.saturating_sub(*before.get(k).unwrap_or(&0))))
+            .collect();
+        run.sender = Some(sender);
+        if let Some(t) = tally {
+            if mode.counts_events() {
+                run.events = Some(t.events);
+                run.loss_reports = Some(t.loss_reports);
+            }
+            run.shown = t.shown;
+            run.cpu = t.cpu;
+            run.reader_cpu = Some(t.reader_cpu);
+            run.bpf = t.bpf;
+            if !t.status.success() {
+                run.error = Some(format!("listener {}", cmd::describe(t.status)));
+            } else if let Some(line) = without_bpf(mode, &t.stderr) {
+                // A verifier refusal falls back to ctnetlink: not what this mode measures.
+                run.error = Some(format!("ctscope ran without BPF: {line}"));
+            }
+            run.stderr = t.stderr;
+        }
+        Ok(run)
+    }
+
+    /// Runs ct-flood in the client namespace and returns its report.
+    fn send(&self, flows: u64, echo: bool) -> Result<Sender> {
+        let mut send = self.client.command(self.flood);
+        send.args(["--src", &format!("{CLIENT_ADDR}:{SPORT}")])
+            .args(["--dst", FLOW_FIRST])
+            .args(["--flows", &flows.to_string()])
+            .args(["--batch", &self.opts.batch.to_string()]);
+        if echo {
+            eprintln!("$ {}", cmd::show(&send));
+        }
+        let out = cmd::output(&mut send)?;
+        let v: Value = serde_json::from_str(out.trim())
+            .with_context(|| format!("ct-flood printed no JSON: {out:?}"))?;
+        let num = |k: &str| v[k].as_f64().unwrap_or(0.0);
+        Ok(Sender {
+            flows: num("flows") as u64,
+            sent: num("sent") as u64,
+            send_errors: num("send_errors") as u64,
+            first_error: v["first_error"].as_str().map(str::to_owned),
+            seconds: num("seconds"),
+            rate: num("rate"),
+        })
+    }
+}
+
+struct Sender {
+    flows: u64,
+    sent: u64,
+    send_errors: u64,
+    first_error: Option<String>,
+    seconds: f64,
+    rate: f64,
+}
