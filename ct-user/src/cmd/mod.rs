@@ -66,6 +66,18 @@ pub struct Target {
 }
 
 impl Target {
+    /// The names under /run/netns of the namespace this target talks to.
+    pub fn names(&self, inode: u64) -> Vec<String> {
+        if let Some(ns) = &self.tag {
+            return ns.names.clone();
+        }
+        netns::list()
+            .into_iter()
+            .find(|n| u64::from(n.inode) == inode)
+            .map(|n| n.names)
+            .unwrap_or_default()
+    }
+
     /// `--netns NS` (a name, a path or an inode), or ctscope's own namespace.
     pub fn one(arg: Option<&str>) -> anyhow::Result<Self> {
         let own = Target {

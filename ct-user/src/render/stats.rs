@@ -33,10 +33,7 @@ impl NsStats {
         netns: Option<u32>,
         names: Option<Vec<String>>,
     ) -> Self {
-        let mut totals = BTreeMap::new();
-        for (name, v) in cpus.iter().flat_map(CpuStats::fields) {
-            *totals.entry(name).or_insert(0) += u64::from(v);
-        }
+        let totals = CpuStats::totals(&cpus);
         NsStats {
             netns,
             names: names.unwrap_or_default(),
