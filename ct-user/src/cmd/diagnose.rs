@@ -119,9 +119,11 @@ async fn gather(target: &Target, sizes: &StructSizes) -> anyhow::Result<Option<E
         .copied()
         .or(max_entries)
         .unwrap_or(0);
+    let listed = target.listed(inode);
     Ok(Some(Evidence {
         netns: inode,
-        names: target.names(inode),
+        names: listed.as_ref().map(|n| n.names.clone()).unwrap_or_default(),
+        workload: listed.map(|n| n.workload).unwrap_or_default(),
         memory: Memory::estimate(sizes, &sysctls, count, max),
         sysctls,
         counters: CpuStats::totals(&cpus)

@@ -66,16 +66,14 @@ pub struct Target {
 }
 
 impl Target {
-    /// The names under /run/netns of the namespace this target talks to.
-    pub fn names(&self, inode: u64) -> Vec<String> {
+    /// The namespace this target talks to, as listed (names, workload), if it is.
+    pub fn listed(&self, inode: u64) -> Option<netns::Netns> {
         if let Some(ns) = &self.tag {
-            return ns.names.clone();
+            return Some(ns.clone());
         }
         netns::list()
             .into_iter()
             .find(|n| u64::from(n.inode) == inode)
-            .map(|n| n.names)
-            .unwrap_or_default()
     }
 
     /// `--netns NS` (a name, a path or an inode), or ctscope's own namespace.

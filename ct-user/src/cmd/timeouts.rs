@@ -74,9 +74,11 @@ async fn gather(target: &Target) -> anyhow::Result<Option<Report>> {
         return Ok(None);
     };
     let netns = target.inode()?;
+    let listed = target.listed(netns);
     let evidence = Evidence {
         netns,
-        names: target.names(netns),
+        names: listed.as_ref().map(|n| n.names.clone()).unwrap_or_default(),
+        workload: listed.map(|n| n.workload).unwrap_or_default(),
         entries: dump.len() as u64,
         table: Composition::of(&dump),
         sysctls,
@@ -85,6 +87,7 @@ async fn gather(target: &Target) -> anyhow::Result<Option<Report>> {
     Ok(Some(Report {
         netns,
         names: evidence.names.clone(),
+        workload: evidence.workload.clone(),
         dumped: evidence.table.dumped,
         sysctls: shown(&evidence.sysctls),
         table: rows(&dump, &evidence.sysctls),

@@ -14,6 +14,7 @@ use crate::{
     diagnose::{Evidence, Finding},
     lifetimes::{Histogram, Lifetimes, state_label},
     render::findings::{block, header},
+    sys::workload::Workload,
 };
 
 /// One namespace's report (`--json`: one object per line).
@@ -22,6 +23,8 @@ pub struct Report {
     pub netns: u64,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub names: Vec<String>,
+    #[serde(flatten)]
+    pub workload: Workload,
     /// Entries in the dump.
     pub dumped: u64,
     /// The `nf_conntrack_*timeout*` sysctls, `nf_conntrack_max` and `nf_conntrack_count`.
@@ -392,6 +395,7 @@ mod tests {
         Report {
             netns: 9,
             names: Vec::new(),
+            workload: Workload::default(),
             dumped: 1,
             sysctls: shown(&evidence.sysctls),
             table: rows(&dump, &evidence.sysctls),
