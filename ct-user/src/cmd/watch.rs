@@ -67,7 +67,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     let mut server = Server::bind(&path, budget)?;
     // Before the probes: increments up to here are not the agent's to explain.
     let baselines = baselines().await;
-    let mut probes = if bpf { attach(args)? } else { None };
+    let probes = if bpf { attach(args)? } else { None };
     let (tier, sees) = match &probes {
         Some(p) => (p.tier, p.tier.sees()),
         None => (
@@ -75,7 +75,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
             "the table from dumps every --resync seconds only",
         ),
     };
-    let mut source = match probes.as_mut() {
+    let mut source = match probes {
         Some(p) => Some(EventSource::start(p).await?),
         None => None,
     };
