@@ -622,8 +622,8 @@ pub struct WatchArgs {
           value_parser = parse_ring_size)]
     pub ring_size: u32,
 
-    /// Hook tier: 1 kprobes, 2 tracepoints only, 3 no BPF (dumps only). Default: the
-    /// best this kernel allows.
+    /// Hook tier: 1 kprobes, 2 tracepoints only, 3 no BPF (ctnetlink events of its own
+    /// namespace, dumps for the others). Default: the best this kernel allows.
     #[arg(long, value_enum, value_name = "N")]
     pub tier: Option<crate::loader::Tier>,
 

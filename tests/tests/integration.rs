@@ -94,6 +94,7 @@ const PARSED_SCENARIOS: &[&str] = &[
 const ONCE: &[(&str, Needs, fn())] = &[
     ("host_tier", Needs::Root, host_tier::run),
     ("events_tier3", Needs::Root, tier3::run),
+    ("events_tier3_overrun", Needs::Root, tier3::overrun),
     ("ctnetlink_cli_list", Needs::Root, ctnetlink_cli::list),
     (
         "ctnetlink_cli_count_stats",

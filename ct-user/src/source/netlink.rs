@@ -35,18 +35,21 @@ pub struct Netlink {
 /// How many events the socket dropped, as far as reported.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Dropped {
-    /// The socket's drop counter (it wraps at 2^32).
-    pub counter: u32,
+    /// The socket's drop counter (it wraps at 2^32), where it can be read.
+    pub counter: Option<u32>,
     /// Overruns (ENOBUFS) read: the count where the drop counter cannot be read.
     pub overruns: u64,
 }
 
 impl Dropped {
-    /// Events lost between `self` and `now`: the counter's difference, at least one per
-    /// overrun (without a counter, each overrun counts one).
+    /// Events lost between `self` and `now`. The drop counter is the truth (the kernel
+    /// may raise ENOBUFS more than once for one run of drops); without it, each
+    /// overrun counts one.
     pub fn since(self, now: Dropped) -> u64 {
-        let counted = u64::from(now.counter.wrapping_sub(self.counter));
-        counted.max(now.overruns - self.overruns)
+        match (self.counter, now.counter) {
+            (Some(before), Some(after)) => u64::from(after.wrapping_sub(before)),
+            _ => now.overruns - self.overruns,
+        }
     }
 }
 
@@ -132,13 +135,11 @@ impl Netlink {
     }
 
     fn dropped(&self) -> Dropped {
-        let counter = match self.listener.dropped() {
-            Ok(c) => c,
-            Err(e) => {
-                log::debug!("the socket's drop counter: {e}");
-                self.counted.counter
-            }
-        };
+        let counter = self
+            .listener
+            .dropped()
+            .inspect_err(|e| log::debug!("the socket's drop counter: {e}"))
+            .ok();
         Dropped {
             counter,
             overruns: self.listener.overruns(),
@@ -151,7 +152,17 @@ mod tests {
     use super::Dropped;
 
     fn d(counter: u32, overruns: u64) -> Dropped {
-        Dropped { counter, overruns }
+        Dropped {
+            counter: Some(counter),
+            overruns,
+        }
+    }
+
+    fn without_counter(overruns: u64) -> Dropped {
+        Dropped {
+            counter: None,
+            overruns,
+        }
     }
 
     #[test]
@@ -167,8 +178,14 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_enobufs_without_drops_counts_nothing() {
+        assert_eq!(d(26893, 1).since(d(26893, 2)), 0);
+    }
+
+    #[test]
     fn without_a_counter_each_overrun_counts_one() {
-        assert_eq!(d(0, 0).since(d(0, 2)), 2);
+        assert_eq!(without_counter(0).since(without_counter(2)), 2);
+        assert_eq!(d(5, 0).since(without_counter(1)), 1);
     }
 
     #[test]
