@@ -50,9 +50,12 @@ pub enum Command {
     /// Says `ctscope: watching (tier N: ...; agent on SOCKET, ...)` on stderr when ready.
     Watch(WatchArgs),
     /// Stream conntrack events: new, destroy (with reason), insert_failed (with cause),
-    /// clash_resolved, table_full, early_drop, and lost (ring buffer overflow).
+    /// clash_resolved, table_full, early_drop, and lost (ring buffer overflow, or at tier
+    /// 3 a full netlink socket: `lost_kind` ctnetlink_overrun, counting the events
+    /// dropped).
     ///
-    /// Once the probes are attached (or the agent answers), one line on stderr says
+    /// Once the probes are attached (at tier 3, ctnetlink subscribed; or the agent
+    /// answers), one line on stderr says
     /// `ctscope: watching (tier N: ...), Ctrl-C to stop`: events before it were not
     /// seen. `--log-level info` adds why this tier and what it sees.
     Events(EventsArgs),
