@@ -36,6 +36,9 @@ const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
 const DEFAULT_RECV_BUFFER: usize = 8 << 20;
 const RECV_BUF: usize = 64 * 1024;
 
+/// SK_MEMINFO_VARS: the length of SO_MEMINFO's array.
+const SK_MEMINFO_VARS: usize = libc::SK_MEMINFO_DROPS as usize + 1;
+
 /// Event groups to subscribe to (`conntrack -E -e NEW,UPDATES,DESTROY`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventGroups(u8);
@@ -154,6 +157,15 @@ impl EventListener {
         self.overruns
     }
 
+    /// Events the kernel dropped because the receive buffer was full, since the
+    /// subscription: the socket's drop counter (SO_MEMINFO). One ENOBUFS
+    /// ([`Event::Overrun`]) stands for a whole run of these.
+    pub fn dropped(&self) -> Result<u32> {
+        meminfo(self.sock.socket_ref())
+            .map(|m| m[libc::SK_MEMINFO_DROPS as usize])
+            .map_err(|e| Error::from_io("getsockopt SO_MEMINFO", e))
+    }
+
     /// The receive buffer size the kernel granted (it doubles the request).
     pub fn recv_buffer(&self) -> Result<usize> {
         self.sock
@@ -251,6 +263,30 @@ fn set_recv_buffer(sock: &Socket, bytes: usize) -> io::Result<()> {
         }
         other => other,
     }
+}
+
+/// The socket's `SK_MEMINFO_*` counters (Linux 4.12+).
+fn meminfo(sock: &Socket) -> io::Result<[u32; SK_MEMINFO_VARS]> {
+    let mut mem = [0u32; SK_MEMINFO_VARS];
+    let mut len = std::mem::size_of_val(&mem) as libc::socklen_t;
+    // SAFETY: the fd is a valid socket owned by `sock`; optval points to `mem`, whose
+    // size is passed in optlen, and the kernel writes at most optlen bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            mem.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if (len as usize) <= libc::SK_MEMINFO_DROPS as usize * size_of::<u32>() {
+        return Err(io::Error::other("SO_MEMINFO without a drop counter"));
+    }
+    Ok(mem)
 }
 
 fn setsockopt_int(sock: &Socket, opt: libc::c_int, val: libc::c_int) -> io::Result<()> {

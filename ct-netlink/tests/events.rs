@@ -1,4 +1,4 @@
-//! Events: NEW for each flow, DESTROY for each on flush, and a visible overrun.
+//! Events: NEW for each flow, DESTROY for each on flush, and a visible, counted overrun.
 
 mod common;
 
@@ -116,9 +116,21 @@ async fn overflow_surfaces_as_overrun() {
     };
     assert_eq!(total, 1);
     assert_eq!(l.overruns(), 1);
+    // What was queued before the overflow still arrives; the drop counter has the rest.
+    while let Ok(ev) = timeout(Duration::from_millis(200), l.next()).await {
+        match ev.unwrap() {
+            Event::Conntrack { .. } => seen_new += 1,
+            Event::Overrun { .. } => panic!("a second overrun while nothing was sent"),
+        }
+    }
     assert!(
         seen_new < 500,
         "an overrun means some of the 500 events were lost"
+    );
+    assert_eq!(
+        l.dropped().unwrap(),
+        500 - seen_new,
+        "the drop counter counts every event lost ({seen_new} arrived)"
     );
     // After the overrun the caller resyncs with a dump, which has everything.
     assert_eq!(ct.dump(None).await.unwrap().len(), 500);

@@ -50,9 +50,12 @@ pub enum Command {
     /// Says `ctscope: watching (tier N: ...; agent on SOCKET, ...)` on stderr when ready.
     Watch(WatchArgs),
     /// Stream conntrack events: new, destroy (with reason), insert_failed (with cause),
-    /// clash_resolved, table_full, early_drop, and lost (ring buffer overflow).
+    /// clash_resolved, table_full, early_drop, and lost (ring buffer overflow, or at tier
+    /// 3 a full netlink socket: `lost_kind` ctnetlink_overrun, counting the events
+    /// dropped).
     ///
-    /// Once the probes are attached (or the agent answers), one line on stderr says
+    /// Once the probes are attached (at tier 3, ctnetlink subscribed; or the agent
+    /// answers), one line on stderr says
     /// `ctscope: watching (tier N: ...), Ctrl-C to stop`: events before it were not
     /// seen. `--log-level info` adds why this tier and what it sees.
     Events(EventsArgs),
@@ -622,8 +625,8 @@ pub struct WatchArgs {
           value_parser = parse_ring_size)]
     pub ring_size: u32,
 
-    /// Hook tier: 1 kprobes, 2 tracepoints only, 3 no BPF (dumps only). Default: the
-    /// best this kernel allows.
+    /// Hook tier: 1 kprobes, 2 tracepoints only, 3 no BPF (ctnetlink events of its own
+    /// namespace, dumps for the others). Default: the best this kernel allows.
     #[arg(long, value_enum, value_name = "N")]
     pub tier: Option<crate::bpf::loader::Tier>,
 

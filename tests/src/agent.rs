@@ -51,14 +51,24 @@ impl Agent {
     pub fn start(extra: &[&str]) -> Self {
         let dir = private_dir();
         let socket = dir.path().join("agent.sock");
-        Self::launch(dir, socket, SocketVia::Flag, extra, false)
+        Self::launch(dir, socket, SocketVia::Flag, extra, false, &[])
+            .unwrap_or_else(|e| panic!("ctscope watch exited before it was ready: {}", e.status))
+    }
+
+    /// Like [`Agent::start`], with the agent run in the network namespace `netns` (`ip
+    /// netns exec`): that namespace is its own.
+    pub fn start_in(netns: &str, extra: &[&str]) -> Self {
+        let dir = private_dir();
+        let socket = dir.path().join("agent.sock");
+        let wrap = ["ip", "netns", "exec", netns];
+        Self::launch(dir, socket, SocketVia::Flag, extra, false, &wrap)
             .unwrap_or_else(|e| panic!("ctscope watch exited before it was ready: {}", e.status))
     }
 
     /// Starts the agent on `socket`, given as `via` says; `Err` with its exit status and
     /// stderr when it exits before it is ready.
     pub fn try_start(socket: &Path, via: SocketVia, extra: &[&str]) -> Result<Self, Exited> {
-        Self::launch(private_dir(), socket.to_path_buf(), via, extra, true)
+        Self::launch(private_dir(), socket.to_path_buf(), via, extra, true, &[])
     }
 
     /// The agent's socket.
@@ -66,13 +76,15 @@ impl Agent {
         &self.socket
     }
 
-    /// Runs the agent with its ready file (and, when `capture`, its stderr) in `dir`.
+    /// Runs the agent with its ready file (and, when `capture`, its stderr) in `dir`,
+    /// through the command `wrap` (which must exec it, keeping its pid) if not empty.
     fn launch(
         dir: TempDir,
         socket: PathBuf,
         via: SocketVia,
         extra: &[&str],
         capture: bool,
+        wrap: &[&str],
     ) -> Result<Self, Exited> {
         let ready = dir.path().join("ready");
         let log = dir.path().join("stderr");
@@ -82,7 +94,14 @@ impl Agent {
             Stdio::inherit()
         };
         let bin = ctscope::binary_or_panic();
-        let mut cmd = Command::new(&bin);
+        let mut cmd = match wrap.split_first() {
+            Some((prog, rest)) => {
+                let mut c = Command::new(prog);
+                c.args(rest).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
         cmd.args(["watch", "--headless", "--ready-file"])
             .arg(&ready)
             .args(extra)

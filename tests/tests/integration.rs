@@ -96,6 +96,8 @@ const PARSED_SCENARIOS: &[&str] = &[
 const ONCE: &[(&str, Needs, fn())] = &[
     ("host_tier", Needs::Root, host_tier::run),
     ("events_tier3", Needs::Root, tier3::run),
+    ("events_tier3_overrun", Needs::Root, tier3::overrun),
+    ("agent_tier3_live", Needs::Root, agent::tier3_live),
     ("ctnetlink_cli_list", Needs::Root, ctnetlink_cli::list),
     (
         "ctnetlink_cli_count_stats",

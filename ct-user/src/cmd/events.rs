@@ -1,5 +1,5 @@
-//! `ctscope events`: attach the probes and stream decoded events until a count, a
-//! duration or a signal ends it.
+//! `ctscope events`: open the event source of the tier (the probes, or ctnetlink at tier
+//! 3) and stream its events until a count, a duration or a signal ends it.
 
 use std::{io::Write as _, time::Duration};
 
@@ -14,10 +14,9 @@ use crate::{
     agent::{self, client::Body, protocol::Request},
     bpf::loader::{self, Floor, LoadError, LoadOptions, Probes, Tier},
     cli::EventsArgs,
-    event::{CtEvent, Lost, LostAt, LostKind, Record},
+    event::{CtEvent, Record},
     pipeline::filter::Filter,
     pipeline::source::{EventSource, Output},
-    pipeline::tier3,
     render::events::{Format, write_event, write_record},
     sys::caps::{self, Cap},
     sys::stdout,
@@ -70,10 +69,22 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
         }
     }
     let mut printer = Printer::new(format, filter, args.count);
-    // Forced tier 3 is "no BPF", and without CAP_BPF/CAP_PERFMON nothing else runs:
-    // nothing is loaded or attached.
+    let mut source = open(args, tier).await?;
+    ready(args)?;
+    watching(&source_label(&source));
+    let result = stream(args, &mut source, &mut printer).await;
+    let mut out = Output::default();
+    source.finish(&mut out).await;
+    printer.output(out);
+    let flushed = printer.flush();
+    result.and(flushed)
+}
+
+/// The source of the tier asked for, or the best. Forced tier 3 is "no BPF", and
+/// without CAP_BPF/CAP_PERFMON nothing else runs: then nothing is loaded or attached.
+async fn open(args: &EventsArgs, tier: Option<Tier>) -> anyhow::Result<EventSource> {
     if !loader::bpf_allowed(tier)? {
-        return run_tier3(args, &mut printer).await;
+        return tier3(args);
     }
     let opts = LoadOptions {
         ring_bytes: args.ring_size,
@@ -81,7 +92,7 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
         floor: args.floor,
         parsed_records: args.parsed_records,
     };
-    let mut probes = match loader::load(opts) {
+    let probes = match loader::load(opts) {
         Ok(p) => p,
         Err(e @ (LoadError::Tier(..) | LoadError::Btf(_))) if tier.is_none() => {
             log::info!("no BPF tier: {e}");
@@ -92,32 +103,36 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
                 "ctscope: warning: no BPF tier on this kernel, falling back to tier 3 \
                  (`ctscope probe` says why)"
             );
-            return run_tier3(args, &mut printer).await;
+            return tier3(args);
         }
         Err(e) => return Err(e.into()),
     };
     announce(&probes);
     warn_unverified();
-    let mut source = EventSource::start(&mut probes).await?;
-    ready(args)?;
-    watching(&tier_label(probes.tier));
-    let result = stream(args, &mut source, &mut printer).await;
-    let mut out = Output::default();
-    source.finish(&mut out).await;
-    printer.output(out);
-    let flushed = printer.flush();
-    result.and(flushed)
+    Ok(EventSource::start(probes).await?)
+}
+
+/// Tier 3: ctnetlink events of one namespace, overruns reported as `lost`.
+fn tier3(args: &EventsArgs) -> anyhow::Result<EventSource> {
+    let source = EventSource::ctnetlink(args.filter.netns.as_deref())?;
+    log::info!("tier 3 sees {}", Tier::Ctnetlink.sees());
+    Ok(source)
+}
+
+/// `tier 1: kprobes`; tier 3 names the namespace it watches.
+fn source_label(source: &EventSource) -> String {
+    let tier = source.tier();
+    let label = format!("tier {}: {}", tier.number(), tier.label());
+    match source.netns() {
+        Some(inode) => format!("{label}, netns {inode}"),
+        None => label,
+    }
 }
 
 /// The one line that says events are being seen from now on (as pwru's "Listening for
 /// events.."): events before it were not.
 fn watching(what: &str) {
     eprintln!("ctscope: watching ({what}), Ctrl-C to stop");
-}
-
-/// `tier 1: kprobes`.
-fn tier_label(tier: Tier) -> String {
-    format!("tier {}: {}", tier.number(), tier.label())
 }
 
 fn ready(args: &EventsArgs) -> anyhow::Result<()> {
@@ -197,38 +212,6 @@ fn warn_unverified() {
             &format!("destroy reasons in other network namespaces {why}"),
         );
     }
-}
-
-/// Tier 3: ctnetlink events of one namespace, overruns reported as `lost`.
-async fn run_tier3(args: &EventsArgs, printer: &mut Printer) -> anyhow::Result<()> {
-    let (mut listener, inode) = tier3::subscribe(args.filter.netns.as_deref())?;
-    log::info!("tier 3 sees {}", Tier::Ctnetlink.sees());
-    ready(args)?;
-    watching(&format!("{}, netns {inode}", tier_label(Tier::Ctnetlink)));
-    let deadline = deadline(args);
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    while !printer.done() {
-        tokio::select! {
-            ev = listener.next() => match ev? {
-                ct_netlink::Event::Conntrack { kind, entry } => {
-                    if kind != ct_netlink::EventKind::Update {
-                        printer.event(tier3::to_event(kind, &entry, inode));
-                    }
-                }
-                ct_netlink::Event::Overrun { .. } => printer.losses(vec![Record::Lost(Lost::new(
-                    crate::clock::wall_now(),
-                    LostKind::Other(LostAt::CtnetlinkOverrun),
-                    1,
-                ))]),
-            },
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            () = until(deadline) => break,
-        }
-        printer.flush()?;
-    }
-    Ok(())
 }
 
 /// Filters, counts and writes records; keeps the first write error.

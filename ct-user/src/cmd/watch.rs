@@ -43,8 +43,13 @@ const DUMP_SHARE: u32 = 20;
 /// How often subscribers that went away are forgotten and owed `lost` records sent.
 const TEND_EVERY: Duration = Duration::from_secs(1);
 
-/// Resync period on tier 3 when `--resync 0` asked for none: dumps are all it has.
+/// Resync period on tier 3 when `--resync 0` asked for none: dumps are all it has of
+/// the namespaces other than its own.
 const TIER3_RESYNC: f64 = 5.0;
+
+/// What the agent's tier 3 sees.
+const TIER3_SEES: &str = "new and destroy (no reasons) of its own namespace from ctnetlink \
+     events; the other namespaces from dumps every --resync seconds only";
 
 pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     let path = socket_path(args.socket.as_deref());
@@ -56,17 +61,15 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     let mut server = Server::bind(&path, budget)?;
     // Before the probes: increments up to here are not the agent's to explain.
     let baselines = baselines().await;
-    let mut probes = if bpf { attach(args)? } else { None };
-    let (tier, sees) = match &probes {
-        Some(p) => (p.tier, p.tier.sees()),
-        None => (
-            Tier::Ctnetlink,
-            "the table from dumps every --resync seconds only",
-        ),
+    let probes = if bpf { attach(args)? } else { None };
+    let mut source = match probes {
+        Some(p) => EventSource::start(p).await?,
+        None => EventSource::ctnetlink(None)?,
     };
-    let mut source = match probes.as_mut() {
-        Some(p) => Some(EventSource::start(p).await?),
-        None => None,
+    let tier = source.tier();
+    let sees = match tier {
+        Tier::Ctnetlink => TIER3_SEES,
+        t => t.sees(),
     };
     let mut agent = Agent::new(tier.number(), sees, baselines);
     let mut resync = args.resync;
@@ -85,8 +88,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     loop {
         tokio::select! {
-            w = wait(&mut source) => {
-                let source = source.as_mut().expect("wait pends without a source");
+            w = source.wait() => {
                 let mut out = Output::default();
                 source.handle(w?, &mut out).await;
                 dumps.take(&mut agent, out).await;
@@ -117,11 +119,9 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
             _ = sigterm.recv() => break,
         }
     }
-    if let Some(s) = source.as_mut() {
-        let mut out = Output::default();
-        s.finish(&mut out).await;
-        dumps.take(&mut agent, out).await;
-    }
+    let mut out = Output::default();
+    source.finish(&mut out).await;
+    dumps.take(&mut agent, out).await;
     Ok(())
 }
 
@@ -184,7 +184,10 @@ fn check_caps(args: &WatchArgs) -> anyhow::Result<bool> {
     )?;
     let bpf = loader::bpf_allowed(args.tier)?;
     if args.tier == Some(Tier::Ctnetlink) {
-        log::info!("tier 3 (forced): the table from dumps only, no causes or reasons");
+        log::info!(
+            "tier 3 (forced): ctnetlink events of the agent's own namespace, the others from \
+             dumps only; no causes or reasons"
+        );
     }
     netns::enterable_warned(|others| {
         format!(
@@ -205,8 +208,9 @@ fn attach(args: &WatchArgs) -> anyhow::Result<Option<loader::Probes>> {
         Err(e @ (LoadError::Tier(..) | LoadError::Btf(_))) if args.tier.is_none() => {
             log::info!("no BPF tier: {e}");
             eprintln!(
-                "ctscope: warning: no BPF tier on this kernel: the agent runs on tier 3, the \
-                 table from dumps only, no causes or reasons (`ctscope probe` says why)"
+                "ctscope: warning: no BPF tier on this kernel: the agent runs on tier 3, \
+                 ctnetlink events of its own namespace and dumps, no causes or reasons \
+                 (`ctscope probe` says why)"
             );
             Ok(None)
         }
@@ -235,9 +239,9 @@ fn announce(
     tier: Tier,
     agent: &Agent,
 ) -> anyhow::Result<()> {
-    // The agent's tier 3 keeps its table from dumps, not from ctnetlink events.
+    // ctnetlink events are per namespace: the agent's tier 3 has its own namespace's.
     let how = match tier {
-        Tier::Ctnetlink => "dumps only",
+        Tier::Ctnetlink => "ctnetlink events of its own namespace, dumps for the others",
         t => t.label(),
     };
     eprintln!(
@@ -255,13 +259,6 @@ fn announce(
 /// most 1/DUMP_SHARE of the time.
 fn period(resync: f64, last_round: Duration) -> Duration {
     Duration::from_secs_f64(resync).max(last_round * DUMP_SHARE)
-}
-
-async fn wait(source: &mut Option<EventSource>) -> std::io::Result<crate::pipeline::source::Wake> {
-    match source {
-        Some(s) => s.wait().await,
-        None => std::future::pending().await,
-    }
 }
 
 async fn until(at: Option<Instant>) {

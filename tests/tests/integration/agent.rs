@@ -1,7 +1,8 @@
 //! The agent (`ctscope watch`): its table equals `conntrack -L` after events alone, after
 //! a restart and after a resync; its attribution leaves no insert_failed, drop or
 //! early_drop unexplained; an overflowed ring buffer ends in a reseed and an equal table.
-//! Each runs at the best tier (`[]`) and forced to tier 2 (`["--tier", "2"]`).
+//! Each runs at the best tier (`[]`) and forced to tier 2 (`["--tier", "2"]`); at tier 3,
+//! the table follows its own namespace's ctnetlink events between dumps.
 
 use std::{
     collections::BTreeMap,
@@ -440,6 +441,28 @@ pub fn lifetimes(tier: &'static [&'static str]) {
     assert!(
         min >= f64::from(TIMEOUT) - 1.0 && max <= gc.as_secs_f64() + f64::from(TIMEOUT),
         "UDP flows with a {TIMEOUT} s timeout lived {min}..{max} s"
+    );
+    agent.stop();
+}
+
+/// The agent at tier 3 (no BPF), run in the client namespace, its own: with no dump after
+/// the seed, its table follows that namespace's ctnetlink events, births and deaths.
+pub fn tier3_live() {
+    let ctx = Ctx::new(Watch::KernelOnly, 65, |p| {
+        p.c.sysctl("net.netfilter.nf_conntrack_udp_timeout", "600");
+    });
+    let p = &ctx.pair;
+    let (udp, _tcp, _servers) = servers(p);
+    let agent = Agent::start_in(p.c.name(), &["--tier", "3", "--resync", "3600"]);
+    let dumps = agent.total("dumps");
+    traffic::udp_flows(&p.c, p.c_addr, &traffic::ports(26000, 20), udp);
+    assert_count(assert_same(&agent, &p.c, "tier-3 events only"), 20, &p.c);
+    p.c.exec(&["conntrack", "-D", "-p", "udp", "--orig-port-src", "26000"]);
+    assert_count(assert_same(&agent, &p.c, "after conntrack -D"), 19, &p.c);
+    assert_eq!(
+        agent.total("dumps"),
+        dumps,
+        "a dump ran: the events were to build these rows"
     );
     agent.stop();
 }

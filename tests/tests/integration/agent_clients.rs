@@ -66,7 +66,7 @@ pub fn client_bounds() {
         20000..20000 + max,
     );
     assert_eq!(failed, 0, "sends failed");
-    // Tier 3: dumps only, so the trial runs wherever root does; no resync during it.
+    // Tier 3: no BPF, so the trial runs wherever root does; no resync during it.
     let budget = ANSWER_BUDGET_MIB.to_string();
     let agent = Agent::start(&[
         "--tier",

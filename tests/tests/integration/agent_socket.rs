@@ -1,6 +1,6 @@
 //! The agent's socket under bad input (issue 20): a wrong `--socket` costs the host no
 //! file, and the socket protocol refuses what it does not understand. The agent runs at
-//! tier 3 (dumps only), so neither trial needs BPF.
+//! tier 3 (no BPF), so neither trial needs it.
 
 use std::{
     fs,

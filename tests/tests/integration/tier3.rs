@@ -1,6 +1,6 @@
 //! `ctscope events --tier 3`: ctnetlink events only. A forced tier 3 is "no BPF": it must
 //! load and attach nothing, not even for a moment, and still report the namespace's new
-//! entries.
+//! entries. A full socket buffer is a counted `lost` record, never a silent gap.
 
 use std::{
     net::SocketAddrV4,
@@ -14,6 +14,7 @@ use std::{
 
 use ctscope_tests::{
     ctscope::{Events, EventsOpts},
+    kernel::{self, SysctlGuard},
     traffic,
 };
 
@@ -121,4 +122,64 @@ pub fn run() {
         "events --tier 3 held BPF objects: {held:?}"
     );
     assert_eq!(new_sports(&finished.events), want, "{:#?}", finished.events);
+}
+
+/// Flows the overrun trial makes while ctscope is stopped: more than its socket buffer
+/// (8 MiB asked, about 13 000 events) holds.
+const OVERRUN_FLOWS: u16 = 30000;
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// `new` events and the events `lost` records count as dropped by the netlink socket.
+fn seen_and_lost(events: &[serde_json::Value]) -> (u64, u64) {
+    let news = events.iter().filter(|e| e["kind"] == "new").count() as u64;
+    let lost = events
+        .iter()
+        .filter(|e| e["kind"] == "lost" && e["lost_kind"] == "ctnetlink_overrun")
+        .filter_map(|e| e["count"].as_u64())
+        .sum();
+    (news, lost)
+}
+
+/// ctscope stopped (SIGSTOP) while 30 000 flows are made: once it runs again, the `new`
+/// events it reports and the events its `lost` records count add up to exactly 30 000.
+pub fn overrun() {
+    let max: u32 = kernel::read_global("net.netfilter.nf_conntrack_max")
+        .parse()
+        .expect("nf_conntrack_max");
+    let _max = (max < 2 * u32::from(OVERRUN_FLOWS))
+        .then(|| SysctlGuard::set("net.netfilter.nf_conntrack_max", 2 * OVERRUN_FLOWS as u32));
+    let ctx = Ctx::new(Watch::KernelOnly, 62, |_| {});
+    let p = &ctx.pair;
+    let mut opts = EventsOpts::netns(ctx.inode);
+    opts.extra.extend(["--tier".into(), "3".into()]);
+    let events = Events::start(&opts);
+    signal(events.pid(), "-STOP");
+    let (failed, _) = traffic::udp_spray(
+        &p.c,
+        SocketAddrV4::new(p.c_addr, UDP_PORT),
+        p.s_addr,
+        1..1 + OVERRUN_FLOWS,
+    );
+    signal(events.pid(), "-CONT");
+    assert_eq!(failed, 0, "sends failed");
+    let want = u64::from(OVERRUN_FLOWS);
+    events.wait_until(event_wait(), |evs| {
+        let (news, lost) = seen_and_lost(evs);
+        news + lost >= want
+    });
+    let finished = events.stop();
+    let (news, lost) = seen_and_lost(&finished.events);
+    assert!(lost > 0, "no lost record: {news} new events of {want}");
+    assert_eq!(
+        news + lost,
+        want,
+        "{news} new events and {lost} counted lost, of {want} flows"
+    );
 }
