@@ -77,6 +77,20 @@ pub fn sample(events: &[&Value]) -> String {
     out.join("\n")
 }
 
+/// Panics at the first of `events` that `check` rejects, naming it (`what` #index), why,
+/// and the event itself: a per-event check says which event broke it.
+pub fn assert_each(
+    events: &[&Value],
+    what: &str,
+    mut check: impl FnMut(&Value) -> Result<(), String>,
+) {
+    for (i, e) in events.iter().enumerate() {
+        if let Err(why) = check(e) {
+            panic!("{what} #{i} of {}: {why}\n{e}", events.len());
+        }
+    }
+}
+
 /// A layer-4 tuple as ctscope prints `orig` and `reply`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Tuple {

@@ -14,6 +14,8 @@
 mod agent;
 #[path = "integration/agent_clients.rs"]
 mod agent_clients;
+#[path = "integration/agent_early_drop.rs"]
+mod agent_early_drop;
 #[path = "integration/agent_socket.rs"]
 mod agent_socket;
 #[path = "integration/clash_resolve.rs"]
@@ -159,6 +161,10 @@ type AgentScenario = fn(&'static [&'static str]);
 const AGENT: &[(&str, AgentScenario)] = &[
     ("agent_mirror", agent::mirror),
     ("agent_recreate", agent::recreate),
+    (
+        "agent_recreate_early_drop",
+        agent_early_drop::recreate_early_drop,
+    ),
     ("agent_attribution", agent::attribution),
     ("agent_overflow", agent::overflow),
     ("agent_lifetimes", agent::lifetimes),

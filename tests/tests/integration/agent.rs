@@ -91,7 +91,7 @@ fn agent_row(agent: &Agent, ns: &Netns, line: &str) -> String {
 }
 
 /// Polls [`compare`] until it holds; panics with the last difference.
-fn assert_same(agent: &Agent, ns: &Netns, what: &str) -> usize {
+pub fn assert_same(agent: &Agent, ns: &Netns, what: &str) -> usize {
     let mut last = String::new();
     let same = wait::poll(event_wait(), Duration::from_millis(200), || {
         compare(agent, ns).map_err(|e| last = e).ok()
@@ -105,7 +105,7 @@ fn assert_same(agent: &Agent, ns: &Netns, what: &str) -> usize {
 
 /// The traffic made `want` entries in `ns`; on a shortfall, shows the kernel's table so
 /// the missing flow can be told.
-fn assert_count(got: usize, want: usize, ns: &Netns) {
+pub fn assert_count(got: usize, want: usize, ns: &Netns) {
     if got != want {
         panic!(
             "conntrack -L lists {got} entries, the traffic made {want}:\n{}",

@@ -13,6 +13,7 @@
 //! assert equality with the kernel's count, whatever it is, and note it.
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     hint,
     net::{SocketAddrV4, UdpSocket},
     sync::{
@@ -22,7 +23,12 @@ use std::{
     thread,
 };
 
-use ctscope_tests::{events, kernel::CtStats, netns::Pair, nft, traffic};
+use ctscope_tests::{
+    events::{self, Tuple},
+    kernel::CtStats,
+    netns::Pair,
+    nft, traffic,
+};
 
 use serde_json::Value;
 
@@ -30,18 +36,27 @@ use crate::common::{Ctx, UDP_PORT, Watch, event_wait, note};
 
 const ROUNDS: u16 = 3000;
 const FIRST_PORT: u16 = 33000;
+/// The racing socket's source port.
+const SPORT: u16 = 5454;
 
 pub fn merged(watch: Watch) {
     let ctx = Ctx::new(watch, 20, |_| {});
     let Some(clashes) = race_and_check(ctx, &["merged"]) else {
         return;
     };
-    for c in &clashes {
-        assert_eq!(
-            c["winner"]["orig"], c["orig"],
-            "a merge has identical tuples: {c}"
-        );
-    }
+    // Without NAT, loser and winner are the same flow in both directions.
+    let refs: Vec<&Value> = clashes.iter().collect();
+    events::assert_each(&refs, "clash_resolved event", |c| {
+        let orig = Tuple::of(c, "orig");
+        let want = Some(orig.reversed());
+        if Tuple::from_json(&c["reply"]) != want {
+            return Err(format!("reply is not {orig} reversed, yet nothing NATs"));
+        }
+        if Tuple::from_json(&c["winner"]["reply"]) != want {
+            return Err(format!("the winner's reply is not {orig} reversed"));
+        }
+        Ok(())
+    });
 }
 
 pub fn dnat(watch: Watch) {
@@ -55,9 +70,31 @@ pub fn dnat(watch: Watch) {
         ]);
         nft::apply(&p.c, &dnat_two_backends(p));
     });
+    let p_backends = (ctx.pair.s_addr, second_backend(&ctx.pair));
     let Some(clashes) = race_and_check(ctx, &["merged", "nat_clash_reply_only"]) else {
         return;
     };
+    let backends = [p_backends.0.to_string(), p_backends.1.to_string()];
+    let refs: Vec<&Value> = clashes.iter().collect();
+    events::assert_each(&refs, "clash_resolved event", |c| {
+        let (loser, winner) = (Tuple::of(c, "reply"), Tuple::of(&c["winner"], "reply"));
+        for (who, t) in [("loser", &loser), ("winner", &winner)] {
+            if !backends.contains(&t.src) {
+                return Err(format!(
+                    "the {who}'s reply {t} is not from a backend {backends:?}"
+                ));
+            }
+        }
+        // Merged: both picked one backend. Reply-only: they picked different ones.
+        match (c["cause"].as_str(), loser == winner) {
+            (Some("merged"), true) => Ok(()),
+            (Some("nat_clash_reply_only"), false) if loser.src != winner.src => Ok(()),
+            _ => Err(format!(
+                "cause {} does not fit the replies: loser {loser}, winner {winner}",
+                c["cause"]
+            )),
+        }
+    });
     let reply_only = clashes
         .iter()
         .filter(|c| c["cause"] == "nat_clash_reply_only")
@@ -75,7 +112,8 @@ fn race_and_check(mut ctx: Ctx, causes: &[&str]) -> Option<Vec<Value>> {
     let p = &ctx.pair;
     let _sink = traffic::UdpSink::bind(&p.s, SocketAddrV4::new(p.s_addr, UDP_PORT));
     let before = CtStats::read(&p.c);
-    let (src, dst) = (SocketAddrV4::new(p.c_addr, 5454), p.s_addr);
+    let (src, dst) = (SocketAddrV4::new(p.c_addr, SPORT), p.s_addr);
+    let (c_addr, s_addr) = (p.c_addr.to_string(), p.s_addr.to_string());
     let failed = p.c.run(move || race(src, dst));
     let delta = CtStats::read(&p.c).since(&before);
     assert_eq!(failed, 0, "sends failed; kernel delta {delta}");
@@ -104,14 +142,44 @@ fn race_and_check(mut ctx: Ctx, causes: &[&str]) -> Option<Vec<Value>> {
         "`clash_resolved` events vs the kernel's clash_resolve delta ({delta}):\n{}",
         events::sample(&clashes)
     );
-    for c in &clashes {
-        let cause = c["cause"].as_str().unwrap_or_default();
-        assert!(
-            causes.contains(&cause),
-            "cause {cause:?} not in {causes:?}: {c}"
-        );
-        assert!(c.get("winner").is_some(), "clash without winner: {c}");
+    // Capping makes the count match whatever was counted; each event must also name a
+    // round's flow (at most one clash per round) that entered the table once, and its
+    // winner must be that same flow.
+    let mut born: BTreeMap<Tuple, usize> = BTreeMap::new();
+    for n in &news {
+        *born.entry(Tuple::of(n, "orig")).or_default() += 1;
     }
+    if let Some((t, n)) = born.iter().find(|&(_, &n)| n != 1) {
+        panic!("{n} `new` events for {t}: one per round");
+    }
+    let mut rounds_seen = BTreeSet::new();
+    events::assert_each(&clashes, "clash_resolved event", |c| {
+        let cause = c["cause"].as_str().unwrap_or_default();
+        if !causes.contains(&cause) {
+            return Err(format!("cause {cause:?} not in {causes:?}"));
+        }
+        let orig = Tuple::from_json(&c["orig"]).ok_or("no orig tuple")?;
+        let round = orig.dport.wrapping_sub(FIRST_PORT);
+        let ours = (orig.src.as_str(), orig.sport, orig.dst.as_str())
+            == (c_addr.as_str(), SPORT, s_addr.as_str())
+            && round < ROUNDS;
+        if !ours {
+            return Err(format!("{orig} is not one of the race's flows"));
+        }
+        if !rounds_seen.insert(round) {
+            return Err(format!("a second clash for round {round} ({orig})"));
+        }
+        if !born.contains_key(&orig) {
+            return Err(format!(
+                "no `new` for {orig}: the winner never entered the table"
+            ));
+        }
+        let winner = Tuple::from_json(&c["winner"]["orig"]).ok_or("no winner")?;
+        if winner != orig {
+            return Err(format!("winner {winner} is not the same flow as {orig}"));
+        }
+        Ok(())
+    });
     Some(clashes.into_iter().cloned().collect())
 }
 

@@ -65,6 +65,11 @@ pub fn run(watch: Watch) {
         "loser: {e}"
     );
     assert_eq!(
+        Tuple::from_json(&e["reply"]),
+        Some(Tuple::new(s_addr, DNS_PORT, c_addr, SNAT_PORT)),
+        "the loser's reply tuple is the NATed one that clashed with the winner's: {e}"
+    );
+    assert_eq!(
         (&e["nat"][0]["kind"], &e["nat"][0]["port"]),
         (&"snat".into(), &SNAT_PORT.into()),
         "the SNAT mapping the loser was given: {e}"

@@ -2,10 +2,10 @@
 //! table: every flow the kernel drops (`drop` delta, EPERM at the sender) is one
 //! `table_full` event.
 
-use std::net::SocketAddrV4;
+use std::{collections::BTreeSet, net::SocketAddrV4};
 
 use ctscope_tests::{
-    events,
+    events::{self, Tuple},
     kernel::{self, CtStats, SysctlGuard},
     traffic,
 };
@@ -49,7 +49,7 @@ pub fn run(watch: Watch) {
         "entries left in c: {delta}"
     );
 
-    let inode = ctx.inode;
+    let (c_addr, s_addr, inode) = (p.c_addr, p.s_addr, ctx.inode);
     ctx.wait_events(event_wait(), |ev| {
         Ctx::count(ev, "table_full", inode, None) as u64 >= drops
     });
@@ -61,14 +61,30 @@ pub fn run(watch: Watch) {
         "`table_full` events vs the kernel's drop delta ({delta}):\n{}",
         events::sample(&full)
     );
-    for e in &full {
-        assert_eq!(e["cause"], "table_full", "cause: {e}");
-        // The tuple is optional in the contract; when present it names a dropped flow.
-        if let Some(sport) = e["orig"]["sport"].as_u64() {
-            assert!(
-                failed.iter().any(|&p| u64::from(p) == sport),
-                "not a dropped flow: {e}"
-            );
+    // Capping makes the count match whatever was counted; the tuples must also match:
+    // each event names a flow whose send failed, and no failed flow twice.
+    let mut unclaimed: BTreeSet<Tuple> = failed
+        .iter()
+        .map(|&port| Tuple::new(c_addr, port, s_addr, UDP_PORT))
+        .collect();
+    events::assert_each(&full, "table_full event", |e| {
+        if e["cause"] != "table_full" {
+            return Err("cause is not table_full".into());
         }
-    }
+        if !events::is_proto(e, "udp") {
+            return Err("not UDP: the scenario sent only UDP".into());
+        }
+        let orig = Tuple::from_json(&e["orig"])
+            .ok_or("no orig tuple: both tiers read it from the dropped packet")?;
+        if unclaimed.remove(&orig) {
+            return Ok(());
+        }
+        Err(
+            if failed.contains(&orig.sport) && orig.dst == s_addr.to_string() {
+                format!("{orig}: a second event for the same dropped flow")
+            } else {
+                format!("{orig}: not a flow whose send failed with EPERM {failed:?}")
+            },
+        )
+    });
 }
