@@ -14,6 +14,7 @@ use crate::{
     agent::{
         client,
         dumps::Dumps,
+        http::{self, Asks},
         outbox::Budget,
         protocol::{Request, socket_path},
         server::Server,
@@ -54,6 +55,10 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     let bpf = check_caps(args)?;
     let budget = Budget::new(usize::from(args.answer_budget_mib) << 20);
     let mut server = Server::bind(&path, budget)?;
+    let mut metrics = match args.metrics {
+        Some(addr) => http::serve(addr)?,
+        None => Asks::none(),
+    };
     // Before the probes: increments up to here are not the agent's to explain.
     let baselines = baselines().await;
     let mut probes = if bpf { attach(args)? } else { None };
@@ -103,6 +108,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
                 }
             }
             Some(inc) = server.next() => agent.answer(inc).await,
+            Some(ask) = metrics.next() => ask.answer(agent.metrics()),
             _ = tend.tick() => agent.tend_subscribers(),
             () = until(next_round) => {
                 next_round = None;
@@ -240,9 +246,13 @@ fn announce(
         Tier::Ctnetlink => "dumps only",
         t => t.label(),
     };
+    let metrics = args
+        .metrics
+        .map(|a| format!(", metrics on http://{a}/metrics"))
+        .unwrap_or_default();
     eprintln!(
-        "ctscope: watching (tier {}: {how}; agent on {}, {} entries in {} namespaces), \
-         Ctrl-C to stop",
+        "ctscope: watching (tier {}: {how}; agent on {}{metrics}, {} entries in {} \
+         namespaces), Ctrl-C to stop",
         tier.number(),
         path.display(),
         agent.table.len(),
