@@ -1,7 +1,10 @@
 //! Command-line definitions (clap derive). Parsing only; resolving what the flags mean
 //! against the system happens in the command modules.
 
-use std::{net::IpAddr, path::PathBuf};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
 
 use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum, error::ErrorKind};
 use ct_netlink::{Family, NatRange, Status, TcpState, Tuple, TupleFilter};
@@ -265,6 +268,16 @@ pub fn parse_duration(s: &str) -> Result<f64, String> {
 /// `--resync`: 0 (dumps only after losses) or seconds up to [`MAX_SECONDS`].
 pub fn parse_resync(s: &str) -> Result<f64, String> {
     parse_seconds(s, true)
+}
+
+/// `--metrics`: an address and a port to listen on.
+pub fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
+    s.trim().parse().map_err(|_| {
+        format!(
+            "{s:?} is not ADDR:PORT: give e.g. 127.0.0.1:18427, [::1]:18427, or 0.0.0.0:18427 \
+             for every address"
+        )
+    })
 }
 
 /// `--ring-size`: what a BPF ring buffer can be, a power of two of at least a page.
@@ -597,7 +610,7 @@ pub struct WatchArgs {
     /// only --socket: the agent's own flags are the running agent's business.
     #[arg(
         long,
-        conflicts_with_all = ["headless", "resync", "ring_size", "tier", "ready_file"]
+        conflicts_with_all = ["headless", "resync", "ring_size", "tier", "ready_file", "metrics"]
     )]
     pub status: bool,
 
@@ -629,6 +642,15 @@ pub struct WatchArgs {
     /// namespace, dumps for the others). Default: the best this kernel allows.
     #[arg(long, value_enum, value_name = "N")]
     pub tier: Option<crate::bpf::loader::Tier>,
+
+    /// Serve Prometheus metrics over HTTP at /metrics on ADDR:PORT (Prometheus text or
+    /// OpenMetrics, as the scraper's Accept header asks). Without a value: 127.0.0.1:18427,
+    /// loopback only; 0.0.0.0:18427 or [::]:18427 to be scraped from other hosts. README
+    /// "Metrics" lists the series.
+    #[arg(long, value_name = "ADDR:PORT", num_args = 0..=1,
+          default_missing_value = crate::agent::http::DEFAULT_ADDR,
+          value_parser = parse_metrics_addr)]
+    pub metrics: Option<SocketAddr>,
 
     /// Create this file once the table is seeded and the socket answers.
     #[arg(long, hide = true, value_name = "PATH")]

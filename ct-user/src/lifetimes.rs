@@ -62,6 +62,27 @@ impl Histogram {
         self.buckets[i] += 1;
     }
 
+    /// Adds every value of `other`, as if each had been [`add`](Self::add)ed here.
+    pub fn merge(&mut self, other: &Histogram) {
+        if other.count == 0 {
+            return;
+        }
+        if self.count == 0 || other.min < self.min {
+            self.min = other.min;
+        }
+        if self.count == 0 || other.max > self.max {
+            self.max = other.max;
+        }
+        self.count += other.count;
+        self.sum += other.sum;
+        if self.buckets.len() < other.buckets.len() {
+            self.buckets.resize(other.buckets.len(), 0);
+        }
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            *mine += theirs;
+        }
+    }
+
     /// The value below which a fraction `q` of the values lie, as the upper bound of its
     /// bucket, kept within [min, max]; `None` when empty.
     pub fn quantile(&self, q: f64) -> Option<f64> {
@@ -79,6 +100,13 @@ impl Histogram {
 
     pub fn mean(&self) -> Option<f64> {
         (self.count > 0).then(|| self.sum / self.count as f64)
+    }
+
+    /// The first `n` buckets as (upper bound in seconds, count), empty ones included: a
+    /// fixed layout, as Prometheus histograms want. A bound is exclusive (a value of
+    /// exactly 2^i s counts in the next bucket), where Prometheus' `le` is inclusive.
+    pub fn first_buckets(&self, n: usize) -> impl Iterator<Item = (f64, u64)> + '_ {
+        (0..n).map(|i| (upper_bound(i), self.buckets.get(i).copied().unwrap_or(0)))
     }
 
     /// The non-empty buckets as (lower bound, upper bound, count), in seconds.
@@ -123,6 +151,22 @@ impl Lifetimes {
             .entry(state_label(entry).to_owned())
             .or_default()
             .add(lived);
+    }
+
+    /// Adds every flow `other` recorded.
+    pub fn merge(&mut self, other: &Lifetimes) {
+        for (proto, state, h) in other.iter() {
+            let mine = match self.by_proto.get_mut(proto) {
+                Some(states) => states,
+                None => self.by_proto.entry(proto.to_owned()).or_default(),
+            };
+            match mine.get_mut(state) {
+                Some(m) => m.merge(h),
+                None => {
+                    mine.insert(state.to_owned(), h.clone());
+                }
+            }
+        }
     }
 
     pub fn get(&self, proto: &str, state: &str) -> Option<&Histogram> {
@@ -251,6 +295,29 @@ pub(crate) mod tests {
                 ("udp", "UNREPLIED", 2)
             ]
         );
+    }
+
+    #[test]
+    fn merging_equals_adding_every_value() {
+        let (a, b) = ([0.5, 3.0, 40.0], [2.0, 700.0]);
+        let mut all = Histogram::default();
+        a.iter().chain(&b).for_each(|&v| all.add(v));
+        let mut merged = Histogram::default();
+        let mut other = Histogram::default();
+        a.iter().for_each(|&v| merged.add(v));
+        b.iter().for_each(|&v| other.add(v));
+        merged.merge(&other);
+        merged.merge(&Histogram::default());
+        assert_eq!(merged, all);
+
+        let mut l = Lifetimes::default();
+        l.record(&tcp("CLOSE"), 10.0);
+        let mut m = Lifetimes::default();
+        m.record(&tcp("CLOSE"), 20.0);
+        m.record(&entry(proto::UDP, 0), 30.0);
+        l.merge(&m);
+        assert_eq!(l.get("tcp", "CLOSE").map(|h| h.count), Some(2));
+        assert_eq!(l.get("udp", "UNREPLIED").map(|h| h.sum), Some(30.0));
     }
 
     #[test]

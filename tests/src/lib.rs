@@ -9,5 +9,6 @@ pub mod events;
 pub mod kernel;
 pub mod netns;
 pub mod nft;
+pub mod prometheus;
 pub mod traffic;
 pub mod wait;

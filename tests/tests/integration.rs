@@ -40,6 +40,8 @@ mod early_drop;
 mod flood;
 #[path = "integration/host_tier.rs"]
 mod host_tier;
+#[path = "integration/metrics.rs"]
+mod metrics;
 #[path = "integration/privileges.rs"]
 mod privileges;
 #[path = "integration/server_side.rs"]
@@ -94,7 +96,7 @@ const PARSED_SCENARIOS: &[&str] = &[
 /// Trials that run once, with what each needs: probing, the ctnetlink commands against
 /// conntrack(8), bad input, closed pipes and missing privileges (issue 20), diagnosis,
 /// and the agent's socket under bad input (at tier 3: no BPF). `cli_events_watching`
-/// runs `events` at whatever tier this kernel allows.
+/// runs `events` and `agent_metrics` the agent at whatever tier this kernel allows.
 const ONCE: &[(&str, Needs, fn())] = &[
     ("host_tier", Needs::Root, host_tier::run),
     ("events_tier3", Needs::Root, tier3::run),
@@ -153,6 +155,7 @@ const ONCE: &[(&str, Needs, fn())] = &[
         Needs::Root,
         agent_clients::client_bounds,
     ),
+    ("agent_metrics", Needs::Tier2Prometheus, metrics::scraped),
 ];
 
 /// The agent (`ctscope watch`), given its tier flags.

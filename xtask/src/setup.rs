@@ -27,8 +27,10 @@ pub struct Needs {
 }
 
 /// Building the BPF object with bpf-linker (which links LLVM 22) and running the
-/// host integration tests (which drive nft, conntrack and ip, and drop capabilities
-/// with util-linux's setpriv).
+/// host integration tests (which drive nft, conntrack and ip, drop capabilities with
+/// util-linux's setpriv, and scrape the agent's metrics with a real Prometheus and check
+/// them with its promtool; on a systemd machine Debian's package also starts a
+/// `prometheus` service on :9090, which the tests leave alone).
 const BASE_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -38,6 +40,7 @@ const BASE_PACKAGES: &[&str] = &[
     "nftables",
     "iproute2",
     "util-linux",
+    "prometheus",
 ];
 const VM_PACKAGES: &[&str] = &[
     "qemu-system-x86",

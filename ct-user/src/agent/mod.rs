@@ -11,8 +11,14 @@
 //! - [`state`]: the agent's state and how it answers requests; [`dumps`]: dumping every
 //!   namespace, and holding a namespace's events while its dump runs.
 //! - [`view`]: what the live view of `ctscope watch` shows; [`tui`]: drawing it.
+//! - [`counts`]: per-namespace counts of births and deaths; [`metrics`]: the Prometheus
+//!   series, from the agent's snapshot and the kernel's counters; [`http`]: serving them
+//!   (`--metrics`).
 pub mod client;
+pub mod counts;
 pub mod dumps;
+pub mod http;
+pub mod metrics;
 pub mod outbox;
 pub mod protocol;
 pub mod server;

@@ -11,6 +11,8 @@ use ct_netlink::{Conntrack, Entry};
 use serde::Serialize;
 
 use super::{
+    counts::Counts,
+    metrics::{NsSnapshot, Snapshot},
     outbox::{Outbox, Push},
     protocol::{Header, NsLifetimes, PROTOCOL, Request, Scope},
     server::Incoming,
@@ -45,6 +47,7 @@ struct Watched {
     baseline: Kernel,
     since: f64,
     attributed: Attributed,
+    counts: Counts,
 }
 
 /// Counts of the agent's life.
@@ -54,6 +57,9 @@ pub struct Totals {
     pub events: BTreeMap<&'static str, u64>,
     /// Events the ring buffer lost (each loss triggers a reseed).
     pub lost: u64,
+    /// The same, by kind (metrics only: not in `status`, whose fields the protocol fixes).
+    #[serde(skip)]
+    pub lost_by_kind: BTreeMap<&'static str, u64>,
     /// Full reseeds after losses.
     pub reseeds: u64,
     /// Dumps merged (seeds, resyncs and reseeds, per namespace).
@@ -139,6 +145,8 @@ pub struct Agent {
     subscribers: Vec<Subscriber>,
     /// How long the flows that ended while the agent watched had lived, per namespace.
     lifetimes: HashMap<u32, Lifetimes>,
+    /// Those of namespaces since forgotten: the metrics' histogram must not go down.
+    lifetimes_gone: Lifetimes,
     /// Bytes per row of the last listing, text and JSON: what the next will cost.
     row_bytes: [usize; 2],
 }
@@ -154,7 +162,7 @@ impl Agent {
                 let w = Watched {
                     baseline,
                     since: started,
-                    attributed: Attributed::default(),
+                    ..Watched::default()
                 };
                 (inode, w)
             })
@@ -169,6 +177,7 @@ impl Agent {
             recent: VecDeque::new(),
             subscribers: Vec::new(),
             lifetimes: HashMap::new(),
+            lifetimes_gone: Lifetimes::default(),
             row_bytes: [0; 2],
         }
     }
@@ -190,7 +199,9 @@ impl Agent {
     /// its batch was read (one clock read per batch, not per event).
     pub fn apply(&mut self, ev: CtEvent, now: Stamp) {
         *self.totals.events.entry(ev.kind.name()).or_default() += 1;
-        self.watched(ev.netns).attributed.count(&ev);
+        let watched = self.watched(ev.netns);
+        watched.attributed.count(&ev);
+        watched.counts.count(&ev);
         if let Some((key, row)) = self.table.apply(&ev, Stamp::of_wall(ev.ts, now))
             && row.birth_known
         {
@@ -225,6 +236,11 @@ impl Agent {
         for r in records {
             if let Record::Lost(l) = &r {
                 self.totals.lost += l.count;
+                *self
+                    .totals
+                    .lost_by_kind
+                    .entry(l.lost_kind.name())
+                    .or_default() += l.count;
             }
             self.publish(&r);
             self.remember(r);
@@ -252,7 +268,37 @@ impl Agent {
     pub fn forget(&mut self, netns: u32) {
         self.table.forget(netns);
         self.watched.remove(&netns);
-        self.lifetimes.remove(&netns);
+        if let Some(l) = self.lifetimes.remove(&netns) {
+            self.lifetimes_gone.merge(&l);
+        }
+    }
+
+    /// What the metrics endpoint serves, copied: small maps per namespace, so the loop
+    /// spends microseconds per namespace on it.
+    pub fn metrics(&self) -> Snapshot {
+        let mut lifetimes = self.lifetimes_gone.clone();
+        for l in self.lifetimes.values() {
+            lifetimes.merge(l);
+        }
+        let namespaces = self
+            .watched
+            .iter()
+            .map(|(&netns, w)| NsSnapshot {
+                netns,
+                baseline: w.baseline,
+                attributed: w.attributed.clone(),
+                counts: w.counts.clone(),
+            })
+            .collect();
+        Snapshot {
+            tier: self.tier,
+            namespaces,
+            lifetimes,
+            lost: self.totals.lost_by_kind.clone(),
+            reseeds: self.totals.reseeds,
+            dumps: self.totals.dumps,
+            subscriber_drops: self.totals.subscriber_drops,
+        }
     }
 
     /// Namespaces the agent knows.

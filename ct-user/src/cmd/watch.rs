@@ -14,6 +14,7 @@ use crate::{
     agent::{
         client,
         dumps::Dumps,
+        http::{self, Asks},
         outbox::Budget,
         protocol::{Request, socket_path},
         server::Server,
@@ -59,6 +60,10 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     let bpf = check_caps(args)?;
     let budget = Budget::new(usize::from(args.answer_budget_mib) << 20);
     let mut server = Server::bind(&path, budget)?;
+    let mut metrics = match args.metrics {
+        Some(addr) => http::serve(addr)?,
+        None => Asks::none(),
+    };
     // Before the probes: increments up to here are not the agent's to explain.
     let baselines = baselines().await;
     let probes = if bpf { attach(args)? } else { None };
@@ -105,6 +110,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
                 }
             }
             Some(inc) = server.next() => agent.answer(inc).await,
+            Some(ask) = metrics.next() => ask.answer(agent.metrics()),
             _ = tend.tick() => agent.tend_subscribers(),
             () = until(next_round) => {
                 next_round = None;
@@ -244,9 +250,13 @@ fn announce(
         Tier::Ctnetlink => "ctnetlink events of its own namespace, dumps for the others",
         t => t.label(),
     };
+    let metrics = args
+        .metrics
+        .map(|a| format!(", metrics on http://{a}/metrics"))
+        .unwrap_or_default();
     eprintln!(
-        "ctscope: watching (tier {}: {how}; agent on {}, {} entries in {} namespaces), \
-         Ctrl-C to stop",
+        "ctscope: watching (tier {}: {how}; agent on {}{metrics}, {} entries in {} \
+         namespaces), Ctrl-C to stop",
         tier.number(),
         path.display(),
         agent.table.len(),

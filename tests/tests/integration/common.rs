@@ -8,7 +8,7 @@ use ctscope_tests::{
     ctscope::{self, Events, EventsOpts, Probe},
     events,
     netns::{self, Netns, Pair},
-    nft, wait,
+    nft, prometheus, wait,
 };
 use serde_json::Value;
 
@@ -72,6 +72,8 @@ pub enum Needs {
     Setpriv,
     /// Tier 2 and `setpriv`.
     Tier2Setpriv,
+    /// Tier 2, and Debian's `prometheus` and `promtool` on PATH (not in the VMs).
+    Tier2Prometheus,
 }
 
 /// The tier this kernel must reach (see [`Env::required`]).
@@ -134,6 +136,8 @@ impl Env {
             Needs::Tier2 => tier <= 2,
             // Setpriv trials need a tool the VMs may lack; they skip with the reason.
             Needs::Redundant(_) | Needs::Setpriv | Needs::Tier2Setpriv => false,
+            // The host stage has it (`cargo xtask setup`); the VMs' initramfs does not.
+            Needs::Tier2Prometheus => tier <= 2 && std::env::var_os("CTSCOPE_VM_KERNEL").is_none(),
         };
         covered.then_some(tier)
     }
@@ -159,13 +163,20 @@ impl Env {
         {
             return Some(why);
         }
+        if matches!(needs, Needs::Tier2Prometheus)
+            && let Some(why) = prometheus::missing()
+        {
+            return Some(why);
+        }
         match (needs, &self.probe) {
             (Needs::Tier1, Err(e)) => Some(format!("needs tier 1, but the probe failed: {e}")),
             (Needs::Tier1, Ok(p)) => p.tier1_missing(),
-            (Needs::Tier2 | Needs::Tier2Setpriv, Err(e)) => {
+            (Needs::Tier2 | Needs::Tier2Setpriv | Needs::Tier2Prometheus, Err(e)) => {
                 Some(format!("needs tier 2, but the probe failed: {e}"))
             }
-            (Needs::Tier2 | Needs::Tier2Setpriv, Ok(p)) => p.tier_missing(2),
+            (Needs::Tier2 | Needs::Tier2Setpriv | Needs::Tier2Prometheus, Ok(p)) => {
+                p.tier_missing(2)
+            }
             _ => None,
         }
     }
