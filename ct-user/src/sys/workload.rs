@@ -51,7 +51,7 @@ impl Workload {
             .and_then(|pid| fs::read_to_string(format!("/proc/{pid}/cgroup")).ok())
             .unwrap_or_default();
         Workload {
-            host: inode == INIT_NET_INODE,
+            host: is_initial(inode),
             ..Self::of_cgroup(&cgroup)
         }
     }
@@ -78,10 +78,18 @@ impl Workload {
     }
 }
 
-/// The initial network namespace's inode, fixed since Linux 3.8 (`PROC_NET_INIT_INO` in
-/// include/linux/proc_ns.h). PID 1's namespace would say the same, but sandboxes and
-/// containers often forbid reading /proc/1/ns.
-const INIT_NET_INODE: u32 = 0xEFFF_FFF9;
+/// Whether `inode` is the kernel's initial network namespace: PID 1's, where /proc/1/ns
+/// can be read (sandboxes forbid it), else the inode recent kernels give the initial
+/// namespace for good (`PROC_NET_INIT_INO`; older ones number it like any other, as
+/// Debian 12's 6.1 does).
+fn is_initial(inode: u32) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    const PROC_NET_INIT_INO: u32 = 0xEFFF_FFF9;
+    match fs::metadata("/proc/1/ns/net") {
+        Ok(m) => m.ino() == u64::from(inode),
+        Err(_) => inode == PROC_NET_INIT_INO,
+    }
+}
 
 /// `kubepods-burstable-pod<uid>.slice` or `pod<uid>`.
 fn pod_uid(part: &str) -> Option<String> {
