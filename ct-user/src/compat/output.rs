@@ -145,7 +145,16 @@ fn save(e: &Entry, op: &str) -> String {
                 e.orig.icmp_id.unwrap_or(0)
             );
         }
-        proto::GRE => s.push_str("-p gre "),
+        proto::GRE => {
+            let _ = write!(
+                s,
+                "-p gre --srckey {} --dstkey {} --reply-key-src {} --reply-key-dst {} ",
+                e.orig.src_port.unwrap_or(0),
+                e.orig.dst_port.unwrap_or(0),
+                e.reply.src_port.unwrap_or(0),
+                e.reply.dst_port.unwrap_or(0)
+            );
+        }
         other => {
             let _ = write!(s, "-p {other} ");
         }

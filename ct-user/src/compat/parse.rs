@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeSet, net::IpAddr};
 
-use ct_netlink::{Family, Status, TcpState, proto};
+use ct_netlink::{DccpState, Family, SctpState, Status, TcpState, proto};
 
 use super::{Fail, labels::LabelMap};
 
@@ -206,6 +206,26 @@ const fn o(long: &'static str, short: Option<char>, arg: HasArg, key: Key) -> Op
 
 use HasArg::{No, Optional as Opt, Required as Req};
 
+/// conntrack 1.4.7's getopt string: which short options take an argument (`:`) or an
+/// optional one (`::`). It differs from the long table for `-i` (required here).
+const GETOPT: &str =
+    ":L::I::U::D::G::E::F::A::hVs:d:r:q:p:t:u:e:a:z[:]:{:}:m:i:f:o:n::g::c:b:C::Sj::w:l:<:>::(:):";
+
+/// How short option `c` takes its argument, from [`GETOPT`].
+fn short_arg(c: char) -> HasArg {
+    let Some(at) = GETOPT[1..].find(c) else {
+        return HasArg::No;
+    };
+    let rest = &GETOPT[1 + at + c.len_utf8()..];
+    if rest.starts_with("::") {
+        HasArg::Optional
+    } else if rest.starts_with(':') {
+        HasArg::Required
+    } else {
+        HasArg::No
+    }
+}
+
 /// conntrack's `original_opts` with the short letters of its getopt string.
 const OPTS: &[OptDef] = &[
     o("dump", Some('L'), Opt, Key::Command('L')),
@@ -231,10 +251,10 @@ const OPTS: &[OptDef] = &[
     o("status", Some('u'), Req, Key::Opt('u')),
     o("zero", Some('z'), No, Key::Opt('z')),
     o("event-mask", Some('e'), Req, Key::Opt('e')),
-    o("tuple-src", None, Req, Key::Opt('[')),
-    o("tuple-dst", None, Req, Key::Opt(']')),
-    o("mask-src", None, Req, Key::Opt('{')),
-    o("mask-dst", None, Req, Key::Opt('}')),
+    o("tuple-src", Some('['), Req, Key::Opt('[')),
+    o("tuple-dst", Some(']'), Req, Key::Opt(']')),
+    o("mask-src", Some('{'), Req, Key::Opt('{')),
+    o("mask-dst", Some('}'), Req, Key::Opt('}')),
     o("nat-range", Some('a'), Req, Key::Opt('a')),
     o("mark", Some('m'), Req, Key::Opt('m')),
     o("secmark", Some('c'), Req, Key::Opt('c')),
@@ -247,24 +267,35 @@ const OPTS: &[OptDef] = &[
     o("any-nat", Some('j'), Opt, Key::Opt('j')),
     o("zone", Some('w'), Req, Key::Opt('w')),
     o("label", Some('l'), Req, Key::Opt('l')),
-    o("label-add", None, Req, Key::Opt('<')),
-    o("label-del", None, Opt, Key::Opt('>')),
-    o("orig-zone", None, Req, Key::Opt('(')),
-    o("reply-zone", None, Req, Key::Opt(')')),
+    o("label-add", Some('<'), Req, Key::Opt('<')),
+    o("label-del", Some('>'), Opt, Key::Opt('>')),
+    o("orig-zone", Some('('), Req, Key::Opt('(')),
+    o("reply-zone", Some(')'), Req, Key::Opt(')')),
     o("netns", None, Req, Key::Netns),
 ];
 
 /// A protocol's options (conntrack's extensions/libct_proto_*.c).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProtoKind {
-    /// TCP, UDP, UDP-Lite, SCTP, DCCP: ports (and a state for TCP, SCTP, DCCP).
-    Ports {
-        state: bool,
-    },
+    /// TCP, UDP, UDP-Lite, SCTP, DCCP: ports, and per protocol a state, SCTP's
+    /// verification tags or DCCP's role.
+    Ports(PortProto),
+    /// GRE: keys, carried in the tuple's port fields.
+    Gre,
     Icmp,
     Icmpv6,
-    /// Protocols without options (GRE keys are not supported).
+    /// Protocols without options.
     Other,
+}
+
+/// Which port protocol: they differ in the options past the ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortProto {
+    Tcp,
+    /// UDP and UDP-Lite: no state.
+    Udp,
+    Sctp,
+    Dccp,
 }
 
 /// Port protocols: option names by index (long, is-alias-of).
@@ -281,7 +312,12 @@ const PORT_OPTS: &[(&str, usize)] = &[
     ("sport", 0),
     ("dport", 1),
 ];
-/// Names of the port options in error messages (conntrack's tcp_optflags).
+/// Index of the first option past the common port ones (SCTP's vtags, DCCP's role).
+pub const PORT_EXTRA: usize = 9;
+const SCTP_OPTS: &[(&str, usize)] = &[("orig-vtag", 9), ("reply-vtag", 10)];
+const DCCP_OPTS: &[(&str, usize)] = &[("role", 9)];
+/// Names of the port options in error messages (conntrack's tcp_optflags; SCTP and
+/// DCCP add their [`SCTP_OPTS`] and [`DCCP_OPTS`] names after them).
 const PORT_NAMES: [&str; 9] = [
     "sport",
     "dport",
@@ -293,14 +329,40 @@ const PORT_NAMES: [&str; 9] = [
     "tuple-port-src",
     "tuple-port-dst",
 ];
+/// GRE's options (libct_proto_gre.c): long name, option index.
+const GRE_OPTS: &[(&str, usize)] = &[
+    ("orig-key-src", 0),
+    ("srckey", 0),
+    ("orig-key-dst", 1),
+    ("dstkey", 1),
+    ("reply-key-src", 2),
+    ("reply-key-dst", 3),
+    ("mask-key-src", 4),
+    ("mask-key-dst", 5),
+    ("tuple-key-src", 6),
+    ("tuple-key-dst", 7),
+];
+const GRE_NAMES: [&str; 8] = [
+    "srckey",
+    "dstkey",
+    "reply-key-src",
+    "reply-key-dst",
+    "mask-key-src",
+    "mask-key-dst",
+    "tuple-key-src",
+    "tuple-key-dst",
+];
 const ICMP_NAMES: [&str; 3] = ["icmp-type", "icmp-code", "icmp-id"];
 const ICMPV6_NAMES: [&str; 3] = ["icmpv6-type", "icmpv6-code", "icmpv6-id"];
 
 impl ProtoKind {
     pub fn of(num: u8) -> Self {
         match num {
-            proto::TCP | proto::SCTP | proto::DCCP => ProtoKind::Ports { state: true },
-            proto::UDP | proto::UDPLITE => ProtoKind::Ports { state: false },
+            proto::TCP => ProtoKind::Ports(PortProto::Tcp),
+            proto::UDP | proto::UDPLITE => ProtoKind::Ports(PortProto::Udp),
+            proto::SCTP => ProtoKind::Ports(PortProto::Sctp),
+            proto::DCCP => ProtoKind::Ports(PortProto::Dccp),
+            proto::GRE => ProtoKind::Gre,
             proto::ICMP => ProtoKind::Icmp,
             proto::ICMPV6 => ProtoKind::Icmpv6,
             _ => ProtoKind::Other,
@@ -310,42 +372,92 @@ impl ProtoKind {
     /// (long name, option index) pairs this protocol adds.
     fn long_opts(self) -> Vec<(&'static str, usize)> {
         match self {
-            ProtoKind::Ports { state } => PORT_OPTS
-                .iter()
-                .copied()
-                .filter(|(_, i)| state || *i != 6)
-                .collect(),
+            ProtoKind::Ports(pp) => {
+                let extra = match pp {
+                    PortProto::Sctp => SCTP_OPTS,
+                    PortProto::Dccp => DCCP_OPTS,
+                    PortProto::Tcp | PortProto::Udp => &[],
+                };
+                PORT_OPTS
+                    .iter()
+                    .copied()
+                    .filter(|(_, i)| pp != PortProto::Udp || *i != 6)
+                    .chain(extra.iter().copied())
+                    .collect()
+            }
+            ProtoKind::Gre => GRE_OPTS.to_vec(),
             ProtoKind::Icmp => ICMP_NAMES.iter().copied().zip(0..).collect(),
             ProtoKind::Icmpv6 => ICMPV6_NAMES.iter().copied().zip(0..).collect(),
             ProtoKind::Other => Vec::new(),
         }
     }
 
-    fn names(self) -> &'static [&'static str] {
-        match self {
-            ProtoKind::Ports { .. } => &PORT_NAMES,
-            ProtoKind::Icmp => &ICMP_NAMES,
-            ProtoKind::Icmpv6 => &ICMPV6_NAMES,
-            ProtoKind::Other => &[],
-        }
+    fn names(self) -> Vec<&'static str> {
+        let extra = |opts: &[(&'static str, usize)]| opts.iter().map(|(n, _)| *n).collect();
+        let (base, extra): (&[&str], Vec<&str>) = match self {
+            ProtoKind::Ports(PortProto::Sctp) => (&PORT_NAMES, extra(SCTP_OPTS)),
+            ProtoKind::Ports(PortProto::Dccp) => (&PORT_NAMES, extra(DCCP_OPTS)),
+            ProtoKind::Ports(_) => (&PORT_NAMES, Vec::new()),
+            ProtoKind::Gre => (&GRE_NAMES, Vec::new()),
+            ProtoKind::Icmp => (&ICMP_NAMES, Vec::new()),
+            ProtoKind::Icmpv6 => (&ICMPV6_NAMES, Vec::new()),
+            ProtoKind::Other => (&[], Vec::new()),
+        };
+        base.iter().copied().chain(extra).collect()
     }
 
     /// The protocol's own commands_v_options row for `cmd` (0/1/2/3 as above).
     fn legal(self, cmd: Cmd) -> Vec<u8> {
-        let mut row: Vec<u8> = match (self, cmd) {
-            (ProtoKind::Ports { .. }, Cmd::Create | Cmd::Add) => vec![3, 3, 3, 3, 0, 0, 1, 0, 0],
-            (ProtoKind::Ports { .. }, Cmd::Get) => vec![3, 3, 3, 3, 0, 0, 2, 0, 0],
-            (ProtoKind::Ports { .. }, Cmd::ExpCreate) => vec![1, 1, 1, 1, 1, 1, 0, 1, 1],
-            (ProtoKind::Ports { .. }, _) => vec![2, 2, 2, 2, 0, 0, 2, 0, 0],
-            (ProtoKind::Icmp | ProtoKind::Icmpv6, Cmd::Create | Cmd::Add) => vec![1, 1, 2],
-            (ProtoKind::Icmp | ProtoKind::Icmpv6, _) => vec![2, 2, 2],
-            (ProtoKind::Other, _) => vec![],
-        };
-        // UDP and UDP-Lite have no --state.
-        if self == (ProtoKind::Ports { state: false }) {
-            row[6] = 0;
+        let create = matches!(cmd, Cmd::Create | Cmd::Add);
+        match self {
+            ProtoKind::Ports(pp) => {
+                let mut row: Vec<u8> = match cmd {
+                    _ if create => vec![3, 3, 3, 3, 0, 0, 1, 0, 0],
+                    Cmd::Get => vec![3, 3, 3, 3, 0, 0, 2, 0, 0],
+                    Cmd::ExpCreate => vec![1, 1, 1, 1, 1, 1, 0, 1, 1],
+                    Cmd::ExpDelete | Cmd::ExpGet => vec![1, 1, 1, 1, 0, 0, 0, 0, 0],
+                    _ => vec![2, 2, 2, 2, 0, 0, 2, 0, 0],
+                };
+                // SCTP's vtags are compulsory on creation, optional on -U and -G;
+                // DCCP's role is compulsory on creation only.
+                match pp {
+                    PortProto::Udp => row[6] = 0,
+                    PortProto::Tcp => {}
+                    PortProto::Sctp => row.extend(match cmd {
+                        _ if create => [1, 1],
+                        Cmd::Update | Cmd::Get => [2, 2],
+                        Cmd::ExpCreate => [1, 1],
+                        _ => [0, 0],
+                    }),
+                    PortProto::Dccp => row.push(match cmd {
+                        _ if create => 1,
+                        Cmd::ExpCreate => 1,
+                        _ => 0,
+                    }),
+                }
+                row
+            }
+            ProtoKind::Gre => match cmd {
+                _ if create => vec![3, 3, 3, 3, 0, 0, 0, 0],
+                Cmd::Get => vec![3, 3, 3, 3, 0, 0, 0, 0],
+                Cmd::ExpCreate => vec![1; 8],
+                Cmd::ExpDelete | Cmd::ExpGet => vec![1, 1, 1, 1, 0, 0, 0, 0],
+                _ => vec![2, 2, 2, 2, 0, 0, 0, 0],
+            },
+            ProtoKind::Icmp | ProtoKind::Icmpv6 if create => vec![1, 1, 2],
+            ProtoKind::Icmp | ProtoKind::Icmpv6 => vec![2, 2, 2],
+            ProtoKind::Other => vec![],
         }
-        row
+    }
+
+    /// conntrack's message when only one of a tuple's two port-like options is given.
+    fn partial_message(self, reply: bool) -> &'static str {
+        match (self, reply) {
+            (ProtoKind::Gre, false) => "you have to specify `--srckey' and `--dstkey'",
+            (ProtoKind::Gre, true) => "you have to specify `--reply-src-key' and `--reply-dst-key'",
+            (_, false) => "you have to specify `--sport' and `--dport'",
+            (_, true) => "you have to specify `--reply-src-port' and `--reply-dst-port'",
+        }
     }
 }
 
@@ -356,7 +468,15 @@ pub struct L4 {
     pub dport: Option<u16>,
     pub reply_sport: Option<u16>,
     pub reply_dport: Option<u16>,
+    /// `--state` of TCP.
     pub state: Option<u8>,
+    /// `--state` of SCTP and DCCP (their own numbering).
+    pub sctp_state: Option<u8>,
+    pub dccp_state: Option<u8>,
+    /// SCTP's `--orig-vtag` / `--reply-vtag`, DCCP's `--role`.
+    pub vtag_orig: Option<u32>,
+    pub vtag_reply: Option<u32>,
+    pub dccp_role: Option<u8>,
     pub icmp_type: Option<u8>,
     pub icmp_code: Option<u8>,
     pub icmp_id: Option<u16>,
@@ -404,6 +524,8 @@ pub struct Parsed {
     pub options: u32,
     pub family: Option<Family>,
     pub proto: Option<u8>,
+    /// The protocol's option handler (`Other` for a name from /etc/protocols).
+    pub proto_kind: Option<ProtoKind>,
     pub orig_src: Option<AddrArg>,
     pub orig_dst: Option<AddrArg>,
     /// The netmasks of -s/-d: from `-s ADDR/BITS` or `--mask-src MASK`, whichever came
@@ -454,9 +576,14 @@ fn param(msg: impl Into<String>) -> Fail {
     Fail::Param(msg.into())
 }
 
-/// C's strtoul(s, NULL, 0) truncated to 32 bits: leading digits, 0x hex, 0 octal.
+/// C's strtoul(s, NULL, 0): leading digits, 0x hex, 0 octal; a leading `-` negates
+/// (modulo 2^64, so `-1` is all ones, as in C).
 fn strtoul(s: &str) -> u64 {
     let s = s.trim_start();
+    let (neg, s) = match s.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
     let (radix, digits) = if let Some(h) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
         (16, h)
     } else if s.len() > 1 && s.starts_with('0') {
@@ -467,7 +594,12 @@ fn strtoul(s: &str) -> u64 {
     let end = digits
         .find(|c: char| !c.is_digit(radix))
         .unwrap_or(digits.len());
-    u64::from_str_radix(&digits[..end], radix).unwrap_or(0)
+    // Past the range C saturates to ULONG_MAX.
+    let v = match &digits[..end] {
+        "" => 0,
+        d => u64::from_str_radix(d, radix).unwrap_or(u64::MAX),
+    };
+    if neg { v.wrapping_neg() } else { v }
 }
 
 /// C's atoi/atol: optional sign and leading decimal digits, 0 otherwise.
@@ -520,8 +652,25 @@ pub fn parse_inet(s: &str) -> Option<IpAddr> {
     s.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::from)
 }
 
-/// A protocol by name (conntrack's own, /etc/protocols) or number.
-fn find_proto(name: &str) -> Option<u8> {
+/// A protocol by name (conntrack's own, /etc/protocols) or number, with the
+/// handler conntrack's findproto picks: a name from /etc/protocols gets the
+/// "unknown" handler (no options), even for a protocol conntrack knows by another
+/// name (`ipv6-icmp`).
+fn find_proto(name: &str) -> Option<(u8, ProtoKind)> {
+    let num = find_proto_num(name)?;
+    let by_handler = proto::name(num).eq_ignore_ascii_case(name)
+        || name.chars().next().is_some_and(|c| c.is_ascii_digit());
+    Some((
+        num,
+        if by_handler {
+            ProtoKind::of(num)
+        } else {
+            ProtoKind::Other
+        },
+    ))
+}
+
+fn find_proto_num(name: &str) -> Option<u8> {
     let known = [
         proto::TCP,
         proto::UDP,
@@ -916,7 +1065,7 @@ impl Scanner<'_> {
         let Some(def) = OPTS.iter().find(|d| d.short == Some(c)) else {
             return Err(param(format!("unknown option `{arg}'")));
         };
-        let value = match def.arg {
+        let value = match short_arg(c) {
             HasArg::No => {
                 if !rest.is_empty() {
                     self.cluster = Some((arg_i, after));
@@ -939,7 +1088,19 @@ impl Scanner<'_> {
 
 /// Parses conntrack's argument list (without the program name).
 pub fn parse(args: &[String]) -> Result<Parsed, Fail> {
+    let (p, result) = parse_partial(args);
+    result.map(|()| p)
+}
+
+/// Parses as far as it goes: what was parsed (with the warnings conntrack would have
+/// printed on the way, also before a failure) and whether it failed.
+pub fn parse_partial(args: &[String]) -> (Parsed, Result<(), Fail>) {
     let mut p = Parsed::default();
+    let result = parse_into(&mut p, args);
+    (p, result)
+}
+
+fn parse_into(p: &mut Parsed, args: &[String]) -> Result<(), Fail> {
     let mut sc = Scanner {
         args,
         idx: 0,
@@ -968,12 +1129,11 @@ pub fn parse(args: &[String]) -> Result<Parsed, Fail> {
                 p.cmd = Some(cmd);
                 p.table = table;
             }
-            Key::Opt(c) => parse_opt(&mut p, &mut sc, c, &v, value.is_some(), &mut proto_kind)?,
-            Key::Proto(i) => parse_proto_opt(&mut p, proto_kind, i, &v)?,
+            Key::Opt(c) => parse_opt(p, &mut sc, c, &v, value.is_some(), &mut proto_kind)?,
+            Key::Proto(i) => parse_proto_opt(p, proto_kind, i, &v)?,
         }
     }
-    check(&mut p, proto_kind)?;
-    Ok(p)
+    check(p, proto_kind)
 }
 
 fn parse_opt(
@@ -1021,11 +1181,12 @@ fn parse_opt(
         }
         'p' => {
             p.options |= opt::PROTO;
-            let Some(num) = find_proto(v) else {
+            let Some((num, kind)) = find_proto(v) else {
                 return Err(param(format!("`{v}' unsupported protocol")));
             };
             p.proto = Some(num);
-            *proto_kind = Some(ProtoKind::of(num));
+            p.proto_kind = Some(kind);
+            *proto_kind = Some(kind);
         }
         't' => {
             p.options |= opt::TIMEOUT;
@@ -1161,10 +1322,16 @@ fn parse_opt(
             };
             set.get_or_insert_with(BTreeSet::new).extend(bits);
         }
+        // Expectation tuples: only `-I expect` allows them, which ctscope refuses
+        // later; the address is still checked here, as conntrack does.
         '[' | ']' => {
-            return Err(Fail::Unsupported(
-                "expectation tuples (--tuple-src/dst)".into(),
-            ));
+            let (bit, long) = if c == '[' {
+                (opt::EXP_SRC, "tuple-src")
+            } else {
+                (opt::EXP_DST, "tuple-dst")
+            };
+            p.options |= bit;
+            parse_addr_opt(long, v, true, &mut p.family)?;
         }
         _ => return Err(param(format!("unknown option `-{c}'"))),
     }
@@ -1187,37 +1354,78 @@ fn parse_proto_opt(p: &mut Parsed, kind: Option<ProtoKind>, i: usize, v: &str) -
     p.l4_options |= 1 << i;
     let port = || Some(atol(v) as u16);
     match kind {
-        Some(ProtoKind::Ports { .. }) => match i {
+        Some(ProtoKind::Ports(pp)) => match i {
             0 => p.l4.sport = port(),
             1 => p.l4.dport = port(),
             2 => p.l4.reply_sport = port(),
             3 => p.l4.reply_dport = port(),
-            6 => {
-                let state = match p.proto {
-                    Some(proto::TCP) => TcpState::from_name(v).filter(|s| s.name() == v),
-                    _ => None,
-                };
-                match state {
-                    Some(s) if s.0 < 10 => p.l4.state = Some(s.0),
-                    _ if p.proto == Some(proto::TCP) => {
-                        return Err(param(format!("unknown TCP state `{v}'")));
-                    }
-                    _ => {
-                        return Err(Fail::Unsupported("--state for SCTP and DCCP".into()));
-                    }
-                }
-            }
-            _ => {
-                return Err(Fail::Unsupported(
-                    "expectation port options (--mask-port-*, --tuple-port-*)".into(),
-                ));
-            }
+            6 => parse_state(&mut p.l4, pp, v)?,
+            PORT_EXTRA.. => parse_port_extra(&mut p.l4, pp, i, v)?,
+            // Expectation mask and tuple ports: only `-I expect` allows them, which
+            // ctscope refuses later; the bit makes the other commands refuse them.
+            _ => {}
         },
+        // GRE keys are read with strtoul (0x hex allowed); mask and tuple keys only
+        // set their bit, which no conntrack command allows.
+        Some(ProtoKind::Gre) => {
+            let key = Some(strtoul(v) as u16);
+            match i {
+                0 => p.l4.sport = key,
+                1 => p.l4.dport = key,
+                2 => p.l4.reply_sport = key,
+                3 => p.l4.reply_dport = key,
+                _ => {}
+            }
+        }
         Some(ProtoKind::Icmp | ProtoKind::Icmpv6) => match i {
             0 => p.l4.icmp_type = Some(atol(v) as u8),
             1 => p.l4.icmp_code = Some(atol(v) as u8),
             _ => p.l4.icmp_id = Some(atol(v) as u16),
         },
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `--state NAME`: matched exactly, as conntrack's strcmp does. conntrack 1.4.7
+/// crashes on an unknown SCTP state; ctscope reports it like the others.
+fn parse_state(l4: &mut L4, pp: PortProto, v: &str) -> Result<(), Fail> {
+    match pp {
+        PortProto::Tcp => match TcpState::from_name(v).filter(|s| s.name() == v) {
+            Some(s) if s.0 < 10 => l4.state = Some(s.0),
+            _ => return Err(param(format!("unknown TCP state `{v}'"))),
+        },
+        // libnetfilter_conntrack names SCTP states up to SHUTDOWN_ACK_SENT only.
+        PortProto::Sctp => match SctpState::from_name(v).filter(|s| s.name() == v) {
+            Some(s) if s.0 < 8 => l4.sctp_state = Some(s.0),
+            _ => return Err(param(format!("unknown SCTP state `{v}'"))),
+        },
+        PortProto::Dccp => match DccpState::from_name(v).filter(|s| s.name() == v) {
+            Some(s) => l4.dccp_state = Some(s.0),
+            None => return Err(param(format!("Unknown DCCP state `{v}'"))),
+        },
+        // UDP has no --state option: the scanner never yields it.
+        PortProto::Udp => {}
+    }
+    Ok(())
+}
+
+/// SCTP's `--orig-vtag` / `--reply-vtag` (atoi) and DCCP's `--role` (a prefix of
+/// `client` or `server`, any case).
+fn parse_port_extra(l4: &mut L4, pp: PortProto, i: usize, v: &str) -> Result<(), Fail> {
+    match (pp, i) {
+        (PortProto::Sctp, PORT_EXTRA) => l4.vtag_orig = Some(atol(v) as u32),
+        (PortProto::Sctp, _) => l4.vtag_reply = Some(atol(v) as u32),
+        (PortProto::Dccp, _) => {
+            // DCCP_CONNTRACK_ROLE_CLIENT = 0, _SERVER = 1.
+            l4.dccp_role = Some(if prefix_ci(v, "client") {
+                0
+            } else if prefix_ci(v, "server") {
+                1
+            } else {
+                return Err(param(format!("Unknown DCCP role `{v}'")));
+            });
+        }
         _ => {}
     }
     Ok(())
@@ -1267,12 +1475,8 @@ fn check(p: &mut Parsed, kind: Option<ProtoKind>) -> Result<(), Fail> {
     {
         let row = kind.legal(cmd);
         let coupled = [0b0011, 0b1100];
-        generic_check(p.l4_options, &row, kind.names(), &coupled).fold(|partial| {
-            param(match partial {
-                1 => "you have to specify `--reply-port-src' and `--reply-port-dst'",
-                _ => "you have to specify `--sport' and `--dport'",
-            })
-        })?;
+        generic_check(p.l4_options, &row, &kind.names(), &coupled)
+            .fold(|partial| param(kind.partial_message(partial == 1)))?;
     }
     Ok(())
 }

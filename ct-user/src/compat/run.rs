@@ -107,20 +107,44 @@ pub async fn run(p: &Parsed, so: &mut CStdout) -> Result<(), Fail> {
             let version = format!("conntrack v{} (conntrack-tools)", super::VERSION);
             return stdout_line(so, &version);
         }
-        Cmd::Help => return stdout_text(so, &usage()),
-        Cmd::ExpCreate | Cmd::ExpEvent | Cmd::ExpStats => {
+        Cmd::Help => {
+            stdout_text(so, &usage())?;
+            // `-h -p PROTO` adds the protocol's options.
+            return match p.proto.filter(|_| p.options & opt::PROTO != 0) {
+                Some(num) => {
+                    let kind = p.proto_kind.unwrap_or(ProtoKind::Other);
+                    stdout_text(so, &super::proto_help::text(num, kind))
+                }
+                None => Ok(()),
+            };
+        }
+        Cmd::ExpCreate | Cmd::ExpEvent => {
             return Err(Fail::Unsupported(
-                "-I expect, -E expect and -S expect (use `ctscope expect`)".into(),
+                "-I expect and -E expect (use `ctscope expect`)".into(),
             ));
         }
         Cmd::ExpList | Cmd::ExpGet if xml(p) => {
             return Err(Fail::Unsupported("-o xml for expectations".into()));
+        }
+        Cmd::Create | Cmd::Add | Cmd::Update if sets_sctp_dccp_info(p) => {
+            return Err(Fail::Unsupported(
+                "setting SCTP or DCCP protocol info (--state, --orig-vtag, --reply-vtag, --role)"
+                    .into(),
+            ));
         }
         _ => {}
     }
     let mut ct = open(p)?;
     match cmd {
         Cmd::List => {
+            // conntrack hands `-u` to the kernel's dump filter, which refuses an
+            // empty status mask (`-u UNSET`, or only SRC_NAT/DST_NAT).
+            if p.table == TableArg::Conntrack
+                && p.options & opt::STATUS != 0
+                && p.status | p.status_mask == 0
+            {
+                return Err(Fail::Other("Operation failed: invalid parameters".into()));
+            }
             if p.table == TableArg::Conntrack
                 && p.options & opt::COMPARISON != 0
                 && p.options & opt::ZERO != 0
@@ -171,7 +195,8 @@ pub async fn run(p: &Parsed, so: &mut CStdout) -> Result<(), Fail> {
                     "Operation failed: such conntrack doesn't exist".into(),
                 ));
             };
-            if !labels_match(p, &e) {
+            // conntrack compares the labels and the id with the entry it got.
+            if !labels_match(p, &e) || !eq(p.id, e.id) {
                 return summary(p, cmd, 0);
             }
             // -G opens the XML document and never closes it, as conntrack does.
@@ -260,6 +285,17 @@ pub async fn run(p: &Parsed, so: &mut CStdout) -> Result<(), Fail> {
                 for (name, v) in c.fields() {
                     line.push_str(&format!("{name}={v} "));
                 }
+                stdout_line(so, &line)?;
+            }
+            Ok(())
+        }
+        Cmd::ExpStats => {
+            let cpus = ct.exp_stats_cpu().await.map_err(failed(cmd))?;
+            for c in cpus {
+                let line = format!(
+                    "cpu={:<4}\texpect_new={} expect_create={} expect_delete={} ",
+                    c.cpu, c.new, c.create, c.delete
+                );
                 stdout_line(so, &line)?;
             }
             Ok(())
@@ -505,7 +541,7 @@ fn tuple(p: &Parsed, src: IpAddr, dst: IpAddr, sport: Option<u16>, dport: Option
             p.l4.icmp_code.unwrap_or(0),
             p.l4.icmp_id.unwrap_or(0),
         ),
-        ProtoKind::Ports { .. } => {
+        ProtoKind::Ports(_) | ProtoKind::Gre => {
             Tuple::ports(num, src, dst, sport.unwrap_or(0), dport.unwrap_or(0))
         }
         ProtoKind::Other => {
@@ -515,6 +551,17 @@ fn tuple(p: &Parsed, src: IpAddr, dst: IpAddr, sport: Option<u16>, dport: Option
             t
         }
     }
+}
+
+/// Whether the command would send SCTP's or DCCP's protocol info, which ct-netlink
+/// does not encode.
+fn sets_sctp_dccp_info(p: &Parsed) -> bool {
+    let l4 = &p.l4;
+    l4.sctp_state.is_some()
+        || l4.dccp_state.is_some()
+        || l4.vtag_orig.is_some()
+        || l4.vtag_reply.is_some()
+        || l4.dccp_role.is_some()
 }
 
 /// -I / -A: the entry to create (reply set up from the original or the reverse).
@@ -659,13 +706,20 @@ fn nat_matches(p: &Parsed, e: &Entry) -> bool {
     }
 }
 
+/// Whether the tuple's port fields take part in filtering: libnetfilter_conntrack's
+/// comparison has no GRE keys, so conntrack's GRE key options never filter.
+fn ports_filter(e: &Entry) -> bool {
+    e.proto != proto::GRE
+}
+
 /// The tuple part of conntrack's template comparison (original direction).
 fn orig_matches(p: &Parsed, e: &Entry) -> bool {
+    let ports = ports_filter(e);
     addr_matches(p, e, p.orig_src, p.mask_src, e.orig.src)
         && addr_matches(p, e, p.orig_dst, p.mask_dst, e.orig.dst)
         && eq(p.proto, Some(e.proto))
-        && eq(p.l4.sport, e.orig.src_port)
-        && eq(p.l4.dport, e.orig.dst_port)
+        && (!ports || eq(p.l4.sport, e.orig.src_port))
+        && (!ports || eq(p.l4.dport, e.orig.dst_port))
         && eq(p.l4.icmp_type, e.orig.icmp_type)
         && eq(p.l4.icmp_code, e.orig.icmp_code)
         && eq(p.l4.icmp_id, e.orig.icmp_id)
@@ -676,8 +730,8 @@ fn reply_matches(p: &Parsed, e: &Entry) -> bool {
     eq(p.reply_src, Some(e.reply.src))
         && eq(p.reply_dst, Some(e.reply.dst))
         && eq(p.proto, Some(e.proto))
-        && eq(p.l4.reply_sport, e.reply.src_port)
-        && eq(p.l4.reply_dport, e.reply.dst_port)
+        && (!ports_filter(e) || eq(p.l4.reply_sport, e.reply.src_port))
+        && (!ports_filter(e) || eq(p.l4.reply_dport, e.reply.dst_port))
 }
 
 /// -L, -D and -E filters (conntrack's nfct_filter).
@@ -697,7 +751,13 @@ fn matches(p: &Parsed, e: &Entry) -> bool {
     };
     let state_ok =
         p.l4.state
-            .is_none_or(|s| e.tcp.as_ref().is_some_and(|t| t.state.0 == s));
+            .is_none_or(|s| e.tcp.as_ref().is_some_and(|t| t.state.0 == s))
+            && p.l4
+                .sctp_state
+                .is_none_or(|s| e.sctp.as_ref().is_some_and(|i| i.state.0 == s))
+            && p.l4
+                .dccp_state
+                .is_none_or(|s| e.dccp.as_ref().is_some_and(|i| i.state.0 == s));
     nat_matches(p, e)
         && labels_match(p, e)
         && mark_ok
@@ -708,7 +768,9 @@ fn matches(p: &Parsed, e: &Entry) -> bool {
         && eq(p.zone, Some(e.zone.unwrap_or(0)))
         && eq(p.orig_zone, Some(e.orig.zone.unwrap_or(0)))
         && eq(p.reply_zone, Some(e.reply.zone.unwrap_or(0)))
-        && eq(p.secmark, e.secmark)
+        // An entry without a secmark (a kernel without CONFIG_NF_CONNTRACK_SECMARK
+        // sends none) is not compared, as in libnetfilter_conntrack's nfct_cmp.
+        && (e.secmark.is_none() || eq(p.secmark, e.secmark))
         && eq(p.id, e.id)
 }
 
