@@ -7,11 +7,19 @@
 //! (expectation creation and events, expectation tuples, ...) fails with exit 2 and
 //! says so.
 
+mod filter;
+mod getopt;
 mod labels;
+mod legality;
+mod options;
 pub(crate) mod output;
 pub mod parse;
 mod proto_help;
+mod proto_opts;
+mod request;
 mod run;
+mod usage;
+mod values;
 
 use std::{io::Write as _, process::ExitCode};
 
