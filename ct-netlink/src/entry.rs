@@ -166,13 +166,21 @@ impl Tuple {
     }
 }
 
+/// The kernel's (and libnetfilter_conntrack's) ICMP invmap, both ways.
 fn invert_icmp_type(proto: u8, t: u8) -> u8 {
     match (proto, t) {
         (proto::ICMP, 8) => 0,
+        (proto::ICMP, 0) => 8,
         (proto::ICMP, 13) => 14,
+        (proto::ICMP, 14) => 13,
         (proto::ICMP, 15) => 16,
+        (proto::ICMP, 16) => 15,
         (proto::ICMP, 17) => 18,
+        (proto::ICMP, 18) => 17,
         (proto::ICMPV6, 128) => 129,
+        (proto::ICMPV6, 129) => 128,
+        (proto::ICMPV6, 139) => 140,
+        (proto::ICMPV6, 140) => 139,
         (proto::ICMPV6, 130) => 131,
         (_, t) => t,
     }

@@ -17,6 +17,7 @@ use crate::socket::{NFNL_SUBSYS_CTNETLINK_EXP, Reply, Request, decode_err};
 const IPCTNL_MSG_EXP_NEW: u8 = 0;
 const IPCTNL_MSG_EXP_GET: u8 = 1;
 const IPCTNL_MSG_EXP_DELETE: u8 = 2;
+const IPCTNL_MSG_EXP_GET_STATS_CPU: u8 = 3;
 // enum ctattr_expect
 const CTA_EXPECT_MASTER: u16 = 1;
 const CTA_EXPECT_TUPLE: u16 = 2;
@@ -144,6 +145,22 @@ impl Conntrack {
                 Ok(())
             })
             .await?;
+        Ok(out)
+    }
+
+    /// Per-CPU expectation counters, by CPU.
+    pub async fn exp_stats_cpu(&mut self) -> Result<Vec<crate::stats::ExpCpuStats>> {
+        let mut req = request("expect stats", IPCTNL_MSG_EXP_GET_STATS_CPU, 0);
+        req.flags = NLM_F_DUMP;
+        let mut out = Vec::new();
+        self.socket()
+            .request(&req, |r| {
+                let cpu = r.message.header.res_id;
+                out.push(crate::stats::decode_exp_cpu(cpu, crate::ops::raw_attrs(&r)));
+                Ok(())
+            })
+            .await?;
+        out.sort_by_key(|s| s.cpu);
         Ok(out)
     }
 

@@ -39,7 +39,7 @@ pub use events::{Event, EventGroups, EventKind, EventListener, ListenerOptions};
 pub use expect::{Expectation, NewExpectation};
 pub use netns::{netns_path, run_in};
 pub use ops::{Conntrack, DumpFilter, NatRange, NewEntry, Table, TupleFilter, Update};
-pub use stats::{CpuStats, GlobalStats};
+pub use stats::{CpuStats, ExpCpuStats, GlobalStats};
 
 #[cfg(test)]
 mod tests {

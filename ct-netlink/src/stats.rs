@@ -19,6 +19,10 @@ const CTA_STATS_ERROR: u16 = 12;
 const CTA_STATS_SEARCH_RESTART: u16 = 13;
 const CTA_STATS_CLASH_RESOLVE: u16 = 14;
 const CTA_STATS_CHAIN_TOOLONG: u16 = 15;
+// enum ctattr_expect_stats
+const CTA_STATS_EXP_NEW: u16 = 1;
+const CTA_STATS_EXP_CREATE: u16 = 2;
+const CTA_STATS_EXP_DELETE: u16 = 3;
 // enum ctattr_stats_global
 const CTA_STATS_GLOBAL_ENTRIES: u16 = 1;
 const CTA_STATS_GLOBAL_MAX_ENTRIES: u16 = 2;
@@ -94,6 +98,33 @@ impl CpuStats {
         }
         sums
     }
+}
+
+/// One CPU's expectation counters (`conntrack -S expect`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ExpCpuStats {
+    pub cpu: u16,
+    pub new: u32,
+    pub create: u32,
+    pub delete: u32,
+}
+
+pub(crate) fn decode_exp_cpu(cpu: u16, attrs: &[DefaultNla]) -> ExpCpuStats {
+    let mut s = ExpCpuStats {
+        cpu,
+        ..ExpCpuStats::default()
+    };
+    for nla in attrs {
+        let (kind, v) = value_u32(nla);
+        let slot = match kind {
+            CTA_STATS_EXP_NEW => &mut s.new,
+            CTA_STATS_EXP_CREATE => &mut s.create,
+            CTA_STATS_EXP_DELETE => &mut s.delete,
+            _ => continue,
+        };
+        *slot = v.unwrap_or(0);
+    }
+    s
 }
 
 /// Table-wide numbers (`IPCTNL_MSG_CT_GET_STATS`).

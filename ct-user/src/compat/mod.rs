@@ -7,10 +7,19 @@
 //! (expectation creation and events, expectation tuples, ...) fails with exit 2 and
 //! says so.
 
+mod filter;
+mod getopt;
 mod labels;
+mod legality;
+mod options;
 pub(crate) mod output;
 pub mod parse;
+mod proto_help;
+mod proto_opts;
+mod request;
 mod run;
+mod usage;
+mod values;
 
 use std::{io::Write as _, process::ExitCode};
 
@@ -96,12 +105,7 @@ pub fn main(args: &[String]) -> ExitCode {
     let result = if rest.len() > 1 && matches!(rest[0].as_str(), "-R" | "--load-file") {
         load_file(&rest[1], netns, &mut out)
     } else {
-        parse::parse(args).and_then(|p| {
-            for w in &p.warnings {
-                eprintln!("{w}");
-            }
-            runtime()?.block_on(run::run(&p, &mut out))
-        })
+        parse_warned(args).and_then(|p| runtime()?.block_on(run::run(&p, &mut out)))
     };
     let code = match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -114,6 +118,16 @@ pub fn main(args: &[String]) -> ExitCode {
     // it here, with its summary already said.
     let _ = out.flush();
     code
+}
+
+/// Parses a command line, printing conntrack's warnings on stderr as it would: also
+/// those met before a parameter problem.
+fn parse_warned(args: &[String]) -> Result<parse::Parsed, Fail> {
+    let (p, result) = parse::parse_partial(args);
+    for w in &p.warnings {
+        eprintln!("{w}");
+    }
+    result.map(|()| p)
 }
 
 /// `-R FILE` (`-` for stdin): every line is a conntrack command line; all are parsed
@@ -133,10 +147,7 @@ fn load_file(name: &str, netns: Option<String>, out: &mut CStdout) -> Result<(),
         if line.is_empty() || line.starts_with('\n') || line.starts_with('#') {
             continue;
         }
-        let mut p = parse::parse(&split_line(line))?;
-        for w in &p.warnings {
-            eprintln!("{w}");
-        }
+        let mut p = parse_warned(&split_line(line))?;
         output |= p.output;
         p.output = output;
         p.batch = true;

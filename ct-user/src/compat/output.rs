@@ -145,7 +145,16 @@ fn save(e: &Entry, op: &str) -> String {
                 e.orig.icmp_id.unwrap_or(0)
             );
         }
-        proto::GRE => s.push_str("-p gre "),
+        proto::GRE => {
+            let _ = write!(
+                s,
+                "-p gre --srckey {} --dstkey {} --reply-key-src {} --reply-key-dst {} ",
+                e.orig.src_port.unwrap_or(0),
+                e.orig.dst_port.unwrap_or(0),
+                e.reply.src_port.unwrap_or(0),
+                e.reply.dst_port.unwrap_or(0)
+            );
+        }
         other => {
             let _ = write!(s, "-p {other} ");
         }
@@ -358,9 +367,7 @@ pub fn xml_flow(
 
 /// `<when>` with the local time now.
 fn xml_when(s: &mut String) {
-    let t: libc::time_t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs()) as libc::time_t;
+    let t = crate::clock::unix_secs() as libc::time_t;
     // SAFETY: as in ctime().
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     // SAFETY: both pointers are valid for the call.

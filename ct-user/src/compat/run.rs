@@ -3,35 +3,31 @@
 
 use std::{
     io::{self, Write},
-    net::IpAddr,
     path::PathBuf,
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use ct_netlink::{
     Conntrack, DumpFilter, Entry, Event, EventGroups, EventKind, EventListener, Expectation,
-    ListenerOptions, NatRange, NewEntry, Status, Table, TcpState, Tuple, Update, proto,
+    ListenerOptions, Table,
 };
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     sys::caps::{self, Cap},
     sys::netns,
+    sys::stdout::CStdout,
 };
 
 use super::{
-    Fail, labels,
-    output::{self, is_dnat, is_dpat, is_snat, is_spat},
-    parse::{AddrArg, Cmd, NatArg, Parsed, ProtoKind, TableArg, ev, opt, out},
+    Fail,
+    filter::{check_masks, eq, labels_match, matches, update_matches},
+    labels, output,
+    parse::{Cmd, Parsed, ProtoKind, TableArg, ev, opt, out},
     prefix,
+    request::{new_entry, orig_tuple, sets_sctp_dccp_info, update_for},
+    usage::usage,
 };
-use crate::sys::stdout::CStdout;
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 /// conntrack's err2str: its own wording for some errno values per command.
 fn err2str(cmd: Cmd, e: &ct_netlink::Error) -> String {
@@ -107,204 +103,283 @@ pub async fn run(p: &Parsed, so: &mut CStdout) -> Result<(), Fail> {
             let version = format!("conntrack v{} (conntrack-tools)", super::VERSION);
             return stdout_line(so, &version);
         }
-        Cmd::Help => return stdout_text(so, &usage()),
-        Cmd::ExpCreate | Cmd::ExpEvent | Cmd::ExpStats => {
+        Cmd::Help => {
+            stdout_text(so, &usage())?;
+            // `-h -p PROTO` adds the protocol's options.
+            return match p.proto.filter(|_| p.options & opt::PROTO != 0) {
+                Some(num) => {
+                    let kind = p.proto_kind.unwrap_or(ProtoKind::Other);
+                    stdout_text(so, &super::proto_help::text(num, kind))
+                }
+                None => Ok(()),
+            };
+        }
+        Cmd::ExpCreate | Cmd::ExpEvent => {
             return Err(Fail::Unsupported(
-                "-I expect, -E expect and -S expect (use `ctscope expect`)".into(),
+                "-I expect and -E expect (use `ctscope expect`)".into(),
             ));
         }
         Cmd::ExpList | Cmd::ExpGet if xml(p) => {
             return Err(Fail::Unsupported("-o xml for expectations".into()));
         }
+        Cmd::Create | Cmd::Add | Cmd::Update if sets_sctp_dccp_info(p) => {
+            return Err(Fail::Unsupported(
+                "setting SCTP or DCCP protocol info (--state, --orig-vtag, --reply-vtag, --role)"
+                    .into(),
+            ));
+        }
         _ => {}
     }
     let mut ct = open(p)?;
     match cmd {
-        Cmd::List => {
-            if p.table == TableArg::Conntrack
-                && p.options & opt::COMPARISON != 0
-                && p.options & opt::ZERO != 0
-            {
-                return Err(Fail::Param("Can't use -z with filtering parameters".into()));
-            }
-            if p.table == TableArg::Conntrack {
-                check_masks(p)?;
-            }
-            let table = match p.table {
-                TableArg::Dying => Table::Dying,
-                TableArg::Unconfirmed => Table::Unconfirmed,
-                _ => Table::Conntrack,
-            };
-            let plain = table == Table::Conntrack;
-            let f = DumpFilter {
-                family: p.family.filter(|_| plain),
-                table,
-                mark: p.mark.filter(|_| plain),
-                zero_counters: p.options & opt::ZERO != 0,
-                ..DumpFilter::default()
-            };
-            let entries = ct.dump_filtered(&f).await.map_err(failed(cmd))?;
-            let now = now();
-            let mut counter = 0;
-            for e in entries.iter().filter(|e| matches(p, e)) {
-                if counter == 0 && xml(p) {
-                    stdout_line(so, output::XML_HEADER)?;
-                }
-                stdout_line(so, &render(p, e, now, Printer::Dump))?;
-                counter += 1;
-            }
-            // conntrack closes the document only for the main table.
-            if counter > 0 && xml(p) && plain {
-                stdout_line(so, output::XML_FOOTER)?;
-            }
-            summary(p, cmd, counter)
-        }
-        Cmd::Get => {
-            let Some(tuple) = orig_tuple(p) else {
-                return Err(Fail::Unsupported(
-                    "-G by the reply tuple alone (give -s and -d)".into(),
-                ));
-            };
-            let entry = ct.get(&tuple, None).await.map_err(failed(cmd))?;
-            let Some(e) = entry else {
-                return Err(Fail::Other(
-                    "Operation failed: such conntrack doesn't exist".into(),
-                ));
-            };
-            if !labels_match(p, &e) {
-                return summary(p, cmd, 0);
-            }
-            // -G opens the XML document and never closes it, as conntrack does.
-            if xml(p) {
-                stdout_line(so, output::XML_HEADER)?;
-            }
-            stdout_line(so, &render(p, &e, now(), Printer::Dump))?;
-            summary(p, cmd, 1)
-        }
-        Cmd::Delete => {
-            check_masks(p)?;
-            let f = DumpFilter {
-                family: p.family,
-                mark: p.mark,
-                ..DumpFilter::default()
-            };
-            let entries = ct.dump_filtered(&f).await.map_err(failed(cmd))?;
-            let now = now();
-            let mut counter = 0;
-            for e in entries.iter().filter(|e| matches(p, e)) {
-                match ct.delete_entry(e).await {
-                    Ok(()) => {}
-                    Err(ct_netlink::Error::NotFound { .. }) => continue,
-                    Err(err) => return Err(failed(cmd)(err)),
-                }
-                stdout_line(so, &render(p, e, now, Printer::Delete))?;
-                counter += 1;
-            }
-            summary(p, cmd, counter)
-        }
-        Cmd::Update => {
-            check_masks(p)?;
-            let entries = ct.dump(p.family).await.map_err(failed(cmd))?;
-            let now = now();
-            let mut counter = 0;
-            for e in entries.iter().filter(|e| update_matches(p, e)) {
-                let Some(u) = update_for(p, e) else {
-                    continue;
-                };
-                match ct.update(&u).await {
-                    Ok(()) => {}
-                    Err(ct_netlink::Error::NotFound { .. }) => continue,
-                    // conntrack 1.4.7 reports a failed update (no prefix) and goes on to
-                    // show and count the entry.
-                    Err(err) => eprintln!("Operation failed: {}", err2str(cmd, &err)),
-                }
-                match ct.get(&e.orig, e.zone).await.map_err(failed(cmd))? {
-                    Some(after) => {
-                        stdout_line(so, &render(p, &after, now, Printer::Update))?;
-                    }
-                    None => continue,
-                }
-                counter += 1;
-            }
-            summary(p, cmd, counter)
-        }
-        Cmd::Create | Cmd::Add => {
-            let n = new_entry(p)?;
-            match ct.create(&n).await {
-                Ok(()) => {}
-                // conntrack 1.4.7 leaves an existing entry as it is, reports 0 and
-                // exits 0.
-                Err(ct_netlink::Error::Exists { .. }) if cmd == Cmd::Add => {
-                    if !p.batch {
-                        eprintln!("{}0 flow entries have been added.", prefix());
-                    }
-                    return Ok(());
-                }
-                Err(e) => return Err(failed(cmd)(e)),
-            }
-            summary(p, cmd, 1)
-        }
-        Cmd::Flush => {
-            ct.flush(p.family).await.map_err(failed(cmd))?;
-            eprintln!("{}connection tracking table has been emptied.", prefix());
-            Ok(())
-        }
-        Cmd::Count => {
-            let n = ct.count().await.map_err(failed(cmd))?;
-            stdout_line(so, &n.to_string())
-        }
-        Cmd::Stats => {
-            let cpus = ct.stats_cpu().await.map_err(failed(cmd))?;
-            for c in cpus {
-                let mut line = format!("cpu={:<4}\t", c.cpu);
-                for (name, v) in c.fields() {
-                    line.push_str(&format!("{name}={v} "));
-                }
-                stdout_line(so, &line)?;
-            }
-            Ok(())
-        }
-        Cmd::ExpList => {
-            let list = ct.expectations(p.family).await.map_err(failed(cmd))?;
-            for x in &list {
-                stdout_line(so, &output::expectation(x))?;
-            }
-            summary(p, cmd, list.len())
-        }
-        Cmd::ExpCount => {
-            let list = ct.expectations(p.family).await.map_err(failed(cmd))?;
-            stdout_line(so, &list.len().to_string())
-        }
-        Cmd::ExpFlush => {
-            ct.flush_expectations(p.family).await.map_err(failed(cmd))?;
-            eprintln!("{}expectation table has been emptied.", prefix());
-            Ok(())
-        }
-        Cmd::ExpGet | Cmd::ExpDelete => {
-            let Some(tuple) = orig_tuple(p) else {
-                return Err(Fail::Param(
-                    "you have to specify `--src' and `--dst'".into(),
-                ));
-            };
-            if cmd == Cmd::ExpDelete {
-                ct.delete_expectation(&tuple).await.map_err(failed(cmd))?;
-                // conntrack counts nothing here, so it reports 0 and exits 1.
-                return summary(p, cmd, 0);
-            }
-            let found: Option<Expectation> =
-                ct.get_expectation(&tuple).await.map_err(failed(cmd))?;
-            match found {
-                Some(x) => stdout_line(so, &output::expectation(&x)),
-                None => Err(Fail::Other(
-                    "Operation failed: No such file or directory".into(),
-                )),
-            }
-        }
+        Cmd::List => list(p, cmd, &mut ct, so).await,
+        Cmd::Get => get(p, cmd, &mut ct, so).await,
+        Cmd::Delete => delete(p, cmd, &mut ct, so).await,
+        Cmd::Update => update(p, cmd, &mut ct, so).await,
+        Cmd::Create | Cmd::Add => create(p, cmd, &mut ct).await,
+        Cmd::Flush => flush(p, cmd, &mut ct).await,
+        Cmd::Count => count(cmd, &mut ct, so).await,
+        Cmd::Stats => stats(cmd, &mut ct, so).await,
+        Cmd::ExpStats => exp_stats(cmd, &mut ct, so).await,
+        Cmd::ExpList => exp_list(p, cmd, &mut ct, so).await,
+        Cmd::ExpCount => exp_count(p, cmd, &mut ct, so).await,
+        Cmd::ExpFlush => exp_flush(p, cmd, &mut ct).await,
+        Cmd::ExpGet | Cmd::ExpDelete => exp_get_or_delete(p, cmd, &mut ct, so).await,
         Cmd::Event => {
             check_masks(p)?;
             events(p, so).await
         }
         _ => Err(Fail::Unsupported(format!("{cmd:?}"))),
+    }
+}
+
+/// `-L [table]`: dump, filter as conntrack does, print.
+async fn list(p: &Parsed, cmd: Cmd, ct: &mut Conntrack, so: &mut CStdout) -> Result<(), Fail> {
+    // conntrack hands `-u` to the kernel's dump filter, which refuses an
+    // empty status mask (`-u UNSET`, or only SRC_NAT/DST_NAT).
+    if p.table == TableArg::Conntrack
+        && p.options & opt::STATUS != 0
+        && p.status | p.status_mask == 0
+    {
+        return Err(Fail::Other("Operation failed: invalid parameters".into()));
+    }
+    if p.table == TableArg::Conntrack
+        && p.options & opt::COMPARISON != 0
+        && p.options & opt::ZERO != 0
+    {
+        return Err(Fail::Param("Can't use -z with filtering parameters".into()));
+    }
+    if p.table == TableArg::Conntrack {
+        check_masks(p)?;
+    }
+    let table = match p.table {
+        TableArg::Dying => Table::Dying,
+        TableArg::Unconfirmed => Table::Unconfirmed,
+        _ => Table::Conntrack,
+    };
+    let plain = table == Table::Conntrack;
+    let f = DumpFilter {
+        family: p.family.filter(|_| plain),
+        table,
+        mark: p.mark.filter(|_| plain),
+        zero_counters: p.options & opt::ZERO != 0,
+        ..DumpFilter::default()
+    };
+    let entries = ct.dump_filtered(&f).await.map_err(failed(cmd))?;
+    let now = crate::clock::unix_secs();
+    let mut counter = 0;
+    for e in entries.iter().filter(|e| matches(p, e)) {
+        if counter == 0 && xml(p) {
+            stdout_line(so, output::XML_HEADER)?;
+        }
+        stdout_line(so, &render(p, e, now, Printer::Dump))?;
+        counter += 1;
+    }
+    // conntrack closes the document only for the main table.
+    if counter > 0 && xml(p) && plain {
+        stdout_line(so, output::XML_FOOTER)?;
+    }
+    summary(p, cmd, counter)
+}
+
+/// `-G`: one entry by its original tuple.
+async fn get(p: &Parsed, cmd: Cmd, ct: &mut Conntrack, so: &mut CStdout) -> Result<(), Fail> {
+    let Some(tuple) = orig_tuple(p) else {
+        return Err(Fail::Unsupported(
+            "-G by the reply tuple alone (give -s and -d)".into(),
+        ));
+    };
+    let entry = ct.get(&tuple, None).await.map_err(failed(cmd))?;
+    let Some(e) = entry else {
+        return Err(Fail::Other(
+            "Operation failed: such conntrack doesn't exist".into(),
+        ));
+    };
+    // conntrack compares the labels and the id with the entry it got.
+    if !labels_match(p, &e) || !eq(p.id, e.id) {
+        return summary(p, cmd, 0);
+    }
+    // -G opens the XML document and never closes it, as conntrack does.
+    if xml(p) {
+        stdout_line(so, output::XML_HEADER)?;
+    }
+    stdout_line(so, &render(p, &e, crate::clock::unix_secs(), Printer::Dump))?;
+    summary(p, cmd, 1)
+}
+
+/// `-D`: delete the entries that match, printing each.
+async fn delete(p: &Parsed, cmd: Cmd, ct: &mut Conntrack, so: &mut CStdout) -> Result<(), Fail> {
+    check_masks(p)?;
+    let f = DumpFilter {
+        family: p.family,
+        mark: p.mark,
+        ..DumpFilter::default()
+    };
+    let entries = ct.dump_filtered(&f).await.map_err(failed(cmd))?;
+    let now = crate::clock::unix_secs();
+    let mut counter = 0;
+    for e in entries.iter().filter(|e| matches(p, e)) {
+        match ct.delete_entry(e).await {
+            Ok(()) => {}
+            Err(ct_netlink::Error::NotFound { .. }) => continue,
+            Err(err) => return Err(failed(cmd)(err)),
+        }
+        stdout_line(so, &render(p, e, now, Printer::Delete))?;
+        counter += 1;
+    }
+    summary(p, cmd, counter)
+}
+
+/// `-U`: change the entries that match, printing each as it is afterwards.
+async fn update(p: &Parsed, cmd: Cmd, ct: &mut Conntrack, so: &mut CStdout) -> Result<(), Fail> {
+    check_masks(p)?;
+    let entries = ct.dump(p.family).await.map_err(failed(cmd))?;
+    let now = crate::clock::unix_secs();
+    let mut counter = 0;
+    for e in entries.iter().filter(|e| update_matches(p, e)) {
+        let Some(u) = update_for(p, e) else {
+            continue;
+        };
+        match ct.update(&u).await {
+            Ok(()) => {}
+            Err(ct_netlink::Error::NotFound { .. }) => continue,
+            // conntrack 1.4.7 reports a failed update (no prefix) and goes on to
+            // show and count the entry.
+            Err(err) => eprintln!("Operation failed: {}", err2str(cmd, &err)),
+        }
+        match ct.get(&e.orig, e.zone).await.map_err(failed(cmd))? {
+            Some(after) => {
+                stdout_line(so, &render(p, &after, now, Printer::Update))?;
+            }
+            None => continue,
+        }
+        counter += 1;
+    }
+    summary(p, cmd, counter)
+}
+
+/// `-I` / `-A`: create one entry.
+async fn create(p: &Parsed, cmd: Cmd, ct: &mut Conntrack) -> Result<(), Fail> {
+    let n = new_entry(p)?;
+    match ct.create(&n).await {
+        Ok(()) => {}
+        // conntrack 1.4.7 leaves an existing entry as it is, reports 0 and
+        // exits 0.
+        Err(ct_netlink::Error::Exists { .. }) if cmd == Cmd::Add => {
+            if !p.batch {
+                eprintln!("{}0 flow entries have been added.", prefix());
+            }
+            return Ok(());
+        }
+        Err(e) => return Err(failed(cmd)(e)),
+    }
+    summary(p, cmd, 1)
+}
+
+/// `-F`.
+async fn flush(p: &Parsed, cmd: Cmd, ct: &mut Conntrack) -> Result<(), Fail> {
+    ct.flush(p.family).await.map_err(failed(cmd))?;
+    eprintln!("{}connection tracking table has been emptied.", prefix());
+    Ok(())
+}
+
+/// `-C`.
+async fn count(cmd: Cmd, ct: &mut Conntrack, so: &mut CStdout) -> Result<(), Fail> {
+    let n = ct.count().await.map_err(failed(cmd))?;
+    stdout_line(so, &n.to_string())
+}
+
+/// `-S`: per-CPU counters.
+async fn stats(cmd: Cmd, ct: &mut Conntrack, so: &mut CStdout) -> Result<(), Fail> {
+    let cpus = ct.stats_cpu().await.map_err(failed(cmd))?;
+    for c in cpus {
+        let mut line = format!("cpu={:<4}\t", c.cpu);
+        for (name, v) in c.fields() {
+            line.push_str(&format!("{name}={v} "));
+        }
+        stdout_line(so, &line)?;
+    }
+    Ok(())
+}
+
+/// `-S expect`: per-CPU expectation counters.
+async fn exp_stats(cmd: Cmd, ct: &mut Conntrack, so: &mut CStdout) -> Result<(), Fail> {
+    let cpus = ct.exp_stats_cpu().await.map_err(failed(cmd))?;
+    for c in cpus {
+        let line = format!(
+            "cpu={:<4}\texpect_new={} expect_create={} expect_delete={} ",
+            c.cpu, c.new, c.create, c.delete
+        );
+        stdout_line(so, &line)?;
+    }
+    Ok(())
+}
+
+/// `-L expect`.
+async fn exp_list(p: &Parsed, cmd: Cmd, ct: &mut Conntrack, so: &mut CStdout) -> Result<(), Fail> {
+    let list = ct.expectations(p.family).await.map_err(failed(cmd))?;
+    for x in &list {
+        stdout_line(so, &output::expectation(x))?;
+    }
+    summary(p, cmd, list.len())
+}
+
+/// `-C expect`.
+async fn exp_count(p: &Parsed, cmd: Cmd, ct: &mut Conntrack, so: &mut CStdout) -> Result<(), Fail> {
+    let list = ct.expectations(p.family).await.map_err(failed(cmd))?;
+    stdout_line(so, &list.len().to_string())
+}
+
+/// `-F expect`.
+async fn exp_flush(p: &Parsed, cmd: Cmd, ct: &mut Conntrack) -> Result<(), Fail> {
+    ct.flush_expectations(p.family).await.map_err(failed(cmd))?;
+    eprintln!("{}expectation table has been emptied.", prefix());
+    Ok(())
+}
+
+/// `-G expect` / `-D expect`: one expectation by its tuple.
+async fn exp_get_or_delete(
+    p: &Parsed,
+    cmd: Cmd,
+    ct: &mut Conntrack,
+    so: &mut CStdout,
+) -> Result<(), Fail> {
+    let Some(tuple) = orig_tuple(p) else {
+        return Err(Fail::Param(
+            "you have to specify `--src' and `--dst'".into(),
+        ));
+    };
+    if cmd == Cmd::ExpDelete {
+        ct.delete_expectation(&tuple).await.map_err(failed(cmd))?;
+        // conntrack counts nothing here, so it reports 0 and exits 1.
+        return summary(p, cmd, 0);
+    }
+    let found: Option<Expectation> = ct.get_expectation(&tuple).await.map_err(failed(cmd))?;
+    match found {
+        Some(x) => stdout_line(so, &output::expectation(&x)),
+        None => Err(Fail::Other(
+            "Operation failed: No such file or directory".into(),
+        )),
     }
 }
 
@@ -358,15 +433,6 @@ fn render(p: &Parsed, e: &Entry, now: u64, how: Printer) -> String {
 
 fn xml(p: &Parsed) -> bool {
     p.output & (out::XML | out::SAVE) == out::XML
-}
-
-/// `-l`: the entry has every label asked for.
-fn labels_match(p: &Parsed, e: &Entry) -> bool {
-    p.label_filter.as_ref().is_none_or(|want| {
-        e.labels
-            .as_deref()
-            .is_some_and(|have| want.is_subset(&labels::bits_of(have)))
-    })
 }
 
 /// A ctnetlink socket in the namespace `--netns` names; conntrack's "Can't open handler"
@@ -463,7 +529,12 @@ async fn events(p: &Parsed, so: &mut CStdout) -> Result<(), Fail> {
                         .unwrap_or_default();
                     line.push_str(&format!("[{}.{:06}]\t", t.as_secs(), t.subsec_micros()));
                 }
-                line.push_str(&render(p, &entry, now(), Printer::Event(kind)));
+                line.push_str(&render(
+                    p,
+                    &entry,
+                    crate::clock::unix_secs(),
+                    Printer::Event(kind),
+                ));
                 // conntrack flushes each event.
                 stdout_line(so, &line)?;
                 let _ = so.flush();
@@ -487,350 +558,4 @@ async fn events(p: &Parsed, so: &mut CStdout) -> Result<(), Fail> {
     }
     eprintln!("{}{counter} flow events have been shown.", prefix());
     Ok(())
-}
-
-/// The original tuple the options describe (for -G and expectations).
-fn orig_tuple(p: &Parsed) -> Option<Tuple> {
-    let (src, dst) = (p.orig_src?.addr, p.orig_dst?.addr);
-    Some(tuple(p, src, dst, p.l4.sport, p.l4.dport))
-}
-
-fn tuple(p: &Parsed, src: IpAddr, dst: IpAddr, sport: Option<u16>, dport: Option<u16>) -> Tuple {
-    let num = p.proto.unwrap_or(0);
-    match ProtoKind::of(num) {
-        ProtoKind::Icmp | ProtoKind::Icmpv6 => Tuple::icmp(
-            src,
-            dst,
-            p.l4.icmp_type.unwrap_or(0),
-            p.l4.icmp_code.unwrap_or(0),
-            p.l4.icmp_id.unwrap_or(0),
-        ),
-        ProtoKind::Ports { .. } => {
-            Tuple::ports(num, src, dst, sport.unwrap_or(0), dport.unwrap_or(0))
-        }
-        ProtoKind::Other => {
-            let mut t = Tuple::ports(num, src, dst, 0, 0);
-            t.src_port = None;
-            t.dst_port = None;
-            t
-        }
-    }
-}
-
-/// -I / -A: the entry to create (reply set up from the original or the reverse).
-fn new_entry(p: &Parsed) -> Result<NewEntry, Fail> {
-    let orig = p
-        .orig_src
-        .zip(p.orig_dst)
-        .map(|(s, d)| tuple(p, s.addr, d.addr, p.l4.sport, p.l4.dport));
-    let reply = p
-        .reply_src
-        .zip(p.reply_dst)
-        .map(|(s, d)| tuple(p, s, d, p.l4.reply_sport, p.l4.reply_dport));
-    let (mut orig, reply) = match (orig, reply) {
-        (Some(o), r) => (o, r),
-        (None, Some(r)) => (r.inverted(), Some(r)),
-        (None, None) => {
-            return Err(Fail::Param(
-                "you have to specify `--src' and `--dst'".into(),
-            ));
-        }
-    };
-    // Directional zones go into their own tuple only (conntrack's reply set-up does
-    // not copy the original's zone).
-    let mut reply = reply.unwrap_or_else(|| orig.inverted());
-    orig.zone = p.orig_zone;
-    reply.zone = p.reply_zone;
-    let mut n = NewEntry::new(orig, p.timeout.unwrap_or(0));
-    n.reply = Some(reply);
-    n.status = (p.options & opt::STATUS != 0).then_some(p.status);
-    n.mark = p.mark.map(|(m, _)| m);
-    n.zone = p.zone;
-    n.tcp_state = p.l4.state.map(TcpState);
-    // libnetfilter_conntrack sends the NAT port only for TCP and UDP.
-    let with_port = matches!(p.proto, Some(proto::TCP | proto::UDP));
-    let range = |nat: Option<NatArg>| {
-        nat.and_then(|a| {
-            Some(NatRange {
-                addr: a.addr?,
-                port: a.port.filter(|_| with_port),
-            })
-        })
-    };
-    if p.options & opt::ADD_LABEL != 0 {
-        let bits = p.label_modify.clone().unwrap_or_default();
-        n.labels = Some(labels::bytes_of(&bits, 0));
-    }
-    n.src_nat = range(p.src_nat);
-    n.dst_nat = range(p.dst_nat);
-    Ok(n)
-}
-
-/// The masked address test of `-s ADDR/BITS` and `--mask-src`: `addr & mask == net &
-/// mask` (masks need not be contiguous).
-fn in_network(addr: IpAddr, net: IpAddr, mask: IpAddr) -> bool {
-    match (addr, net, mask) {
-        (IpAddr::V4(a), IpAddr::V4(n), IpAddr::V4(m)) => {
-            let m = u32::from(m);
-            u32::from(a) & m == u32::from(n) & m
-        }
-        (IpAddr::V6(a), IpAddr::V6(n), IpAddr::V6(m)) => {
-            let m = u128::from(m);
-            u128::from(a) & m == u128::from(n) & m
-        }
-        _ => false,
-    }
-}
-
-/// One address of the original tuple against -s/-d and their mask.
-fn addr_matches(
-    p: &Parsed,
-    e: &Entry,
-    want: Option<AddrArg>,
-    mask: Option<IpAddr>,
-    have: IpAddr,
-) -> bool {
-    match (want, mask) {
-        (Some(a), Some(m)) => p.family == Some(e.family) && in_network(have, a.addr, m),
-        (Some(a), None) => a.addr == have,
-        (None, _) => true,
-    }
-}
-
-/// conntrack's nfct_filter_init: a mask needs its address (checked when the command
-/// runs, after the option checks).
-fn check_masks(p: &Parsed) -> Result<(), Fail> {
-    if p.options & opt::MASK_SRC != 0 && p.options & opt::ORIG_SRC == 0 {
-        return Err(Fail::Param("Can't use --mask-src without --src".into()));
-    }
-    if p.options & opt::MASK_DST != 0 && p.options & opt::ORIG_DST == 0 {
-        return Err(Fail::Param("Can't use --mask-dst without --dst".into()));
-    }
-    Ok(())
-}
-
-fn eq<T: PartialEq>(want: Option<T>, have: Option<T>) -> bool {
-    want.is_none() || want == have
-}
-
-/// conntrack's filter_nat for -n/-g/-j given as filters.
-fn nat_matches(p: &Parsed, e: &Entry) -> bool {
-    let check = |nat: Option<NatArg>, addr_hit: bool, port_hit: bool, any: bool| -> bool {
-        let Some(n) = nat else { return false };
-        match (n.addr, n.port) {
-            (None, None) => any,
-            (Some(_), None) => addr_hit,
-            (None, Some(_)) => port_hit,
-            (Some(_), Some(_)) => addr_hit && port_hit,
-        }
-    };
-    let snat_arg = p.src_nat.or(p.any_nat);
-    let dnat_arg = p.dst_nat.or(p.any_nat);
-    let has_src = check(
-        snat_arg,
-        snat_arg
-            .and_then(|n| n.addr)
-            .is_some_and(|a| is_snat(e) && a == e.reply.dst),
-        snat_arg
-            .and_then(|n| n.port)
-            .is_some_and(|port| is_spat(e) && Some(port) == e.reply.dst_port),
-        is_snat(e) || is_spat(e),
-    );
-    let has_dst = check(
-        dnat_arg,
-        dnat_arg
-            .and_then(|n| n.addr)
-            .is_some_and(|a| is_dnat(e) && a == e.reply.src),
-        dnat_arg
-            .and_then(|n| n.port)
-            .is_some_and(|port| is_dpat(e) && Some(port) == e.reply.src_port),
-        is_dnat(e) || is_dpat(e),
-    );
-    if p.options & opt::ANY_NAT != 0 {
-        has_src || has_dst
-    } else if p.options & opt::SRC_NAT != 0 && p.options & opt::DST_NAT != 0 {
-        has_src && has_dst
-    } else if p.options & opt::SRC_NAT != 0 {
-        has_src
-    } else if p.options & opt::DST_NAT != 0 {
-        has_dst
-    } else {
-        true
-    }
-}
-
-/// The tuple part of conntrack's template comparison (original direction).
-fn orig_matches(p: &Parsed, e: &Entry) -> bool {
-    addr_matches(p, e, p.orig_src, p.mask_src, e.orig.src)
-        && addr_matches(p, e, p.orig_dst, p.mask_dst, e.orig.dst)
-        && eq(p.proto, Some(e.proto))
-        && eq(p.l4.sport, e.orig.src_port)
-        && eq(p.l4.dport, e.orig.dst_port)
-        && eq(p.l4.icmp_type, e.orig.icmp_type)
-        && eq(p.l4.icmp_code, e.orig.icmp_code)
-        && eq(p.l4.icmp_id, e.orig.icmp_id)
-}
-
-/// The reply-direction part.
-fn reply_matches(p: &Parsed, e: &Entry) -> bool {
-    eq(p.reply_src, Some(e.reply.src))
-        && eq(p.reply_dst, Some(e.reply.dst))
-        && eq(p.proto, Some(e.proto))
-        && eq(p.l4.reply_sport, e.reply.src_port)
-        && eq(p.l4.reply_dport, e.reply.dst_port)
-}
-
-/// -L, -D and -E filters (conntrack's nfct_filter).
-fn matches(p: &Parsed, e: &Entry) -> bool {
-    let mark_ok = p
-        .mark
-        .is_none_or(|(v, mask)| e.mark.is_some_and(|m| m & mask == v));
-    // -L also filters in the kernel on (status, mask), so negated names and UNREPLIED
-    // count there; -D and -E only require the named bits, as conntrack does.
-    let status_ok = p.options & opt::STATUS == 0 || {
-        let mask = if p.cmd == Some(Cmd::List) {
-            p.status_mask | p.status
-        } else {
-            p.status
-        };
-        e.status.0 & mask == p.status
-    };
-    let state_ok =
-        p.l4.state
-            .is_none_or(|s| e.tcp.as_ref().is_some_and(|t| t.state.0 == s));
-    nat_matches(p, e)
-        && labels_match(p, e)
-        && mark_ok
-        && orig_matches(p, e)
-        && reply_matches(p, e)
-        && status_ok
-        && state_ok
-        && eq(p.zone, Some(e.zone.unwrap_or(0)))
-        && eq(p.orig_zone, Some(e.orig.zone.unwrap_or(0)))
-        && eq(p.reply_zone, Some(e.reply.zone.unwrap_or(0)))
-        && eq(p.secmark, e.secmark)
-        && eq(p.id, e.id)
-}
-
-/// -U selects by NAT, masks, id and the tuples only (mark and status are new values).
-fn update_matches(p: &Parsed, e: &Entry) -> bool {
-    nat_matches(p, e)
-        && labels_match(p, e)
-        && eq(p.id, e.id)
-        && (p.options & (opt::ORIG_SRC | opt::ORIG_DST | opt::PROTO) == 0 || orig_matches(p, e))
-        && (p.options & (opt::REPL_SRC | opt::REPL_DST | opt::PROTO) == 0 || reply_matches(p, e))
-        && p.l4.state.is_none_or(|_| true)
-}
-
-/// The change -U makes to `e`, or None when it would change nothing (conntrack then
-/// skips the entry and does not count it).
-fn update_for(p: &Parsed, e: &Entry) -> Option<Update> {
-    let mut u = Update::new(e.orig.clone());
-    u.zone = e.zone;
-    let mut changed = false;
-    if let Some(t) = p.timeout {
-        u.timeout = Some(t);
-        changed |= e.timeout != Some(t);
-    }
-    if let Some((value, mask)) = p.mark {
-        let old = e.mark.unwrap_or(0);
-        let new = (old & !mask) ^ value;
-        u.mark = Some(new);
-        changed |= e.mark != Some(new);
-    }
-    if p.options & opt::STATUS != 0 {
-        let new = e.status.0 | p.status;
-        u.status = Some(new & !(Status::DYING));
-        changed |= new != e.status.0;
-    }
-    if let Some(s) = p.l4.state
-        && e.proto == proto::TCP
-    {
-        u.tcp_state = Some(TcpState(s));
-        changed |= e.tcp.as_ref().is_none_or(|t| t.state.0 != s);
-    }
-    if p.options & (opt::ADD_LABEL | opt::DEL_LABEL) != 0 {
-        let modify = p.label_modify.clone().unwrap_or_default();
-        let add = p.options & opt::ADD_LABEL != 0;
-        match e.labels.as_deref() {
-            // conntrack sends labels and a mask as long as the kernel's, which makes
-            // every entry with labels count as updated, even when nothing changes.
-            Some(have) => {
-                let mut bits = labels::bits_of(have);
-                if add {
-                    bits.extend(modify);
-                } else if p.label_modify.is_some() {
-                    bits.retain(|b| !modify.contains(b));
-                } else {
-                    bits.clear();
-                }
-                u.labels = Some(labels::bytes_of(&bits, have.len()));
-                changed = true;
-            }
-            None if add => {
-                u.labels = Some(labels::bytes_of(&modify, 0));
-                changed = true;
-            }
-            None => {}
-        }
-    }
-    changed.then_some(u)
-}
-
-/// conntrack -h.
-fn usage() -> String {
-    format!(
-        "Command line interface for the connection tracking system. Version {}\n\
-Usage: conntrack [commands] [options]\n\
-\n\
-Commands:\n\
-\x20 -L [table] [options]\t\tList conntrack or expectation table\n\
-\x20 -G [table] parameters\t\tGet conntrack or expectation\n\
-\x20 -D [table] parameters\t\tDelete conntrack or expectation\n\
-\x20 -I [table] parameters\t\tCreate a conntrack or expectation\n\
-\x20 -U [table] parameters\t\tUpdate a conntrack\n\
-\x20 -E [table] [options]\t\tShow events\n\
-\x20 -F [table]\t\t\tFlush table\n\
-\x20 -C [table]\t\t\tShow counter\n\
-\x20 -S\t\t\t\tShow statistics\n\
-\n\
-Tables: conntrack, expect, dying, unconfirmed\n\
-\n\
-Conntrack parameters and options:\n\
-\x20 -n, --src-nat ip\t\t\tsource NAT ip\n\
-\x20 -g, --dst-nat ip\t\t\tdestination NAT ip\n\
-\x20 -j, --any-nat ip\t\t\tsource or destination NAT ip\n\
-\x20 -m, --mark mark\t\t\tSet mark\n\
-\x20 -c, --secmark secmark\t\t\tSet selinux secmark\n\
-\x20 -e, --event-mask eventmask\t\tEvent mask, eg. NEW,DESTROY\n\
-\x20 -z, --zero \t\t\t\tZero counters while listing\n\
-\x20 -o, --output type[,...]\t\tOutput format, eg. xml\n\
-\x20 -l, --label label[,...]\t\tconntrack labels\n\
-\n\
-Expectation parameters and options:\n\
-\x20 --tuple-src ip\tSource address in expect tuple\n\
-\x20 --tuple-dst ip\tDestination address in expect tuple\n\
-\n\
-Updating parameters and options:\n\
-\x20 --label-add label\tAdd label\n\
-\x20 --label-del label\tDelete label\n\
-\n\
-Common parameters and options:\n\
-\x20 -s, --src, --orig-src ip\t\tSource address from original direction\n\
-\x20 -d, --dst, --orig-dst ip\t\tDestination address from original direction\n\
-\x20 -r, --reply-src ip\t\tSource addres from reply direction\n\
-\x20 -q, --reply-dst ip\t\tDestination address from reply direction\n\
-\x20 -p, --protonum proto\t\tLayer 4 Protocol, eg. 'tcp'\n\
-\x20 -f, --family proto\t\tLayer 3 Protocol, eg. 'ipv6'\n\
-\x20 -t, --timeout timeout\t\tSet timeout\n\
-\x20 -u, --status status\t\tSet status, eg. ASSURED\n\
-\x20 -w, --zone value\t\tSet conntrack zone\n\
-\x20 --orig-zone value\t\tSet zone for original direction\n\
-\x20 --reply-zone value\t\tSet zone for reply direction\n\
-\x20 -b, --buffer-size\t\tNetlink socket buffer size\n\
-\x20 --mask-src ip\t\t\tSource mask address\n\
-\x20 --mask-dst ip\t\t\tDestination mask address\n\
-\n",
-        super::VERSION
-    )
 }
