@@ -6,8 +6,8 @@
 use super::{
     Fail,
     options::{HasArg, Key, OPTS, short_arg},
+    param,
     proto_opts::ProtoKind,
-    values::param,
 };
 
 /// What the option scanner found next.

@@ -2,15 +2,7 @@
 //! refuses, checked after the whole line is read (generic_opt_check), for the main
 //! options and for the protocol's own.
 
-use ct_netlink::Family;
-
-use super::{
-    Fail,
-    options::{Cmd, opt},
-    parse::Parsed,
-    proto_opts::ProtoKind,
-    values::param,
-};
+use super::{Fail, param};
 
 /// Option names in error messages, by bit.
 pub(super) const OPT_NAMES: [&str; 29] = [
@@ -71,56 +63,6 @@ pub(super) const LEGAL: [[u8; 29]; 20] = [
     /* EXP_STATS*/[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0],
     /* ADD    */ [3,3,3,3,1,1,2,0,0,0,0,0,0,2,2,0,0,2,2,0,0,0,0,2,0,2,0,2,2],
 ];
-
-/// conntrack's checks after the loop: default family, legal combinations, protocol
-/// final checks.
-pub(super) fn check(p: &mut Parsed, kind: Option<ProtoKind>) -> Result<(), Fail> {
-    if p.options & opt::ANY_NAT != 0 && p.options & (opt::SRC_NAT | opt::DST_NAT) != 0 {
-        return Err(param(
-            "cannot specify `--src-nat' or `--dst-nat' with `--any-nat'",
-        ));
-    }
-    let Some(cmd) = p.cmd else {
-        // No command: conntrack prints its usage (or complains about the options).
-        if p.options != 0 {
-            let bit = p.options.trailing_zeros() as usize;
-            return Err(param(format!(
-                "Illegal option `--{}' with this command",
-                OPT_NAMES[bit]
-            )));
-        }
-        p.cmd = Some(Cmd::Help);
-        p.no_command = true;
-        return Ok(());
-    };
-    if p.family.is_none()
-        && !matches!(
-            cmd,
-            Cmd::List | Cmd::Update | Cmd::Delete | Cmd::Get | Cmd::Flush | Cmd::Event
-        )
-    {
-        p.family = Some(Family::Ipv4);
-    }
-    // The CIDR masks are bits of their own in conntrack (set by -s ADDR/BITS); they
-    // are legal wherever -s/-d are for the commands that filter.
-    let row = &LEGAL[cmd as usize];
-    let coupled = [opt::ORIG_SRC | opt::ORIG_DST, opt::REPL_SRC | opt::REPL_DST];
-    generic_check(p.options, row, &OPT_NAMES, &coupled).fold(|partial| {
-        param(match partial {
-            1 => "you have to specify `--reply-src' and `--reply-dst'",
-            _ => "you have to specify `--src' and `--dst'",
-        })
-    })?;
-    if cmd != Cmd::Help
-        && let Some(kind) = kind
-    {
-        let row = kind.legal(cmd);
-        let coupled = [0b0011, 0b1100];
-        generic_check(p.l4_options, &row, &kind.names(), &coupled)
-            .fold(|partial| param(kind.partial_message(partial == 1)))?;
-    }
-    Ok(())
-}
 
 /// conntrack's generic_opt_check: compulsory and illegal options (the first in bit
 /// order fails), then for "3" columns an exact pair of `coupled`. `Err(Fail)` for

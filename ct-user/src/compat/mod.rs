@@ -46,6 +46,11 @@ pub enum Fail {
     Quiet,
 }
 
+/// A parameter problem (conntrack's PARAMETER_PROBLEM).
+fn param(msg: impl Into<String>) -> Fail {
+    Fail::Param(msg.into())
+}
+
 impl Fail {
     pub fn exit_code(&self) -> i32 {
         match self {

@@ -2,7 +2,7 @@
 //! the `-o`/`-e` flags, the long-option table with the short letters and argument
 //! kinds of its getopt string, and the command a letter and table word make.
 
-use super::{Fail, values::param};
+use super::{Fail, param};
 
 /// conntrack's commands, in its `CT_*`/`EXP_*` bit order (the rows of [`LEGAL`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,11 +11,12 @@ use super::{
     Fail,
     getopt::{Found, Scanner},
     labels::LabelMap,
-    legality::check,
+    legality::{FoldCheck as _, LEGAL, OPT_NAMES, generic_check},
     options::{Key, command_for, table_of},
+    param,
     proto_opts::{PORT_EXTRA, PortProto},
     values::{
-        EVENT_NAMES, OUTPUT_NAMES, atol, find_proto, param, parse_addr_opt, parse_list, parse_nat,
+        EVENT_NAMES, OUTPUT_NAMES, atol, find_proto, parse_addr_opt, parse_list, parse_nat,
         parse_status, prefix_ci, set_family, strtoul,
     },
 };
@@ -476,6 +477,56 @@ fn parse_port_extra(l4: &mut L4, pp: PortProto, i: usize, v: &str) -> Result<(),
             });
         }
         _ => {}
+    }
+    Ok(())
+}
+
+/// conntrack's checks after the loop: default family, legal combinations, protocol
+/// final checks.
+pub(super) fn check(p: &mut Parsed, kind: Option<ProtoKind>) -> Result<(), Fail> {
+    if p.options & opt::ANY_NAT != 0 && p.options & (opt::SRC_NAT | opt::DST_NAT) != 0 {
+        return Err(param(
+            "cannot specify `--src-nat' or `--dst-nat' with `--any-nat'",
+        ));
+    }
+    let Some(cmd) = p.cmd else {
+        // No command: conntrack prints its usage (or complains about the options).
+        if p.options != 0 {
+            let bit = p.options.trailing_zeros() as usize;
+            return Err(param(format!(
+                "Illegal option `--{}' with this command",
+                OPT_NAMES[bit]
+            )));
+        }
+        p.cmd = Some(Cmd::Help);
+        p.no_command = true;
+        return Ok(());
+    };
+    if p.family.is_none()
+        && !matches!(
+            cmd,
+            Cmd::List | Cmd::Update | Cmd::Delete | Cmd::Get | Cmd::Flush | Cmd::Event
+        )
+    {
+        p.family = Some(Family::Ipv4);
+    }
+    // The CIDR masks are bits of their own in conntrack (set by -s ADDR/BITS); they
+    // are legal wherever -s/-d are for the commands that filter.
+    let row = &LEGAL[cmd as usize];
+    let coupled = [opt::ORIG_SRC | opt::ORIG_DST, opt::REPL_SRC | opt::REPL_DST];
+    generic_check(p.options, row, &OPT_NAMES, &coupled).fold(|partial| {
+        param(match partial {
+            1 => "you have to specify `--reply-src' and `--reply-dst'",
+            _ => "you have to specify `--src' and `--dst'",
+        })
+    })?;
+    if cmd != Cmd::Help
+        && let Some(kind) = kind
+    {
+        let row = kind.legal(cmd);
+        let coupled = [0b0011, 0b1100];
+        generic_check(p.l4_options, &row, &kind.names(), &coupled)
+            .fold(|partial| param(kind.partial_message(partial == 1)))?;
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ use ct_netlink::{Family, Status, proto};
 use super::{
     Fail,
     options::{ev, out},
+    param,
     proto_opts::ProtoKind,
 };
 
@@ -43,11 +44,6 @@ impl AddrArg {
 pub struct NatArg {
     pub addr: Option<IpAddr>,
     pub port: Option<u16>,
-}
-
-/// A parameter problem: exit 2 with conntrack's "Try `conntrack -h'" hint.
-pub(super) fn param(msg: impl Into<String>) -> Fail {
-    Fail::Param(msg.into())
 }
 
 /// C's strtoul(s, NULL, 0): leading digits, 0x hex, 0 octal; a leading `-` negates
