@@ -58,9 +58,10 @@ enum Command {
     /// Churn soak of the agent (root): steady flows in several namespaces, namespaces created
     /// and deleted every second, ctnetlink deletes and inserts, table-full episodes, the agent
     /// killed and restarted, ring-buffer overflow. At every checkpoint (about every 10 s,
-    /// the load paused) each agent's table must equal `conntrack -L` in every namespace,
-    /// its memory and open fds stay flat after warm-up, and every lost event be counted.
-    /// Prints a table of checkpoints; exits 1 on any divergence, leak or uncounted loss.
+    /// the load paused) each agent's table must equal `conntrack -L` in every namespace;
+    /// the long-running agent's memory and open fds must stay flat after warm-up, and
+    /// every lost event must be counted. Prints a table of checkpoints; exits 1 on any
+    /// divergence, leak or uncounted loss.
     Soak(soak::Options),
 }
 
