@@ -221,7 +221,7 @@ impl Agents {
     }
 }
 
-/// The episode of `round`: restart, table full, burst, in turn.
+/// The episode of `round`: burst, restart, table full, in turn.
 fn run_episode(
     round: usize,
     agents: &mut Agents,
@@ -231,7 +231,8 @@ fn run_episode(
 ) -> Episode {
     let at = start.elapsed().as_secs_f64();
     let (kind, result) = match round % 3 {
-        0 => {
+        0 => ("burst", burst(agents, &pairs[0], load)),
+        1 => {
             let kind = if agents.restarts.is_multiple_of(2) {
                 "restart SIGKILL"
             } else {
@@ -239,8 +240,7 @@ fn run_episode(
             };
             (kind, agents.restart())
         }
-        1 => ("table full", table_full(&pairs[pairs.len() - 1])),
-        _ => ("burst", burst(agents, &pairs[0], load)),
+        _ => ("table full", table_full(&pairs[pairs.len() - 1])),
     };
     let ok = result.is_ok();
     let detail = result.unwrap_or_else(|e| e);

@@ -4,9 +4,12 @@
 
 use serde_json::{Value, json};
 
-/// Checkpoints before the leak baseline is taken: one of each episode has run by then,
-/// so the allocator has seen a burst, a full table and a restart.
-pub const WARMUP: usize = 3;
+/// Checkpoints before the leak baseline is taken, at least (and at least half of the
+/// run): two bursts, a restart and a full table have run by then. The kept agent's memory
+/// after a burst's loss storm (reseeds, dumps of 40 000 entries, events held behind them)
+/// is a high-water mark the allocator keeps: in a 12-minute run it went 31, 68, 83, 90,
+/// 94 MiB over the first 9 bursts, then back to 90 MiB for the last 5.
+pub const WARMUP: usize = 4;
 /// How much the kept agent's resident memory may grow over its warm-up maximum.
 pub const RSS_SLACK_KIB: u64 = 16 * 1024;
 /// How many more open file descriptors than at warm-up the kept agent may hold (a
@@ -98,8 +101,8 @@ impl Report {
         }
     }
 
-    /// The agent's memory and descriptors after warm-up stay within the slack of their
-    /// warm-up maximum.
+    /// The agent's memory and descriptors after warm-up (the first half of the run, at
+    /// least [`WARMUP`] checkpoints) stay within the slack of their warm-up maximum.
     fn check_flat(&mut self, name: &str) {
         let points: Vec<AgentPoint> = self
             .checkpoints
@@ -113,15 +116,16 @@ impl Report {
             ));
             return;
         }
-        let (warm, after) = points.split_at(WARMUP);
+        let (warm, after) = points.split_at(WARMUP.max(points.len() / 2));
         let rss_base = warm.iter().map(|a| a.rss_kib).max().unwrap_or(0);
         let fds_base = warm.iter().map(|a| a.fds).max().unwrap_or(0);
         let rss_max = after.iter().map(|a| a.rss_kib).max().unwrap_or(0);
         let fds_max = after.iter().map(|a| a.fds).max().unwrap_or(0);
         if rss_max > rss_base + RSS_SLACK_KIB {
             self.fail(format!(
-                "{name} agent's VmRSS grew from {rss_base} KiB (warm-up) to {rss_max} KiB, \
-                 more than {RSS_SLACK_KIB} KiB"
+                "{name} agent's VmRSS grew from {rss_base} KiB (warm-up, {} checkpoints) to \
+                 {rss_max} KiB, more than {RSS_SLACK_KIB} KiB",
+                warm.len()
             ));
         }
         if fds_max > fds_base + FD_SLACK {
@@ -232,7 +236,7 @@ impl Report {
             "passed": self.passed(),
             "failures": self.failures,
             "tolerance": {
-                "warmup_checkpoints": WARMUP, "rss_slack_kib": RSS_SLACK_KIB,
+                "min_warmup_checkpoints": WARMUP, "rss_slack_kib": RSS_SLACK_KIB,
                 "fd_slack": FD_SLACK,
             },
             "burst_losses": self.burst_losses,
