@@ -138,6 +138,11 @@ impl Agent {
 
     /// `ctscope ARGS --socket SOCKET`, required to exit 0.
     pub fn ctscope(&self, args: &[&str]) -> Output {
+        self.try_ctscope(args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `ctscope ARGS --socket SOCKET`; `Err` with its stderr unless it exits 0.
+    pub fn try_ctscope(&self, args: &[&str]) -> Result<Output, String> {
         let bin = ctscope::binary_or_panic();
         let out = Command::new(&bin)
             .args(args)
@@ -145,13 +150,14 @@ impl Agent {
             .arg(&self.socket)
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
-        assert!(
-            out.status.success(),
-            "ctscope {args:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        out
+        if !out.status.success() {
+            return Err(format!(
+                "ctscope {args:?} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(out)
     }
 
     /// Starts `ctscope ARGS --socket SOCKET` with stdout piped (e.g. `events`).
@@ -164,6 +170,24 @@ impl Agent {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()))
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// How the agent exited, if it has.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// The agent's open file descriptors (entries of /proc/PID/fd).
+    pub fn fd_count(&self) -> usize {
+        let path = format!("/proc/{}/fd", self.child.id());
+        std::fs::read_dir(&path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .count()
     }
 
     /// The agent's resident memory (VmRSS), in KiB.
@@ -238,8 +262,17 @@ impl Agent {
         );
     }
 
-    fn terminate(&mut self) -> Option<std::process::ExitStatus> {
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+    /// Sends `signal` (SIGKILL leaves its socket behind, stale) and waits for the exit.
+    pub fn signal(mut self, signal: Signal) -> Option<ExitStatus> {
+        self.send(signal)
+    }
+
+    fn terminate(&mut self) -> Option<ExitStatus> {
+        self.send(Signal::SIGTERM)
+    }
+
+    fn send(&mut self, signal: Signal) -> Option<ExitStatus> {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), signal);
         self.child.wait().ok()
     }
 }

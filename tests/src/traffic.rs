@@ -1,5 +1,5 @@
 //! Traffic between namespaces: UDP flows with chosen source ports, TCP connections that
-//! close cleanly, and the single-port SNAT clash. Sockets are created inside the
+//! close cleanly or stay open, and the single-port SNAT clash. Sockets are created inside the
 //! namespace (see [`Netns::run`]).
 
 use std::{
@@ -118,26 +118,68 @@ pub fn ports(first: u16, n: usize) -> Vec<u16> {
         .collect()
 }
 
-/// A TCP listener in the server namespace that accepts and immediately closes every
-/// connection, so the server sends the first FIN. Stopped and joined on drop.
+/// A TCP listener in a namespace, served by a thread until stopped; stopped and joined on
+/// drop (the server's panic re-raised, unless already panicking).
 #[derive(Debug)]
-pub struct TcpCloser {
+struct Served<T> {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<usize>>,
+    thread: Option<JoinHandle<T>>,
 }
 
-impl TcpCloser {
-    pub fn start(ns: &Netns, addr: SocketAddrV4) -> Self {
+impl<T: Send + 'static> Served<T> {
+    /// Binds `addr` in `ns` and runs `serve(listener, stop)` on a thread. The listener is
+    /// non-blocking so the loop can notice `stop` without a wake-up connection.
+    fn start(
+        ns: &Netns,
+        addr: SocketAddrV4,
+        serve: impl FnOnce(TcpListener, &AtomicBool) -> T + Send + 'static,
+    ) -> Self {
         let listener = ns.run(move || {
             TcpListener::bind(addr).unwrap_or_else(|e| panic!("listen TCP {addr}: {e}"))
         });
-        // Non-blocking so the loop can notice `stop` without a wake-up connection.
         listener.set_nonblocking(true).expect("set_nonblocking");
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
+        let thread = std::thread::spawn(move || serve(listener, &flag));
+        Served {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn join(&mut self) -> Option<T> {
+        self.stop.store(true, Ordering::Relaxed);
+        let thread = self.thread.take()?;
+        Some(
+            thread
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+        )
+    }
+}
+
+impl<T> Drop for Served<T> {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take()
+            && !std::thread::panicking()
+            && let Err(p) = t.join()
+        {
+            std::panic::resume_unwind(p);
+        }
+    }
+}
+
+/// A TCP listener in the server namespace that accepts and immediately closes every
+/// connection, so the server sends the first FIN. Stopped and joined on drop.
+#[derive(Debug)]
+pub struct TcpCloser(Served<usize>);
+
+impl TcpCloser {
+    pub fn start(ns: &Netns, addr: SocketAddrV4) -> Self {
+        TcpCloser(Served::start(ns, addr, move |listener, stop| {
             let mut accepted = 0;
-            while !flag.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         accepted += 1;
@@ -150,32 +192,42 @@ impl TcpCloser {
                 }
             }
             accepted
-        });
-        TcpCloser {
-            stop,
-            thread: Some(thread),
-        }
+        }))
     }
 
     /// Stops the listener and returns how many connections it accepted.
     pub fn stop(mut self) -> usize {
-        self.join()
-    }
-
-    fn join(&mut self) -> usize {
-        self.stop.store(true, Ordering::Relaxed);
-        match self.thread.take() {
-            Some(t) => t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
-            None => 0,
-        }
+        self.0.join().unwrap_or(0)
     }
 }
 
-impl Drop for TcpCloser {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            self.join();
-        }
+/// A TCP listener that keeps every connection open and reads whatever comes: long-lived
+/// ESTABLISHED entries. Stopped and joined (its connections closed) on drop.
+#[derive(Debug)]
+pub struct TcpHolder {
+    _served: Served<()>,
+}
+
+impl TcpHolder {
+    pub fn start(ns: &Netns, addr: SocketAddrV4) -> Self {
+        let served = Served::start(ns, addr, |listener, stop| {
+            let mut open: Vec<TcpStream> = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !stop.load(Ordering::Relaxed) {
+                while let Ok((stream, _)) = listener.accept() {
+                    if stream.set_nonblocking(true).is_ok() {
+                        open.push(stream);
+                    }
+                }
+                open.retain_mut(|s| match s.read(&mut buf) {
+                    Ok(0) => false,
+                    Ok(_) => true,
+                    Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+                });
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        TcpHolder { _served: served }
     }
 }
 

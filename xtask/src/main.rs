@@ -14,6 +14,7 @@ mod kernels;
 mod qemu;
 mod run;
 mod setup;
+mod soak;
 mod test;
 mod vm_run;
 mod vm_test;
@@ -47,13 +48,22 @@ enum Command {
     VmRun(vm_run::Options),
     /// Run the integration tests inside the VM kernels.
     VmTest(vm_test::Options),
-    /// Everything CI runs: fmt, clippy, unit tests, fuzzing, host and VM integration tests.
+    /// Everything CI runs: fmt, clippy, unit tests, fuzzing, host integration tests, the soak
+    /// and VM integration tests.
     Test(test::Options),
     /// Run the fuzz targets in fuzz/ (cargo-fuzz), each for a bounded time.
     Fuzz(fuzz::Options),
     /// Flood new UDP flows and compare the flow rate and the events received with no
     /// listener, with `ctscope events` and with `conntrack -E` (root).
     Bench(bench::Options),
+    /// Churn soak of the agent (root): steady flows in several namespaces, namespaces created
+    /// and deleted every second, ctnetlink deletes and inserts, table-full episodes, the agent
+    /// killed and restarted, ring-buffer overflow. At every checkpoint (about every 10 s,
+    /// the load paused) each agent's table must equal `conntrack -L` in every namespace;
+    /// the long-running agent's memory and open fds must stay flat after warm-up, and
+    /// every lost event must be counted. Prints a table of checkpoints; exits 1 on any
+    /// divergence, leak or uncounted loss.
+    Soak(soak::Options),
 }
 
 fn main() -> ExitCode {
@@ -78,5 +88,6 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Test(opts) => test::cmd(&opts),
         Command::Fuzz(opts) => fuzz::cmd(&opts),
         Command::Bench(opts) => bench::cmd(&opts),
+        Command::Soak(opts) => soak::cmd(&opts),
     }
 }

@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, ValueEnum};
 
-use crate::{cargo, cmd, fuzz, kernels::Series, setup, vm_test};
+use crate::{cargo, cmd, fuzz, kernels::Series, setup, soak, vm_test};
 
 #[derive(Args)]
 pub struct Options {
@@ -40,11 +40,14 @@ enum Stage {
     Fuzz,
     /// Integration tests on this machine's kernel, as root.
     Host,
+    /// The agent's churn soak on this machine's kernel, as root, for 2 minutes
+    /// (`cargo xtask soak --minutes 2`).
+    Soak,
     /// Integration tests inside the VM kernels.
     Vm,
 }
 
-const ORDER: [Stage; 8] = [
+const ORDER: [Stage; 9] = [
     Stage::Setup,
     Stage::Fmt,
     Stage::Clippy,
@@ -52,8 +55,13 @@ const ORDER: [Stage; 8] = [
     Stage::Unit,
     Stage::Fuzz,
     Stage::Host,
+    Stage::Soak,
     Stage::Vm,
 ];
+
+/// The `soak` stage's length: enough checkpoints for every episode and the leak checks
+/// after warm-up, a small part of CI's time budget.
+const SOAK_MINUTES: f64 = 2.0;
 
 /// Seconds per fuzz target in the `fuzz` stage: long enough to replay the seeds and
 /// crashers and explore a little, short enough for CI's time budget.
@@ -122,6 +130,10 @@ fn run_stage(opts: &Options, stage: Stage) -> Result<()> {
             targets: Vec::new(),
         }),
         Stage::Host => host_tests(),
+        Stage::Soak => soak::run(&soak::Options {
+            minutes: SOAK_MINUTES,
+            json: None,
+        }),
         Stage::Vm => vm_test::cmd(&vm_test::Options {
             kernel: opts.kernel.clone(),
             ..Default::default()
@@ -218,6 +230,7 @@ impl Stage {
             Stage::Unit => "unit",
             Stage::Fuzz => "fuzz",
             Stage::Host => "host",
+            Stage::Soak => "soak",
             Stage::Vm => "vm",
         }
     }

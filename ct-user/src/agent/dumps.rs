@@ -6,6 +6,8 @@
 use std::{
     collections::{HashMap, HashSet},
     path::PathBuf,
+    pin::Pin,
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -28,10 +30,12 @@ use crate::{
 /// well under a millisecond.
 const YIELD_EVERY: usize = 256;
 
-/// A namespace's dump, as it came back: each entry with the time it was read.
+/// A namespace's dump, as it came back: each entry with the time it was read, and the
+/// time its task was busy (polled).
 pub struct Dumped {
     netns: u32,
     entries: Result<Vec<(Entry, Stamp)>, String>,
+    busy: Duration,
 }
 
 /// Dumps in flight. Events of a namespace being dumped wait until its dump is merged,
@@ -46,7 +50,17 @@ pub struct Dumps {
     /// Asked for again while in flight (a loss during the dump): dump once more.
     again: HashSet<u32>,
     held: HashMap<u32, Vec<CtEvent>>,
-    round_started: Option<std::time::Instant>,
+    /// A full round (every namespace) is under way.
+    in_round: bool,
+    /// What the round under way has cost: its dump tasks' busy time and the merges. Not
+    /// its wall time: the agent's one thread also applies events meanwhile, and a burst
+    /// of them must not pass for a costly dump and stretch the next period (the soak saw
+    /// a 40 000-entry table left undumped for 54 s).
+    round_cost: Duration,
+    /// Events were lost during the round: each loss dumps every namespace again, so its
+    /// cost says how long the losses went on, not what a round costs.
+    round_lossy: bool,
+    /// The cost of the last round without losses.
     last_round: Duration,
 }
 
@@ -55,18 +69,24 @@ impl Dumps {
         self.in_flight.is_empty()
     }
 
-    /// How long the round that just ended took.
-    pub fn round_took(&mut self) -> Duration {
-        if let Some(t) = self.round_started.take() {
-            self.last_round = t.elapsed();
+    /// What the round that just ended cost (the last lossless round's if events were lost
+    /// during it); `None` when no round was under way (dumps of single namespaces, which
+    /// must not postpone the next round, or namespaces born more often than --resync
+    /// would stop resyncs altogether).
+    pub fn round_took(&mut self) -> Option<Duration> {
+        if !std::mem::take(&mut self.in_round) {
+            return None;
         }
-        self.last_round
+        let cost = std::mem::take(&mut self.round_cost);
+        if !std::mem::take(&mut self.round_lossy) {
+            self.last_round = cost;
+        }
+        Some(self.last_round)
     }
 
     /// Dumps every namespace there is now; forgets the ones that are gone.
     pub fn round(&mut self, agent: &mut Agent) {
-        self.round_started
-            .get_or_insert_with(std::time::Instant::now);
+        self.in_round = true;
         let listed = netns::enterable();
         let alive: HashSet<u32> = listed.iter().map(|n| n.inode).collect();
         for gone in agent
@@ -87,8 +107,12 @@ impl Dumps {
             return;
         }
         let task = self.set.spawn(async move {
-            let entries = dump(&path).await;
-            Dumped { netns, entries }
+            let (entries, busy) = Polled::new(async move { dump(&path).await }).await;
+            Dumped {
+                netns,
+                entries,
+                busy,
+            }
         });
         self.tasks.insert(task.id(), netns);
     }
@@ -118,6 +142,7 @@ impl Dumps {
         if !out.lost.is_empty() {
             agent.lost(out.lost);
             agent.totals.reseeds += 1;
+            self.round_lossy = true;
             self.round(agent);
         }
     }
@@ -141,6 +166,7 @@ impl Dumps {
                 Dumped {
                     netns,
                     entries: Err(format!("the dump task failed: {e}")),
+                    busy: Duration::ZERO,
                 }
             }
         };
@@ -149,6 +175,7 @@ impl Dumps {
 
     fn finish(&mut self, agent: &mut Agent, d: Dumped) {
         self.in_flight.remove(&d.netns);
+        let merging = std::time::Instant::now();
         match d.entries {
             Ok(entries) => agent.merge(d.netns, entries),
             Err(e) => {
@@ -156,6 +183,9 @@ impl Dumps {
                 log::info!("netns {}: dump failed ({e})", d.netns);
                 agent.table.forget(d.netns);
             }
+        }
+        if self.in_round {
+            self.round_cost += d.busy + merging.elapsed();
         }
         let now = Stamp::now();
         for ev in self.held.remove(&d.netns).unwrap_or_default() {
@@ -172,4 +202,46 @@ impl Dumps {
 async fn dump(path: &std::path::Path) -> Result<Vec<(Entry, Stamp)>, String> {
     let mut ct = Conntrack::open_in_netns(path).map_err(|e| e.to_string())?;
     ct.dump_stamped(Stamp::now).await.map_err(|e| e.to_string())
+}
+
+/// A future and the time spent polling it: the work it did, not the time it waited.
+struct Polled<F> {
+    inner: Pin<Box<F>>,
+    busy: Duration,
+}
+
+impl<F: Future> Polled<F> {
+    fn new(inner: F) -> Self {
+        Polled {
+            inner: Box::pin(inner),
+            busy: Duration::ZERO,
+        }
+    }
+}
+
+impl<F: Future> Future for Polled<F> {
+    type Output = (F::Output, Duration);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let began = std::time::Instant::now();
+        let polled = self.inner.as_mut().poll(cx);
+        self.busy += began.elapsed();
+        polled.map(|out| (out, self.busy))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn waiting_is_not_work() {
+        let (out, busy) = Polled::new(async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            7
+        })
+        .await;
+        assert_eq!(out, 7);
+        assert!(busy < Duration::from_millis(50), "busy {busy:?} while asleep");
+    }
 }

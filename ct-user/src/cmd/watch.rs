@@ -100,9 +100,12 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
             }
             Some(done) = dumps.set.join_next_with_id() => {
                 dumps.joined(&mut agent, done);
-                if dumps.idle() {
-                    let took = dumps.round_took();
+                if dumps.idle() && let Some(took) = dumps.round_took() {
                     next_round = (resync > 0.0).then(|| Instant::now() + period(resync, took));
+                    log::debug!(
+                        "dump round cost {took:?}; next in {:?}",
+                        next_round.map(|t| t - Instant::now())
+                    );
                     if !ready {
                         ready = true;
                         announce(args, &path, tier, &agent)?;

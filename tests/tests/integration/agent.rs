@@ -5,7 +5,6 @@
 //! the table follows its own namespace's ctnetlink events between dumps.
 
 use std::{
-    collections::BTreeMap,
     net::{SocketAddrV4, UdpSocket},
     time::Duration,
 };
@@ -13,82 +12,13 @@ use std::{
 use ctscope_tests::{
     agent::Agent,
     kernel::{self, CtStats, SysctlGuard},
+    mirror::compare,
     netns::{self, Netns},
     nft, traffic, wait,
 };
 use serde_json::Value;
 
 use crate::common::{Ctx, TCP_PORT, UDP_PORT, Watch, event_wait, note};
-
-/// `conntrack -L` lines keyed by everything but the timeout (the third field).
-fn by_line(text: &str) -> BTreeMap<String, u64> {
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let mut f: Vec<&str> = l.split_whitespace().collect();
-            let timeout = f.get(2).and_then(|t| t.parse().ok()).unwrap_or(0);
-            if f.len() > 2 {
-                f.remove(2);
-            }
-            (f.join(" "), timeout)
-        })
-        .collect()
-}
-
-/// The agent's `ctscope list` against `conntrack -L` in `ns`: the same lines, timeouts
-/// within 1 s. The agent is asked before and after the kernel (listing thousands of
-/// entries takes seconds in an emulated VM), and the kernel's timeout must lie within
-/// 1 s of that bracket. `Err` says what differs.
-fn compare(agent: &Agent, ns: &Netns) -> Result<usize, String> {
-    let list = || {
-        let out = agent.ctscope(&["list", "--netns", ns.name()]);
-        by_line(&String::from_utf8_lossy(&out.stdout))
-    };
-    let before = list();
-    let kernel = by_line(&ns.exec(&["conntrack", "-L"]));
-    let after = list();
-    let only = |a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>| -> Vec<String> {
-        a.keys().filter(|k| !b.contains_key(*k)).cloned().collect()
-    };
-    for listed in [&before, &after] {
-        let (missing, extra) = (only(&kernel, listed), only(listed, &kernel));
-        if !missing.is_empty() || !extra.is_empty() {
-            return Err(format!(
-                "agent lacks {} entries, has {} extra\nlacks: {missing:#?}\nextra: {extra:#?}",
-                missing.len(),
-                extra.len()
-            ));
-        }
-    }
-    for (line, &t) in &kernel {
-        let (early, late) = (before[line], after[line]);
-        if t + 1 < late || t > early + 1 {
-            return Err(format!(
-                "timeout {early}..{late} (agent, before and after) vs kernel {t}: {line}\n\
-                 the agent's row: {}",
-                agent_row(agent, ns, line)
-            ));
-        }
-    }
-    Ok(kernel.len())
-}
-
-/// The agent's JSON row for a `conntrack -L` line (same original source and
-/// destination ports), to show where its fields came from.
-fn agent_row(agent: &Agent, ns: &Netns, line: &str) -> String {
-    let port = |key: &str| {
-        line.split_whitespace()
-            .find_map(|f| f.strip_prefix(key))
-            .and_then(|p| p.parse::<u64>().ok())
-    };
-    let (sport, dport) = (port("sport="), port("dport="));
-    let out = agent.ctscope(&["list", "--json", "--netns", ns.name()]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|e| e["orig"]["sport"].as_u64() == sport && e["orig"]["dport"].as_u64() == dport)
-        .map_or_else(|| "none".into(), |e| e.to_string())
-}
 
 /// Polls [`compare`] until it holds; panics with the last difference.
 pub fn assert_same(agent: &Agent, ns: &Netns, what: &str) -> usize {
