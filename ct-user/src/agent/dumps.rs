@@ -242,6 +242,9 @@ mod tests {
         })
         .await;
         assert_eq!(out, 7);
-        assert!(busy < Duration::from_millis(50), "busy {busy:?} while asleep");
+        assert!(
+            busy < Duration::from_millis(50),
+            "busy {busy:?} while asleep"
+        );
     }
 }
