@@ -85,6 +85,15 @@ impl CpuStats {
         .filter_map(|(n, v)| v.map(|v| (n, v)))
         .collect()
     }
+
+    /// Every counter present, summed over `cpus`.
+    pub fn totals(cpus: &[CpuStats]) -> std::collections::BTreeMap<&'static str, u64> {
+        let mut sums = std::collections::BTreeMap::new();
+        for (name, v) in cpus.iter().flat_map(CpuStats::fields) {
+            *sums.entry(name).or_insert(0) += u64::from(v);
+        }
+        sums
+    }
 }
 
 /// Table-wide numbers (`IPCTNL_MSG_CT_GET_STATS`).

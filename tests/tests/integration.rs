@@ -54,6 +54,8 @@ mod tier3;
 mod timeouts;
 #[path = "integration/udp_tcp_flows.rs"]
 mod udp_tcp_flows;
+#[path = "integration/workload.rs"]
+mod workload;
 
 use common::{Env, Needs, Watch};
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -141,6 +143,7 @@ const ONCE: &[(&str, Needs, fn())] = &[
     ("diagnose_snat_clash", Needs::Root, diagnose::snat_clash),
     ("diagnose_top_dport", Needs::Root, diagnose::top_dport),
     ("timeouts", Needs::Root, timeouts::run),
+    ("workload_names", Needs::Root, workload::run),
     ("agent_socket_path", Needs::Root, agent_socket::socket_path),
     ("agent_protocol", Needs::Root, agent_socket::protocol),
     (

@@ -495,14 +495,7 @@ impl Agent {
                 unexplained: unexplained(delta, &w.attributed),
                 attributed: w.attributed.clone(),
             };
-            let tagged = scope.tags().then(|| (ns.inode, ns.names.clone()));
-            let stats = NsStats::new(
-                cpus,
-                global,
-                tagged.as_ref().map(|t| t.0),
-                tagged.map(|t| t.1),
-            )
-            .with_agent(view);
+            let stats = NsStats::new(cpus, global, scope.tags().then_some(&ns)).with_agent(view);
             if json {
                 let _ = serde_json::to_writer(&mut out, &stats);
                 out.push(b'\n');

@@ -4,7 +4,10 @@
 use serde::Serialize;
 
 use super::Target;
-use crate::{cli::CountArgs, sys::stdout};
+use crate::{
+    cli::CountArgs,
+    sys::{stdout, workload::Workload},
+};
 
 #[derive(Serialize)]
 struct Row<'a> {
@@ -12,6 +15,8 @@ struct Row<'a> {
     netns: Option<u32>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     names: &'a [String],
+    #[serde(flatten)]
+    workload: Option<&'a Workload>,
     count: u32,
 }
 
@@ -24,6 +29,7 @@ pub async fn run(args: &CountArgs) -> anyhow::Result<()> {
         let row = Row {
             netns: ns.map(|n| n.inode),
             names: ns.map_or(&[], |n| &n.names),
+            workload: ns.map(|n| &n.workload),
             count,
         };
         stdout::line(line(&row, args.json)?)?;

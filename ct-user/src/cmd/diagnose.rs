@@ -16,7 +16,7 @@ use crate::{
     },
     cli::DiagnoseArgs,
     diagnose::{Causes, Composition, Evidence, Finding, Memory, StructSizes, rules},
-    sys::netns,
+    render::findings::{block, header},
     sys::stdout,
 };
 
@@ -119,38 +119,22 @@ async fn gather(target: &Target, sizes: &StructSizes) -> anyhow::Result<Option<E
         .copied()
         .or(max_entries)
         .unwrap_or(0);
+    let listed = target.listed(inode);
     Ok(Some(Evidence {
         netns: inode,
-        names: names_of(target, inode),
+        names: listed.as_ref().map(|n| n.names.clone()).unwrap_or_default(),
+        workload: listed.map(|n| n.workload).unwrap_or_default(),
         memory: Memory::estimate(sizes, &sysctls, count, max),
         sysctls,
-        counters: totals(&cpus),
+        counters: CpuStats::totals(&cpus)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
         entries: entries_now,
         max_entries,
         table: Composition::of(&entries),
         causes: None,
     }))
-}
-
-/// Every counter summed over the CPUs.
-fn totals(cpus: &[CpuStats]) -> BTreeMap<String, u64> {
-    let mut sums = BTreeMap::new();
-    for (name, v) in cpus.iter().flat_map(CpuStats::fields) {
-        *sums.entry(name.to_owned()).or_insert(0) += u64::from(v);
-    }
-    sums
-}
-
-/// The names under /run/netns of the namespace a target talks to.
-pub(super) fn names_of(target: &Target, inode: u64) -> Vec<String> {
-    if let Some(ns) = &target.tag {
-        return ns.names.clone();
-    }
-    netns::list()
-        .into_iter()
-        .find(|n| u64::from(n.inode) == inode)
-        .map(|n| n.names)
-        .unwrap_or_default()
 }
 
 /// Per namespace a header line, then one block per finding.
@@ -165,42 +149,6 @@ fn text(report: &Report) -> String {
     s
 }
 
-/// `netns=INODE (NAMES) entries=N max=M dumped=D`: what a namespace's report is about.
-pub(super) fn header(ev: &Evidence) -> String {
-    let names = if ev.names.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", ev.names.join(","))
-    };
-    format!(
-        "netns={}{names} entries={} max={} dumped={}\n",
-        ev.netns,
-        ev.count(),
-        ev.max(),
-        ev.table.dumped
-    )
-}
-
-/// `[SEVERITY] id netns=N`, the summary, `evidence: k=v ...`, `recommendation: ...`.
-pub(super) fn block(f: &Finding) -> String {
-    let evidence: Vec<String> = f
-        .evidence
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    format!(
-        "\n[{}] {} netns={}\n  {}\n  evidence: {}\n  recommendation: {}\n",
-        f.severity.name().to_uppercase(),
-        f.id,
-        f.netns,
-        f.summary,
-        evidence.join(" "),
-        f.recommendation
-    )
-}
-
 /// Sizes for the memory estimate; missing BTF leaves them to the fallbacks.
 fn struct_sizes() -> StructSizes {
     let Ok(btf) = ct_btf::KernelBtf::load() else {
@@ -213,30 +161,5 @@ fn struct_sizes() -> StructSizes {
         acct: size("nf_conn_acct"),
         tstamp: size("nf_conn_tstamp"),
         ecache: size("nf_conntrack_ecache"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::*;
-    use crate::diagnose::Severity;
-
-    #[test]
-    fn block_is_plain_key_value_text() {
-        let f = Finding {
-            id: "table_full",
-            severity: Severity::Crit,
-            netns: 9,
-            summary: "full".into(),
-            evidence: json!({"drop": 3, "count": 8}),
-            recommendation: "raise it".into(),
-        };
-        assert_eq!(
-            block(&f),
-            "\n[CRIT] table_full netns=9\n  full\n  evidence: count=8 drop=3\n  \
-             recommendation: raise it\n"
-        );
     }
 }

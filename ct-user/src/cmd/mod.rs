@@ -66,6 +66,16 @@ pub struct Target {
 }
 
 impl Target {
+    /// The namespace this target talks to, as listed (names, workload), if it is.
+    pub fn listed(&self, inode: u64) -> Option<netns::Netns> {
+        if let Some(ns) = &self.tag {
+            return Some(ns.clone());
+        }
+        netns::list()
+            .into_iter()
+            .find(|n| u64::from(n.inode) == inode)
+    }
+
     /// `--netns NS` (a name, a path or an inode), or ctscope's own namespace.
     pub fn one(arg: Option<&str>) -> anyhow::Result<Self> {
         let own = Target {

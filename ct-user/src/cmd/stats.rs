@@ -29,13 +29,7 @@ pub async fn run(args: &StatsArgs) -> anyhow::Result<()> {
         let Some((cpus, global)) = read else {
             continue;
         };
-        let ns = target.tag.as_ref();
-        let stats = NsStats::new(
-            cpus,
-            global,
-            ns.map(|n| n.inode),
-            ns.map(|n| n.names.clone()),
-        );
+        let stats = NsStats::new(cpus, global, target.tag.as_ref());
         if args.json {
             stdout::line(serde_json::to_string(&stats)?)?;
         } else {

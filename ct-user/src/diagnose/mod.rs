@@ -10,6 +10,8 @@ use ct_netlink::{Entry, Status, proto};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::sys::workload::Workload;
+
 /// How much a finding matters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -49,6 +51,9 @@ pub struct Evidence {
     pub netns: u64,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub names: Vec<String>,
+    /// Who lives in the namespace (host, container, pod).
+    #[serde(flatten)]
+    pub workload: Workload,
     /// Every numeric `/proc/sys/net/netfilter/nf_conntrack_*`, read inside the namespace.
     pub sysctls: BTreeMap<String, u64>,
     /// Per-CPU counters (ctnetlink `GET_STATS_CPU`) summed; only those this kernel reports.

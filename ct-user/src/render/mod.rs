@@ -4,6 +4,8 @@
 
 pub mod conntrack_text;
 pub mod events;
+pub mod findings;
 pub mod list;
 pub mod stats;
+pub mod timeouts;
 pub mod top;

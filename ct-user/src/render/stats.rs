@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use ct_netlink::{CpuStats, GlobalStats};
 use serde::Serialize;
 
-use crate::attribution::AgentStats;
+use crate::{
+    attribution::AgentStats,
+    sys::{netns::Netns, workload::Workload},
+};
 
 /// One namespace's statistics, as `--json` prints them.
 #[derive(Serialize)]
@@ -15,6 +18,8 @@ pub struct NsStats {
     netns: Option<u32>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     names: Vec<String>,
+    #[serde(flatten)]
+    workload: Workload,
     cpus: Vec<CpuStats>,
     /// Every counter summed over the CPUs.
     totals: BTreeMap<&'static str, u64>,
@@ -27,19 +32,12 @@ pub struct NsStats {
 }
 
 impl NsStats {
-    pub fn new(
-        cpus: Vec<CpuStats>,
-        global: GlobalStats,
-        netns: Option<u32>,
-        names: Option<Vec<String>>,
-    ) -> Self {
-        let mut totals = BTreeMap::new();
-        for (name, v) in cpus.iter().flat_map(CpuStats::fields) {
-            *totals.entry(name).or_insert(0) += u64::from(v);
-        }
+    pub fn new(cpus: Vec<CpuStats>, global: GlobalStats, tag: Option<&Netns>) -> Self {
+        let totals = CpuStats::totals(&cpus);
         NsStats {
-            netns,
-            names: names.unwrap_or_default(),
+            netns: tag.map(|ns| ns.inode),
+            names: tag.map(|ns| ns.names.clone()).unwrap_or_default(),
+            workload: tag.map(|ns| ns.workload.clone()).unwrap_or_default(),
             cpus,
             totals,
             entries: global.entries,
@@ -146,14 +144,21 @@ mod tests {
             entries: 3,
             max_entries: Some(100),
         };
-        let s = NsStats::new(vec![cpu(0, 2), cpu(1, 5)], global, None, None);
+        let s = NsStats::new(vec![cpu(0, 2), cpu(1, 5)], global, None);
         assert_eq!(
             s.text(),
             "cpu=0   \tfound=2 insert_failed=1\ncpu=1   \tfound=5 insert_failed=1\n\
              entries=3 max_entries=100\n"
         );
         assert_eq!(s.totals["found"], 7);
-        let tagged = NsStats::new(vec![cpu(0, 2)], global, Some(9), None);
+        let ns = Netns {
+            inode: 9,
+            names: Vec::new(),
+            current: false,
+            workload: Workload::default(),
+            path: "/proc/1/ns/net".into(),
+        };
+        let tagged = NsStats::new(vec![cpu(0, 2)], global, Some(&ns));
         assert_eq!(
             tagged.text(),
             "cpu=0   \tfound=2 insert_failed=1 netns=9\nentries=3 max_entries=100 netns=9\n"

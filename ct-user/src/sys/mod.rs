@@ -1,9 +1,10 @@
 //! The host ctscope runs on: network namespaces ([`netns`]), sysctls ([`sysctl`]),
-//! capabilities ([`caps`]), standard output that may close ([`stdout`]), and the text of
-//! system errors ([`error_text`]).
+//! capabilities ([`caps`]), standard output that may close ([`stdout`]), the text of
+//! system errors ([`error_text`]), and who lives in a namespace ([`workload`]).
 
 pub mod caps;
 pub mod error_text;
 pub mod netns;
 pub mod stdout;
 pub mod sysctl;
+pub mod workload;

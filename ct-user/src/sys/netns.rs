@@ -15,6 +15,7 @@ use std::{
 
 use serde::Serialize;
 
+use super::workload::Workload;
 use crate::sys::caps::{self, Cap, Caps};
 
 /// What to give `--netns`, for error messages.
@@ -183,6 +184,9 @@ pub struct Netns {
     pub names: Vec<String>,
     /// True for the namespace ctscope itself runs in.
     pub current: bool,
+    /// Who lives there (host, container, pod), from a process inside.
+    #[serde(flatten)]
+    pub workload: Workload,
     #[serde(skip)]
     pub path: PathBuf,
 }
@@ -199,7 +203,9 @@ pub fn path_of(inode: u32) -> Option<PathBuf> {
 pub fn list() -> Vec<Netns> {
     let current = own_inode();
     let mut found: BTreeMap<u32, Netns> = BTreeMap::new();
-    let mut add = |path: PathBuf, name: Option<String>| {
+    // A process in each namespace, whose cgroup says who lives there.
+    let mut members: BTreeMap<u32, u32> = BTreeMap::new();
+    let mut add = |path: PathBuf, name: Option<String>, pid: Option<u32>| {
         let Ok(meta) = fs::metadata(&path) else {
             return;
         };
@@ -208,27 +214,34 @@ pub fn list() -> Vec<Netns> {
             inode,
             names: Vec::new(),
             current: current == Some(inode),
+            workload: Workload::default(),
             path: path.clone(),
         });
         if let Some(name) = name {
             entry.names.push(name);
         }
+        if let Some(pid) = pid {
+            members.entry(inode).or_insert(pid);
+        }
     };
     if let Ok(dir) = fs::read_dir("/run/netns") {
         for e in dir.flatten() {
-            add(e.path(), Some(e.file_name().to_string_lossy().into_owned()));
+            add(
+                e.path(),
+                Some(e.file_name().to_string_lossy().into_owned()),
+                None,
+            );
         }
     }
     if let Ok(dir) = fs::read_dir("/proc") {
         for e in dir.flatten() {
-            if e.file_name()
-                .to_string_lossy()
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-            {
-                add(e.path().join("ns/net"), None);
+            if let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() {
+                add(e.path().join("ns/net"), None, Some(pid));
             }
         }
+    }
+    for ns in found.values_mut() {
+        ns.workload = Workload::of(ns.inode, members.get(&ns.inode).copied());
     }
     found.into_values().collect()
 }

@@ -1,0 +1,178 @@
+//! Who lives in a namespace: a process in a fresh namespace, put into a cgroup laid out
+//! as the kubelet and containerd lay a pod's container, must make `count`, `stats` and
+//! `diagnose` name the container and the pod; the host's namespace says `host`.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use ctscope_tests::{ctscope, netns::Netns, wait};
+use serde_json::Value;
+
+const POD_UID: &str = "0a1b2c3d-4e5f-6789-abcd-ef0123456789";
+const CONTAINER: &str = "4b1c2e3f5a6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f";
+
+pub fn run() {
+    let ns = Netns::new();
+    let cgroup = Cgroup2::mounted();
+    let leaf = cgroup.root.join(format!(
+        "ctscope-test-{}.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/\
+         cri-containerd-{CONTAINER}.scope",
+        std::process::id(),
+        POD_UID.replace('-', "_")
+    ));
+    let _dirs = Dirs::create(&cgroup.root, &leaf);
+    let member = Member::start(&ns, &leaf);
+
+    let count = all_netns(&["count", "--all-netns", "--json"]);
+    let row = by_inode(&count, ns.inode());
+    assert_eq!(row["pod_uid"], POD_UID, "the pod: {row}");
+    assert_eq!(row["container"]["runtime"], "containerd", "{row}");
+    assert_eq!(row["container"]["id"], CONTAINER, "{row}");
+    assert!(row.get("host").is_none(), "not the host's: {row}");
+    let host = count
+        .iter()
+        .find(|r| r["host"] == true)
+        .unwrap_or_else(|| panic!("no namespace marked host in {count:#?}"));
+    assert!(host.get("container").is_none(), "{host}");
+
+    let stats = all_netns(&["stats", "--all-netns", "--json", "--no-agent"]);
+    assert_eq!(by_inode(&stats, ns.inode())["pod_uid"], POD_UID);
+
+    let diagnose = ctscope_json(&["diagnose", "--json", "--no-agent", "--netns", ns.name()]);
+    let evidence = &diagnose["evidence"][0];
+    assert_eq!(evidence["container"]["id"], CONTAINER, "{evidence}");
+    drop(member);
+}
+
+/// `ctscope ARGS` printing one JSON object per line.
+fn all_netns(args: &[&str]) -> Vec<Value> {
+    let out = ctscope_out(args);
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{args:?}: {e}: {l}")))
+        .collect()
+}
+
+fn ctscope_json(args: &[&str]) -> Value {
+    let out = ctscope_out(args);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+}
+
+fn ctscope_out(args: &[&str]) -> String {
+    let out = Command::new(ctscope::binary_or_panic())
+        .args(args)
+        .output()
+        .expect("running ctscope");
+    assert!(
+        out.status.success(),
+        "ctscope {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn by_inode(rows: &[Value], inode: u64) -> &Value {
+    rows.iter()
+        .find(|r| r["netns"] == inode)
+        .unwrap_or_else(|| panic!("no row for netns {inode} in {rows:#?}"))
+}
+
+/// A cgroup2 hierarchy: the one mounted (alone, or as `unified` beside v1), else one
+/// mounted here for the trial and unmounted after.
+struct Cgroup2 {
+    root: PathBuf,
+    ours: Option<tempfile::TempDir>,
+}
+
+impl Cgroup2 {
+    fn mounted() -> Self {
+        let mounts = fs::read_to_string("/proc/self/mounts").expect("/proc/self/mounts");
+        if let Some(root) = mounts.lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        }) {
+            return Cgroup2 { root, ours: None };
+        }
+        let dir = tempfile::tempdir().expect("a mount point");
+        let ok = Command::new("mount")
+            .args(["-t", "cgroup2", "none"])
+            .arg(dir.path())
+            .status()
+            .expect("running mount");
+        assert!(ok.success(), "mount -t cgroup2 failed");
+        Cgroup2 {
+            root: dir.path().to_owned(),
+            ours: Some(dir),
+        }
+    }
+}
+
+impl Drop for Cgroup2 {
+    fn drop(&mut self) {
+        if self.ours.is_some() {
+            let _ = Command::new("umount").arg(&self.root).status();
+        }
+    }
+}
+
+/// The cgroup directories from `root` down to `leaf`, removed leaf first on drop.
+struct Dirs(Vec<PathBuf>);
+
+impl Dirs {
+    fn create(root: &Path, leaf: &Path) -> Self {
+        let mut made = Vec::new();
+        let mut at = root.to_owned();
+        for part in leaf.strip_prefix(root).expect("leaf under root") {
+            at.push(part);
+            fs::create_dir(&at).unwrap_or_else(|e| panic!("mkdir {}: {e}", at.display()));
+            made.push(at.clone());
+        }
+        Dirs(made)
+    }
+}
+
+impl Drop for Dirs {
+    fn drop(&mut self) {
+        for dir in self.0.iter().rev() {
+            if let Err(e) = fs::remove_dir(dir) {
+                eprintln!("warning: rmdir {}: {e}", dir.display());
+            }
+        }
+    }
+}
+
+/// A process in namespace `ns`, moved into cgroup `leaf`; killed on drop.
+struct Member(Child);
+
+impl Member {
+    fn start(ns: &Netns, leaf: &Path) -> Self {
+        let child = ns
+            .command("sleep")
+            .arg("60")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting sleep");
+        // `ip netns exec` becomes the sleep (it execs), so this pid is the member's.
+        let pid = child.id();
+        fs::write(leaf.join("cgroup.procs"), pid.to_string())
+            .unwrap_or_else(|e| panic!("moving {pid} into {}: {e}", leaf.display()));
+        let inside = || {
+            use std::os::unix::fs::MetadataExt as _;
+            let m = fs::metadata(format!("/proc/{pid}/ns/net")).ok()?;
+            (m.ino() == ns.inode()).then_some(())
+        };
+        let joined = wait::poll(Duration::from_secs(5), Duration::from_millis(10), inside);
+        assert!(joined.is_some(), "sleep {pid} never entered {}", ns.name());
+        Member(child)
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
