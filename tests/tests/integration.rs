@@ -96,7 +96,7 @@ const PARSED_SCENARIOS: &[&str] = &[
 /// Trials that run once, with what each needs: probing, the ctnetlink commands against
 /// conntrack(8), bad input, closed pipes and missing privileges (issue 20), diagnosis,
 /// and the agent's socket under bad input (at tier 3: no BPF). `cli_events_watching`
-/// runs `events` and `agent_metrics` the agent at whatever tier this kernel allows.
+/// runs `events`, and `agent_metrics` the agent, at whatever tier this kernel allows.
 const ONCE: &[(&str, Needs, fn())] = &[
     ("host_tier", Needs::Root, host_tier::run),
     ("events_tier3", Needs::Root, tier3::run),

@@ -10,7 +10,12 @@
 //! and a loop busy merging a dump only delays the snapshot. Scrapes are answered one at a
 //! time: two Prometheus servers scraping at once cost one round of reads each, in turn.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -172,13 +177,24 @@ async fn respond<B>(
     let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
     let format = negotiate(accept);
     let _turn = lock.lock().await;
+    let started = Instant::now();
     let Some(snapshot) = snapshot(&asks).await else {
         return Ok(plain(
             StatusCode::SERVICE_UNAVAILABLE,
             "the agent did not hand over its counts in time: retry\n",
         ));
     };
-    let body = Scrape::gather(snapshot).await.encode(format);
+    let (asked, namespaces) = (started.elapsed(), snapshot.namespaces.len());
+    let scrape = Scrape::gather(snapshot).await;
+    let read = started.elapsed();
+    let body = scrape.encode(format);
+    log::debug!(
+        "metrics: {namespaces} namespaces, {} bytes: snapshot {asked:?}, kernel reads {:?}, \
+         encoding {:?}",
+        body.len(),
+        read - asked,
+        started.elapsed() - read
+    );
     let mut r = Response::new(Full::new(Bytes::from(body)));
     r.headers_mut().insert(
         CONTENT_TYPE,
