@@ -616,8 +616,8 @@ pub struct WatchArgs {
 
     /// Seconds between dumps that refresh entry fields (status, TCP state, timeouts
     /// refreshed by traffic) and catch namespaces created since; stretched to 20 times
-    /// the last dump's duration on huge tables. 0: only after losses. At most 315360000
-    /// (10 years).
+    /// what the last round of dumps cost on huge tables. 0: only after losses. At most
+    /// 315360000 (10 years).
     #[arg(long, value_name = "S", default_value_t = 5.0, value_parser = parse_resync)]
     pub resync: f64,
 
