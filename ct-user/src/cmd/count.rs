@@ -16,7 +16,7 @@ struct Row<'a> {
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     names: &'a [String],
     #[serde(flatten)]
-    workload: Option<&'a Workload>,
+    workload: Option<Workload>,
     count: u32,
 }
 
@@ -29,7 +29,7 @@ pub async fn run(args: &CountArgs) -> anyhow::Result<()> {
         let row = Row {
             netns: ns.map(|n| n.inode),
             names: ns.map_or(&[], |n| &n.names),
-            workload: ns.map(|n| &n.workload),
+            workload: ns.map(|n| n.workload()),
             count,
         };
         stdout::line(line(&row, args.json)?)?;

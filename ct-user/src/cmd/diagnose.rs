@@ -123,7 +123,7 @@ async fn gather(target: &Target, sizes: &StructSizes) -> anyhow::Result<Option<E
     Ok(Some(Evidence {
         netns: inode,
         names: listed.as_ref().map(|n| n.names.clone()).unwrap_or_default(),
-        workload: listed.map(|n| n.workload).unwrap_or_default(),
+        workload: listed.map(|n| n.workload()).unwrap_or_default(),
         memory: Memory::estimate(sizes, &sysctls, count, max),
         sysctls,
         counters: CpuStats::totals(&cpus)

@@ -78,7 +78,7 @@ async fn gather(target: &Target) -> anyhow::Result<Option<Report>> {
     let evidence = Evidence {
         netns,
         names: listed.as_ref().map(|n| n.names.clone()).unwrap_or_default(),
-        workload: listed.map(|n| n.workload).unwrap_or_default(),
+        workload: listed.map(|n| n.workload()).unwrap_or_default(),
         entries: dump.len() as u64,
         table: Composition::of(&dump),
         sysctls,

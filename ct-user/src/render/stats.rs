@@ -37,7 +37,7 @@ impl NsStats {
         NsStats {
             netns: tag.map(|ns| ns.inode),
             names: tag.map(|ns| ns.names.clone()).unwrap_or_default(),
-            workload: tag.map(|ns| ns.workload.clone()).unwrap_or_default(),
+            workload: tag.map(Netns::workload).unwrap_or_default(),
             cpus,
             totals,
             entries: global.entries,
@@ -155,7 +155,7 @@ mod tests {
             inode: 9,
             names: Vec::new(),
             current: false,
-            workload: Workload::default(),
+            member: None,
             path: "/proc/1/ns/net".into(),
         };
         let tagged = NsStats::new(vec![cpu(0, 2)], global, Some(&ns));

@@ -184,11 +184,19 @@ pub struct Netns {
     pub names: Vec<String>,
     /// True for the namespace ctscope itself runs in.
     pub current: bool,
-    /// Who lives there (host, container, pod), from a process inside.
-    #[serde(flatten)]
-    pub workload: Workload,
+    /// A process inside, whose cgroup says who lives there ([`Netns::workload`]).
+    #[serde(skip)]
+    pub member: Option<u32>,
     #[serde(skip)]
     pub path: PathBuf,
+}
+
+impl Netns {
+    /// Who lives there (host, container, pod). Read when asked for, not by [`list`]:
+    /// the agent lists namespaces every dump round and needs none of it.
+    pub fn workload(&self) -> Workload {
+        Workload::of(self.inode, self.member)
+    }
 }
 
 /// A path that leads to the listed namespace with this inode, if any.
@@ -214,7 +222,7 @@ pub fn list() -> Vec<Netns> {
             inode,
             names: Vec::new(),
             current: current == Some(inode),
-            workload: Workload::default(),
+            member: None,
             path: path.clone(),
         });
         if let Some(name) = name {
@@ -241,7 +249,7 @@ pub fn list() -> Vec<Netns> {
         }
     }
     for ns in found.values_mut() {
-        ns.workload = Workload::of(ns.inode, members.get(&ns.inode).copied());
+        ns.member = members.get(&ns.inode).copied();
     }
     found.into_values().collect()
 }
