@@ -12,7 +12,7 @@ use crate::attrs::{self, *};
 use crate::entry::{Entry, Family, Status, TcpState, Tuple};
 use crate::error::{Error, Result};
 use crate::netns;
-use crate::socket::{self, NlSocket, Reply, Request};
+use crate::socket::{self, NlSocket, Reply, Request, Step};
 use crate::stats::{self, CpuStats, GlobalStats};
 
 // enum cntl_msg_types
@@ -285,16 +285,27 @@ impl Conntrack {
         Ok(out)
     }
 
-    /// The main table, each entry with `stamp()` taken when its message was read: the
-    /// kernel computes an entry's timeout as it sends it, and a large dump spans seconds.
-    pub async fn dump_stamped<T>(&mut self, stamp: impl Fn() -> T) -> Result<Vec<(Entry, T)>> {
+    /// The main table, each entry with a `stamp()` no later than when the kernel read it
+    /// (see [`BatchTimes`]): the kernel computes an entry's timeout as it sends it, a
+    /// large dump spans seconds, and the agent must tell whether a `destroy` came after.
+    pub async fn dump_stamped<T: Clone>(
+        &mut self,
+        stamp: impl Fn() -> T,
+    ) -> Result<Vec<(Entry, T)>> {
         let mut req = Request::new("dump", IPCTNL_MSG_CT_GET, AF_UNSPEC);
         req.flags = NLM_F_DUMP;
         let op = req.op;
         let mut out = Vec::new();
+        let mut batches = BatchTimes::new(stamp());
         self.sock
-            .request(&req, |r| {
-                out.extend(reply_entry(op, &r)?.map(|e| (e, stamp())));
+            .request_steps(&req, |step| {
+                match step {
+                    Step::Recv => batches.before_recv(stamp()),
+                    Step::Reply(r) => {
+                        let read = batches.read_since();
+                        out.extend(reply_entry(op, &r)?.map(|e| (e, read.clone())));
+                    }
+                }
                 Ok(())
             })
             .await?;
@@ -525,5 +536,54 @@ fn push_common(
     }
     if let Some(t) = tcp {
         req.attrs.push(tcp_state_attr(t));
+    }
+}
+
+/// When the kernel read a dump's batch, at the latest time known to be no later: it fills
+/// the next batch at the end of the `recv` before the one that returns it (the first one
+/// while the request is sent). Stamping entries when they are decoded instead could be
+/// seconds late on a busy reader, and an entry destroyed in between would look younger
+/// than its `destroy`.
+struct BatchTimes<T> {
+    /// The batch being decoded was read no earlier than this.
+    current: T,
+    /// Taken before the last `recv`: the next batch is read after it.
+    last_recv: Option<T>,
+}
+
+impl<T: Clone> BatchTimes<T> {
+    /// `sent`: taken before the request was sent.
+    fn new(sent: T) -> Self {
+        BatchTimes {
+            current: sent,
+            last_recv: None,
+        }
+    }
+
+    fn before_recv(&mut self, now: T) {
+        if let Some(previous) = self.last_recv.replace(now) {
+            self.current = previous;
+        }
+    }
+
+    fn read_since(&self) -> T {
+        self.current.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BatchTimes;
+
+    /// Batch 1 is read while the request is sent; batch n at the end of recv n-1.
+    #[test]
+    fn a_batch_is_dated_by_the_recv_before_it() {
+        let mut t = BatchTimes::new(0);
+        t.before_recv(10);
+        assert_eq!(t.read_since(), 0, "batch 1");
+        t.before_recv(20);
+        assert_eq!(t.read_since(), 10, "batch 2");
+        t.before_recv(30);
+        assert_eq!(t.read_since(), 20, "batch 3");
     }
 }

@@ -169,6 +169,13 @@ pub(crate) fn decode_err(op: &'static str, e: impl std::fmt::Display) -> Error {
     }
 }
 
+/// What [`NlSocket::request_steps`] reports.
+pub(crate) enum Step {
+    /// About to wait for the next batch of replies.
+    Recv,
+    Reply(Reply),
+}
+
 /// Request/response socket.
 pub(crate) struct NlSocket {
     sock: TokioSocket,
@@ -217,6 +224,20 @@ impl NlSocket {
         req: &Request,
         mut on_reply: impl FnMut(Reply) -> Result<()>,
     ) -> Result<()> {
+        self.request_steps(req, |step| match step {
+            Step::Recv => Ok(()),
+            Step::Reply(r) => on_reply(r),
+        })
+        .await
+    }
+
+    /// [`Self::request`], also telling `on` when it is about to receive the next batch
+    /// (a dump's times depend on it).
+    pub async fn request_steps(
+        &mut self,
+        req: &Request,
+        mut on: impl FnMut(Step) -> Result<()>,
+    ) -> Result<()> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let bytes = req.encode(seq);
@@ -228,6 +249,7 @@ impl NlSocket {
         loop {
             self.buf.clear();
             self.buf.reserve(RECV_BUF);
+            on(Step::Recv)?;
             self.sock
                 .recv(&mut self.buf)
                 .await
@@ -243,10 +265,10 @@ impl NlSocket {
                         None => done = true,
                         Some(code) => return Err(Error::from_errno(req.op, -code.get())),
                     },
-                    NetlinkPayload::InnerMessage(message) => on_reply(Reply {
+                    NetlinkPayload::InnerMessage(message) => on(Step::Reply(Reply {
                         header: msg.header,
                         message,
-                    })?,
+                    }))?,
                     _ => {}
                 }
                 Ok(())
