@@ -615,8 +615,8 @@ pub struct WatchArgs {
     pub status: bool,
 
     /// Seconds between dumps that refresh entry fields (status, TCP state, timeouts
-    /// refreshed by traffic) and catch namespaces created since; stretched to 20 times
-    /// what the last round of dumps cost on huge tables. 0: only after losses. At most
+    /// refreshed by traffic) and catch namespaces created since; on huge tables stretched
+    /// to 20 times what a round of the table as it is now costs. 0: only after losses. At most
     /// 315360000 (10 years).
     #[arg(long, value_name = "S", default_value_t = 5.0, value_parser = parse_resync)]
     pub resync: f64,

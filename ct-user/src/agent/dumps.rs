@@ -56,12 +56,31 @@ pub struct Dumps {
     /// its wall time: the agent's one thread also applies events meanwhile, and a burst
     /// of them must not pass for a costly dump and stretch the next period (the soak saw
     /// a 40 000-entry table left undumped for 54 s).
-    round_cost: Duration,
+    round_cost: RoundCost,
     /// Events were lost during the round: each loss dumps every namespace again, so its
     /// cost says how long the losses went on, not what a round costs.
     round_lossy: bool,
-    /// The cost of the last round without losses.
-    last_round: Duration,
+    /// The last round without losses.
+    last_round: RoundCost,
+}
+
+/// What a round of dumps cost, and how many entries it dumped.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RoundCost {
+    pub took: Duration,
+    pub entries: usize,
+}
+
+impl RoundCost {
+    /// What a round would cost with `entries` in the table, at most what this one did.
+    /// Decoding and merging cost by the entry, so a round that dumped a burst must not
+    /// space out the rounds after the burst has expired (the soak saw deleted namespaces
+    /// and ctnetlink inserts go unnoticed for 20 s on a loaded machine). Never more: the
+    /// namespaces cost too, and a table that grew is measured by the next round.
+    pub fn scaled(&self, entries: usize) -> Duration {
+        let ratio = entries.max(1) as f64 / self.entries.max(1) as f64;
+        self.took.mul_f64(ratio.min(1.0))
+    }
 }
 
 impl Dumps {
@@ -69,19 +88,24 @@ impl Dumps {
         self.in_flight.is_empty()
     }
 
-    /// What the round that just ended cost (the last lossless round's if events were lost
-    /// during it); `None` when no round was under way (dumps of single namespaces, which
-    /// must not postpone the next round, or namespaces born more often than --resync
-    /// would stop resyncs altogether).
-    pub fn round_took(&mut self) -> Option<Duration> {
+    /// True when the dumps that just ended closed a round (dumps of single namespaces do
+    /// not: they must not postpone the next round, or namespaces born more often than
+    /// --resync would stop resyncs altogether). A round without losses becomes
+    /// [`Self::last_round`].
+    pub fn round_ended(&mut self) -> bool {
         if !std::mem::take(&mut self.in_round) {
-            return None;
+            return false;
         }
         let cost = std::mem::take(&mut self.round_cost);
         if !std::mem::take(&mut self.round_lossy) {
             self.last_round = cost;
         }
-        Some(self.last_round)
+        true
+    }
+
+    /// The last round without losses.
+    pub fn last_round(&self) -> RoundCost {
+        self.last_round
     }
 
     /// Dumps every namespace there is now; forgets the ones that are gone.
@@ -176,8 +200,12 @@ impl Dumps {
     fn finish(&mut self, agent: &mut Agent, d: Dumped) {
         self.in_flight.remove(&d.netns);
         let merging = std::time::Instant::now();
+        let mut dumped = 0;
         match d.entries {
-            Ok(entries) => agent.merge(d.netns, entries),
+            Ok(entries) => {
+                dumped = entries.len();
+                agent.merge(d.netns, entries);
+            }
             Err(e) => {
                 // Vanished, or no ctnetlink there: no rows to show, counters kept.
                 log::info!("netns {}: dump failed ({e})", d.netns);
@@ -185,7 +213,8 @@ impl Dumps {
             }
         }
         if self.in_round {
-            self.round_cost += d.busy + merging.elapsed();
+            self.round_cost.took += d.busy + merging.elapsed();
+            self.round_cost.entries += dumped;
         }
         let now = Stamp::now();
         for ev in self.held.remove(&d.netns).unwrap_or_default() {
@@ -233,6 +262,21 @@ impl<F: Future> Future for Polled<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_round_costs_by_the_entry() {
+        let burst = RoundCost {
+            took: Duration::from_millis(800),
+            entries: 20_000,
+        };
+        assert_eq!(burst.scaled(200), Duration::from_millis(8));
+        assert_eq!(burst.scaled(40_000), Duration::from_millis(800));
+        let empty = RoundCost {
+            took: Duration::from_millis(3),
+            entries: 0,
+        };
+        assert_eq!(empty.scaled(0), Duration::from_millis(3));
+    }
 
     #[tokio::test]
     async fn waiting_is_not_work() {

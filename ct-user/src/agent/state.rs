@@ -3,12 +3,16 @@
 //! One task owns it: events, dump merges and requests arrive one at a time through the
 //! loop in `cmd/watch.rs`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use ct_common::EventKind;
 use ct_netlink::{Conntrack, Entry};
 use serde::Serialize;
+use tokio::time::Instant;
 
 use super::{
     counts::Counts,
@@ -48,6 +52,39 @@ struct Watched {
     since: f64,
     attributed: Attributed,
     counts: Counts,
+}
+
+/// When the agent dumps every namespace again (`status`'s `resync`).
+#[derive(Debug, Default)]
+pub struct Resync {
+    /// `--resync` in seconds (0: only after losses).
+    pub every: f64,
+    /// What the last round without losses cost, and the entries it dumped.
+    pub last_round: Duration,
+    pub last_round_entries: usize,
+    /// When the next round starts; `None` while one is under way or none is due.
+    pub next: Option<Instant>,
+}
+
+impl Resync {
+    fn answer(&self) -> ResyncAnswer {
+        ResyncAnswer {
+            every: self.every,
+            last_round: self.last_round.as_secs_f64(),
+            last_round_entries: self.last_round_entries,
+            next_in: self
+                .next
+                .map(|t| t.saturating_duration_since(Instant::now()).as_secs_f64()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ResyncAnswer {
+    every: f64,
+    last_round: f64,
+    last_round_entries: usize,
+    next_in: Option<f64>,
 }
 
 /// Counts of the agent's life.
@@ -141,6 +178,7 @@ pub struct Agent {
     pub table: Table,
     watched: HashMap<u32, Watched>,
     pub totals: Totals,
+    pub resync: Resync,
     pub recent: VecDeque<Record>,
     subscribers: Vec<Subscriber>,
     /// How long the flows that ended while the agent watched had lived, per namespace.
@@ -174,6 +212,7 @@ impl Agent {
             table: Table::default(),
             watched,
             totals: Totals::default(),
+            resync: Resync::default(),
             recent: VecDeque::new(),
             subscribers: Vec::new(),
             lifetimes: HashMap::new(),
@@ -538,6 +577,7 @@ impl Agent {
             per_netns,
             totals: &self.totals,
             subscribers: self.subscribers.len(),
+            resync: self.resync.answer(),
         };
         let mut out = serde_json::to_vec(&status).unwrap_or_default();
         out.push(b'\n');
@@ -557,6 +597,7 @@ struct Status<'a> {
     per_netns: BTreeMap<u32, usize>,
     totals: &'a Totals,
     subscribers: usize,
+    resync: ResyncAnswer,
 }
 
 /// An entry as the agent lists it: `list --json`'s fields, plus what only the agent knows.

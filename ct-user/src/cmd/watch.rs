@@ -88,10 +88,14 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     let mut tend = tokio::time::interval(TEND_EVERY);
     tend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ready = false;
-    let mut next_round = None;
+    agent.resync.every = resync;
+    // When the last round of dumps ended: the next is due a period later.
+    let mut round_ended = None;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     loop {
+        // Rescheduled on every turn: the period follows the table's size now.
+        agent.resync.next = next_round(round_ended, &agent, &dumps);
         tokio::select! {
             w = source.wait() => {
                 let mut out = Output::default();
@@ -100,12 +104,12 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
             }
             Some(done) = dumps.set.join_next_with_id() => {
                 dumps.joined(&mut agent, done);
-                if dumps.idle() && let Some(took) = dumps.round_took() {
-                    next_round = (resync > 0.0).then(|| Instant::now() + period(resync, took));
-                    log::debug!(
-                        "dump round cost {took:?}; next in {:?}",
-                        next_round.map(|t| t - Instant::now())
-                    );
+                if dumps.idle() && dumps.round_ended() {
+                    round_ended = Some(Instant::now());
+                    let last = dumps.last_round();
+                    agent.resync.last_round = last.took;
+                    agent.resync.last_round_entries = last.entries;
+                    log::debug!("dump round: {last:?}");
                     if !ready {
                         ready = true;
                         announce(args, &path, tier, &agent)?;
@@ -115,8 +119,8 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
             Some(inc) = server.next() => agent.answer(inc).await,
             Some(ask) = metrics.next() => ask.answer(agent.metrics()),
             _ = tend.tick() => agent.tend_subscribers(),
-            () = until(next_round) => {
-                next_round = None;
+            () = until(agent.resync.next) => {
+                round_ended = None;
                 dumps.round(&mut agent);
             }
             _ = redraw.tick(), if view.is_some() => {
@@ -268,10 +272,15 @@ fn announce(
     super::create_ready_file(args.ready_file.as_deref())
 }
 
-/// The time between dump rounds: `--resync`, stretched so dumps of a huge table take at
-/// most 1/DUMP_SHARE of the time.
-fn period(resync: f64, last_round: Duration) -> Duration {
-    Duration::from_secs_f64(resync).max(last_round * DUMP_SHARE)
+/// When the next round of dumps is due: `--resync` after the last one ended, stretched
+/// so dumps of a huge table take at most 1/DUMP_SHARE of the time — by what a round of
+/// the table as it is now would cost, not the last round (which may have dumped a burst
+/// since expired).
+fn next_round(ended: Option<Instant>, agent: &Agent, dumps: &Dumps) -> Option<Instant> {
+    let every = agent.resync.every;
+    let ended = ended.filter(|_| every > 0.0)?;
+    let cost = dumps.last_round().scaled(agent.table.len());
+    Some(ended + Duration::from_secs_f64(every).max(cost * DUMP_SHARE))
 }
 
 async fn until(at: Option<Instant>) {

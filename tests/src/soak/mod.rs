@@ -365,6 +365,15 @@ fn checkpoint(
     for d in &diffs {
         eprintln!("soak: checkpoint at {at:.0} s, still different after {settle:.1} s: {d}");
     }
+    if !diffs.is_empty() {
+        // Most differences last until a dump round: say when each agent's next is due.
+        for (name, agent) in agents.each() {
+            eprintln!(
+                "soak: the {name} agent's dump rounds: {}",
+                agent.status()["resync"]
+            );
+        }
+    }
     let inodes: Vec<u64> = namespaces.iter().map(|ns| ns.inode()).collect();
     Checkpoint {
         at,
