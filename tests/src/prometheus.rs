@@ -20,10 +20,16 @@ pub const JOB: &str = "ctscope";
 
 /// Why Prometheus cannot run here, if it cannot.
 pub fn missing() -> Option<String> {
-    let absent: Vec<&str> = ["prometheus", "promtool"]
-        .into_iter()
-        .filter(|t| !cmd::on_path(t))
-        .collect();
+    missing_of(&["prometheus", "promtool"])
+}
+
+/// Why `promtool` (rule checks and tests, no server) cannot run here, if it cannot.
+pub fn promtool_missing() -> Option<String> {
+    missing_of(&["promtool"])
+}
+
+fn missing_of(tools: &[&'static str]) -> Option<String> {
+    let absent: Vec<&str> = tools.iter().copied().filter(|t| !cmd::on_path(t)).collect();
     (!absent.is_empty()).then(|| {
         format!(
             "no {} on PATH (Debian's `prometheus` package; `cargo xtask setup` installs it)",

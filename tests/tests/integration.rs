@@ -42,6 +42,8 @@ mod flood;
 mod host_tier;
 #[path = "integration/metrics.rs"]
 mod metrics;
+#[path = "integration/monitoring.rs"]
+mod monitoring;
 #[path = "integration/privileges.rs"]
 mod privileges;
 #[path = "integration/server_side.rs"]
@@ -96,7 +98,8 @@ const PARSED_SCENARIOS: &[&str] = &[
 /// Trials that run once, with what each needs: probing, the ctnetlink commands against
 /// conntrack(8), bad input, closed pipes and missing privileges (issue 20), diagnosis,
 /// and the agent's socket under bad input (at tier 3: no BPF). `cli_events_watching`
-/// runs `events`, and `agent_metrics` the agent, at whatever tier this kernel allows.
+/// runs `events`, and `agent_metrics` the agent, at whatever tier this kernel allows;
+/// `alert_rules` needs only promtool, and `dashboard_queries` the agent and Prometheus.
 const ONCE: &[(&str, Needs, fn())] = &[
     ("host_tier", Needs::Root, host_tier::run),
     ("events_tier3", Needs::Root, tier3::run),
@@ -156,6 +159,12 @@ const ONCE: &[(&str, Needs, fn())] = &[
         agent_clients::client_bounds,
     ),
     ("agent_metrics", Needs::Tier2Prometheus, metrics::scraped),
+    ("alert_rules", Needs::Promtool, monitoring::alert_rules),
+    (
+        "dashboard_queries",
+        Needs::Tier2Prometheus,
+        monitoring::dashboard_queries,
+    ),
 ];
 
 /// The agent (`ctscope watch`), given its tier flags.

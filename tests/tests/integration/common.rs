@@ -74,6 +74,8 @@ pub enum Needs {
     Tier2Setpriv,
     /// Tier 2, and Debian's `prometheus` and `promtool` on PATH (not in the VMs).
     Tier2Prometheus,
+    /// Only `promtool` on PATH (not in the VMs): no root, no kernel.
+    Promtool,
 }
 
 /// The tier this kernel must reach (see [`Env::required`]).
@@ -138,6 +140,7 @@ impl Env {
             Needs::Redundant(_) | Needs::Setpriv | Needs::Tier2Setpriv => false,
             // The host stage has it (`cargo xtask setup`); the VMs' initramfs does not.
             Needs::Tier2Prometheus => tier <= 2 && std::env::var_os("CTSCOPE_VM_KERNEL").is_none(),
+            Needs::Promtool => std::env::var_os("CTSCOPE_VM_KERNEL").is_none(),
         };
         covered.then_some(tier)
     }
@@ -148,6 +151,9 @@ impl Env {
             return Some(format!(
                 "kernel-only twin of `{name}`, which runs with ctscope here"
             ));
+        }
+        if let Needs::Promtool = needs {
+            return prometheus::promtool_missing();
         }
         if !self.root {
             return Some("needs root (network namespaces, nft, sysctls, BPF)".into());
