@@ -120,7 +120,11 @@ pub fn dashboard_queries() {
         agent.status()["totals"],
         report.join("\n")
     );
-    note(format!("dashboard: {} queries answered", queries.len()));
+    note(format!(
+        "dashboard: {} queries answered; agent totals {}",
+        queries.len(),
+        agent.status()["totals"]
+    ));
     agent.stop();
 }
 
