@@ -1,6 +1,8 @@
 //! The queries of a Grafana dashboard (its JSON model), with Grafana's variables given
 //! the values a query against Prometheus' HTTP API can take: each templating variable
-//! its "All" value, and the interval macros a fixed range.
+//! its "All" value, and the interval macros a fixed range. Panel targets are PromQL;
+//! query variables are `label_values(SELECTOR, LABEL)`, which Prometheus answers at
+//! `/api/v1/label/LABEL/values?match[]=SELECTOR`.
 
 use serde_json::Value;
 
@@ -49,6 +51,54 @@ pub fn queries(dashboard: &Value, range: &str) -> Result<Vec<Query>, String> {
                 expr,
             });
         }
+    }
+    Ok(out)
+}
+
+/// A query variable's `label_values(SELECTOR, LABEL)`, other variables replaced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LabelValues {
+    pub variable: String,
+    pub label: String,
+    /// `None` for `label_values(LABEL)`: every series.
+    pub selector: Option<String>,
+}
+
+/// Every query variable's `label_values` call. Errors name the variable: another kind of
+/// query, or a variable left unreplaced.
+pub fn variable_queries(dashboard: &Value, range: &str) -> Result<Vec<LabelValues>, String> {
+    let values = variable_values(dashboard, range)?;
+    let mut out = Vec::new();
+    for v in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if v["type"] != "query" {
+            continue;
+        }
+        let name = v["name"].as_str().unwrap_or("?").to_owned();
+        // Grafana 9+ keeps the query in an object, older versions as a string.
+        let query = v["query"]["query"].as_str().or(v["query"].as_str());
+        let args = query
+            .and_then(|q| q.trim().strip_prefix("label_values("))
+            .and_then(|q| q.strip_suffix(')'))
+            .ok_or_else(|| {
+                format!("variable {name:?}: not a label_values(...) query: {query:?}")
+            })?;
+        let args = substitute(args, &values);
+        if args.contains('$') {
+            return Err(format!("variable {name:?}: unknown variable in {args}"));
+        }
+        let (selector, label) = match args.rsplit_once(',') {
+            Some((sel, label)) => (Some(sel.trim().to_owned()), label.trim().to_owned()),
+            None => (None, args.trim().to_owned()),
+        };
+        out.push(LabelValues {
+            variable: name,
+            label,
+            selector,
+        });
     }
     Ok(out)
 }
@@ -114,8 +164,10 @@ mod tests {
         json!({
             "templating": {"list": [
                 {"name": "datasource", "type": "datasource"},
-                {"name": "inst", "type": "query", "allValue": "a.*"},
-                {"name": "instance", "type": "query", "allValue": ".*"},
+                {"name": "inst", "type": "query", "allValue": "a.*",
+                 "query": {"query": "label_values(job)"}},
+                {"name": "instance", "type": "query", "allValue": ".*",
+                 "query": "label_values(up{job=~\"$inst\"}, instance)"},
             ]},
             "panels": [
                 {"type": "row", "title": "r", "panels": [
@@ -139,5 +191,23 @@ mod tests {
     fn an_unknown_variable_names_the_panel() {
         let e = queries(&dashboard("x{n=~\"$node\"}"), "1m").unwrap_err();
         assert!(e.contains("\"p\"") && e.contains("$node"), "{e}");
+    }
+
+    #[test]
+    fn label_values_queries_are_split() {
+        let q = variable_queries(&dashboard("up"), "1m").unwrap();
+        let want = [
+            LabelValues {
+                variable: "inst".into(),
+                label: "job".into(),
+                selector: None,
+            },
+            LabelValues {
+                variable: "instance".into(),
+                label: "instance".into(),
+                selector: Some(r#"up{job=~"a.*"}"#.into()),
+            },
+        ];
+        assert_eq!(q, want);
     }
 }

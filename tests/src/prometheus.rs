@@ -128,6 +128,24 @@ impl Prometheus {
             .collect()
     }
 
+    /// The values of `label` (on the series `selector` selects, or on every series).
+    pub fn label_values(&self, label: &str, selector: Option<&str>) -> Vec<String> {
+        let matching = selector.map_or(String::new(), |s| {
+            format!("?{}={}", percent_encode("match[]"), percent_encode(s))
+        });
+        let path = format!("/api/v1/label/{label}/values{matching}");
+        let r = get(self.addr, &path, None).unwrap_or_else(|e| panic!("asking {path}: {e}"));
+        let v: Value = serde_json::from_str(&r.body)
+            .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {}", r.body));
+        assert_eq!(v["status"], "success", "{path}: {v}");
+        v["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l.as_str().map(str::to_owned))
+            .collect()
+    }
+
     /// The value of a query that selects one series; `None` when it selects none.
     pub fn value(&self, expr: &str) -> Option<f64> {
         let series = self.query(expr);

@@ -1,9 +1,9 @@
 //! What operators load from `deploy/` (issue 15): the Prometheus rules pass `promtool
 //! check rules` and their own unit tests, which fire and leave quiet every alert; and
-//! every query of the Grafana dashboard returns series from a real Prometheus scraping
-//! the agent after traffic that makes them exist (10.200.74.0/24): a SNAT port clash, a
-//! table-full episode, a flush (destroys, lifetimes) and a burst that overruns a small
-//! ring buffer (losses, a reseed).
+//! every query of the Grafana dashboard (panels and variables) returns data from a real
+//! Prometheus scraping the agent after traffic that makes them exist (10.200.74.0/24): a
+//! SNAT port clash, a table-full episode, a flush (destroys, lifetimes) and a burst that
+//! overruns a small ring buffer (losses, a reseed).
 
 use std::{
     net::{SocketAddr, SocketAddrV4},
@@ -101,6 +101,7 @@ pub fn dashboard_queries() {
     prom.wait_up();
     make_every_series(&ctx);
 
+    variables_have_values(&prom, &dashboard);
     let mut empty: Vec<&Query> = Vec::new();
     let all_answered = wait::poll(Duration::from_secs(20), Duration::from_millis(500), || {
         empty = queries
@@ -126,6 +127,21 @@ pub fn dashboard_queries() {
         agent.status()["totals"]
     ));
     agent.stop();
+}
+
+/// Every query variable of the dashboard has values: a broken one would empty every panel.
+fn variables_have_values(prom: &Prometheus, dashboard: &serde_json::Value) {
+    let queries = grafana::variable_queries(dashboard, RANGE).unwrap_or_else(|e| panic!("{e}"));
+    for q in queries {
+        let values = prom.label_values(&q.label, q.selector.as_deref());
+        assert!(
+            !values.is_empty(),
+            "variable {:?}: no values of {} on {:?}",
+            q.variable,
+            q.label,
+            q.selector
+        );
+    }
 }
 
 /// Traffic in the pair of `ctx` for every series the dashboard shows: an insert failure
