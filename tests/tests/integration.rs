@@ -30,6 +30,8 @@ mod conntrack_compat;
 mod ctnetlink_cli;
 #[path = "integration/ctnetlink_delete.rs"]
 mod ctnetlink_delete;
+#[path = "integration/deploy.rs"]
+mod deploy;
 #[path = "integration/destroy_reasons.rs"]
 mod destroy_reasons;
 #[path = "integration/diagnose.rs"]
@@ -40,6 +42,8 @@ mod early_drop;
 mod flood;
 #[path = "integration/host_tier.rs"]
 mod host_tier;
+#[path = "integration/least_privilege.rs"]
+mod least_privilege;
 #[path = "integration/metrics.rs"]
 mod metrics;
 #[path = "integration/privileges.rs"]
@@ -156,6 +160,17 @@ const ONCE: &[(&str, Needs, fn())] = &[
         agent_clients::client_bounds,
     ),
     ("agent_metrics", Needs::Tier2Prometheus, metrics::scraped),
+    ("least_privilege", Needs::Tier2Setpriv, least_privilege::run),
+    (
+        "deploy_manifests",
+        Needs::KubernetesValidate,
+        deploy::manifests,
+    ),
+    (
+        "deploy_systemd_unit",
+        Needs::SystemdAnalyze,
+        deploy::systemd_unit,
+    ),
 ];
 
 /// The agent (`ctscope watch`), given its tier flags.
