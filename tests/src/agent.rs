@@ -25,7 +25,7 @@ use crate::{ctscope, wait};
 pub struct Agent {
     child: Child,
     /// Its ready file and log (and its socket, unless given one); removed on drop.
-    _dir: TempDir,
+    dir: TempDir,
     socket: PathBuf,
 }
 
@@ -69,6 +69,19 @@ impl Agent {
     /// stderr when it exits before it is ready.
     pub fn try_start(socket: &Path, via: SocketVia, extra: &[&str]) -> Result<Self, Exited> {
         Self::launch(private_dir(), socket.to_path_buf(), via, extra, true, &[])
+    }
+
+    /// Like [`Agent::try_start`] on a private socket, run through the command `wrap`
+    /// (`setpriv ...`, which must exec it), with its stderr kept for [`Agent::stderr`].
+    pub fn try_start_wrapped(wrap: &[&str], extra: &[&str]) -> Result<Self, Exited> {
+        let dir = private_dir();
+        let socket = dir.path().join("agent.sock");
+        Self::launch(dir, socket, SocketVia::Flag, extra, true, wrap)
+    }
+
+    /// What the agent wrote on stderr so far (empty unless it was started capturing it).
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
     }
 
     /// The agent's socket.
@@ -115,11 +128,7 @@ impl Agent {
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
-        let mut agent = Agent {
-            child,
-            _dir: dir,
-            socket,
-        };
+        let mut agent = Agent { child, dir, socket };
         let mut exited = None;
         let up = wait::poll(ctscope::ready_timeout(), Duration::from_millis(50), || {
             if let Ok(Some(status)) = agent.child.try_wait() {

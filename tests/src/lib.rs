@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod cmd;
 pub mod ctscope;
+pub mod deploy;
 pub mod events;
 pub mod grafana;
 pub mod kernel;

@@ -30,6 +30,8 @@ mod conntrack_compat;
 mod ctnetlink_cli;
 #[path = "integration/ctnetlink_delete.rs"]
 mod ctnetlink_delete;
+#[path = "integration/deploy.rs"]
+mod deploy;
 #[path = "integration/destroy_reasons.rs"]
 mod destroy_reasons;
 #[path = "integration/diagnose.rs"]
@@ -40,6 +42,8 @@ mod early_drop;
 mod flood;
 #[path = "integration/host_tier.rs"]
 mod host_tier;
+#[path = "integration/least_privilege.rs"]
+mod least_privilege;
 #[path = "integration/metrics.rs"]
 mod metrics;
 #[path = "integration/monitoring.rs"]
@@ -164,6 +168,17 @@ const ONCE: &[(&str, Needs, fn())] = &[
         "dashboard_queries",
         Needs::Tier2Prometheus,
         monitoring::dashboard_queries,
+    ),
+    ("least_privilege", Needs::Tier2Setpriv, least_privilege::run),
+    (
+        "deploy_manifests",
+        Needs::KubernetesValidate,
+        deploy::manifests,
+    ),
+    (
+        "deploy_systemd_unit",
+        Needs::SystemdAnalyze,
+        deploy::systemd_unit,
     ),
 ];
 

@@ -8,7 +8,7 @@ use clap::Args;
 
 use crate::{
     apt::{self, Apt},
-    cmd,
+    cargo, cmd,
     kernels::{self, Series},
 };
 
@@ -30,7 +30,8 @@ pub struct Needs {
 /// host integration tests (which drive nft, conntrack and ip, drop capabilities with
 /// util-linux's setpriv, and scrape the agent's metrics with a real Prometheus and check
 /// them with its promtool; on a systemd machine Debian's package also starts a
-/// `prometheus` service on :9090, which the tests leave alone).
+/// `prometheus` service on :9090, which the tests leave alone). systemd for
+/// `systemd-analyze verify` of the unit in deploy/, python3-venv for kubernetes-validate's.
 const BASE_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -41,6 +42,8 @@ const BASE_PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
     "prometheus",
+    "systemd",
+    "python3-venv",
 ];
 const VM_PACKAGES: &[&str] = &[
     "qemu-system-x86",
@@ -55,6 +58,11 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// `cargo xtask fuzz` drives the targets in fuzz/ with it.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+/// Validates deploy/kubernetes against the Kubernetes schemas it bundles (PyPI), for the
+/// `deploy_manifests` trial, which looks for it in [`KUBERNETES_VALIDATE_DIR`].
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+/// A virtual environment under the target directory: nothing installed system-wide.
+const KUBERNETES_VALIDATE_DIR: &str = "tools/kubernetes-validate";
 
 pub fn cmd(opts: &Options) -> Result<()> {
     // Everything, cargo-fuzz included (`cargo xtask fuzz` installs it itself otherwise).
@@ -125,6 +133,7 @@ enum Item {
     BpfToolchain,
     BpfLinker,
     CargoFuzz,
+    KubernetesValidate,
     Kernel(Series),
 }
 
@@ -133,7 +142,12 @@ fn items(needs: Needs) -> Vec<Item> {
     if needs.vm {
         packages.extend_from_slice(VM_PACKAGES);
     }
-    let mut items = vec![Item::Apt(packages), Item::BpfToolchain, Item::BpfLinker];
+    let mut items = vec![
+        Item::Apt(packages),
+        Item::BpfToolchain,
+        Item::BpfLinker,
+        Item::KubernetesValidate,
+    ];
     if needs.vm {
         items.extend(Series::ALL.map(Item::Kernel));
     }
@@ -151,6 +165,9 @@ impl Item {
             ),
             Item::BpfLinker => format!("bpf-linker {BPF_LINKER_VERSION} (LLVM 22)"),
             Item::CargoFuzz => format!("cargo-fuzz {CARGO_FUZZ_VERSION}"),
+            Item::KubernetesValidate => {
+                format!("kubernetes-validate {KUBERNETES_VALIDATE_VERSION} (PyPI)")
+            }
             Item::Kernel(series) => format!("{series} VM kernel"),
         }
     }
@@ -165,6 +182,9 @@ impl Item {
             Item::BpfToolchain => missing_bpf_toolchain(),
             Item::BpfLinker => (!bpf_linker_present()).then(|| "bpf-linker".into()),
             Item::CargoFuzz => (!cargo_fuzz_present()).then(|| "cargo-fuzz".into()),
+            Item::KubernetesValidate => {
+                (!kubernetes_validate_present()?).then(|| "kubernetes-validate".into())
+            }
             Item::Kernel(series) => match kernels::cached(*series)? {
                 Some(_) => None,
                 None => Some(format!("(none in {})", kernels::cache_dir()?.display())),
@@ -189,6 +209,7 @@ impl Item {
             Item::BpfToolchain => install_bpf_toolchain(),
             Item::BpfLinker => install_bpf_linker(),
             Item::CargoFuzz => install_cargo_fuzz(),
+            Item::KubernetesValidate => install_kubernetes_validate(),
             Item::Kernel(series) => kernels::install(*series, apt).map(drop),
         }
     }
@@ -319,6 +340,45 @@ fn install_bpf_linker() -> Result<()> {
     if !bpf_linker_present() {
         let home = env::var("CARGO_HOME").unwrap_or_else(|_| "~/.cargo".into());
         bail!("bpf-linker was installed but is not on PATH: add {home}/bin to PATH");
+    }
+    Ok(())
+}
+
+/// The virtual environment kubernetes-validate lives in.
+fn kubernetes_validate_venv() -> Result<std::path::PathBuf> {
+    Ok(cargo::target_dir()?.join(KUBERNETES_VALIDATE_DIR))
+}
+
+fn kubernetes_validate_present() -> Result<bool> {
+    let bin = kubernetes_validate_venv()?.join("bin/kubernetes-validate");
+    let out = Command::new(bin).arg("--version").output();
+    Ok(out.is_ok_and(|o| {
+        o.status.success()
+            && String::from_utf8_lossy(&[o.stdout, o.stderr].concat())
+                .contains(KUBERNETES_VALIDATE_VERSION)
+    }))
+}
+
+/// `python3 -m venv` (Debian's python3-venv, from the apt step), then pip from PyPI.
+fn install_kubernetes_validate() -> Result<()> {
+    let venv = kubernetes_validate_venv()?;
+    cmd::run(
+        Command::new("python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv),
+    )?;
+    cmd::run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!(
+                "kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"
+            )),
+    )?;
+    if !kubernetes_validate_present()? {
+        bail!(
+            "kubernetes-validate was installed in {} but does not run",
+            venv.display()
+        );
     }
     Ok(())
 }

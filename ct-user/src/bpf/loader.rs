@@ -171,14 +171,21 @@ impl Tier {
 /// or CAP_PERFMON is missing; false after a warning when the best tier was asked for.
 pub fn bpf_allowed(tier: Option<Tier>) -> anyhow::Result<bool> {
     let missing = caps::Caps::current().missing(&[caps::Cap::Bpf, caps::Cap::Perfmon]);
+    // Both are missing only without CAP_SYS_ADMIN, which stands in for them: say so, since
+    // a deployment that grants CAP_SYS_ADMIN (to enter namespaces) needs neither.
+    let or_sys_admin = if missing.len() == 2 {
+        " (or CAP_SYS_ADMIN, which stands in for both)"
+    } else {
+        ""
+    };
     match tier {
         Some(Tier::Ctnetlink) => Ok(false),
         Some(t) => caps::require(&missing, &format!("tier {}", t.number())).map(|()| true),
         None if missing.is_empty() => Ok(true),
         None => {
             eprintln!(
-                "ctscope: warning: without {}, no BPF tier: tier 3 (ctnetlink only, no causes \
-                 or reasons)",
+                "ctscope: warning: without {}{or_sys_admin}, no BPF tier: tier 3 (ctnetlink \
+                 only, no causes or reasons)",
                 caps::names(&missing)
             );
             Ok(false)

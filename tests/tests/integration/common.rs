@@ -6,7 +6,7 @@ use std::time::Duration;
 use ctscope_tests::{
     cmd,
     ctscope::{self, Events, EventsOpts, Probe},
-    events,
+    deploy, events,
     netns::{self, Netns, Pair},
     nft, prometheus, wait,
 };
@@ -76,6 +76,10 @@ pub enum Needs {
     Tier2Prometheus,
     /// Only `promtool` on PATH (not in the VMs): no root, no kernel.
     Promtool,
+    /// Not root: deploy/, `kubernetes-validate` (not in the VMs) and a ctscope binary.
+    KubernetesValidate,
+    /// Not root: deploy/, `systemd-analyze` and a ctscope binary.
+    SystemdAnalyze,
 }
 
 /// The tier this kernel must reach (see [`Env::required`]).
@@ -138,6 +142,10 @@ impl Env {
             Needs::Tier2 => tier <= 2,
             // Setpriv trials need a tool the VMs may lack; they skip with the reason.
             Needs::Redundant(_) | Needs::Setpriv | Needs::Tier2Setpriv => false,
+            // Tools the VMs lack; on the host `cargo xtask setup` installs them.
+            Needs::KubernetesValidate | Needs::SystemdAnalyze => {
+                std::env::var_os("CTSCOPE_VM_KERNEL").is_none()
+            }
             // The host stage has it (`cargo xtask setup`); the VMs' initramfs does not.
             Needs::Tier2Prometheus => tier <= 2 && std::env::var_os("CTSCOPE_VM_KERNEL").is_none(),
             Needs::Promtool => std::env::var_os("CTSCOPE_VM_KERNEL").is_none(),
@@ -154,6 +162,20 @@ impl Env {
         }
         if let Needs::Promtool = needs {
             return prometheus::promtool_missing();
+        }
+        let tool = match needs {
+            Needs::KubernetesValidate => Some(deploy::kubernetes_validate_missing()),
+            Needs::SystemdAnalyze => Some(deploy::systemd_analyze_missing()),
+            _ => None,
+        };
+        if let Some(missing) = tool {
+            // Both run the binary: the agent parses the DaemonSet's arguments, and the
+            // unit's ExecStart must exist.
+            return missing.or_else(|| {
+                ctscope::binary()
+                    .is_none()
+                    .then(|| "no ctscope binary (set CTSCOPE_BIN or build ctscope)".into())
+            });
         }
         if !self.root {
             return Some("needs root (network namespaces, nft, sysctls, BPF)".into());
