@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod cmd;
+pub mod containerd;
 pub mod ctscope;
 pub mod events;
 pub mod kernel;

@@ -30,8 +30,15 @@ pub struct Needs {
 /// host integration tests (which drive nft, conntrack and ip, drop capabilities with
 /// util-linux's setpriv, and scrape the agent's metrics with a real Prometheus and check
 /// them with its promtool; on a systemd machine Debian's package also starts a
-/// `prometheus` service on :9090, which the tests leave alone).
+/// `prometheus` service on :9090, which the tests leave alone). protoc builds the CRI
+/// client (pod names); containerd, runc, the CNI plugins and a static busybox (its pause
+/// image) let a trial make pods the way the kubelet does.
 const BASE_PACKAGES: &[&str] = &[
+    "protobuf-compiler",
+    "containerd",
+    "runc",
+    "containernetworking-plugins",
+    "busybox-static",
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use ctscope_tests::{
-    cmd,
+    cmd, containerd,
     ctscope::{self, Events, EventsOpts, Probe},
     events,
     netns::{self, Netns, Pair},
@@ -74,6 +74,9 @@ pub enum Needs {
     Tier2Setpriv,
     /// Tier 2, and Debian's `prometheus` and `promtool` on PATH (not in the VMs).
     Tier2Prometheus,
+    /// Root, and Debian's containerd, runc, busybox-static and CNI plugins (not in the
+    /// VMs).
+    Containerd,
 }
 
 /// The tier this kernel must reach (see [`Env::required`]).
@@ -138,6 +141,7 @@ impl Env {
             Needs::Redundant(_) | Needs::Setpriv | Needs::Tier2Setpriv => false,
             // The host stage has it (`cargo xtask setup`); the VMs' initramfs does not.
             Needs::Tier2Prometheus => tier <= 2 && std::env::var_os("CTSCOPE_VM_KERNEL").is_none(),
+            Needs::Containerd => std::env::var_os("CTSCOPE_VM_KERNEL").is_none(),
         };
         covered.then_some(tier)
     }
@@ -165,6 +169,11 @@ impl Env {
         }
         if matches!(needs, Needs::Tier2Prometheus)
             && let Some(why) = prometheus::missing()
+        {
+            return Some(why);
+        }
+        if matches!(needs, Needs::Containerd)
+            && let Some(why) = containerd::missing()
         {
             return Some(why);
         }
