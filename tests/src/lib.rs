@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod cmd;
+pub mod containerd;
 pub mod ctscope;
 pub mod deploy;
 pub mod events;

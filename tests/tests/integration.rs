@@ -155,6 +155,7 @@ const ONCE: &[(&str, Needs, fn())] = &[
     ("diagnose_top_dport", Needs::Root, diagnose::top_dport),
     ("timeouts", Needs::Root, timeouts::run),
     ("workload_names", Needs::Root, workload::run),
+    ("workload_pod_names", Needs::Containerd, workload::pod_names),
     ("agent_socket_path", Needs::Root, agent_socket::socket_path),
     ("agent_protocol", Needs::Root, agent_socket::protocol),
     (

@@ -32,7 +32,14 @@ pub struct Needs {
 /// them with its promtool; on a systemd machine Debian's package also starts a
 /// `prometheus` service on :9090, which the tests leave alone). systemd for
 /// `systemd-analyze verify` of the unit in deploy/, python3-venv for kubernetes-validate's.
+/// protoc builds the CRI client (pod names); containerd, runc, the CNI plugins and a
+/// static busybox (its pause image) let a trial make pods the way the kubelet does.
 const BASE_PACKAGES: &[&str] = &[
+    "protobuf-compiler",
+    "containerd",
+    "runc",
+    "containernetworking-plugins",
+    "busybox-static",
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",

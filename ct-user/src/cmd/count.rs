@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::Target;
 use crate::{
     cli::CountArgs,
-    sys::{stdout, workload::Workload},
+    sys::{cri::PodNames, stdout, workload::Workload},
 };
 
 #[derive(Serialize)]
@@ -21,7 +21,13 @@ struct Row<'a> {
 }
 
 pub async fn run(args: &CountArgs) -> anyhow::Result<()> {
-    for target in Target::from_args(&args.netns)? {
+    let targets = Target::from_args(&args.netns)?;
+    let pods = if targets.iter().any(|t| t.tag.is_some()) {
+        PodNames::query().await
+    } else {
+        PodNames::default()
+    };
+    for target in targets {
         let Some(count) = target.run(async |ct| ct.count().await).await? else {
             continue;
         };
@@ -29,7 +35,7 @@ pub async fn run(args: &CountArgs) -> anyhow::Result<()> {
         let row = Row {
             netns: ns.map(|n| n.inode),
             names: ns.map_or(&[], |n| &n.names),
-            workload: ns.map(|n| n.workload()),
+            workload: ns.map(|n| n.workload().with_pod_names(&pods)),
             count,
         };
         stdout::line(line(&row, args.json)?)?;

@@ -1,8 +1,10 @@
 //! The host ctscope runs on: network namespaces ([`netns`]), sysctls ([`sysctl`]),
 //! capabilities ([`caps`]), standard output that may close ([`stdout`]), the text of
-//! system errors ([`error_text`]), and who lives in a namespace ([`workload`]).
+//! system errors ([`error_text`]), and who lives in a namespace ([`workload`], with pod
+//! names from the container runtime: [`cri`]).
 
 pub mod caps;
+pub mod cri;
 pub mod error_text;
 pub mod netns;
 pub mod stdout;

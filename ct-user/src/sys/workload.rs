@@ -12,6 +12,8 @@ use std::fs;
 
 use serde::Serialize;
 
+use super::cri::PodNames;
+
 /// What lives in one namespace; empty when nothing is known.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Workload {
@@ -23,6 +25,12 @@ pub struct Workload {
     /// The Kubernetes pod's UID.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_uid: Option<String>,
+    /// The pod's name and Kubernetes namespace, from the container runtime
+    /// ([`super::cri`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_namespace: Option<String>,
 }
 
 /// A container, by the runtime that made it and its id.
@@ -75,6 +83,15 @@ impl Workload {
 
     pub fn is_empty(&self) -> bool {
         *self == Workload::default()
+    }
+
+    /// With the pod named from the runtime's list, by its UID.
+    pub fn with_pod_names(mut self, pods: &PodNames) -> Self {
+        if let Some(p) = self.pod_uid.as_deref().and_then(|uid| pods.get(uid)) {
+            self.pod_name = Some(p.name.clone());
+            self.pod_namespace = Some(p.namespace.clone());
+        }
+        self
     }
 }
 

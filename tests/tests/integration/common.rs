@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use ctscope_tests::{
-    cmd,
+    cmd, containerd,
     ctscope::{self, Events, EventsOpts, Probe},
     deploy, events,
     netns::{self, Netns, Pair},
@@ -80,6 +80,9 @@ pub enum Needs {
     KubernetesValidate,
     /// Not root: deploy/, `systemd-analyze` and a ctscope binary.
     SystemdAnalyze,
+    /// Root, and Debian's containerd, runc, busybox-static and CNI plugins (not in the
+    /// VMs).
+    Containerd,
 }
 
 /// The tier this kernel must reach (see [`Env::required`]).
@@ -149,6 +152,7 @@ impl Env {
             // The host stage has it (`cargo xtask setup`); the VMs' initramfs does not.
             Needs::Tier2Prometheus => tier <= 2 && std::env::var_os("CTSCOPE_VM_KERNEL").is_none(),
             Needs::Promtool => std::env::var_os("CTSCOPE_VM_KERNEL").is_none(),
+            Needs::Containerd => std::env::var_os("CTSCOPE_VM_KERNEL").is_none(),
         };
         covered.then_some(tier)
     }
@@ -193,6 +197,11 @@ impl Env {
         }
         if matches!(needs, Needs::Tier2Prometheus)
             && let Some(why) = prometheus::missing()
+        {
+            return Some(why);
+        }
+        if matches!(needs, Needs::Containerd)
+            && let Some(why) = containerd::missing()
         {
             return Some(why);
         }

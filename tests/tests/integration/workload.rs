@@ -1,6 +1,7 @@
 //! Who lives in a namespace: a process in a fresh namespace, put into a cgroup laid out
 //! as the kubelet and containerd lay a pod's container, must make `count`, `stats` and
-//! `diagnose` name the container and the pod; the host's namespace says `host`.
+//! `diagnose` name the container and the pod; the host's namespace says `host`. And a
+//! pod sandbox made through a real containerd's CRI must be named as `kubectl` names it.
 
 use std::{
     fs,
@@ -9,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use ctscope_tests::{ctscope, netns::Netns, wait};
+use ctscope_tests::{containerd::Containerd, ctscope, netns::Netns, wait};
 use serde_json::Value;
 
 const POD_UID: &str = "0a1b2c3d-4e5f-6789-abcd-ef0123456789";
@@ -48,9 +49,45 @@ pub fn run() {
     drop(member);
 }
 
+/// The pods' 10.200.X.0/24 (the CNI bridge inside containerd's own namespace).
+const POD_SUBNET: u8 = 77;
+
+/// A pod sandbox made through containerd's CRI, as the kubelet makes one: `count
+/// --all-netns --json` names its namespace's pod (name, Kubernetes namespace, UID, from
+/// `ListPodSandbox` on `CTSCOPE_CRI_SOCKET`) and its sandbox container; with no runtime
+/// socket, the UID and container still come from the cgroup, and no name.
+pub fn pod_names() {
+    let mut ctd = Containerd::start(POD_SUBNET);
+    let socket = ctd.socket();
+    let pod = ctd.run_pod("web-0", "shop", POD_UID);
+    let (inode, sandbox) = (pod.netns_inode(), pod.id.clone());
+
+    let named = all_netns_with(&["count", "--all-netns", "--json"], Some(&socket));
+    let row = by_inode(&named, inode);
+    assert_eq!(row["pod_uid"], POD_UID, "{row}");
+    assert_eq!(row["pod_name"], "web-0", "{row}");
+    assert_eq!(row["pod_namespace"], "shop", "{row}");
+    assert_eq!(
+        row["container"]["id"],
+        sandbox.as_str(),
+        "the sandbox: {row}"
+    );
+
+    let absent = Path::new("/nonexistent/ctscope-test-cri.sock");
+    let unnamed = all_netns_with(&["count", "--all-netns", "--json"], Some(absent));
+    let row = by_inode(&unnamed, inode);
+    assert_eq!(row["pod_uid"], POD_UID, "{row}");
+    assert!(row.get("pod_name").is_none(), "no runtime, no name: {row}");
+}
+
 /// `ctscope ARGS` printing one JSON object per line.
 fn all_netns(args: &[&str]) -> Vec<Value> {
-    let out = ctscope_out(args);
+    all_netns_with(args, None)
+}
+
+/// The same, with `CTSCOPE_CRI_SOCKET` set to `cri`.
+fn all_netns_with(args: &[&str], cri: Option<&Path>) -> Vec<Value> {
+    let out = ctscope_out_with(args, cri);
     out.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{args:?}: {e}: {l}")))
         .collect()
@@ -62,10 +99,16 @@ fn ctscope_json(args: &[&str]) -> Value {
 }
 
 fn ctscope_out(args: &[&str]) -> String {
-    let out = Command::new(ctscope::binary_or_panic())
-        .args(args)
-        .output()
-        .expect("running ctscope");
+    ctscope_out_with(args, None)
+}
+
+fn ctscope_out_with(args: &[&str], cri: Option<&Path>) -> String {
+    let mut cmd = Command::new(ctscope::binary_or_panic());
+    cmd.args(args);
+    if let Some(socket) = cri {
+        cmd.env("CTSCOPE_CRI_SOCKET", socket);
+    }
+    let out = cmd.output().expect("running ctscope");
     assert!(
         out.status.success(),
         "ctscope {args:?}: {}",
