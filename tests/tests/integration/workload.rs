@@ -50,7 +50,7 @@ pub fn run() {
 }
 
 /// The pods' 10.200.X.0/24 (the CNI bridge inside containerd's own namespace).
-const POD_SUBNET: u8 = 77;
+const POD_SUBNET: u8 = 78;
 
 /// A pod sandbox made through containerd's CRI, as the kubelet makes one: `count
 /// --all-netns --json` names its namespace's pod (name, Kubernetes namespace, UID, from
