@@ -42,6 +42,8 @@ mod flood;
 mod host_tier;
 #[path = "integration/metrics.rs"]
 mod metrics;
+#[path = "integration/node_exporter.rs"]
+mod node_exporter;
 #[path = "integration/privileges.rs"]
 mod privileges;
 #[path = "integration/server_side.rs"]
@@ -156,6 +158,11 @@ const ONCE: &[(&str, Needs, fn())] = &[
         agent_clients::client_bounds,
     ),
     ("agent_metrics", Needs::Tier2Prometheus, metrics::scraped),
+    (
+        "node_exporter_side_by_side",
+        Needs::NodeExporter,
+        node_exporter::side_by_side,
+    ),
 ];
 
 /// The agent (`ctscope watch`), given its tier flags.

@@ -29,8 +29,9 @@ pub struct Needs {
 /// Building the BPF object with bpf-linker (which links LLVM 22) and running the
 /// host integration tests (which drive nft, conntrack and ip, drop capabilities with
 /// util-linux's setpriv, and scrape the agent's metrics with a real Prometheus and check
-/// them with its promtool; on a systemd machine Debian's package also starts a
-/// `prometheus` service on :9090, which the tests leave alone).
+/// them with its promtool, and compare them with node_exporter's; on a systemd machine
+/// Debian's packages also start `prometheus` on :9090 and node_exporter on :9100, which
+/// the tests leave alone: they run their own on free loopback ports).
 const BASE_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -41,6 +42,7 @@ const BASE_PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
     "prometheus",
+    "prometheus-node-exporter",
 ];
 const VM_PACKAGES: &[&str] = &[
     "qemu-system-x86",

@@ -13,7 +13,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::workload::Workload;
 use crate::sys::caps::{self, Cap, Caps};
@@ -197,6 +197,83 @@ impl Netns {
     pub fn workload(&self) -> Workload {
         Workload::of(self.inode, self.member)
     }
+
+    /// How the JSON outputs tag what they print of it.
+    pub fn tag(&self) -> Tag {
+        Tag {
+            netns: self.inode,
+            who: self.who(),
+        }
+    }
+
+    fn who(&self) -> Who {
+        Who {
+            names: self.names.clone(),
+            workload: self.workload(),
+        }
+    }
+}
+
+/// A namespace as the JSON outputs name it, flattened into their objects: its inode, then
+/// [`Who`].
+#[derive(Clone, Debug, Serialize)]
+pub struct Tag {
+    pub netns: u32,
+    #[serde(flatten)]
+    pub who: Who,
+}
+
+/// A namespace's names under /run/netns and who lives there.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Who {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    #[serde(flatten)]
+    pub workload: Workload,
+}
+
+/// The [`Who`] of namespaces known by inode only (rows of the agent's answers), read once
+/// each: a miss lists the namespaces once and keeps every one found.
+#[derive(Default)]
+pub struct Tags(BTreeMap<u32, Option<Who>>);
+
+impl Tags {
+    /// Who is in `inode`; `None` when no process or name is in it (any more).
+    pub fn get(&mut self, inode: u32) -> Option<&Who> {
+        if !self.0.contains_key(&inode) {
+            for ns in list() {
+                self.0.entry(ns.inode).or_insert_with(|| Some(ns.who()));
+            }
+            self.0.entry(inode).or_insert(None);
+        }
+        self.0.get(&inode)?.as_ref()
+    }
+
+    /// A JSON object's line (what the agent sent, `netns` in it) with the fields of who
+    /// is in that namespace added at its end: the agent's fields stay as they were, in
+    /// their order.
+    pub fn add_to_line(&mut self, line: &[u8]) -> serde_json::Result<Vec<u8>> {
+        #[derive(Deserialize)]
+        struct Of {
+            netns: u32,
+        }
+        let Of { netns } = serde_json::from_slice(line)?;
+        let line = line.trim_ascii_end();
+        let extra = match self.get(netns) {
+            Some(who) => serde_json::to_vec(who)?,
+            None => b"{}".to_vec(),
+        };
+        // Both are objects: `{...}` and `{"names":...}`, or `{}` when nothing is known.
+        let mut out = line[..line.len() - 1].to_vec();
+        if extra.len() > 2 {
+            out.push(b',');
+            out.extend_from_slice(&extra[1..]);
+        } else {
+            out.push(b'}');
+        }
+        out.push(b'\n');
+        Ok(out)
+    }
 }
 
 /// A path that leads to the listed namespace with this inode, if any.
@@ -306,6 +383,28 @@ mod tests {
             let named = resolve(arg).unwrap_or_else(|e| panic!("{arg}: {e}"));
             assert_eq!((named.inode, named.current), (own, true), "{arg}");
         }
+    }
+
+    #[test]
+    fn who_is_added_at_the_end_of_an_agent_line() {
+        let who = Who {
+            names: vec!["blue".into()],
+            workload: Workload {
+                host: true,
+                ..Workload::default()
+            },
+        };
+        let mut tags = Tags(BTreeMap::from([(7, Some(who)), (8, None)]));
+        let line = tags
+            .add_to_line(b"{\"z\":1,\"netns\":7,\"a\":[]}\n")
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(line).unwrap(),
+            "{\"z\":1,\"netns\":7,\"a\":[],\"names\":[\"blue\"],\"host\":true}\n"
+        );
+        let unknown = tags.add_to_line(b"{\"netns\":8}").unwrap();
+        assert_eq!(unknown, b"{\"netns\":8}\n");
+        assert!(tags.add_to_line(b"{\"z\":1}\n").is_err(), "no netns");
     }
 
     #[test]

@@ -74,6 +74,8 @@ pub enum Needs {
     Tier2Setpriv,
     /// Tier 2, and Debian's `prometheus` and `promtool` on PATH (not in the VMs).
     Tier2Prometheus,
+    /// Root, tools, and Debian's `prometheus-node-exporter` on PATH.
+    NodeExporter,
 }
 
 /// The tier this kernel must reach (see [`Env::required`]).
@@ -135,7 +137,10 @@ impl Env {
             Needs::Tier1 => tier <= 1,
             Needs::Tier2 => tier <= 2,
             // Setpriv trials need a tool the VMs may lack; they skip with the reason.
-            Needs::Redundant(_) | Needs::Setpriv | Needs::Tier2Setpriv => false,
+            // So does node_exporter's, a comparison rather than a feature of ctscope.
+            Needs::Redundant(_) | Needs::Setpriv | Needs::Tier2Setpriv | Needs::NodeExporter => {
+                false
+            }
             // The host stage has it (`cargo xtask setup`); the VMs' initramfs does not.
             Needs::Tier2Prometheus => tier <= 2 && std::env::var_os("CTSCOPE_VM_KERNEL").is_none(),
         };
@@ -165,6 +170,11 @@ impl Env {
         }
         if matches!(needs, Needs::Tier2Prometheus)
             && let Some(why) = prometheus::missing()
+        {
+            return Some(why);
+        }
+        if matches!(needs, Needs::NodeExporter)
+            && let Some(why) = crate::node_exporter::missing()
         {
             return Some(why);
         }
