@@ -193,7 +193,7 @@ async fn respond<B>(
     log::debug!(
         "metrics: {namespaces} namespaces ({} workloads known), {} bytes: snapshot {asked:?}, \
          kernel reads {:?}, encoding {:?}",
-        workloads.len(),
+        workloads.known(),
         body.len(),
         read - asked,
         started.elapsed() - read

@@ -145,7 +145,8 @@ impl Workloads {
         self.0.retain(|k, _| seen.contains(k));
     }
 
-    pub fn len(&self) -> usize {
+    /// How many namespaces' labels are kept.
+    pub fn known(&self) -> usize {
         self.0.len()
     }
 }
@@ -859,7 +860,7 @@ mod tests {
         let reused = cache.get(&ns("b"), Some(2));
         assert_eq!(reused.netns_name.as_deref(), Some("b"), "a new namespace");
         cache.keep(&HashSet::from([(NS, Some(2))]));
-        assert_eq!(cache.len(), 1, "the vanished one is forgotten");
+        assert_eq!(cache.known(), 1, "the vanished one is forgotten");
     }
 
     #[test]
