@@ -72,8 +72,8 @@ pub async fn copy_lines(body: &mut Body) -> anyhow::Result<u64> {
     Ok(lines)
 }
 
-/// Like [`copy_lines`], for JSON Lines whose objects have a `netns`: each gets who is
-/// in that namespace (names, workload), read once per namespace.
+/// Like [`copy_lines`], for JSON Lines: each object with a `netns` gets who is in that
+/// namespace (names, workload), read once per namespace.
 pub async fn copy_json_lines(body: &mut Body, tags: &mut Tags) -> anyhow::Result<u64> {
     let mut out = stdout::writer();
     let mut lines = 0;
@@ -81,7 +81,7 @@ pub async fn copy_json_lines(body: &mut Body, tags: &mut Tags) -> anyhow::Result
     while body.read_until(b'\n', &mut line).await? > 0 {
         let tagged = tags.add_to_line(&line).with_context(|| {
             format!(
-                "the agent sent a line without a netns: {:?}",
+                "the agent sent a line that is not JSON: {:?}",
                 String::from_utf8_lossy(&line)
             )
         })?;

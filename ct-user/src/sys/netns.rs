@@ -232,44 +232,73 @@ pub struct Who {
     pub workload: Workload,
 }
 
-/// The [`Who`] of namespaces known by inode only (rows of the agent's answers), read once
-/// each: a miss lists the namespaces once and keeps every one found.
+/// The [`Who`] of namespaces known by inode only (events, rows of the agent's answers),
+/// read once each: a miss lists the namespaces once and keeps every one found.
 #[derive(Default)]
-pub struct Tags(BTreeMap<u32, Option<Who>>);
+pub struct Tags(BTreeMap<u32, Option<Known>>);
+
+/// One namespace's [`Who`], and its fields as JSON to add to an object: `,"names":...`,
+/// or nothing when nothing is known.
+struct Known {
+    who: Who,
+    fields: Vec<u8>,
+}
+
+impl Known {
+    fn new(who: Who) -> Self {
+        let object = serde_json::to_vec(&who).unwrap_or_default();
+        // `{}` when empty, else `{"names":...}`: everything but the braces.
+        let fields = match object.get(1..object.len().saturating_sub(1)) {
+            Some(inner) if !inner.is_empty() => [b",", inner].concat(),
+            _ => Vec::new(),
+        };
+        Known { who, fields }
+    }
+}
 
 impl Tags {
-    /// Who is in `inode`; `None` when no process or name is in it (any more).
-    pub fn get(&mut self, inode: u32) -> Option<&Who> {
+    fn known(&mut self, inode: u32) -> Option<&Known> {
         if !self.0.contains_key(&inode) {
             for ns in list() {
-                self.0.entry(ns.inode).or_insert_with(|| Some(ns.who()));
+                self.0
+                    .entry(ns.inode)
+                    .or_insert_with(|| Some(Known::new(ns.who())));
             }
             self.0.entry(inode).or_insert(None);
         }
         self.0.get(&inode)?.as_ref()
     }
 
-    /// A JSON object's line (what the agent sent, `netns` in it) with the fields of who
-    /// is in that namespace added at its end: the agent's fields stay as they were, in
-    /// their order.
+    /// Who is in `inode`; `None` when no process or name is in it (any more).
+    pub fn get(&mut self, inode: u32) -> Option<&Who> {
+        self.known(inode).map(|k| &k.who)
+    }
+
+    /// Adds who is in `inode` at the end of `object`, a serialized JSON object (`{...}`,
+    /// nothing after it): the fields before stay as they were, in their order.
+    pub fn add_to_object(&mut self, object: &mut Vec<u8>, inode: u32) {
+        let Some(known) = self.known(inode) else {
+            return;
+        };
+        if known.fields.is_empty() || object.last() != Some(&b'}') {
+            return;
+        }
+        object.pop();
+        object.extend_from_slice(&known.fields);
+        object.push(b'}');
+    }
+
+    /// A JSON Lines line (what the agent sent) with who is in its `netns` added; a line
+    /// without `netns` (a `lost` record) is left as it is.
     pub fn add_to_line(&mut self, line: &[u8]) -> serde_json::Result<Vec<u8>> {
         #[derive(Deserialize)]
         struct Of {
-            netns: u32,
+            netns: Option<u32>,
         }
         let Of { netns } = serde_json::from_slice(line)?;
-        let line = line.trim_ascii_end();
-        let extra = match self.get(netns) {
-            Some(who) => serde_json::to_vec(who)?,
-            None => b"{}".to_vec(),
-        };
-        // Both are objects: `{...}` and `{"names":...}`, or `{}` when nothing is known.
-        let mut out = line[..line.len() - 1].to_vec();
-        if extra.len() > 2 {
-            out.push(b',');
-            out.extend_from_slice(&extra[1..]);
-        } else {
-            out.push(b'}');
+        let mut out = line.trim_ascii_end().to_vec();
+        if let Some(inode) = netns {
+            self.add_to_object(&mut out, inode);
         }
         out.push(b'\n');
         Ok(out)
@@ -394,7 +423,11 @@ mod tests {
                 ..Workload::default()
             },
         };
-        let mut tags = Tags(BTreeMap::from([(7, Some(who)), (8, None)]));
+        let mut tags = Tags(BTreeMap::from([
+            (7, Some(Known::new(who))),
+            (8, Some(Known::new(Who::default()))),
+            (9, None),
+        ]));
         let line = tags
             .add_to_line(b"{\"z\":1,\"netns\":7,\"a\":[]}\n")
             .unwrap();
@@ -402,9 +435,11 @@ mod tests {
             String::from_utf8(line).unwrap(),
             "{\"z\":1,\"netns\":7,\"a\":[],\"names\":[\"blue\"],\"host\":true}\n"
         );
-        let unknown = tags.add_to_line(b"{\"netns\":8}").unwrap();
-        assert_eq!(unknown, b"{\"netns\":8}\n");
-        assert!(tags.add_to_line(b"{\"z\":1}\n").is_err(), "no netns");
+        for plain in ["{\"netns\":8}", "{\"netns\":9}", "{\"kind\":\"lost\"}"] {
+            let line = tags.add_to_line(plain.as_bytes()).unwrap();
+            assert_eq!(line, format!("{plain}\n").as_bytes(), "left as it was");
+        }
+        assert!(tags.add_to_line(b"not json\n").is_err());
     }
 
     #[test]

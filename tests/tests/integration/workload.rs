@@ -10,7 +10,12 @@ use std::{
     time::Duration,
 };
 
-use ctscope_tests::{agent::Agent, ctscope, netns::Netns, prometheus, wait};
+use ctscope_tests::{
+    agent::Agent,
+    ctscope::{self, Events, EventsOpts},
+    netns::Netns,
+    prometheus, wait,
+};
 use serde_json::Value;
 
 const POD_UID: &str = "0a1b2c3d-4e5f-6789-abcd-ef0123456789";
@@ -47,7 +52,12 @@ pub fn run() {
     let evidence = &diagnose["evidence"][0];
     assert_eq!(evidence["container"]["id"], CONTAINER, "{evidence}");
 
-    // One entry, so `list` and `top` have a row of this namespace.
+    // One entry, so `list` and `top` have a row of this namespace; its `new` event is
+    // seen at tier 3 (ctnetlink) in that namespace.
+    let events = Events::start(&EventsOpts {
+        extra: vec!["--tier".into(), "3".into()],
+        ..EventsOpts::netns(ns.inode())
+    });
     ns.exec(&[
         "conntrack",
         "-I",
@@ -64,6 +74,10 @@ pub fn run() {
         "-t",
         "600",
     ]);
+    let seen = events.wait_until(Duration::from_secs(10), |evs| !evs.is_empty());
+    let finished = events.stop();
+    assert!(seen, "no event of the inserted entry: {}", finished.stderr);
+    has_pod(&finished.events[0], "events");
     let list = all_netns(&["list", "--all-netns", "--json", "--no-agent"]);
     has_pod(by_inode(&list, ns.inode()), "list");
     let top = ctscope_json(&[
