@@ -48,6 +48,8 @@ mod least_privilege;
 mod metrics;
 #[path = "integration/monitoring.rs"]
 mod monitoring;
+#[path = "integration/node_exporter.rs"]
+mod node_exporter;
 #[path = "integration/privileges.rs"]
 mod privileges;
 #[path = "integration/server_side.rs"]
@@ -180,6 +182,11 @@ const ONCE: &[(&str, Needs, fn())] = &[
         "deploy_systemd_unit",
         Needs::SystemdAnalyze,
         deploy::systemd_unit,
+    ),
+    (
+        "node_exporter_side_by_side",
+        Needs::NodeExporter,
+        node_exporter::side_by_side,
     ),
 ];
 

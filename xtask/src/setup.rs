@@ -29,8 +29,9 @@ pub struct Needs {
 /// Building the BPF object with bpf-linker (which links LLVM 22) and running the
 /// host integration tests (which drive nft, conntrack and ip, drop capabilities with
 /// util-linux's setpriv, and scrape the agent's metrics with a real Prometheus and check
-/// them with its promtool; on a systemd machine Debian's package also starts a
-/// `prometheus` service on :9090, which the tests leave alone). systemd for
+/// them with its promtool, and compare them with node_exporter's; on a systemd machine
+/// Debian's packages also start `prometheus` on :9090 and node_exporter on :9100, which
+/// the tests leave alone: they run their own on free loopback ports). systemd for
 /// `systemd-analyze verify` of the unit in deploy/, python3-venv for kubernetes-validate's.
 /// protoc builds the CRI client (pod names); containerd, runc, the CNI plugins and a
 /// static busybox (its pause image) let a trial make pods the way the kubelet does.
@@ -51,6 +52,7 @@ const BASE_PACKAGES: &[&str] = &[
     "prometheus",
     "systemd",
     "python3-venv",
+    "prometheus-node-exporter",
 ];
 const VM_PACKAGES: &[&str] = &[
     "qemu-system-x86",

@@ -6,14 +6,14 @@ use std::{
     path::Path,
 };
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
     net::UnixStream,
 };
 
 use super::protocol::{Header, Request};
-use crate::sys::stdout;
+use crate::sys::{netns::Tags, stdout};
 
 /// An answer's body, after its header said ok.
 pub type Body = BufReader<UnixStream>;
@@ -67,6 +67,27 @@ pub async fn copy_lines(body: &mut Body) -> anyhow::Result<u64> {
         let n = chunk.len();
         stdout::check(out.write_all(chunk))?;
         body.consume(n);
+    }
+    stdout::check(out.flush())?;
+    Ok(lines)
+}
+
+/// Like [`copy_lines`], for JSON Lines: each object with a `netns` gets who is in that
+/// namespace (names, workload), read once per namespace.
+pub async fn copy_json_lines(body: &mut Body, tags: &mut Tags) -> anyhow::Result<u64> {
+    let mut out = stdout::writer();
+    let mut lines = 0;
+    let mut line = Vec::new();
+    while body.read_until(b'\n', &mut line).await? > 0 {
+        let tagged = tags.add_to_line(&line).with_context(|| {
+            format!(
+                "the agent sent a line that is not JSON: {:?}",
+                String::from_utf8_lossy(&line)
+            )
+        })?;
+        stdout::check(out.write_all(&tagged))?;
+        lines += 1;
+        line.clear();
     }
     stdout::check(out.flush())?;
     Ok(lines)

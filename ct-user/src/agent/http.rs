@@ -9,6 +9,7 @@
 //! — happens here, so neither a slow client nor a hundred namespaces take the loop's time,
 //! and a loop busy merging a dump only delays the snapshot. Scrapes are answered one at a
 //! time: two Prometheus servers scraping at once cost one round of reads each, in turn.
+//! Who lives in each namespace (its workload labels) is read here too, once per namespace.
 
 use std::{
     convert::Infallible,
@@ -33,7 +34,7 @@ use tokio::{
     time::timeout,
 };
 
-use super::metrics::{Format, Scrape, Snapshot};
+use super::metrics::{Format, Scrape, Snapshot, Workloads};
 
 /// `--metrics` without a value listens on loopback, on this port: outside Prometheus'
 /// exporter range 9100-9999 (full) and the ports of the exporters and eBPF agents that
@@ -123,7 +124,8 @@ async fn accept(listener: std::net::TcpListener, asks: mpsc::Sender<Ask>) {
         Err(e) => return log::error!("metrics: not serving: {e}"),
     };
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let one_at_a_time = Arc::new(Mutex::new(()));
+    // One scrape at a time, holding the workload labels read by the ones before.
+    let one_at_a_time = Arc::new(Mutex::new(Workloads::default()));
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -157,7 +159,7 @@ type Answer = Response<Full<Bytes>>;
 async fn respond<B>(
     req: Request<B>,
     asks: mpsc::Sender<Ask>,
-    lock: Arc<Mutex<()>>,
+    lock: Arc<Mutex<Workloads>>,
 ) -> Result<Answer, Infallible> {
     if req.uri().path() != "/metrics" {
         return Ok(plain(
@@ -176,7 +178,7 @@ async fn respond<B>(
     }
     let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
     let format = negotiate(accept);
-    let _turn = lock.lock().await;
+    let mut workloads = lock.lock().await;
     let started = Instant::now();
     let Some(snapshot) = snapshot(&asks).await else {
         return Ok(plain(
@@ -185,12 +187,13 @@ async fn respond<B>(
         ));
     };
     let (asked, namespaces) = (started.elapsed(), snapshot.namespaces.len());
-    let scrape = Scrape::gather(snapshot).await;
+    let scrape = Scrape::gather(snapshot, &mut workloads).await;
     let read = started.elapsed();
     let body = scrape.encode(format);
     log::debug!(
-        "metrics: {namespaces} namespaces, {} bytes: snapshot {asked:?}, kernel reads {:?}, \
-         encoding {:?}",
+        "metrics: {namespaces} namespaces ({} workloads known), {} bytes: snapshot {asked:?}, \
+         kernel reads {:?}, encoding {:?}",
+        workloads.known(),
         body.len(),
         read - asked,
         started.elapsed() - read

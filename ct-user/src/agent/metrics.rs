@@ -11,14 +11,15 @@
 //! namespace label and must never go down.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     fmt,
+    sync::Arc,
 };
 
 use ct_netlink::{Conntrack, CpuStats};
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet},
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, LabelSetEncoder, NoLabelSet},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::{Registry, Unit},
 };
@@ -27,7 +28,10 @@ use super::counts::Counts;
 use crate::{
     attribution::{Attributed, Kernel, unexplained},
     lifetimes::Lifetimes,
-    sys::netns,
+    sys::{
+        netns::{self, Netns},
+        workload::{Container, Runtime},
+    },
 };
 
 /// Every name starts with it.
@@ -52,13 +56,99 @@ const CLASH_CAUSES: [ct_common::Cause; 2] = [
     ct_common::Cause::NatClashReplyOnly,
 ];
 
-/// The labels every series of one namespace carries. Workload labels (its name under
-/// /run/netns, container, pod) are to join `netns` here, so every per-namespace series
-/// gets them at once.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+/// The labels every series of one namespace carries: its inode and who lives there.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct NsLabels {
     /// The namespace's inode, as `ctscope --netns` and the JSON outputs give it.
     pub netns: u32,
+    pub workload: Arc<WorkloadLabels>,
+}
+
+/// Who lives in a namespace, as labels. A label without a value is left out (Prometheus
+/// reads a missing label as empty), so a plain namespace carries `netns` alone. Read once
+/// per namespace ([`Workloads`]): a series' labels never change while it lives.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct WorkloadLabels {
+    /// Its first name under /run/netns (`ip netns`), in sort order.
+    pub netns_name: Option<String>,
+    /// The kernel's initial namespace: `host="true"`.
+    pub host: bool,
+    /// As Kubernetes writes a container's id (`containerd://ID`, `cri-o://ID`,
+    /// `docker://ID`, `podman://ID`; the bare id when the runtime is unknown), so it
+    /// joins kube-state-metrics' `kube_pod_container_info{container_id}`.
+    pub container_id: Option<String>,
+    /// The Kubernetes pod's UID (kube-state-metrics' `uid`).
+    pub pod_uid: Option<String>,
+}
+
+impl WorkloadLabels {
+    /// Reads the cgroup of a process inside `ns`.
+    pub fn of(ns: &Netns) -> Self {
+        let w = ns.workload();
+        WorkloadLabels {
+            netns_name: ns.names.iter().min().cloned(),
+            host: w.host,
+            container_id: w.container.as_ref().map(container_id),
+            pod_uid: w.pod_uid,
+        }
+    }
+}
+
+/// `RUNTIME://ID`, as the kubelet reports `containerID`.
+fn container_id(c: &Container) -> String {
+    let scheme = match c.runtime {
+        Runtime::Containerd => "containerd",
+        Runtime::Crio => "cri-o",
+        Runtime::Docker => "docker",
+        Runtime::Podman => "podman",
+        Runtime::Unknown => return c.id.clone(),
+    };
+    format!("{scheme}://{}", c.id)
+}
+
+impl EncodeLabelSet for NsLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> fmt::Result {
+        let w = &*self.workload;
+        let netns = self.netns.to_string();
+        let labels = [
+            ("netns", Some(netns.as_str())),
+            ("netns_name", w.netns_name.as_deref()),
+            ("host", w.host.then_some("true")),
+            ("container_id", w.container_id.as_deref()),
+            ("pod_uid", w.pod_uid.as_deref()),
+        ];
+        let present: Vec<(&str, &str)> = labels
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect();
+        present.encode(encoder)
+    }
+}
+
+/// The workload labels of the namespaces scraped, kept between scrapes so a scrape
+/// reads no cgroup of a namespace it has seen. Keyed by inode and cookie: the kernel
+/// reuses a freed namespace's inode, never its cookie (where it has cookies, 5.14+).
+#[derive(Debug, Default)]
+pub struct Workloads(HashMap<(u32, Option<u64>), Arc<WorkloadLabels>>);
+
+impl Workloads {
+    /// `ns`'s labels: cached, else read now.
+    fn get(&mut self, ns: &Netns, cookie: Option<u64>) -> Arc<WorkloadLabels> {
+        self.0
+            .entry((ns.inode, cookie))
+            .or_insert_with(|| Arc::new(WorkloadLabels::of(ns)))
+            .clone()
+    }
+
+    /// Forgets the namespaces a scrape did not see: they are gone.
+    fn keep(&mut self, seen: &HashSet<(u32, Option<u64>)>) {
+        self.0.retain(|k, _| seen.contains(k));
+    }
+
+    /// How many namespaces' labels are kept.
+    pub fn known(&self) -> usize {
+        self.0.len()
+    }
 }
 
 /// What the agent's loop hands over for one scrape: copies, so encoding and the kernel
@@ -94,6 +184,8 @@ pub struct KernelNow {
     /// `nf_conntrack_max` (global), where the kernel reports it.
     pub max: Option<u32>,
     pub cpus: Vec<CpuStats>,
+    /// The namespace's cookie (`SO_NETNS_COOKIE`), where the kernel has them.
+    pub cookie: Option<u64>,
 }
 
 impl KernelNow {
@@ -135,32 +227,47 @@ impl Format {
 pub struct Scrape {
     snapshot: Snapshot,
     kernel: BTreeMap<u32, KernelNow>,
+    /// Who lives in each namespace read; none for those that could not be.
+    workloads: BTreeMap<u32, Arc<WorkloadLabels>>,
 }
 
 impl Scrape {
     pub fn new(mut snapshot: Snapshot, kernel: BTreeMap<u32, KernelNow>) -> Self {
         // The agent keeps them in a hash map: sorted, scrapes list them alike.
         snapshot.namespaces.sort_by_key(|n| n.netns);
-        Scrape { snapshot, kernel }
+        Scrape {
+            snapshot,
+            kernel,
+            workloads: BTreeMap::new(),
+        }
     }
 
-    /// Reads the kernel counters of the namespaces in `snapshot` that can be entered.
-    pub async fn gather(snapshot: Snapshot) -> Self {
+    /// Reads the kernel counters of the namespaces in `snapshot` that can be entered, and
+    /// who lives in them (from `cache` where it was read before).
+    pub async fn gather(snapshot: Snapshot, cache: &mut Workloads) -> Self {
         let known: HashSet<u32> = snapshot.namespaces.iter().map(|n| n.netns).collect();
         let mut kernel = BTreeMap::new();
+        let mut workloads = BTreeMap::new();
+        let mut seen = HashSet::new();
         for ns in netns::enterable() {
             if !known.contains(&ns.inode) {
                 continue; // Not yet dumped by the agent: served from its next round on.
             }
             match read_kernel(&ns.path).await {
                 Ok(k) => {
+                    seen.insert((ns.inode, k.cookie));
+                    workloads.insert(ns.inode, cache.get(&ns, k.cookie));
                     kernel.insert(ns.inode, k);
                 }
                 // Vanished since it was listed: it will leave the snapshot too.
                 Err(e) => log::debug!("metrics: netns {}: {e}", ns.inode),
             }
         }
-        Scrape::new(snapshot, kernel)
+        cache.keep(&seen);
+        Scrape {
+            workloads,
+            ..Scrape::new(snapshot, kernel)
+        }
     }
 
     pub fn encode(self, format: Format) -> String {
@@ -196,10 +303,13 @@ impl Scrape {
 
     /// The namespaces the snapshot has, with their kernel statistics where read.
     fn namespaces(&self) -> impl Iterator<Item = (NsLabels, &NsSnapshot, Option<&KernelNow>)> {
-        self.snapshot
-            .namespaces
-            .iter()
-            .map(|n| (NsLabels { netns: n.netns }, n, self.kernel.get(&n.netns)))
+        self.snapshot.namespaces.iter().map(|n| {
+            let labels = NsLabels {
+                netns: n.netns,
+                workload: self.workloads.get(&n.netns).cloned().unwrap_or_default(),
+            };
+            (labels, n, self.kernel.get(&n.netns))
+        })
     }
 
     /// Whether events count anything: tier 3 has none, and serves no zeros that would
@@ -473,6 +583,7 @@ async fn read_kernel(path: &std::path::Path) -> ct_netlink::Result<KernelNow> {
         entries: global.entries,
         max: global.max_entries,
         cpus,
+        cookie: ct.netns_cookie().ok(),
     })
 }
 
@@ -564,6 +675,7 @@ mod tests {
             entries: 7,
             max: Some(262144),
             cpus: vec![cpu(0, 1, 3), cpu(1, 0, 2)],
+            cookie: Some(1),
         };
         Scrape::new(snapshot, BTreeMap::from([(NS, kernel)]))
     }
@@ -684,6 +796,71 @@ mod tests {
             assert!(!served.iter().any(|n| n == absent), "{absent} at tier 3");
         }
         assert!(served.iter().any(|n| n == "ctscope_kernel_drop_total"));
+    }
+
+    #[test]
+    fn workload_labels_join_every_series_of_their_namespace() {
+        let mut s = scrape(2);
+        let id = "4b1c2e3f5a6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f";
+        let w = WorkloadLabels {
+            netns_name: Some("blue".into()),
+            host: true,
+            container_id: Some(container_id(&Container {
+                runtime: Runtime::Crio,
+                id: id.into(),
+            })),
+            pod_uid: Some("0a1b2c3d-4e5f-6789-abcd-ef0123456789".into()),
+        };
+        s.workloads.insert(NS, Arc::new(w));
+        let text = s.encode(Format::Prometheus);
+        let labels = format!(
+            "netns=\"{NS}\",netns_name=\"blue\",host=\"true\",container_id=\"cri-o://{id}\",\
+             pod_uid=\"0a1b2c3d-4e5f-6789-abcd-ef0123456789\""
+        );
+        has(&text, &format!("ctscope_conntrack_entries{{{labels}}} 7"));
+        has(
+            &text,
+            &format!("ctscope_insert_failed_total{{{labels},cause=\"nat_port_clash\"}} 1"),
+        );
+        has(
+            &text,
+            &format!("ctscope_unexplained{{{labels},counter=\"drop\"}} 1"),
+        );
+        let per_ns = text.lines().filter(|l| l.contains("netns=")).count();
+        let labelled = text.lines().filter(|l| l.contains(&labels)).count();
+        assert_eq!(per_ns, labelled, "every namespace series has them:\n{text}");
+    }
+
+    #[test]
+    fn labels_without_a_value_are_left_out() {
+        let text = scrape(2).encode(Format::Prometheus);
+        has(
+            &text,
+            &format!("ctscope_conntrack_entries{{netns=\"{NS}\"}} 7"),
+        );
+        for absent in ["netns_name=", "host=", "container_id=", "pod_uid="] {
+            assert!(!text.contains(absent), "{absent} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn workloads_are_read_once_per_inode_and_cookie() {
+        let ns = |name: &str| Netns {
+            inode: NS,
+            names: vec![name.into(), "z".into()],
+            current: false,
+            member: None,
+            path: "/nonexistent".into(),
+        };
+        let mut cache = Workloads::default();
+        let first = cache.get(&ns("a"), Some(1));
+        assert_eq!(first.netns_name.as_deref(), Some("a"), "the first name");
+        let renamed = cache.get(&ns("b"), Some(1));
+        assert_eq!(renamed, first, "cached: a series keeps its labels");
+        let reused = cache.get(&ns("b"), Some(2));
+        assert_eq!(reused.netns_name.as_deref(), Some("b"), "a new namespace");
+        cache.keep(&HashSet::from([(NS, Some(2))]));
+        assert_eq!(cache.known(), 1, "the vanished one is forgotten");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::{
     pipeline::source::{EventSource, Output},
     render::events::{Format, write_event, write_record},
     sys::caps::{self, Cap},
-    sys::stdout,
+    sys::{netns::Tags, stdout},
 };
 
 /// The tier asked for; `--floor` (the benchmark's) means tier 2.
@@ -184,6 +184,8 @@ async fn from_agent(args: &EventsArgs, mut body: Body) -> anyhow::Result<()> {
     let mut out = stdout::writer();
     let mut left = args.count;
     let mut line = Vec::new();
+    // The agent knows namespaces by inode: who is in them is added here.
+    let mut tags = args.json.then(Tags::default);
     while left != Some(0) {
         line.clear();
         tokio::select! {
@@ -193,6 +195,11 @@ async fn from_agent(args: &EventsArgs, mut body: Body) -> anyhow::Result<()> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             () = until(deadline) => break,
+        }
+        if let Some(tags) = &mut tags {
+            line = tags
+                .add_to_line(&line)
+                .with_context(|| format!("the agent sent {:?}", String::from_utf8_lossy(&line)))?;
         }
         stdout::check(out.write_all(&line).and_then(|()| out.flush()))?;
         if let Some(n) = &mut left {
@@ -221,6 +228,8 @@ struct Printer {
     filter: Filter,
     remaining: Option<u64>,
     error: Option<std::io::Error>,
+    /// JSON: who is in each event's namespace, read once per namespace.
+    tags: Tags,
 }
 
 impl Printer {
@@ -231,6 +240,7 @@ impl Printer {
             filter,
             remaining: count,
             error: None,
+            tags: Tags::default(),
         }
     }
 
@@ -248,14 +258,26 @@ impl Printer {
         if self.done() || !self.filter.matches(&ev) {
             return;
         }
+        let written = match self.format {
+            Format::Json => self.write_json(&ev),
+            text => write_event(&mut self.out, text, &ev),
+        };
         if self.error.is_none()
-            && let Err(e) = write_event(&mut self.out, self.format, &ev)
+            && let Err(e) = written
         {
             self.error = Some(e);
         }
         if let Some(n) = &mut self.remaining {
             *n -= 1;
         }
+    }
+
+    /// The event's object, then who is in its namespace.
+    fn write_json(&mut self, ev: &CtEvent) -> std::io::Result<()> {
+        let mut object = serde_json::to_vec(ev)?;
+        self.tags.add_to_object(&mut object, ev.netns);
+        object.push(b'\n');
+        self.out.write_all(&object)
     }
 
     fn losses(&mut self, records: Vec<Record>) {

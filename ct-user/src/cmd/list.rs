@@ -8,7 +8,7 @@ use crate::{
     agent::{self, protocol::Request},
     cli::ListArgs,
     render::list::{write_json, write_text},
-    sys::stdout,
+    sys::{netns::Tags, stdout},
 };
 
 pub async fn run(args: &ListArgs) -> anyhow::Result<()> {
@@ -20,7 +20,12 @@ pub async fn run(args: &ListArgs) -> anyhow::Result<()> {
             json: args.json,
         };
         if let Some(mut body) = agent::client::ask(&path, &request).await? {
-            let shown = agent::client::copy_lines(&mut body).await?;
+            let shown = if args.json && args.netns.all_netns {
+                // The agent knows namespaces by inode: who lives there is added here.
+                agent::client::copy_json_lines(&mut body, &mut Tags::default()).await?
+            } else {
+                agent::client::copy_lines(&mut body).await?
+            };
             eprintln!("ctscope: {shown} flow entries have been shown (from the agent).");
             return Ok(());
         }
@@ -32,10 +37,12 @@ pub async fn run(args: &ListArgs) -> anyhow::Result<()> {
         let Some(entries) = target.run(async |ct| ct.list(&filter).await).await? else {
             continue;
         };
-        let netns = target.tag.as_ref().map(|ns| ns.inode);
+        // Read once per namespace, not per entry.
+        let tag = target.tag.as_ref().map(|ns| ns.tag());
+        let netns = tag.as_ref().map(|t| t.netns);
         for entry in &entries {
             let written = if args.json {
-                write_json(&mut out, entry, netns)
+                write_json(&mut out, entry, tag.as_ref())
             } else {
                 write_text(&mut out, entry, netns, now)
             };

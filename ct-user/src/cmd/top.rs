@@ -3,11 +3,13 @@
 //! biggest groups, like
 //! `sed -ne 's/^.*src=\([^ ]*\).*/\1/p' /proc/net/nf_conntrack | sort | uniq -c | sort -rn`.
 
+use tokio::io::AsyncReadExt as _;
+
 use super::{Target, agent_scope};
 use crate::{
     agent::{self, protocol::Request},
     cli::TopArgs,
-    render::top::{Counter, render},
+    render::top::{Counter, Top, TopBy, render},
     sys::stdout,
 };
 
@@ -20,7 +22,15 @@ pub async fn run(args: &TopArgs) -> anyhow::Result<()> {
             json: args.json,
         };
         if let Some(mut body) = agent::client::ask(&path, &request).await? {
-            agent::client::copy_lines(&mut body).await?;
+            if !tagged(args) {
+                agent::client::copy_lines(&mut body).await?;
+                return Ok(());
+            }
+            let mut json = Vec::new();
+            body.read_to_end(&mut json).await?;
+            let mut top: Top = serde_json::from_slice(&json)?;
+            top.tag_namespaces();
+            stdout::bytes(&render(&top, true))?;
             return Ok(());
         }
     }
@@ -32,7 +42,10 @@ pub async fn run(args: &TopArgs) -> anyhow::Result<()> {
         let inode = target.inode()?;
         dump.iter().for_each(|e| counter.add(e, inode));
     }
-    let top = counter.top(args.n);
+    let mut top = counter.top(args.n);
+    if tagged(args) {
+        top.tag_namespaces();
+    }
     stdout::bytes(&render(&top, args.json))?;
     if !args.json {
         eprintln!(
@@ -41,4 +54,9 @@ pub async fn run(args: &TopArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--by netns --json`: each row also says who lives in its namespace.
+fn tagged(args: &TopArgs) -> bool {
+    args.json && args.by == TopBy::Netns
 }

@@ -6,15 +6,16 @@ use std::io::{self, Write};
 use ct_netlink::Entry;
 use serde::Serialize;
 
-use crate::render::conntrack_text;
+use crate::{render::conntrack_text, sys::netns::Tag};
 
-/// An entry as `--json` prints it: ct-netlink's fields, plus `netns` with --all-netns.
+/// An entry as `--json` prints it: ct-netlink's fields, plus with --all-netns its
+/// namespace (`netns`, `names`, who lives there).
 #[derive(Serialize)]
 struct Tagged<'a> {
     #[serde(flatten)]
     entry: &'a Entry,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    netns: Option<u32>,
+    #[serde(flatten)]
+    tag: Option<&'a Tag>,
 }
 
 pub fn write_text(out: &mut impl Write, e: &Entry, netns: Option<u32>, now: u64) -> io::Result<()> {
@@ -25,7 +26,7 @@ pub fn write_text(out: &mut impl Write, e: &Entry, netns: Option<u32>, now: u64)
     }
 }
 
-pub fn write_json(out: &mut impl Write, entry: &Entry, netns: Option<u32>) -> io::Result<()> {
-    serde_json::to_writer(&mut *out, &Tagged { entry, netns })?;
+pub fn write_json(out: &mut impl Write, entry: &Entry, tag: Option<&Tag>) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, &Tagged { entry, tag })?;
     out.write_all(b"\n")
 }

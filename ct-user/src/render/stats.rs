@@ -8,18 +8,14 @@ use serde::Serialize;
 
 use crate::{
     attribution::AgentStats,
-    sys::{netns::Netns, workload::Workload},
+    sys::netns::{Netns, Tag},
 };
 
 /// One namespace's statistics, as `--json` prints them.
 #[derive(Serialize)]
 pub struct NsStats {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    netns: Option<u32>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    names: Vec<String>,
     #[serde(flatten)]
-    workload: Workload,
+    tag: Option<Tag>,
     cpus: Vec<CpuStats>,
     /// Every counter summed over the CPUs.
     totals: BTreeMap<&'static str, u64>,
@@ -35,9 +31,7 @@ impl NsStats {
     pub fn new(cpus: Vec<CpuStats>, global: GlobalStats, tag: Option<&Netns>) -> Self {
         let totals = CpuStats::totals(&cpus);
         NsStats {
-            netns: tag.map(|ns| ns.inode),
-            names: tag.map(|ns| ns.names.clone()).unwrap_or_default(),
-            workload: tag.map(Netns::workload).unwrap_or_default(),
+            tag: tag.map(Netns::tag),
             cpus,
             totals,
             entries: global.entries,
@@ -58,8 +52,9 @@ impl NsStats {
     /// appended under --all-netns.
     pub fn text(&self) -> String {
         let tag = self
-            .netns
-            .map(|n| format!(" netns={n}"))
+            .tag
+            .as_ref()
+            .map(|t| format!(" netns={}", t.netns))
             .unwrap_or_default();
         let mut s = String::new();
         for cpu in &self.cpus {

@@ -4,9 +4,12 @@
 use std::collections::HashMap;
 
 use ct_netlink::{Entry, proto};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::lifetimes::state_label;
+use crate::{
+    lifetimes::state_label,
+    sys::netns::{Tags, Who},
+};
 
 /// What `ctscope top` groups entries by (original direction).
 #[derive(
@@ -24,18 +27,21 @@ pub enum TopBy {
 }
 
 /// One key and how many entries have it.
-#[derive(Debug, PartialEq, Serialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 struct Row {
     key: String,
     count: u64,
     /// count / entries (0..1).
     share: f64,
+    /// By namespace: who is in it ([`Top::tag_namespaces`]).
+    #[serde(flatten)]
+    who: Option<Who>,
 }
 
 /// `--json`: the ranking over every namespace read.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Top {
-    pub by: &'static str,
+    pub by: String,
     /// Entries in the dumps (those without the key, e.g. ICMP for `dport`, included).
     pub entries: u64,
     /// Distinct keys.
@@ -69,10 +75,23 @@ impl Counter {
     /// The `n` biggest keys.
     pub fn top(self, n: usize) -> Top {
         Top {
-            by: by_name(self.by),
+            by: by_name(self.by).into(),
             entries: self.entries,
             keys: self.counts.len(),
             top: rank(self.counts, self.entries, n),
+        }
+    }
+}
+
+impl Top {
+    /// By namespace: each row says who is in its namespace (its key is the inode).
+    pub fn tag_namespaces(&mut self) {
+        if self.by != by_name(TopBy::Netns) {
+            return;
+        }
+        let mut tags = Tags::default();
+        for row in &mut self.top {
+            row.who = row.key.parse().ok().and_then(|i| tags.get(i).cloned());
         }
     }
 }
@@ -130,6 +149,7 @@ fn rank(counts: HashMap<String, u64>, entries: u64, n: usize) -> Vec<Row> {
             share: crate::diagnose::ratio(count, entries),
             key,
             count,
+            who: None,
         })
         .collect();
     rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
@@ -188,7 +208,7 @@ mod tests {
         assert_eq!(got, [("c", 6), ("a", 2)]);
         assert_eq!(rows[0].share, 0.6);
         let t = Top {
-            by: "src",
+            by: "src".into(),
             entries: 10,
             keys: 3,
             top: rows,

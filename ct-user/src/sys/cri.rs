@@ -6,7 +6,8 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    time::Duration,
+    sync::Mutex,
+    time::{Duration, Instant},
 };
 
 use hyper_util::rt::TokioIo;
@@ -24,6 +25,44 @@ pub const SOCKET_ENV: &str = "CTSCOPE_CRI_SOCKET";
 /// A runtime that does not answer in this time is skipped: names are a nicety, never
 /// worth stalling a listing or a scrape.
 const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A UID not in the last list is asked for again only after this: a namespace of a pod
+/// the runtime does not know (static pods of another kubelet, a test's cgroup) must not
+/// make every lookup a round trip.
+const REFRESH: Duration = Duration::from_secs(5);
+
+/// The name of the pod with UID `uid`, from the runtime's last list, asked for again when
+/// the UID is new (a pod made since) and [`REFRESH`] has passed. Blocks for at most
+/// [`TIMEOUT`], on any thread (the list is read on a thread of its own); one list for the
+/// whole process, so a listing of many namespaces asks once.
+pub fn pod_name(uid: &str) -> Option<PodName> {
+    static LAST: Mutex<Option<(PodNames, Instant)>> = Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((names, at)) = last.as_ref()
+        && (names.get(uid).is_some() || at.elapsed() < REFRESH)
+    {
+        return names.get(uid).cloned();
+    }
+    let names = query_blocking();
+    let found = names.get(uid).cloned();
+    *last = Some((names, Instant::now()));
+    found
+}
+
+/// [`PodNames::query`] from sync code, inside a tokio runtime or not.
+fn query_blocking() -> PodNames {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|rt| rt.block_on(PodNames::query()))
+                .unwrap_or_default()
+        })
+        .join()
+        .unwrap_or_default()
+    })
+}
 
 /// A pod, as `kubectl` names it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -13,7 +13,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::workload::Workload;
 use crate::sys::caps::{self, Cap, Caps};
@@ -192,10 +192,116 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// Who lives there (host, container, pod). Read when asked for, not by [`list`]:
+    /// Who lives there (host, container, pod and its name). Read when asked for, not by [`list`]:
     /// the agent lists namespaces every dump round and needs none of it.
     pub fn workload(&self) -> Workload {
-        Workload::of(self.inode, self.member)
+        Workload::of(self.inode, self.member).named()
+    }
+
+    /// How the JSON outputs tag what they print of it.
+    pub fn tag(&self) -> Tag {
+        Tag {
+            netns: self.inode,
+            who: self.who(),
+        }
+    }
+
+    fn who(&self) -> Who {
+        Who {
+            names: self.names.clone(),
+            workload: self.workload(),
+        }
+    }
+}
+
+/// A namespace as the JSON outputs name it, flattened into their objects: its inode, then
+/// [`Who`].
+#[derive(Clone, Debug, Serialize)]
+pub struct Tag {
+    pub netns: u32,
+    #[serde(flatten)]
+    pub who: Who,
+}
+
+/// A namespace's names under /run/netns and who lives there.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Who {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    #[serde(flatten)]
+    pub workload: Workload,
+}
+
+/// The [`Who`] of namespaces known by inode only (events, rows of the agent's answers),
+/// read once each: a miss lists the namespaces once and keeps every one found.
+#[derive(Default)]
+pub struct Tags(BTreeMap<u32, Option<Known>>);
+
+/// One namespace's [`Who`], and its fields as JSON to add to an object: `,"names":...`,
+/// or nothing when nothing is known.
+struct Known {
+    who: Who,
+    fields: Vec<u8>,
+}
+
+impl Known {
+    fn new(who: Who) -> Self {
+        let object = serde_json::to_vec(&who).unwrap_or_default();
+        // `{}` when empty, else `{"names":...}`: everything but the braces.
+        let fields = match object.get(1..object.len().saturating_sub(1)) {
+            Some(inner) if !inner.is_empty() => [b",", inner].concat(),
+            _ => Vec::new(),
+        };
+        Known { who, fields }
+    }
+}
+
+impl Tags {
+    fn known(&mut self, inode: u32) -> Option<&Known> {
+        if !self.0.contains_key(&inode) {
+            for ns in list() {
+                self.0
+                    .entry(ns.inode)
+                    .or_insert_with(|| Some(Known::new(ns.who())));
+            }
+            self.0.entry(inode).or_insert(None);
+        }
+        self.0.get(&inode)?.as_ref()
+    }
+
+    /// Who is in `inode`; `None` when no process or name is in it (any more).
+    pub fn get(&mut self, inode: u32) -> Option<&Who> {
+        self.known(inode).map(|k| &k.who)
+    }
+
+    /// Adds who is in `inode` at the end of `object`, a serialized JSON object (`{...}`,
+    /// nothing after it): the fields before stay as they were, in their order.
+    pub fn add_to_object(&mut self, object: &mut Vec<u8>, inode: u32) {
+        let Some(known) = self.known(inode) else {
+            return;
+        };
+        if known.fields.is_empty() || object.last() != Some(&b'}') {
+            return;
+        }
+        object.pop();
+        object.extend_from_slice(&known.fields);
+        object.push(b'}');
+    }
+
+    /// A JSON Lines line (what the agent sent) with who is in its `netns` added; a line
+    /// without `netns` (a `lost` record) is left as it is.
+    pub fn add_to_line(&mut self, line: &[u8]) -> serde_json::Result<Vec<u8>> {
+        #[derive(Deserialize)]
+        struct Of {
+            netns: Option<u32>,
+        }
+        let Of { netns } = serde_json::from_slice(line)?;
+        let mut out = line.trim_ascii_end().to_vec();
+        if let Some(inode) = netns {
+            self.add_to_object(&mut out, inode);
+        }
+        out.push(b'\n');
+        Ok(out)
     }
 }
 
@@ -306,6 +412,34 @@ mod tests {
             let named = resolve(arg).unwrap_or_else(|e| panic!("{arg}: {e}"));
             assert_eq!((named.inode, named.current), (own, true), "{arg}");
         }
+    }
+
+    #[test]
+    fn who_is_added_at_the_end_of_an_agent_line() {
+        let who = Who {
+            names: vec!["blue".into()],
+            workload: Workload {
+                host: true,
+                ..Workload::default()
+            },
+        };
+        let mut tags = Tags(BTreeMap::from([
+            (7, Some(Known::new(who))),
+            (8, Some(Known::new(Who::default()))),
+            (9, None),
+        ]));
+        let line = tags
+            .add_to_line(b"{\"z\":1,\"netns\":7,\"a\":[]}\n")
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(line).unwrap(),
+            "{\"z\":1,\"netns\":7,\"a\":[],\"names\":[\"blue\"],\"host\":true}\n"
+        );
+        for plain in ["{\"netns\":8}", "{\"netns\":9}", "{\"kind\":\"lost\"}"] {
+            let line = tags.add_to_line(plain.as_bytes()).unwrap();
+            assert_eq!(line, format!("{plain}\n").as_bytes(), "left as it was");
+        }
+        assert!(tags.add_to_line(b"not json\n").is_err());
     }
 
     #[test]

@@ -10,12 +10,13 @@
 
 use std::fs;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::cri::PodNames;
+use super::cri;
 
 /// What lives in one namespace; empty when nothing is known.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Workload {
     /// The host's own namespace, the kernel's initial one.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -34,13 +35,13 @@ pub struct Workload {
 }
 
 /// A container, by the runtime that made it and its id.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Container {
     pub runtime: Runtime,
     pub id: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Runtime {
     Containerd,
@@ -85,11 +86,12 @@ impl Workload {
         *self == Workload::default()
     }
 
-    /// With the pod named from the runtime's list, by its UID.
-    pub fn with_pod_names(mut self, pods: &PodNames) -> Self {
-        if let Some(p) = self.pod_uid.as_deref().and_then(|uid| pods.get(uid)) {
-            self.pod_name = Some(p.name.clone());
-            self.pod_namespace = Some(p.namespace.clone());
+    /// With the pod named by the container runtime, from its UID ([`cri::pod_name`]);
+    /// no runtime is asked when there is no pod.
+    pub fn named(mut self) -> Self {
+        if let Some(p) = self.pod_uid.as_deref().and_then(cri::pod_name) {
+            self.pod_name = Some(p.name);
+            self.pod_namespace = Some(p.namespace);
         }
         self
     }

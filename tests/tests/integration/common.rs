@@ -83,6 +83,8 @@ pub enum Needs {
     /// Root, and Debian's containerd, runc, busybox-static and CNI plugins (not in the
     /// VMs).
     Containerd,
+    /// Root, tools, and Debian's `prometheus-node-exporter` on PATH.
+    NodeExporter,
 }
 
 /// The tier this kernel must reach (see [`Env::required`]).
@@ -146,7 +148,7 @@ impl Env {
             // Setpriv trials need a tool the VMs may lack; they skip with the reason.
             Needs::Redundant(_) | Needs::Setpriv | Needs::Tier2Setpriv => false,
             // Tools the VMs lack; on the host `cargo xtask setup` installs them.
-            Needs::KubernetesValidate | Needs::SystemdAnalyze => {
+            Needs::KubernetesValidate | Needs::SystemdAnalyze | Needs::NodeExporter => {
                 std::env::var_os("CTSCOPE_VM_KERNEL").is_none()
             }
             // The host stage has it (`cargo xtask setup`); the VMs' initramfs does not.
@@ -202,6 +204,11 @@ impl Env {
         }
         if matches!(needs, Needs::Containerd)
             && let Some(why) = containerd::missing()
+        {
+            return Some(why);
+        }
+        if matches!(needs, Needs::NodeExporter)
+            && let Some(why) = crate::node_exporter::missing()
         {
             return Some(why);
         }

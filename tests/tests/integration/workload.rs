@@ -1,7 +1,8 @@
 //! Who lives in a namespace: a process in a fresh namespace, put into a cgroup laid out
-//! as the kubelet and containerd lay a pod's container, must make `count`, `stats` and
-//! `diagnose` name the container and the pod; the host's namespace says `host`. And a
-//! pod sandbox made through a real containerd's CRI must be named as `kubectl` names it.
+//! as the kubelet and containerd lay a pod's container, must make `count`, `stats`,
+//! `list`, `top` and `diagnose` name the container and the pod, and the agent's metrics
+//! carry them as labels of that namespace's series; the host's namespace says `host`.
+//! And a pod sandbox made through a real containerd's CRI is named as `kubectl` names it.
 
 use std::{
     fs,
@@ -10,7 +11,13 @@ use std::{
     time::Duration,
 };
 
-use ctscope_tests::{containerd::Containerd, ctscope, netns::Netns, wait};
+use ctscope_tests::{
+    agent::Agent,
+    containerd::Containerd,
+    ctscope::{self, Events, EventsOpts},
+    netns::Netns,
+    prometheus, wait,
+};
 use serde_json::Value;
 
 const POD_UID: &str = "0a1b2c3d-4e5f-6789-abcd-ef0123456789";
@@ -46,6 +53,59 @@ pub fn run() {
     let diagnose = ctscope_json(&["diagnose", "--json", "--no-agent", "--netns", ns.name()]);
     let evidence = &diagnose["evidence"][0];
     assert_eq!(evidence["container"]["id"], CONTAINER, "{evidence}");
+
+    // One entry, so `list` and `top` have a row of this namespace; its `new` event is
+    // seen at tier 3 (ctnetlink) in that namespace.
+    let events = Events::start(&EventsOpts {
+        extra: vec!["--tier".into(), "3".into()],
+        ..EventsOpts::netns(ns.inode())
+    });
+    ns.exec(&[
+        "conntrack",
+        "-I",
+        "-p",
+        "udp",
+        "-s",
+        "10.200.78.1",
+        "-d",
+        "10.200.78.2",
+        "--sport",
+        "41000",
+        "--dport",
+        "53",
+        "-t",
+        "600",
+    ]);
+    let seen = events.wait_until(Duration::from_secs(10), |evs| !evs.is_empty());
+    let finished = events.stop();
+    assert!(seen, "no event of the inserted entry: {}", finished.stderr);
+    has_pod(&finished.events[0], "events");
+    let list = all_netns(&["list", "--all-netns", "--json", "--no-agent"]);
+    has_pod(by_inode(&list, ns.inode()), "list");
+    let top = ctscope_json(&[
+        "top",
+        "--all-netns",
+        "--by",
+        "netns",
+        "--json",
+        "--no-agent",
+    ]);
+    has_pod(top_row(&top, ns.inode()), "top");
+
+    let agent = metric_labels(&ns);
+    // The agent knows inodes only: the client adds who lives there.
+    let lines = agent.ctscope(&["list", "--all-netns", "--json"]).stdout;
+    let list: Vec<Value> = String::from_utf8_lossy(&lines)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    has_pod(by_inode(&list, ns.inode()), "list from the agent");
+    let top = agent
+        .ctscope(&["top", "--all-netns", "--by", "netns", "--json"])
+        .stdout;
+    let top: Value = serde_json::from_slice(&top).expect("top --json from the agent");
+    has_pod(top_row(&top, ns.inode()), "top from the agent");
+    agent.stop();
     drop(member);
 }
 
@@ -78,6 +138,53 @@ pub fn pod_names() {
     let row = by_inode(&unnamed, inode);
     assert_eq!(row["pod_uid"], POD_UID, "{row}");
     assert!(row.get("pod_name").is_none(), "no runtime, no name: {row}");
+}
+
+fn has_pod(row: &Value, what: &str) {
+    assert_eq!(row["pod_uid"], POD_UID, "{what}: {row}");
+    assert_eq!(row["container"]["id"], CONTAINER, "{what}: {row}");
+}
+
+/// The row of `top --by netns --json` for namespace `inode`.
+fn top_row(top: &Value, inode: u64) -> &Value {
+    let key = inode.to_string();
+    top["top"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["key"] == key.as_str()))
+        .unwrap_or_else(|| panic!("no row for netns {inode} in {top}"))
+}
+
+/// The agent's scrape labels the namespace's series with its workload, and the root
+/// namespace's with `host="true"`. Tier 3 is enough: it dumps every namespace.
+fn metric_labels(ns: &Netns) -> Agent {
+    let addr = format!("127.0.0.1:{}", prometheus::free_port());
+    let agent = Agent::start(&["--tier", "3", "--resync", "1", "--metrics", &addr]);
+    let prefix = format!("ctscope_conntrack_entries{{netns=\"{}\"", ns.inode());
+    let mut text = String::new();
+    let served = wait::poll(Duration::from_secs(20), Duration::from_millis(250), || {
+        text = prometheus::get(addr.parse().unwrap(), "/metrics", None)
+            .map(|r| r.body)
+            .unwrap_or_default();
+        text.lines()
+            .find(|l| l.starts_with(&prefix))
+            .map(str::to_owned)
+    });
+    let line = served.unwrap_or_else(|| panic!("no {prefix}...}} in:\n{text}"));
+    for label in [
+        format!("netns_name=\"{}\"", ns.name()),
+        format!("container_id=\"containerd://{CONTAINER}\""),
+        format!("pod_uid=\"{POD_UID}\""),
+    ] {
+        assert!(line.contains(&label), "{label} not in {line}");
+    }
+    assert!(!line.contains("host="), "not the host's: {line}");
+    let host = text
+        .lines()
+        .filter(|l| l.starts_with("ctscope_kernel_found_total{"))
+        .filter(|l| l.contains("host=\"true\""))
+        .count();
+    assert_eq!(host, 1, "one namespace is the host's:\n{text}");
+    agent
 }
 
 /// `ctscope ARGS` printing one JSON object per line.
