@@ -79,6 +79,10 @@ pub struct WorkloadLabels {
     pub container_id: Option<String>,
     /// The Kubernetes pod's UID (kube-state-metrics' `uid`).
     pub pod_uid: Option<String>,
+    /// The pod's name and Kubernetes namespace, from the container runtime. Not `pod`
+    /// and `namespace`: Prometheus' Kubernetes discovery gives the agent's own pod those.
+    pub pod_name: Option<String>,
+    pub pod_namespace: Option<String>,
 }
 
 impl WorkloadLabels {
@@ -90,6 +94,8 @@ impl WorkloadLabels {
             host: w.host,
             container_id: w.container.as_ref().map(container_id),
             pod_uid: w.pod_uid,
+            pod_name: w.pod_name,
+            pod_namespace: w.pod_namespace,
         }
     }
 }
@@ -116,6 +122,8 @@ impl EncodeLabelSet for NsLabels {
             ("host", w.host.then_some("true")),
             ("container_id", w.container_id.as_deref()),
             ("pod_uid", w.pod_uid.as_deref()),
+            ("pod_name", w.pod_name.as_deref()),
+            ("pod_namespace", w.pod_namespace.as_deref()),
         ];
         let present: Vec<(&str, &str)> = labels
             .into_iter()

@@ -37,7 +37,9 @@ const REFRESH: Duration = Duration::from_secs(5);
 /// whole process, so a listing of many namespaces asks once.
 pub fn pod_name(uid: &str) -> Option<PodName> {
     static LAST: Mutex<Option<(PodNames, Instant)>> = Mutex::new(None);
-    let mut last = LAST.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut last = LAST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some((names, at)) = last.as_ref()
         && (names.get(uid).is_some() || at.elapsed() < REFRESH)
     {
