@@ -18,7 +18,10 @@ pub struct Options {
 
 /// Ensures the build prerequisites, builds, and returns the path of the `ctscope` binary.
 pub fn cmd(opts: &Options) -> Result<PathBuf> {
-    setup::ensure(&setup::Needs { vm: false })?;
+    setup::ensure(&setup::Needs {
+        tests: false,
+        vm: false,
+    })?;
     let ctscope = cargo::build_ctscope(!opts.debug)?;
     eprintln!("build: {}", ctscope.display());
     Ok(ctscope)

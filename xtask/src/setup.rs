@@ -22,37 +22,42 @@ pub struct Options {
 /// What a caller is about to do, hence what must be present.
 #[derive(Clone, Copy)]
 pub struct Needs {
+    /// Running the tests: the tools they drive.
+    pub tests: bool,
     /// Booting VM kernels: qemu, busybox, cpio, kmod, xz and the kernels themselves.
     pub vm: bool,
 }
 
-/// Building the BPF object with bpf-linker (which links LLVM 22) and running the
-/// host integration tests (which drive nft, conntrack and ip, drop capabilities with
-/// util-linux's setpriv, and scrape the agent's metrics with a real Prometheus and check
-/// them with its promtool, and compare them with node_exporter's; on a systemd machine
-/// Debian's packages also start `prometheus` on :9090 and node_exporter on :9100, which
-/// the tests leave alone: they run their own on free loopback ports). systemd for
-/// `systemd-analyze verify` of the unit in deploy/, python3-venv for kubernetes-validate's.
-/// protoc builds the CRI client (pod names); containerd, runc, the CNI plugins and a
-/// static busybox (its pause image) let a trial make pods the way the kubelet does.
-const BASE_PACKAGES: &[&str] = &[
-    "protobuf-compiler",
-    "containerd",
-    "runc",
-    "containernetworking-plugins",
-    "busybox-static",
+/// Building: the BPF object with bpf-linker (which links LLVM 22), and protoc for the
+/// CRI client (pod names).
+const BUILD_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
+    "protobuf-compiler",
+];
+/// The host integration tests: they drive nft, conntrack and ip, drop capabilities with
+/// util-linux's setpriv, scrape the agent's metrics with a real Prometheus, check them
+/// with its promtool and compare them with node_exporter's (on a systemd machine
+/// Debian's packages also start `prometheus` on :9090 and node_exporter on :9100, which
+/// the tests leave alone: they run their own on free loopback ports), verify the unit in
+/// deploy/ with `systemd-analyze`, validate the manifests with kubernetes-validate (in a
+/// python3 venv), and make pods the way the kubelet does with containerd, runc, the CNI
+/// plugins and a static busybox (their pause image). Not installed for `cargo xtask run`.
+const TEST_PACKAGES: &[&str] = &[
     "conntrack",
     "nftables",
     "iproute2",
     "util-linux",
     "prometheus",
+    "prometheus-node-exporter",
     "systemd",
     "python3-venv",
-    "prometheus-node-exporter",
+    "containerd",
+    "runc",
+    "containernetworking-plugins",
+    "busybox-static",
 ];
 const VM_PACKAGES: &[&str] = &[
     "qemu-system-x86",
@@ -75,7 +80,10 @@ const KUBERNETES_VALIDATE_DIR: &str = "tools/kubernetes-validate";
 
 pub fn cmd(opts: &Options) -> Result<()> {
     // Everything, cargo-fuzz included (`cargo xtask fuzz` installs it itself otherwise).
-    let mut all = items(Needs { vm: true });
+    let mut all = items(Needs {
+        tests: true,
+        vm: true,
+    });
     all.push(Item::CargoFuzz);
     if opts.check {
         let missing = report(all)?;
@@ -147,16 +155,17 @@ enum Item {
 }
 
 fn items(needs: Needs) -> Vec<Item> {
-    let mut packages = BASE_PACKAGES.to_vec();
+    let mut packages = BUILD_PACKAGES.to_vec();
+    if needs.tests {
+        packages.extend_from_slice(TEST_PACKAGES);
+    }
     if needs.vm {
         packages.extend_from_slice(VM_PACKAGES);
     }
-    let mut items = vec![
-        Item::Apt(packages),
-        Item::BpfToolchain,
-        Item::BpfLinker,
-        Item::KubernetesValidate,
-    ];
+    let mut items = vec![Item::Apt(packages), Item::BpfToolchain, Item::BpfLinker];
+    if needs.tests {
+        items.push(Item::KubernetesValidate);
+    }
     if needs.vm {
         items.extend(Series::ALL.map(Item::Kernel));
     }

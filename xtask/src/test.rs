@@ -99,6 +99,7 @@ fn selected(opts: &Options, stage: Stage) -> bool {
 fn run_stage(opts: &Options, stage: Stage) -> Result<()> {
     match stage {
         Stage::Setup => setup::ensure(&setup::Needs {
+            tests: true,
             vm: selected(opts, Stage::Vm),
         }),
         Stage::Fmt => {

@@ -48,7 +48,10 @@ pub struct Job<'a> {
 }
 
 pub fn cmd(opts: &Options) -> Result<()> {
-    setup::ensure(&setup::Needs { vm: true })?;
+    setup::ensure(&setup::Needs {
+        tests: true,
+        vm: true,
+    })?;
     let ctscope = cargo::build_ctscope(!opts.debug)?;
     let job = Job {
         series: opts.kernel,

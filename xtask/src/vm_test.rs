@@ -59,7 +59,10 @@ struct Summary {
 }
 
 pub fn cmd(opts: &Options) -> Result<()> {
-    setup::ensure(&setup::Needs { vm: true })?;
+    setup::ensure(&setup::Needs {
+        tests: true,
+        vm: true,
+    })?;
     let ctscope = cargo::build_ctscope(!opts.debug)?;
     let tests = cargo::build_tests(TESTS_PACKAGE, false)?;
     let script = cargo::target_dir()?

@@ -1,5 +1,6 @@
-//! `ctscope watch --metrics`: an HTTP/1.1 endpoint for Prometheus at `/metrics` (404
-//! elsewhere), in Prometheus text or OpenMetrics as the `Accept` header prefers.
+//! `ctscope watch --metrics`: an HTTP/1.1 endpoint for Prometheus at `/metrics`, in
+//! Prometheus text or OpenMetrics as the `Accept` header prefers, and `/healthz` for
+//! probes (404 elsewhere).
 //!
 //! It runs on a thread of its own with its own single-threaded runtime, because the
 //! agent's loop must never wait on a scrape: all the loop does is copy its counts into a
@@ -161,30 +162,46 @@ async fn respond<B>(
     asks: mpsc::Sender<Ask>,
     lock: Arc<Mutex<Workloads>>,
 ) -> Result<Answer, Infallible> {
-    if req.uri().path() != "/metrics" {
+    let path = req.uri().path();
+    if path != "/metrics" && path != "/healthz" {
         return Ok(plain(
             StatusCode::NOT_FOUND,
-            "not found: ctscope serves its metrics at /metrics\n",
+            "not found: ctscope serves its metrics at /metrics, its health at /healthz\n",
         ));
     }
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
-        let mut r = plain(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "/metrics takes GET or HEAD\n",
-        );
+        let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "takes GET or HEAD\n");
         r.headers_mut()
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return Ok(r);
     }
+    if path == "/healthz" {
+        return Ok(health(&asks).await);
+    }
     let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
-    let format = negotiate(accept);
+    Ok(metrics(negotiate(accept), &asks, &lock).await)
+}
+
+/// `/healthz`: 200 while the agent's loop hands over its counts in time, for liveness
+/// and readiness probes that must not cost a scrape's kernel reads.
+async fn health(asks: &mpsc::Sender<Ask>) -> Answer {
+    match snapshot(asks).await {
+        Some(_) => plain(StatusCode::OK, "ok\n"),
+        None => plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent's loop did not answer in time\n",
+        ),
+    }
+}
+
+async fn metrics(format: Format, asks: &mpsc::Sender<Ask>, lock: &Mutex<Workloads>) -> Answer {
     let mut workloads = lock.lock().await;
     let started = Instant::now();
-    let Some(snapshot) = snapshot(&asks).await else {
-        return Ok(plain(
+    let Some(snapshot) = snapshot(asks).await else {
+        return plain(
             StatusCode::SERVICE_UNAVAILABLE,
             "the agent did not hand over its counts in time: retry\n",
-        ));
+        );
     };
     let (asked, namespaces) = (started.elapsed(), snapshot.namespaces.len());
     let scrape = Scrape::gather(snapshot, &mut workloads).await;
@@ -203,7 +220,7 @@ async fn respond<B>(
         CONTENT_TYPE,
         HeaderValue::from_static(format.content_type()),
     );
-    Ok(r)
+    r
 }
 
 /// The agent's snapshot, or `None` when its loop is gone or did not answer in time.

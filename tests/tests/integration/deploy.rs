@@ -150,7 +150,7 @@ fn agree(resources: &[Value]) {
     assert_eq!(annotations["prometheus.io/path"], "/metrics");
     for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
         let get = &c[probe]["httpGet"];
-        assert_eq!(get["path"], "/metrics", "{probe}");
+        assert_eq!(get["path"], "/healthz", "{probe}");
         assert_eq!(get["port"], port["name"], "{probe} port");
     }
     assert_eq!(

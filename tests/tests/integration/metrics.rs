@@ -189,6 +189,12 @@ fn check_formats(addr: SocketAddr) {
 
     let other = prometheus::get(addr, "/", None).expect("asking the agent for /");
     assert_eq!(other.status, 404, "{other:?}");
+    let health = prometheus::get(addr, "/healthz", None).expect("asking for /healthz");
+    assert_eq!(
+        (health.status, health.body.as_str()),
+        (200, "ok\n"),
+        "{health:?}"
+    );
 }
 
 /// `ctscope_conntrack_entries` of `ns` equals `conntrack -C` there.

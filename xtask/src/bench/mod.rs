@@ -176,7 +176,10 @@ pub fn cmd(opts: &Options) -> Result<()> {
         c.arg("xtask").args(env::args_os().skip(1));
         cmd::show(&c)
     };
-    setup::ensure(&setup::Needs { vm: false })?;
+    setup::ensure(&setup::Needs {
+        tests: true,
+        vm: false,
+    })?;
     let ctscope = cargo::build_ctscope(true)?;
     let flood = cargo::build_bin("xtask", "ct-flood", true)?;
     catch_interrupts();
