@@ -818,12 +818,15 @@ mod tests {
                 id: id.into(),
             })),
             pod_uid: Some("0a1b2c3d-4e5f-6789-abcd-ef0123456789".into()),
+            pod_name: Some("web-0".into()),
+            pod_namespace: Some("shop".into()),
         };
         s.workloads.insert(NS, Arc::new(w));
         let text = s.encode(Format::Prometheus);
         let labels = format!(
             "netns=\"{NS}\",netns_name=\"blue\",host=\"true\",container_id=\"cri-o://{id}\",\
-             pod_uid=\"0a1b2c3d-4e5f-6789-abcd-ef0123456789\""
+             pod_uid=\"0a1b2c3d-4e5f-6789-abcd-ef0123456789\",pod_name=\"web-0\",\
+             pod_namespace=\"shop\""
         );
         has(&text, &format!("ctscope_conntrack_entries{{{labels}}} 7"));
         has(
