@@ -98,6 +98,7 @@ fn namespaces(s: &Snapshot) -> Table<'static> {
             .map_or("-".to_owned(), |f| format!("{:.1}%", f * 100.0));
         Row::new([
             n.netns.to_string(),
+            n.who.clone(),
             n.entries.to_string(),
             max.clone(),
             fill,
@@ -105,13 +106,14 @@ fn namespaces(s: &Snapshot) -> Table<'static> {
     });
     let widths = [
         Constraint::Length(12),
+        Constraint::Min(16),
         Constraint::Length(10),
         Constraint::Length(10),
         Constraint::Length(8),
     ];
     Table::new(rows, widths)
         .header(
-            Row::new(["netns", "entries", "max", "fill"])
+            Row::new(["netns", "who", "entries", "max", "fill"])
                 .style(Style::new().add_modifier(Modifier::BOLD)),
         )
         .block(Block::bordered().title(" table fill "))
