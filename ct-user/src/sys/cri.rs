@@ -75,12 +75,12 @@ pub struct PodName {
 
 /// Pod names by pod UID.
 #[derive(Clone, Debug, Default)]
-pub struct PodNames(HashMap<String, PodName>);
+struct PodNames(HashMap<String, PodName>);
 
 impl PodNames {
     /// Every pod sandbox the runtime knows; none when no runtime socket is there or it
     /// does not answer (said once at debug level: most hosts have no Kubernetes).
-    pub async fn query() -> Self {
+    async fn query() -> Self {
         let Some(socket) = socket() else {
             return PodNames::default();
         };
@@ -100,16 +100,8 @@ impl PodNames {
         }
     }
 
-    pub fn get(&self, uid: &str) -> Option<&PodName> {
+    fn get(&self, uid: &str) -> Option<&PodName> {
         self.0.get(uid)
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 }
 
