@@ -575,7 +575,9 @@ pub struct NetnsArgs {
     pub netns: Option<String>,
 
     /// Every network namespace (of processes and under /run/netns), each result tagged
-    /// with its namespace inode; namespaces without ctnetlink are skipped.
+    /// with its namespace inode (in JSON also who lives there: names, container, pod UID,
+    /// and the pod's name from the container runtime's CRI socket, $CTSCOPE_CRI_SOCKET
+    /// else containerd's or CRI-O's); namespaces without ctnetlink are skipped.
     #[arg(long, conflicts_with = "netns")]
     pub all_netns: bool,
 }
