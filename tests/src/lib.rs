@@ -6,7 +6,6 @@
 
 pub mod agent;
 pub mod cmd;
-pub mod containerd;
 pub mod ctscope;
 pub mod deploy;
 pub mod events;

@@ -26,6 +26,8 @@ mod cli_safety;
 mod common;
 #[path = "integration/conntrack_compat.rs"]
 mod conntrack_compat;
+#[path = "integration/containerd.rs"]
+mod containerd;
 #[path = "integration/ctnetlink_cli.rs"]
 mod ctnetlink_cli;
 #[path = "integration/ctnetlink_delete.rs"]

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use ctscope_tests::{
-    cmd, containerd,
+    cmd,
     ctscope::{self, Events, EventsOpts, Probe},
     deploy, events,
     netns::{self, Netns, Pair},
@@ -203,7 +203,7 @@ impl Env {
             return Some(why);
         }
         if matches!(needs, Needs::Containerd)
-            && let Some(why) = containerd::missing()
+            && let Some(why) = crate::containerd::missing()
         {
             return Some(why);
         }

@@ -13,12 +13,13 @@ use std::{
 
 use ctscope_tests::{
     agent::Agent,
-    containerd::Containerd,
     ctscope::{self, Events, EventsOpts},
     netns::Netns,
     prometheus, wait,
 };
 use serde_json::Value;
+
+use crate::containerd::Containerd;
 
 const POD_UID: &str = "0a1b2c3d-4e5f-6789-abcd-ef0123456789";
 const CONTAINER: &str = "4b1c2e3f5a6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f";

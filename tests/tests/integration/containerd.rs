@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::{cmd, netns::Netns, wait};
+use ctscope_tests::{cmd, netns::Netns, wait};
 
 /// The sandbox (pause) image, imported from a tarball made here.
 const PAUSE_IMAGE: &str = "ctscope.test/pause:1";
