@@ -16,7 +16,7 @@ use crate::bpf::hooks::{
 use crate::{event::RecordKind, sys::caps};
 
 /// The BPF object built by build.rs from the `ct-ebpf` crate.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ct-ebpf"));
+pub(crate) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ct-ebpf"));
 
 /// Default ring buffer size: 16 MiB holds ~80k events of 200 bytes.
 pub const DEFAULT_RING_BYTES: u32 = 16 << 20;

@@ -5,4 +5,5 @@
 pub mod hooks;
 pub mod loader;
 pub mod probe;
+pub mod raw_load;
 pub mod reader;
