@@ -130,6 +130,25 @@ impl KernelBtf {
             .is_some()
     }
 
+    /// Type id of FUNC `name` in BTF object `object` ("vmlinux" or a loaded module), as
+    /// fentry/fexit want it in `attach_btf_id` next to that object's fd (a module's ids
+    /// continue after vmlinux's). `None` if that object has no such FUNC, or several.
+    pub fn func_id(&self, object: &str, name: &str) -> Option<u32> {
+        let obj = self.objects.iter().position(|o| o.name == object)?;
+        let mut funcs = self.objects[obj]
+            .by_name
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter(|&&id| {
+                let r = TypeRef { obj, id };
+                self.resolve(r)
+                    .is_ok_and(|(owner, t)| owner == obj && matches!(t.kind, Kind::Func { .. }))
+            });
+        let id = *funcs.next()?;
+        funcs.next().is_none().then_some(id)
+    }
+
     /// Parameters of a BTF FUNC as `(name, C-like type name)`, or `None` without BTF.
     pub fn func_params(&self, name: &str) -> Option<Vec<(String, String)>> {
         let params = self.func_proto_params(name).ok()??;

@@ -48,7 +48,11 @@ pub use layout::{RESOLVE_CLASH_ARGS_5_7, RESOLVE_CLASH_ARGS_PRE_5_7};
 /// which BTF objects were read, what is [`ABSENT`], what fell back to a default, and
 /// where HZ came from.
 pub fn layout_for_running_kernel() -> Result<(KernelLayout, Vec<String>), BtfError> {
-    let btf = KernelBtf::load()?;
+    layout_of(&KernelBtf::load()?)
+}
+
+/// [`layout_for_running_kernel`] from BTF already loaded with [`KernelBtf::load`].
+pub fn layout_of(btf: &KernelBtf) -> Result<(KernelLayout, Vec<String>), BtfError> {
     let (mut layout, mut notes) = btf.layout_with_notes()?;
     notes.insert(0, format!("BTF objects: {}", btf.object_names().join(", ")));
     match kernel_hz_with_source() {

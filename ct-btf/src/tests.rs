@@ -371,6 +371,11 @@ impl Builder {
 /// Base: int, struct base_s { int a; int b; }. Split "mymod": struct mod_s { base_s s;
 /// int c; } and an old-style `nf_ct_resolve_clash(net, skb, ctinfo, h)`.
 fn split_pair() -> (Vec<u8>, Vec<u8>) {
+    split_pair_with_func_id().0
+}
+
+/// [`split_pair`], and the id its builder gave the module's FUNC.
+fn split_pair_with_func_id() -> ((Vec<u8>, Vec<u8>), u32) {
     let mut base = Builder::base();
     let int = base.int("int", 4);
     let base_s = base.strukt("base_s", 8, &[("a", int, 0), ("b", int, 32)]);
@@ -380,11 +385,22 @@ fn split_pair() -> (Vec<u8>, Vec<u8>) {
     m.strukt("mod_s", 12, &[("s", base_s, 0), ("c", int, 64)]);
     let h = m.strukt("nf_conntrack_tuple_hash", 0, &[]);
     let (pnet, pskb, ph) = (m.ptr(net), m.ptr(skb), m.ptr(h));
-    m.func(
+    let func = m.func(
         "nf_ct_resolve_clash",
         &[("net", pnet), ("skb", pskb), ("ctinfo", int), ("h", ph)],
     );
-    (base.build(), m.build())
+    ((base.build(), m.build()), func)
+}
+
+#[test]
+fn func_id_is_the_modules_absolute_id() {
+    let ((base, module), func) = split_pair_with_func_id();
+    let btf = KernelBtf::from_bytes(&base, &[("mymod", &module)]).unwrap();
+    assert_eq!(btf.func_id("mymod", "nf_ct_resolve_clash"), Some(func));
+    // Not in vmlinux, not a FUNC, not a loaded object.
+    assert_eq!(btf.func_id(VMLINUX, "nf_ct_resolve_clash"), None);
+    assert_eq!(btf.func_id("mymod", "mod_s"), None);
+    assert_eq!(btf.func_id("othermod", "nf_ct_resolve_clash"), None);
 }
 
 #[test]

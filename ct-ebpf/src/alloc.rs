@@ -7,8 +7,8 @@
 //! and one without it is a plain allocation failure (not reported as table full).
 
 use aya_ebpf::{
-    macros::{kprobe, kretprobe},
-    programs::{ProbeContext, RetProbeContext},
+    macros::{fentry, fexit, kprobe, kretprobe},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
 use ct_common::{Cause, EventKind};
 
@@ -31,10 +31,22 @@ static EARLY_DROP_ATTACHED: u32 = 0;
 #[kprobe]
 pub fn alloc_enter(ctx: ProbeContext) -> u32 {
     let arg = |n| ctx.arg::<u64>(n).unwrap_or(0);
+    on_alloc([arg(0), arg(1), arg(2), arg(3)])
+}
+
+#[fentry]
+pub fn fe_alloc_enter(ctx: FEntryContext) -> u32 {
+    let arg = |n| ctx.arg::<u64>(n);
+    on_alloc([arg(0), arg(1), arg(2), arg(3)])
+}
+
+/// `__nf_conntrack_alloc(net, zone, orig, repl, ...)` entry.
+#[inline(always)]
+fn on_alloc(args: [u64; 4]) -> u32 {
     push(
         F_ALLOC,
         Frame {
-            a: [arg(0), arg(1), arg(2), arg(3)],
+            a: args,
             status: 0,
             aux: 0,
         },
@@ -44,7 +56,17 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
-    let ret: u64 = ctx.ret();
+    on_alloc_return(ctx.ret())
+}
+
+#[fexit]
+pub fn fx_alloc_exit(ctx: FExitContext) -> u32 {
+    ctx.ret().map_or(0, on_alloc_return)
+}
+
+/// `__nf_conntrack_alloc` return: the entry, or ERR_PTR.
+#[inline(always)]
+fn on_alloc_return(ret: u64) -> u32 {
     let Some(frame) = pop(F_ALLOC) else { return 0 };
     if ret < 0u64.wrapping_sub(MAX_ERRNO) {
         return 0;
@@ -69,6 +91,16 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
 
 #[kprobe]
 pub fn early_drop_enter(_ctx: ProbeContext) -> u32 {
+    on_early_drop()
+}
+
+#[fentry]
+pub fn fe_early_drop_enter(_ctx: FEntryContext) -> u32 {
+    on_early_drop()
+}
+
+#[inline(always)]
+fn on_early_drop() -> u32 {
     if let Some(frame) = top(F_ALLOC) {
         frame.aux |= EARLY_DROP_RAN;
     }
@@ -78,6 +110,12 @@ pub fn early_drop_enter(_ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn early_drop_exit(_ctx: RetProbeContext) -> u32 {
+    adjust_early_drop(false);
+    0
+}
+
+#[fexit]
+pub fn fx_early_drop_exit(_ctx: FExitContext) -> u32 {
     adjust_early_drop(false);
     0
 }

@@ -5,10 +5,13 @@
 //! value then decides: NF_ACCEPT with the entry now CONFIRMED is a `new`, NF_ACCEPT after
 //! a clash is a resolved clash (merged if the skb now points elsewhere, else the NAT-clash
 //! reply-only insert), NF_DROP is an insert_failed whose cause follows KERNEL.md §2.
+//!
+//! Each hook is a kprobe/kretprobe and an fentry/fexit twin (`fe_`/`fx_`) around one
+//! body; the loader attaches whichever this kernel takes.
 
 use aya_ebpf::{
-    macros::{kprobe, kretprobe},
-    programs::{ProbeContext, RetProbeContext},
+    macros::{fentry, fexit, kprobe, kretprobe},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
 use ct_common::{Cause, EventKind};
 
@@ -25,9 +28,19 @@ const NF_DROP: i32 = 0;
 
 #[kprobe]
 pub fn confirm_enter(ctx: ProbeContext) -> u32 {
+    on_confirm(ctx.arg::<u64>(0).unwrap_or(0))
+}
+
+#[fentry]
+pub fn fe_confirm_enter(ctx: FEntryContext) -> u32 {
+    on_confirm(ctx.arg::<u64>(0))
+}
+
+/// `__nf_conntrack_confirm(skb)` entry.
+#[inline(always)]
+fn on_confirm(skb: u64) -> u32 {
     // Always push, even without a ct: every return pops, and an unbalanced stack would
     // hand a nested call its parent's frame.
-    let skb = ctx.arg::<u64>(0).unwrap_or(0);
     let ct = skb_ct(skb);
     push(
         F_CONFIRM,
@@ -50,7 +63,19 @@ pub fn resolve_clash_enter(ctx: ProbeContext) -> u32 {
         3 => arg3,
         _ => None,
     };
-    let Some(h) = h else { return 0 };
+    h.map_or(0, on_resolve_clash)
+}
+
+/// The 5.7+ signature `(skb, h, reply_hash)` only: the loader attaches this twin where
+/// BTF gives the function three parameters (the verifier refuses reads past the last).
+#[fentry]
+pub fn fe_resolve_clash_enter(ctx: FEntryContext) -> u32 {
+    on_resolve_clash(ctx.arg::<u64>(1))
+}
+
+/// `nf_ct_resolve_clash` entry: `h` is the winner's tuple hash.
+#[inline(always)]
+fn on_resolve_clash(h: u64) -> u32 {
     if let Some(frame) = top(F_CONFIRM) {
         frame.aux = h;
     }
@@ -59,7 +84,17 @@ pub fn resolve_clash_enter(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn confirm_exit(ctx: RetProbeContext) -> u32 {
-    let ret: i32 = ctx.ret();
+    on_confirm_return(ctx.ret())
+}
+
+#[fexit]
+pub fn fx_confirm_exit(ctx: FExitContext) -> u32 {
+    ctx.ret().map_or(0, on_confirm_return)
+}
+
+/// `__nf_conntrack_confirm` return: NF_ACCEPT or NF_DROP.
+#[inline(always)]
+fn on_confirm_return(ret: i32) -> u32 {
     let Some(frame) = pop(F_CONFIRM) else {
         return 0;
     };

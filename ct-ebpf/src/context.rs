@@ -3,9 +3,9 @@
 
 use aya_ebpf::{
     helpers::generated::bpf_get_current_task,
-    macros::{kprobe, kretprobe, map},
+    macros::{fentry, fexit, kprobe, kretprobe, map},
     maps::LruHashMap,
-    programs::{ProbeContext, RetProbeContext},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
 
 pub const C_GC: usize = 0;
@@ -55,8 +55,10 @@ pub fn current() -> [u8; 8] {
     unsafe { CONTEXT.get(task()).copied().unwrap_or([0; 8]) }
 }
 
+/// Entry and return probes raising and lowering context `$which`, as kprobe/kretprobe
+/// and as fentry/fexit twins.
 macro_rules! context_probe {
-    ($enter:ident, $exit:ident, $which:expr) => {
+    ($enter:ident, $exit:ident, $fe:ident, $fx:ident, $which:expr) => {
         #[kprobe]
         pub fn $enter(_ctx: ProbeContext) -> u32 {
             adjust($which, true);
@@ -67,9 +69,37 @@ macro_rules! context_probe {
             adjust($which, false);
             0
         }
+        #[fentry]
+        pub fn $fe(_ctx: FEntryContext) -> u32 {
+            adjust($which, true);
+            0
+        }
+        #[fexit]
+        pub fn $fx(_ctx: FExitContext) -> u32 {
+            adjust($which, false);
+            0
+        }
     };
 }
 
-context_probe!(gc_worker_enter, gc_worker_exit, C_GC);
-context_probe!(netns_cleanup_enter, netns_cleanup_exit, C_NETNS_EXIT);
-context_probe!(iterate_cleanup_enter, iterate_cleanup_exit, C_ITERATE);
+context_probe!(
+    gc_worker_enter,
+    gc_worker_exit,
+    fe_gc_worker_enter,
+    fx_gc_worker_exit,
+    C_GC
+);
+context_probe!(
+    netns_cleanup_enter,
+    netns_cleanup_exit,
+    fe_netns_cleanup_enter,
+    fx_netns_cleanup_exit,
+    C_NETNS_EXIT
+);
+context_probe!(
+    iterate_cleanup_enter,
+    iterate_cleanup_exit,
+    fe_iterate_cleanup_enter,
+    fx_iterate_cleanup_exit,
+    C_ITERATE
+);

@@ -4,7 +4,10 @@
 //! flags raised by the gc / early_drop / cleanup probes, expiry and TCP state
 //! (KERNEL.md §3), without kernel stacks.
 
-use aya_ebpf::{macros::kprobe, programs::ProbeContext};
+use aya_ebpf::{
+    macros::{fentry, kprobe},
+    programs::{FEntryContext, ProbeContext},
+};
 use ct_common::{DestroyReason, EventKind, stat};
 
 use crate::{
@@ -21,7 +24,17 @@ pub fn ct_delete_enter(ctx: ProbeContext) -> u32 {
     let Some(ct) = ctx.arg::<u64>(0) else {
         return 0;
     };
-    let portid = ctx.arg::<u64>(1).unwrap_or(0) as u32;
+    on_delete(ct, ctx.arg::<u64>(1).unwrap_or(0) as u32)
+}
+
+#[fentry]
+pub fn fe_ct_delete_enter(ctx: FEntryContext) -> u32 {
+    on_delete(ctx.arg::<u64>(0), ctx.arg::<u64>(1) as u32)
+}
+
+/// `nf_ct_delete(ct, portid, report)` entry.
+#[inline(always)]
+fn on_delete(ct: u64, portid: u32) -> u32 {
     let status = ct_status(ct);
     // Already dying: a second delete of the same entry (it returns false); unconfirmed:
     // never in the table. Neither is a removal from the table.
@@ -71,6 +84,12 @@ fn reason(portid: u32, flags: &[u8; 8], left: i32, l4: u8, tcp_state: u8) -> Des
 
 #[kprobe]
 pub fn ct_free_enter(_ctx: ProbeContext) -> u32 {
+    count(stat::FREES);
+    0
+}
+
+#[fentry]
+pub fn fe_ct_free_enter(_ctx: FEntryContext) -> u32 {
     count(stat::FREES);
     0
 }

@@ -2,8 +2,8 @@
 //! which never pass `__nf_conntrack_confirm`.
 
 use aya_ebpf::{
-    macros::{kprobe, kretprobe},
-    programs::{ProbeContext, RetProbeContext},
+    macros::{fentry, fexit, kprobe, kretprobe},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
 use ct_common::{EventKind, FLAG_FROM_CTNETLINK};
 
@@ -15,8 +15,18 @@ use crate::{
 
 #[kprobe]
 pub fn hash_insert_enter(ctx: ProbeContext) -> u32 {
+    on_hash_insert(ctx.arg::<u64>(0).unwrap_or(0))
+}
+
+#[fentry]
+pub fn fe_hash_insert_enter(ctx: FEntryContext) -> u32 {
+    on_hash_insert(ctx.arg::<u64>(0))
+}
+
+/// `nf_conntrack_hash_check_insert(ct)` entry.
+#[inline(always)]
+fn on_hash_insert(ct: u64) -> u32 {
     // Pushed unconditionally to keep entry/return balanced; a null ct is skipped at return.
-    let ct = ctx.arg::<u64>(0).unwrap_or(0);
     push(
         F_HASH_CHECK_INSERT,
         Frame {
@@ -30,7 +40,17 @@ pub fn hash_insert_enter(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn hash_insert_exit(ctx: RetProbeContext) -> u32 {
-    let ret: i32 = ctx.ret();
+    on_hash_insert_return(ctx.ret())
+}
+
+#[fexit]
+pub fn fx_hash_insert_exit(ctx: FExitContext) -> u32 {
+    ctx.ret().map_or(0, on_hash_insert_return)
+}
+
+/// `nf_conntrack_hash_check_insert` return: 0 when inserted.
+#[inline(always)]
+fn on_hash_insert_return(ret: i32) -> u32 {
     let Some(frame) = pop(F_HASH_CHECK_INSERT) else {
         return 0;
     };

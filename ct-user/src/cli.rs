@@ -41,6 +41,9 @@ pub enum Command {
     ///
     /// Runs without privileges too: then each tier says which capability it misses
     /// (CAP_BPF and CAP_PERFMON for tiers 1 and 2, CAP_NET_ADMIN for tier 3).
+    ///
+    /// Tier 1 puts each hook on fentry/fexit where the kernel allows it, else on a
+    /// kprobe/kretprobe, and says which and why; CTSCOPE_NO_FENTRY=1 keeps it on kprobes.
     Probe(ProbeArgs),
     /// The agent: a live copy of every namespace's table, the cause of every
     /// insert_failed and drop, served to `list`, `get`, `stats` and `events`.

@@ -48,9 +48,15 @@ pub struct Probe(pub Value);
 impl Probe {
     /// Runs the probe; `Err` explains why it could not (binary missing, failure, bad JSON).
     pub fn run() -> Result<Self, String> {
+        Self::run_with_env(&[])
+    }
+
+    /// [`run`](Self::run) with these environment variables set for ctscope.
+    pub fn run_with_env(vars: &[(&str, &str)]) -> Result<Self, String> {
         let bin = binary().ok_or("no ctscope binary (set CTSCOPE_BIN or build ctscope)")?;
         let out = Command::new(&bin)
             .args(["probe", "--json"])
+            .envs(vars.iter().copied())
             .output()
             .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
         if !out.status.success() {

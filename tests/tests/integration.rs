@@ -89,6 +89,12 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("clash_resolve_dnat", clash_resolve::dnat),
 ];
 
+/// Scenarios that also run as `kp_<name>`: tier 1 kept on kprobes (`CTSCOPE_NO_FENTRY=1`),
+/// the fallback for kernels that refuse fentry. Between them they use every kprobe and
+/// kretprobe of the plan: confirm, clash, alloc and early_drop, delete and free; `flood`
+/// prints its send rate next to the fentry run's, in the same VM.
+const KPROBE_SCENARIOS: &[&str] = &["udp_tcp_flows", "snat_port_clash", "table_full", "flood"];
+
 /// Scenarios that also run as `t2p_<name>`: tier 2 with `--parsed-records`, the path
 /// kernels take whose `struct nf_conn` does not fit a raw record. Together they cover
 /// every tier-2 event: new, destroy with its reasons, insert_failed, table_full and
@@ -225,6 +231,11 @@ fn main() {
     let watched = env.unmet(Needs::Tier1).is_none() || env.unmet(Needs::Tier2).is_none();
     for &(name, scenario) in SCENARIOS {
         trials.add(&env, name, Needs::Tier1, move || scenario(Watch::Ctscope));
+        if KPROBE_SCENARIOS.contains(&name) {
+            trials.add(&env, &format!("kp_{name}"), Needs::Tier1, move || {
+                scenario(Watch::Kprobes)
+            });
+        }
         trials.add(&env, &format!("t2_{name}"), Needs::Tier2, move || {
             scenario(Watch::Tier2)
         });

@@ -174,6 +174,8 @@ impl Rendered {
 pub struct Agent {
     pub tier: u8,
     pub tier_sees: &'static str,
+    /// What the tier's hooks are: "fentry" or "kprobes" on tier 1, else the tier's label.
+    pub hooks: &'static str,
     pub started: f64,
     pub table: Table,
     watched: HashMap<u32, Watched>,
@@ -208,6 +210,7 @@ impl Agent {
         Agent {
             tier,
             tier_sees,
+            hooks: "",
             started,
             table: Table::default(),
             watched,
@@ -572,6 +575,7 @@ impl Agent {
             protocol: PROTOCOL,
             tier: self.tier,
             tier_sees: self.tier_sees,
+            hooks: self.hooks,
             started: self.started,
             entries: self.table.len(),
             per_netns,
@@ -592,6 +596,7 @@ struct Status<'a> {
     protocol: u64,
     tier: u8,
     tier_sees: &'static str,
+    hooks: &'static str,
     started: f64,
     entries: usize,
     per_netns: BTreeMap<u32, usize>,

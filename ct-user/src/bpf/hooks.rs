@@ -10,6 +10,11 @@ use std::{collections::HashMap, fs, io};
 pub enum HookKind {
     Kprobe,
     Kretprobe,
+    /// BPF trampoline at function entry: what a kprobe does, cheaper.
+    Fentry,
+    /// BPF trampoline at function return, with the arguments too: what a kretprobe does,
+    /// several times cheaper.
+    Fexit,
     TpBtf,
     /// Raw tracepoint: untyped arguments, for tracepoints tp_btf cannot read everywhere.
     RawTp,
@@ -25,6 +30,17 @@ pub struct HookSpec {
     pub targets: &'static [&'static str],
     /// What ctscope learns from it (shown by `ctscope probe`).
     pub role: &'static str,
+    /// The fentry/fexit twin of a kprobe/kretprobe program, tried first.
+    pub twin: Option<Twin>,
+}
+
+/// A kprobe program's fentry/fexit twin: same body, cheaper hook.
+#[derive(Clone, Copy, Debug)]
+pub struct Twin {
+    pub program: &'static str,
+    /// The twin reads arguments by position, so it needs the function to have exactly
+    /// this many parameters in BTF (`None`: any).
+    pub params: Option<usize>,
 }
 
 const fn hook(
@@ -38,115 +54,162 @@ const fn hook(
         kind,
         targets,
         role,
+        twin: None,
+    }
+}
+
+impl HookSpec {
+    /// With fentry/fexit twin `program` (its kind follows: kprobe → fentry).
+    const fn or(mut self, program: &'static str) -> Self {
+        self.twin = Some(Twin {
+            program,
+            params: None,
+        });
+        self
+    }
+
+    /// With a twin that needs the function to have `params` parameters.
+    const fn or_with(mut self, program: &'static str, params: usize) -> Self {
+        self.twin = Some(Twin {
+            program,
+            params: Some(params),
+        });
+        self
+    }
+
+    /// The kind of its twin.
+    pub fn twin_kind(&self) -> HookKind {
+        match self.kind {
+            HookKind::Kretprobe => HookKind::Fexit,
+            _ => HookKind::Fentry,
+        }
     }
 }
 
 use HookKind::{Kprobe, Kretprobe, RawTp, TpBtf};
 
-/// Tier 1 of DESIGN.md: kprobes on the conntrack core plus the kfree_skb tracepoint.
+/// Tier 1 of DESIGN.md: kprobes on the conntrack core, each with an fentry/fexit twin
+/// tried first, plus the kfree_skb tracepoint.
 pub const TIER1: &[HookSpec] = &[
     hook(
         "confirm_enter",
         Kprobe,
         &["__nf_conntrack_confirm"],
         "new entries and insert outcome",
-    ),
+    )
+    .or("fe_confirm_enter"),
     hook(
         "confirm_exit",
         Kretprobe,
         &["__nf_conntrack_confirm"],
         "new / insert_failed verdict",
-    ),
+    )
+    .or("fx_confirm_exit"),
     hook(
         "resolve_clash_enter",
         Kprobe,
         &["nf_ct_resolve_clash"],
         "clash direction and winner",
-    ),
+    )
+    .or_with("fe_resolve_clash_enter", 3),
     hook(
         "alloc_enter",
         Kprobe,
         &["__nf_conntrack_alloc"],
         "table_full: tuples and netns",
-    ),
+    )
+    .or("fe_alloc_enter"),
     hook(
         "alloc_exit",
         Kretprobe,
         &["__nf_conntrack_alloc"],
         "table_full: failed allocation",
-    ),
+    )
+    .or("fx_alloc_exit"),
     hook(
         "early_drop_enter",
         Kprobe,
         &["early_drop"],
         "early_drop evictions",
-    ),
+    )
+    .or("fe_early_drop_enter"),
     hook(
         "early_drop_exit",
         Kretprobe,
         &["early_drop"],
         "early_drop evictions",
-    ),
+    )
+    .or("fx_early_drop_exit"),
     hook(
         "ct_delete_enter",
         Kprobe,
         &["nf_ct_delete"],
         "destroy events and reasons",
-    ),
+    )
+    .or("fe_ct_delete_enter"),
     hook(
         "ct_free_enter",
         Kprobe,
         &["nf_conntrack_free"],
         "end of every entry (counted)",
-    ),
+    )
+    .or("fe_ct_free_enter"),
     hook(
         "hash_insert_enter",
         Kprobe,
         &["nf_conntrack_hash_check_insert"],
         "ctnetlink inserts",
-    ),
+    )
+    .or("fe_hash_insert_enter"),
     hook(
         "hash_insert_exit",
         Kretprobe,
         &["nf_conntrack_hash_check_insert"],
         "ctnetlink inserts",
-    ),
+    )
+    .or("fx_hash_insert_exit"),
     hook(
         "gc_worker_enter",
         Kprobe,
         &["gc_worker"],
         "destroy reason: gc timeout / eviction",
-    ),
+    )
+    .or("fe_gc_worker_enter"),
     hook(
         "gc_worker_exit",
         Kretprobe,
         &["gc_worker"],
         "destroy reason: gc timeout / eviction",
-    ),
+    )
+    .or("fx_gc_worker_exit"),
     hook(
         "netns_cleanup_enter",
         Kprobe,
         &["nf_conntrack_cleanup_net_list"],
         "destroy reason: netns exit",
-    ),
+    )
+    .or("fe_netns_cleanup_enter"),
     hook(
         "netns_cleanup_exit",
         Kretprobe,
         &["nf_conntrack_cleanup_net_list"],
         "destroy reason: netns exit",
-    ),
+    )
+    .or("fx_netns_cleanup_exit"),
     hook(
         "iterate_cleanup_enter",
         Kprobe,
         &["nf_ct_iterate_cleanup", "nf_ct_iterate_cleanup_net"],
         "destroy reason: other cleanups",
-    ),
+    )
+    .or("fe_iterate_cleanup_enter"),
     hook(
         "iterate_cleanup_exit",
         Kretprobe,
         &["nf_ct_iterate_cleanup", "nf_ct_iterate_cleanup_net"],
         "destroy reason: other cleanups",
-    ),
+    )
+    .or("fx_iterate_cleanup_exit"),
     hook(
         "kfree_skb",
         TpBtf,

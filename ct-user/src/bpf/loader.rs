@@ -1,7 +1,7 @@
 //! Loads the BPF object with this kernel's layout and attaches the hook plan, one hook at a
 //! time: a hook whose function is missing or refused is reported, and the rest still run.
 
-use std::io;
+use std::{io, os::fd::OwnedFd};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -10,8 +10,11 @@ use aya::{
 use ct_common::{ABSENT, KernelLayout, floor};
 use serde::Serialize;
 
-use crate::bpf::hooks::{
-    HookKind, HookSpec, Kallsyms, Resolution, TIER1, TIER1_ESSENTIAL, TIER2, TIER2_ESSENTIAL,
+use crate::bpf::{
+    hooks::{
+        HookKind, HookSpec, Kallsyms, Resolution, TIER1, TIER1_ESSENTIAL, TIER2, TIER2_ESSENTIAL,
+    },
+    trampoline::Trampolines,
 };
 use crate::{event::RecordKind, sys::caps};
 
@@ -85,7 +88,7 @@ impl Floor {
 /// The hook tiers of DESIGN.md, best first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 pub enum Tier {
-    /// kprobes on the conntrack core: every event with its exact cause.
+    /// kprobes or fentry/fexit on the conntrack core: every event with its exact cause.
     #[value(name = "1")]
     #[serde(rename = "1")]
     Kprobes,
@@ -206,11 +209,34 @@ pub struct Probes {
     pub layout: KernelLayout,
     /// What the BTF reader had to fall back on.
     pub notes: Vec<String>,
+    /// The fentry/fexit links by hook name: closing one detaches its program.
+    links: Vec<(&'static str, OwnedFd)>,
 }
 
 impl Probes {
     pub fn attached(&self, program: &str) -> bool {
         self.hooks.iter().any(|h| h.name == program && h.available)
+    }
+
+    /// What the attached hooks are: "fentry", "kprobes" or "fentry and kprobes" on
+    /// tier 1 (the conntrack functions' hooks), else the tier's label.
+    pub fn hooks_label(&self) -> &'static str {
+        if self.tier != Tier::Kprobes {
+            return self.tier.label();
+        }
+        let used = |kinds: &[HookKind]| {
+            self.hooks
+                .iter()
+                .any(|h| h.available && kinds.contains(&h.kind))
+        };
+        match (
+            used(&[HookKind::Fentry, HookKind::Fexit]),
+            used(&[HookKind::Kprobe, HookKind::Kretprobe]),
+        ) {
+            (true, false) => "fentry",
+            (true, true) => "fentry and kprobes",
+            _ => "kprobes",
+        }
     }
 }
 
@@ -265,7 +291,8 @@ pub fn load(opts: LoadOptions) -> Result<Probes, LoadError> {
         return Err(LoadError::RingSize(ring_bytes));
     }
     raise_memlock();
-    let (mut layout, notes) = ct_btf::layout_for_running_kernel()?;
+    let kernel_btf = ct_btf::KernelBtf::load()?;
+    let (mut layout, notes) = ct_btf::layout_of(&kernel_btf)?;
     if opts.parsed_records {
         layout.ct_raw_bytes = ABSENT;
     }
@@ -282,29 +309,37 @@ pub fn load(opts: LoadOptions) -> Result<Probes, LoadError> {
         .load(OBJECT)
         .map_err(permission_or)?;
     let btf = Btf::from_sys_fs().ok();
-    let attach_all = |ebpf: &mut Ebpf, specs: &[HookSpec]| -> Vec<HookStatus> {
-        specs
-            .iter()
-            .map(|spec| attach(ebpf, spec, &kallsyms, support, btf.as_ref()))
-            .collect()
-    };
     let mut hooks = Vec::new();
+    let mut links = Vec::new();
     let mut why_not_1 = None;
     if forced != Some(Tier::Tracepoints) {
-        hooks = attach_all(&mut ebpf, TIER1);
+        let trampolines = Trampolines::new(OBJECT, &ebpf, kernel_btf);
+        let mut attach_one = |spec: &HookSpec| {
+            let fentry = trampolines.as_ref().map_err(String::as_str);
+            let (status, link) =
+                attach_tier1(&mut ebpf, spec, &kallsyms, support, btf.as_ref(), fentry);
+            links.extend(link.map(|l| (spec.program, l)));
+            status
+        };
+        hooks = TIER1.iter().map(&mut attach_one).collect();
         match missing(&hooks, TIER1_ESSENTIAL) {
             None => {
-                let reason = "kprobes on the conntrack core attached".to_string();
-                let p = probes(ebpf, Tier::Kprobes, reason, hooks, layout, notes);
+                let mut p = probes(ebpf, Tier::Kprobes, String::new(), hooks, layout, notes);
+                p.links = links;
+                p.tier_reason = format!("{} on the conntrack core attached", p.hooks_label());
                 return Ok(p);
             }
             Some(why) if forced == Some(Tier::Kprobes) => return Err(LoadError::Tier(1, why)),
             Some(why) => why_not_1 = Some(why),
         }
         // Partial tier 1 would report some events twice next to tier 2.
-        unload_tier1(&mut ebpf, &mut hooks);
+        unload_tier1(&mut ebpf, &mut hooks, &mut links);
     }
-    hooks.extend(attach_all(&mut ebpf, TIER2));
+    hooks.extend(
+        TIER2
+            .iter()
+            .map(|spec| attach(&mut ebpf, spec, &kallsyms, support, btf.as_ref())),
+    );
     match (missing(&hooks, TIER2_ESSENTIAL), why_not_1) {
         (None, why_not_1) => {
             let reason = match &why_not_1 {
@@ -339,6 +374,7 @@ fn probes(
         hooks,
         layout,
         notes,
+        links: Vec::new(),
     }
 }
 
@@ -367,9 +403,16 @@ fn missing(hooks: &[HookStatus], essential: &[&str]) -> Option<String> {
 
 /// Detaches and unloads every tier-1 program, marking its hook unavailable. Tier 2's
 /// `t2_nf_drop` also counts what tier 1's `kfree_skb` counts: one program per drop is cheaper.
-fn unload_tier1(ebpf: &mut Ebpf, hooks: &mut [HookStatus]) {
+fn unload_tier1(
+    ebpf: &mut Ebpf,
+    hooks: &mut [HookStatus],
+    links: &mut Vec<(&'static str, OwnedFd)>,
+) {
+    // Closing the links detaches the fentry/fexit twins and frees them.
+    links.clear();
     for h in hooks.iter_mut() {
         let unloaded = match h.kind {
+            HookKind::Fentry | HookKind::Fexit => Ok(true),
             HookKind::Kprobe | HookKind::Kretprobe => {
                 program::<KProbe>(ebpf, h.name).map(|p| p.unload().is_ok())
             }
@@ -425,6 +468,44 @@ pub fn fentry_supported(probes: &mut Probes) -> Result<bool, String> {
     }
 }
 
+/// A tier-1 hook: its fentry/fexit twin when `fentry` can load it (the link comes back),
+/// else its kprobe, whose status then says why the twin was not used.
+fn attach_tier1(
+    ebpf: &mut Ebpf,
+    spec: &HookSpec,
+    kallsyms: &Kallsyms,
+    support: Support,
+    btf: Option<&Btf>,
+    fentry: Result<&Trampolines, &str>,
+) -> (HookStatus, Option<OwnedFd>) {
+    let why_not = match (spec.twin, fentry) {
+        (None, _) => None,
+        (Some(_), Err(why)) => Some(why.to_string()),
+        (Some(_), Ok(t)) => match t.attach(spec, kallsyms) {
+            Ok((target, link)) => {
+                let status = HookStatus {
+                    name: spec.program,
+                    kind: spec.twin_kind(),
+                    target: Some(target),
+                    available: true,
+                    reason: None,
+                    role: spec.role,
+                };
+                return (status, Some(link));
+            }
+            Err(why) => Some(format!("fentry not used: {why}")),
+        },
+    };
+    let mut status = attach(ebpf, spec, kallsyms, support, btf);
+    if let Some(why) = why_not {
+        status.reason = Some(match status.reason.take() {
+            Some(kprobe) => format!("{kprobe}; {why}"),
+            None => why,
+        });
+    }
+    (status, None)
+}
+
 fn attach(
     ebpf: &mut Ebpf,
     spec: &HookSpec,
@@ -452,6 +533,8 @@ fn attach(
             status.target = Some(spec.targets[0].to_string());
             attach_raw_tp(ebpf, spec)
         }
+        // The plan names kprobes; their twins go through `attach_tier1`.
+        HookKind::Fentry | HookKind::Fexit => Err("fentry hooks attach as twins".into()),
     };
     match result {
         Ok(()) => status.available = true,

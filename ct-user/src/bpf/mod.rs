@@ -7,3 +7,4 @@ pub mod loader;
 pub mod probe;
 pub mod raw_load;
 pub mod reader;
+pub mod trampoline;

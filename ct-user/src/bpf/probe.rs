@@ -25,6 +25,10 @@ pub struct Report {
     pub hz: u32,
     pub tier: Option<u8>,
     pub tier_reason: String,
+    /// What the chosen BPF tier's hooks are: "fentry", "kprobes" or "fentry and kprobes"
+    /// on tier 1 (each hook's `kind` says which it got), the tier's label on tier 2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier_hooks: Option<&'static str>,
     /// What the chosen tier can and cannot see on this kernel.
     pub tier_sees: String,
     /// Every tier, tried for real: whether it can run here, why not, what it sees.
@@ -70,6 +74,7 @@ pub fn run() -> Report {
         hz: 0,
         tier: None,
         tier_reason: String::new(),
+        tier_hooks: None,
         tier_sees: String::new(),
         tiers: Vec::new(),
         hooks: Vec::new(),
@@ -89,6 +94,7 @@ pub fn run() -> Report {
             }
             report.hooks = probes.hooks.clone();
             report.tier_reason = probes.tier_reason.clone();
+            report.tier_hooks = Some(probes.hooks_label());
             (Some(probes.tier), probes.tier1_unavailable.clone())
         }
         Err(e) => {
@@ -243,6 +249,9 @@ pub fn text(r: &Report) -> String {
     match r.tier {
         Some(t) => s.push_str(&format!("tier         {t}: {}\n", r.tier_reason)),
         None => s.push_str(&format!("tier         none: {}\n", r.tier_reason)),
+    }
+    if let Some(hooks) = r.tier_hooks {
+        s.push_str(&format!("hooks        {hooks}\n"));
     }
     s.push_str(&format!("sees         {}\n", r.tier_sees));
     for t in &r.tiers {

@@ -111,7 +111,9 @@ impl RawObject {
                 let mut log = vec![0u8; 1 << 20];
                 match load(&mut log) {
                     Ok(fd) => Ok(fd),
-                    Err(e) => Err(refusal(e, &log).unwrap_or_else(|| first.to_string())),
+                    Err(e) => {
+                        Err(refusal(e, &log).unwrap_or_else(|| format!("load refused: {first}")))
+                    }
                 }
             }
         }

@@ -122,7 +122,7 @@ fn tier3(args: &EventsArgs) -> anyhow::Result<EventSource> {
 /// `tier 1: kprobes`; tier 3 names the namespace it watches.
 fn source_label(source: &EventSource) -> String {
     let tier = source.tier();
-    let label = format!("tier {}: {}", tier.number(), tier.label());
+    let label = format!("tier {}: {}", tier.number(), source.hooks_label());
     match source.netns() {
         Some(inode) => format!("{label}, netns {inode}"),
         None => label,

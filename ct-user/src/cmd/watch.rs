@@ -77,6 +77,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
         t => t.sees(),
     };
     let mut agent = Agent::new(tier.number(), sees, baselines);
+    agent.hooks = source.hooks_label();
     let mut resync = args.resync;
     if tier == Tier::Ctnetlink && resync == 0.0 {
         resync = TIER3_RESYNC;
@@ -255,7 +256,7 @@ fn announce(
     // ctnetlink events are per namespace: the agent's tier 3 has its own namespace's.
     let how = match tier {
         Tier::Ctnetlink => "ctnetlink events of its own namespace, dumps for the others",
-        t => t.label(),
+        _ => agent.hooks,
     };
     let metrics = args
         .metrics

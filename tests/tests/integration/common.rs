@@ -12,6 +12,9 @@ use ctscope_tests::{
 };
 use serde_json::Value;
 
+/// ctscope's switch that keeps tier 1 on kprobes (ct-user/src/bpf/trampoline.rs).
+pub const NO_FENTRY_ENV: &str = "CTSCOPE_NO_FENTRY";
+
 /// UDP port of the sink in the server namespace.
 pub const UDP_PORT: u16 = 5300;
 /// TCP port of the server namespace's listener.
@@ -22,6 +25,8 @@ pub const TCP_PORT: u16 = 8080;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Watch {
     Ctscope,
+    /// Tier 1 kept on kprobes (`CTSCOPE_NO_FENTRY=1`): the fallback where fentry is refused.
+    Kprobes,
     Tier2,
     /// Tier 2 reading entry fields one by one in BPF (`--parsed-records`), as on kernels
     /// whose `struct nf_conn` does not fit a raw record.
@@ -35,6 +40,11 @@ impl Watch {
         let mut opts = EventsOpts::netns(inode);
         match self {
             Watch::Ctscope => Some(opts),
+            Watch::Kprobes => {
+                opts.wrapper = vec!["env".into(), format!("{NO_FENTRY_ENV}=1")];
+                opts.extra.extend(["--tier".into(), "1".into()]);
+                Some(opts)
+            }
             Watch::Tier2 | Watch::Tier2Parsed => {
                 opts.extra.extend(["--tier".into(), "2".into()]);
                 if self == Watch::Tier2Parsed {

@@ -5,6 +5,8 @@
 use std::time::Duration;
 
 use ctscope_tests::ctscope::{self, Events, EventsOpts, Finished, Probe};
+
+use crate::common;
 use serde_json::Value;
 
 pub fn run() {
@@ -13,6 +15,7 @@ pub fn run() {
     check_kprobes_honest(&probe);
     check_tracepoints(&probe);
     check_tiers(&probe);
+    check_tier1_hooks(&probe);
     check_events_run(&[]);
     // Tier 3 needs no BPF: it must run wherever ctnetlink answers.
     check_events_run(&["--tier", "3"]);
@@ -32,6 +35,63 @@ fn check_bench_floors(probe: &Probe) {
             finished.stderr.contains("ctscope: benchmark floor: "),
             "--floor {floor} not announced; stderr:\n{}",
             finished.stderr
+        );
+    }
+}
+
+/// The conntrack functions' hooks of tier 1 (all but the kfree_skb tracepoint).
+fn tier1_function_hooks(probe: &Probe) -> Vec<&Value> {
+    let function = |h: &&Value| {
+        matches!(
+            h["kind"].as_str(),
+            Some("kprobe" | "kretprobe" | "fentry" | "fexit")
+        )
+    };
+    probe.hooks().iter().filter(function).collect()
+}
+
+/// In the VMs (Debian kernels, nf_conntrack a module with its own BTF) every tier-1 hook
+/// is an fentry/fexit twin, loaded against the module's BTF; with `CTSCOPE_NO_FENTRY=1`
+/// tier 1 still runs, every hook a kprobe/kretprobe saying why.
+fn check_tier1_hooks(probe: &Probe) {
+    if std::env::var_os("CTSCOPE_VM_KERNEL").is_none() {
+        if probe.tier() == Some(1) {
+            eprintln!(
+                "note: tier 1 on {}: {}",
+                probe.kernel(),
+                probe.0["tier_hooks"]
+            );
+        }
+        return;
+    }
+    let p = &probe.0;
+    assert_eq!(p["tier"], 1, "the VM kernels reach tier 1: {p}");
+    assert_eq!(
+        p["tier_hooks"], "fentry",
+        "tier 1 on fentry in the VMs: {p}"
+    );
+    let hooks = tier1_function_hooks(probe);
+    assert_eq!(hooks.len(), 17, "tier 1's function hooks: {hooks:?}");
+    for h in &hooks {
+        assert!(
+            h["available"] == true && matches!(h["kind"].as_str(), Some("fentry" | "fexit")),
+            "not on a trampoline: {h}"
+        );
+    }
+    let kprobes =
+        Probe::run_with_env(&[(common::NO_FENTRY_ENV, "1")]).unwrap_or_else(|e| panic!("{e}"));
+    let p = &kprobes.0;
+    assert_eq!(p["tier"], 1, "tier 1 on kprobes: {p}");
+    assert_eq!(p["tier_hooks"], "kprobes", "{p}");
+    for h in tier1_function_hooks(&kprobes) {
+        assert!(
+            h["available"] == true && matches!(h["kind"].as_str(), Some("kprobe" | "kretprobe")),
+            "not a kprobe: {h}"
+        );
+        let reason = h["reason"].as_str().unwrap_or("");
+        assert!(
+            reason.contains(common::NO_FENTRY_ENV),
+            "no reason given: {h}"
         );
     }
 }

@@ -88,6 +88,14 @@ impl EventSource {
         }
     }
 
+    /// What the tier's hooks are: "fentry" or "kprobes" on tier 1, else the tier's label.
+    pub fn hooks_label(&self) -> &'static str {
+        match &self.backend {
+            Backend::Ring(r) => r.hooks_label(),
+            Backend::Netlink(_) => Tier::Ctnetlink.label(),
+        }
+    }
+
     /// Tier 3: the inode of the one namespace it watches.
     pub fn netns(&self) -> Option<u32> {
         match &self.backend {

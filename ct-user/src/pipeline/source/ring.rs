@@ -68,6 +68,11 @@ impl Ring {
         self.probes.tier
     }
 
+    /// What the hooks are ("fentry", "kprobes", ...): [`Probes::hooks_label`].
+    pub fn hooks_label(&self) -> &'static str {
+        self.probes.hooks_label()
+    }
+
     /// Waits for ring data (or the poll), or a settling round. Cancel-safe.
     pub async fn wait(&mut self, raw: &mut Vec<CtEvent>) -> io::Result<Wake> {
         tokio::select! {
