@@ -43,7 +43,15 @@ impl Trampolines {
         let module = btf.object_names().contains(&CONNTRACK);
         let (name, object_fd) = if module {
             let fd = raw_load::kernel_btf_fd(CONNTRACK)
-                .map_err(|e| format!("fentry: finding the {CONNTRACK} module's BTF: {e}"))?
+                .map_err(|e| {
+                    // The kernel lists BTF objects to CAP_SYS_ADMIN only.
+                    let hint = if e.contains("os error 1)") {
+                        " (needs CAP_SYS_ADMIN)"
+                    } else {
+                        ""
+                    };
+                    format!("fentry: finding the {CONNTRACK} module's BTF: {e}{hint}")
+                })?
                 .ok_or_else(|| format!("fentry: the kernel lists no BTF object {CONNTRACK}"))?;
             (CONNTRACK, Some(fd))
         } else {
@@ -117,5 +125,46 @@ impl Trampolines {
             },
         )?;
         raw_load::attach_tracing(prog.as_fd())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aya_obj::{Object, ProgramSection};
+
+    use crate::bpf::{
+        hooks::{HookKind, TIER1},
+        loader::OBJECT,
+    };
+
+    /// Every twin the plan names is in the object, as the section its kind needs.
+    #[test]
+    fn every_twin_is_in_the_object_with_its_kind() {
+        if OBJECT.is_empty() {
+            println!("SKIPPED: twins: built without the BPF object (AYA_BUILD_SKIP)");
+            return;
+        }
+        let obj = Object::parse(OBJECT).expect("parse the BPF object");
+        let twins: Vec<_> = TIER1
+            .iter()
+            .filter_map(|s| s.twin.map(|t| (s, t)))
+            .collect();
+        assert_eq!(twins.len(), 17, "every kprobe/kretprobe has a twin");
+        for (spec, twin) in twins {
+            let prog = obj
+                .programs
+                .get(twin.program)
+                .unwrap_or_else(|| panic!("{} missing from the object", twin.program));
+            let fits = matches!(
+                (spec.twin_kind(), &prog.section),
+                (HookKind::Fentry, ProgramSection::FEntry { .. })
+                    | (HookKind::Fexit, ProgramSection::FExit { .. })
+            );
+            assert!(
+                fits,
+                "{}: {:?} for a {:?}",
+                twin.program, prog.section, spec.kind
+            );
+        }
     }
 }
