@@ -59,9 +59,10 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
     on_alloc_return(ctx.ret())
 }
 
+/// The return value follows the six arguments in the context (see `confirm::fx_confirm_exit`).
 #[fexit]
 pub fn fx_alloc_exit(ctx: FExitContext) -> u32 {
-    ctx.ret().map_or(0, on_alloc_return)
+    on_alloc_return(ctx.arg::<u64>(6))
 }
 
 /// `__nf_conntrack_alloc` return: the entry, or ERR_PTR.

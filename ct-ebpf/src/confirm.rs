@@ -87,9 +87,13 @@ pub fn confirm_exit(ctx: RetProbeContext) -> u32 {
     on_confirm_return(ctx.ret())
 }
 
+/// An fexit context holds the arguments, then the return value: read at index 1 here,
+/// where the loader checked BTF gives the function one parameter. Not through
+/// `bpf_get_func_ret`: kernels 5.17–6.7 can mis-track that helper's result and prune the
+/// branch that reports `new` (seen on Debian's 6.1: no `new` at all).
 #[fexit]
 pub fn fx_confirm_exit(ctx: FExitContext) -> u32 {
-    ctx.ret().map_or(0, on_confirm_return)
+    on_confirm_return(ctx.arg::<i32>(1))
 }
 
 /// `__nf_conntrack_confirm` return: NF_ACCEPT or NF_DROP.

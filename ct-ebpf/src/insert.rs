@@ -43,9 +43,10 @@ pub fn hash_insert_exit(ctx: RetProbeContext) -> u32 {
     on_hash_insert_return(ctx.ret())
 }
 
+/// The return value follows the one argument in the context (see `confirm::fx_confirm_exit`).
 #[fexit]
 pub fn fx_hash_insert_exit(ctx: FExitContext) -> u32 {
-    ctx.ret().map_or(0, on_hash_insert_return)
+    on_hash_insert_return(ctx.arg::<i32>(1))
 }
 
 /// `nf_conntrack_hash_check_insert` return: 0 when inserted.

@@ -38,8 +38,9 @@ pub struct HookSpec {
 #[derive(Clone, Copy, Debug)]
 pub struct Twin {
     pub program: &'static str,
-    /// The twin reads arguments by position, so it needs the function to have exactly
-    /// this many parameters in BTF (`None`: any).
+    /// The twin reads arguments (or, from fexit, the return value after them) by
+    /// position, so it needs the function to have exactly this many parameters in BTF
+    /// (`None`: any).
     pub params: Option<usize>,
 }
 
@@ -104,7 +105,7 @@ pub const TIER1: &[HookSpec] = &[
         &["__nf_conntrack_confirm"],
         "new / insert_failed verdict",
     )
-    .or("fx_confirm_exit"),
+    .or_with("fx_confirm_exit", 1),
     hook(
         "resolve_clash_enter",
         Kprobe,
@@ -125,7 +126,7 @@ pub const TIER1: &[HookSpec] = &[
         &["__nf_conntrack_alloc"],
         "table_full: failed allocation",
     )
-    .or("fx_alloc_exit"),
+    .or_with("fx_alloc_exit", 6),
     hook(
         "early_drop_enter",
         Kprobe,
@@ -167,7 +168,7 @@ pub const TIER1: &[HookSpec] = &[
         &["nf_conntrack_hash_check_insert"],
         "ctnetlink inserts",
     )
-    .or("fx_hash_insert_exit"),
+    .or_with("fx_hash_insert_exit", 1),
     hook(
         "gc_worker_enter",
         Kprobe,
