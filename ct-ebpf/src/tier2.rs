@@ -32,6 +32,9 @@ use crate::{
     },
 };
 
+/// IPS_ASSURED: both directions seen (TCP: the handshake done); never set on NAT-clash
+/// entries.
+const IPS_ASSURED: u64 = 1 << 2;
 /// IPS_SRC_NAT | IPS_DST_NAT: the entry is NATed, so a clash is in the reply direction.
 const IPS_NAT_MASK: u64 = (1 << 4) | (1 << 5);
 const AF_INET: u8 = 2;
@@ -138,6 +141,13 @@ pub fn t2_dev_queue(ctx: BtfTracePointContext) -> u32 {
     // is older than ctscope, and the agent's dump has it). Spares the first-seen lookup
     // for most packets.
     if ct == 0 || nfct & 7 == IP_CT_ESTABLISHED {
+        return 0;
+    }
+    // A reply-direction (or related) packet of an assured entry: the entry's first
+    // packets, before it was assured, left before this one and reported it. One read of
+    // the entry, likely in cache, spares the first-seen lookup, likely not (measured:
+    // most reply packets of short TCP flows).
+    if nfct & 7 != IP_CT_NEW && ct_status(ct) & IPS_ASSURED != 0 {
         return 0;
     }
     let hash = seen_hash(ct);
@@ -323,20 +333,21 @@ fn note_netns(inum: u32) {
 /// True for the `nf_conntrack` slab; the cache pointer is remembered once seen.
 #[inline(always)]
 fn is_ct_cache(s: u64) -> bool {
+    let Some(slot) = CT_CACHE.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: our own one-element array; a racing writer stores the same value.
+    let known = unsafe { *slot };
+    // Every slab free on the machine comes here: the learned pointer decides first.
+    if known != 0 {
+        return s == known;
+    }
     let by_name = off(|l| &l.kmem_free_arg_is_name);
     if by_name == 1 {
         return is_ct_cache_name(s);
     }
     if by_name != 0 {
         return false;
-    }
-    let Some(slot) = CT_CACHE.get_ptr_mut(0) else {
-        return false;
-    };
-    // SAFETY: our own one-element array; a racing writer stores the same value.
-    let known = unsafe { *slot };
-    if known != 0 {
-        return s == known;
     }
     // Caches are 64-byte aligned at least: the bits above pick the slot.
     let not_ct = NOT_CT_CACHES.get_ptr_mut((s >> 6) as u32 & (NOT_CT_SLOTS - 1));
