@@ -44,7 +44,11 @@ const BUILD_PACKAGES: &[&str] = &[
 /// the tests leave alone: they run their own on free loopback ports), verify the unit in
 /// deploy/ with `systemd-analyze`, validate the manifests with kubernetes-validate (in a
 /// python3 venv), and make pods the way the kubelet does with containerd, runc, the CNI
-/// plugins and a static busybox (their pause image). Not installed for `cargo xtask run`.
+/// plugins and a static busybox (their pause image). `cargo xtask bench --workload
+/// http|dns` drives wrk, nginx, dnsperf and dnsmasq: it starts its own nginx and dnsmasq
+/// in its namespaces, never the system's services (dnsmasq-base is dnsmasq without the
+/// service; on a systemd machine Debian's nginx package starts one on :80, left alone).
+/// Not installed for `cargo xtask run`.
 const TEST_PACKAGES: &[&str] = &[
     "conntrack",
     "nftables",
@@ -58,6 +62,10 @@ const TEST_PACKAGES: &[&str] = &[
     "runc",
     "containernetworking-plugins",
     "busybox-static",
+    "wrk",
+    "nginx",
+    "dnsperf",
+    "dnsmasq-base",
 ];
 const VM_PACKAGES: &[&str] = &[
     "qemu-system-x86",

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::cmd;
 
+use super::agent;
 use super::host::{check_interrupt, entries, flush};
 use super::listener::signal;
 use super::procfs::{cpu_seconds, rss_bytes};
@@ -22,7 +23,7 @@ use super::{Ctx, DRAIN_MAX, READY_TIMEOUT};
 /// CPU time per event expressed as the share of one CPU 10k events/s would take. Dumps
 /// are off (`--resync 0`) so the figure is the event path's; the seed is done before.
 pub(super) fn agent_footprint(ctx: &Ctx, dir: &Path) -> Result<Value> {
-    flush(ctx.client)?;
+    flush(ctx.conntrack_ns)?;
     let socket = dir.join("agent.sock");
     let ready = dir.join("agent-ready");
     let mut command = Command::new(ctx.ctscope);
@@ -51,23 +52,14 @@ pub(super) fn agent_footprint(ctx: &Ctx, dir: &Path) -> Result<Value> {
     }
     let pid = child.id();
     let (rss0, cpu0) = (rss_bytes(pid), cpu_seconds(pid));
-    let entries_before = entries(ctx.client);
+    let entries_before = entries(ctx.conntrack_ns);
     let sender = ctx.send(ctx.opts.flows, false)?;
-    let created = entries(ctx.client).saturating_sub(entries_before);
-    let status = |socket: &Path| -> Option<Value> {
-        let out = Command::new(ctx.ctscope)
-            .args(["watch", "--status", "--socket"])
-            .arg(socket)
-            .output()
-            .ok()?;
-        serde_json::from_slice(&out.stdout).ok()
-    };
-    let news = |v: &Value| v["totals"]["events"]["new"].as_u64().unwrap_or(0);
+    let created = entries(ctx.conntrack_ns).saturating_sub(entries_before);
     let mut last = Value::Null;
     let waited = Instant::now();
     while waited.elapsed() < DRAIN_MAX {
-        last = status(&socket).unwrap_or(Value::Null);
-        if news(&last) >= created {
+        last = agent::status(&socket).unwrap_or(Value::Null);
+        if agent::new_events(&last) >= created {
             break;
         }
         thread::sleep(Duration::from_millis(100));
@@ -75,7 +67,7 @@ pub(super) fn agent_footprint(ctx: &Ctx, dir: &Path) -> Result<Value> {
     let (rss1, cpu1) = (rss_bytes(pid), cpu_seconds(pid));
     signal(&child, libc::SIGTERM);
     let _ = child.wait();
-    let events = news(&last);
+    let events = agent::new_events(&last);
     let table = last["entries"].as_u64().unwrap_or(0);
     let grown = rss1.zip(rss0).map(|(a, b)| a.saturating_sub(b));
     let cpu = cpu1.zip(cpu0).map(|(a, b)| a - b);

@@ -1,9 +1,11 @@
-//! The listener of a run (`ctscope events` or `conntrack -E`): started, waited for,
-//! its `new` lines counted as they come, stopped with its CPU and BPF time.
+//! The listener of a run (`ctscope events`, `ctscope watch` or `conntrack -E`): started,
+//! waited for, its `new` events counted as they come (lines on its stdout; the agent's
+//! status for `watch`), stopped with its CPU and BPF time.
 
 use std::{
     fs,
     io::{BufRead as _, BufReader, Read},
+    path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
     sync::{
         Arc,
@@ -18,8 +20,9 @@ use serde_json::Value;
 
 use crate::cmd;
 
+use super::agent;
 use super::host::{check_interrupt, interrupted};
-use super::procfs::{bpf_run_time, cpu_seconds, thread_cpu_seconds};
+use super::procfs::{BpfProg, bpf_programs, cpu_seconds, thread_cpu_seconds};
 use super::{CONNTRACK_RCVBUF, Ctx, DRAIN_IDLE, DRAIN_MAX, Mode, READY_TIMEOUT};
 
 /// A listener attached in its own process, with threads counting its output.
@@ -29,14 +32,20 @@ pub(super) struct Listener {
     pub(super) events: Arc<AtomicU64>,
     pub(super) stdout: Option<JoinHandle<(u64, f64)>>,
     pub(super) stderr: Option<JoinHandle<Vec<String>>>,
+    /// CPU seconds the listener had used once attached (loading and verifying its BPF
+    /// programs, seeding its table): left out of the run's figure.
+    pub(super) ready_cpu: Option<f64>,
+    /// `watch`: the agent's socket, where its event and loss counts are read.
+    pub(super) socket: Option<PathBuf>,
 }
 
 pub(super) struct Tally {
     pub(super) events: u64,
-    /// CPU seconds the listener process used (user + system), read just before SIGINT.
+    /// CPU seconds the listener process used (user + system) from attached until just
+    /// before SIGINT.
     pub(super) cpu: Option<f64>,
-    /// Run time (s) and runs of the BPF programs the listener holds (bpf_stats_enabled).
-    pub(super) bpf: Option<(f64, u64)>,
+    /// The BPF programs the listener holds, with their run times (bpf_stats_enabled).
+    pub(super) bpf: Vec<BpfProg>,
     /// CPU seconds of xtask's thread that counted the listener's lines.
     pub(super) reader_cpu: f64,
     pub(super) loss_reports: u64,
@@ -53,7 +62,7 @@ impl Listener {
             Mode::Ctscope => {
                 let mut c = Command::new(ctx.ctscope);
                 c.args(["events", "--json", "--kind", "new", "--netns"])
-                    .arg(ctx.client.name())
+                    .arg(ctx.conntrack_ns.name())
                     .arg("--ready-file")
                     .arg(&ctx.ready);
                 c
@@ -65,8 +74,16 @@ impl Listener {
                     .arg(&ctx.ready);
                 c
             }
+            Mode::Watch => {
+                let mut c = Command::new(ctx.ctscope);
+                c.args(["watch", "--headless", "--socket"])
+                    .arg(ctx.agent_socket())
+                    .arg("--ready-file")
+                    .arg(&ctx.ready);
+                c
+            }
             Mode::Conntrack => {
-                let mut c = ctx.client.command("conntrack");
+                let mut c = ctx.conntrack_ns.command("conntrack");
                 c.args(["-E", "-e", "NEW", "-b", CONNTRACK_RCVBUF]);
                 c
             }
@@ -90,8 +107,11 @@ impl Listener {
             events,
             stdout: Some(thread::spawn(move || count_events(mode, stdout, &counter))),
             stderr: Some(thread::spawn(move || read_lines(stderr))),
+            ready_cpu: None,
+            socket: (mode == Mode::Watch).then(|| ctx.agent_socket()),
         };
         listener.wait_ready(ctx)?;
+        listener.ready_cpu = cpu_seconds(listener.child.id());
         Ok(listener)
     }
 
@@ -123,13 +143,23 @@ impl Listener {
         }
     }
 
+    /// Events received so far: counted lines, or the agent's own count (then stored, so
+    /// that [`Listener::stop`] has the last one if the agent no longer answers).
+    fn received(&self) -> u64 {
+        if let Some(status) = self.socket.as_deref().and_then(agent::status) {
+            self.events
+                .store(agent::new_events(&status), Ordering::Relaxed);
+        }
+        self.events.load(Ordering::Relaxed)
+    }
+
     /// Waits until `expected` events arrived, or none for [`DRAIN_IDLE`].
     pub(super) fn drain(&self, expected: u64) {
         let start = Instant::now();
-        let mut last = self.events.load(Ordering::Relaxed);
+        let mut last = self.received();
         let mut last_change = start;
         while start.elapsed() < DRAIN_MAX && !interrupted() {
-            let now = self.events.load(Ordering::Relaxed);
+            let now = self.received();
             if now >= expected {
                 break;
             }
@@ -144,8 +174,19 @@ impl Listener {
 
     /// SIGINT (both print their totals and exit 0), SIGKILL if that does not work.
     pub(super) fn stop(mut self) -> Result<Tally> {
-        let cpu = cpu_seconds(self.child.id());
-        let bpf = bpf_run_time(self.child.id());
+        let cpu = cpu_seconds(self.child.id())
+            .zip(self.ready_cpu)
+            .map(|(now, ready)| now - ready);
+        let bpf = bpf_programs(self.child.id());
+        let agent_lost = self
+            .socket
+            .as_deref()
+            .and_then(agent::status)
+            .map(|status| {
+                self.events
+                    .store(agent::new_events(&status), Ordering::Relaxed);
+                agent::lost(&status)
+            });
         signal(&self.child, libc::SIGINT);
         let start = Instant::now();
         let status = loop {
@@ -181,6 +222,7 @@ impl Listener {
             reader_cpu,
             loss_reports: match self.mode {
                 Mode::Ctscope => loss_reports_ctscope,
+                Mode::Watch => agent_lost.unwrap_or(0),
                 _ => enobufs,
             },
             shown,

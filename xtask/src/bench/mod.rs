@@ -1,13 +1,20 @@
-//! `cargo xtask bench [--flows N] [--rounds R] [--json]`: how fast one sender creates new
-//! conntrack entries with no listener, with `ctscope events` attached and with
-//! `conntrack -E` attached, and how many `new` events each listener received and lost.
+//! `cargo xtask bench [--workload flood|http|dns] [--rounds R] [--json]`: how fast a
+//! workload creates new conntrack entries with no listener, with `ctscope events`, with
+//! the `ctscope watch` agent and with `conntrack -E` attached, how many `new` events
+//! each listener received and lost, and what each cost per new flow: the CPU time of
+//! its process and (`--bpf-stats`) of its BPF programs, which other load on the machine
+//! moves less than the rates.
 //! Mode `hooks only` attaches ctscope's tier-2 hooks with programs that return at once:
 //! the floor of what running any BPF program on those tracepoints costs. Modes `filter`
 //! and `ring` (not run by default) cut tier 2 short after its first-seen filter, and after
 //! reserving and discarding one ring record per new flow: with `--bpf-stats` they break
 //! ctscope's own cost down step by step.
 //!
-//! Set-up (all removed on exit, errors and Ctrl-C included): two namespaces made as the
+//! The workloads ([`workload`]): `flood` (below), `http` (wrk → nginx through a NAT
+//! namespace, a TCP connection per request) and `dns` (dnsperf → dnsmasq, a new source
+//! address and port per query); each run lasts --duration seconds.
+//!
+//! The flood's set-up (all removed on exit, errors and Ctrl-C included): two namespaces made as the
 //! integration tests make theirs (ctscope-tests' `Netns`, `ctst-<pid>-<n>`), a client
 //! (conntrack on through an nft `ct state` rule) and a server (routes the flows into a
 //! blackhole, so no ICMP comes back), joined by a veth on 10.77.0.0/24. The flows go from one socket on 10.77.0.1 to 10.77.1.0/24, routed
@@ -18,25 +25,26 @@
 //!
 //! - [`stats`]: runs and their per-mode summaries; [`report`]: the table and environment;
 //! - [`listener`]: the listener of a run; [`footprint`]: `--agent`'s measurement;
+//!   [`agent`]: the agent's status, read on its socket;
 //! - [`host`]: the namespaces' wiring, the kernel's counters, sysctls, Ctrl-C;
 //!   [`procfs`]: memory, CPU and BPF time read from /proc.
 
+mod agent;
 mod footprint;
 mod host;
 mod listener;
 mod procfs;
 mod report;
 mod stats;
+mod workload;
 
 use ctscope_tests::netns::{self, Netns};
 use footprint::{agent_footprint, print_agent};
-use host::{
-    catch_interrupts, check_interrupt, configure, counters, entries, flush, raise_conntrack_max,
-    set_sysctl,
-};
+use host::{catch_interrupts, check_interrupt, counters, flush, raise_conntrack_max, set_sysctl};
 use listener::{Listener, without_bpf};
 use report::{environment, print_table};
 use stats::{Run, Summary, summarize};
+use workload::{Bed, Workload};
 
 use std::{
     env,
@@ -74,14 +82,23 @@ const SETTLE: Duration = Duration::from_millis(500);
 
 #[derive(Args)]
 pub struct Options {
-    /// New UDP flows per run (one datagram each).
+    /// What makes the new flows: flood (ct-flood, one UDP datagram per flow), http (wrk →
+    /// nginx through a NAT namespace, one TCP connection per request) or dns (dnsperf →
+    /// dnsmasq, one query per flow). http and dns need wrk, nginx, dnsperf and dnsmasq,
+    /// which setup installs; the bench runs its own servers in its namespaces.
+    #[arg(long, value_enum, default_value_t = Workload::Flood)]
+    workload: Workload,
+    /// Seconds per run of the http and dns workloads.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    duration: u32,
+    /// flood: new UDP flows per run (one datagram each).
     #[arg(long, default_value_t = 200_000,
           value_parser = clap::value_parser!(u64).range(1..=MAX_FLOWS))]
     flows: u64,
     /// Rounds; each round runs every mode once, interleaved.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
-    /// Datagrams per sendmmsg call.
+    /// flood: datagrams per sendmmsg call.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
     batch: u32,
     /// Modes to run, in this order within each round (comma-separated).
@@ -99,13 +116,18 @@ pub struct Options {
     /// run, which would count against ctscope's flow rate.
     #[arg(long)]
     bpf_stats: bool,
+    /// With --bpf-stats: also print each BPF program's run time per new flow (which hook
+    /// costs what); --json always has it.
+    #[arg(long)]
+    per_program: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Mode {
     /// No listener.
     None,
-    /// `ctscope events --json --kind new --netns CLIENT` attached.
+    /// `ctscope events --json --kind new --netns NS` attached, NS where the workload makes
+    /// its entries.
     Ctscope,
     /// ctscope's tier-2 hooks attached with programs that return at once
     /// (`ctscope events --floor empty`): the floor any tier-2 program pays.
@@ -116,17 +138,26 @@ enum Mode {
     /// Tier 2 up to its first-seen filter, then one ring record reserved and discarded per
     /// new flow: the ring buffer's own cost (`ctscope events --floor ring`).
     Ring,
-    /// `conntrack -E -e NEW -b 33554432` attached in the client namespace.
+    /// The agent, `ctscope watch --headless`, running (events and losses from its status).
+    Watch,
+    /// `conntrack -E -e NEW -b 33554432` attached in the workload's conntrack namespace.
     Conntrack,
 }
 
 impl Mode {
-    const ALL: [Mode; 4] = [Mode::None, Mode::Hooks, Mode::Ctscope, Mode::Conntrack];
+    const ALL: [Mode; 5] = [
+        Mode::None,
+        Mode::Hooks,
+        Mode::Ctscope,
+        Mode::Watch,
+        Mode::Conntrack,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             Mode::None => "none",
-            Mode::Ctscope => "ctscope",
+            Mode::Ctscope => "ctscope events",
+            Mode::Watch => "ctscope watch",
             Mode::Hooks => "hooks only",
             Mode::Filter => "filter",
             Mode::Ring => "ring",
@@ -146,12 +177,12 @@ impl Mode {
 
     /// Whether the listener is ctscope (loads BPF programs).
     fn runs_ctscope(self) -> bool {
-        self == Mode::Ctscope || self.floor().is_some()
+        matches!(self, Mode::Ctscope | Mode::Watch) || self.floor().is_some()
     }
 
     /// Whether the listener reports events to count (and so to find lost).
     fn counts_events(self) -> bool {
-        matches!(self, Mode::Ctscope | Mode::Conntrack)
+        matches!(self, Mode::Ctscope | Mode::Watch | Mode::Conntrack)
     }
 }
 
@@ -171,6 +202,9 @@ pub fn cmd(opts: &Options) -> Result<()> {
     if opts.modes.is_empty() {
         bail!("--modes needs at least one mode");
     }
+    if opts.agent && opts.workload != Workload::Flood {
+        bail!("--agent measures the agent on the flood: drop --workload or --agent");
+    }
     let command = {
         let mut c = Command::new("cargo");
         c.arg("xtask").args(env::args_os().skip(1));
@@ -189,9 +223,8 @@ pub fn cmd(opts: &Options) -> Result<()> {
         .prefix("ctscope-bench-")
         .tempdir()
         .context("creating a temporary directory")?;
-    let (client, server) = (Netns::new(), Netns::new());
-    configure(&client, &server)?;
-    let _max = raise_conntrack_max(opts.flows)?;
+    let bed = Bed::new(opts, tmp.path())?;
+    let _max = raise_conntrack_max(bed.max_entries(opts))?;
     let _stats = match opts.bpf_stats && opts.modes.iter().any(|m| m.runs_ctscope()) {
         true => Some(set_sysctl(BPF_STATS, "1")),
         false => None,
@@ -199,15 +232,17 @@ pub fn cmd(opts: &Options) -> Result<()> {
 
     let ctx = Ctx {
         opts,
-        client: &client,
+        bed: &bed,
+        conntrack_ns: bed.conntrack_ns(),
         ctscope: &ctscope,
         flood: &flood,
+        dir: tmp.path(),
         ready: tmp.path().join("ctscope-ready"),
     };
-    let env = environment(&client)?;
+    let env = environment(ctx.conntrack_ns)?;
     eprintln!(
-        "bench: {} flows per run, {} round(s) of {}; kernel {}, {} CPUs, load average {}",
-        opts.flows,
+        "bench: {}; {} round(s) of {}; kernel {}, {} CPUs, load average {}",
+        bed.describe(opts),
         opts.rounds,
         opts.modes
             .iter()
@@ -221,13 +256,14 @@ pub fn cmd(opts: &Options) -> Result<()> {
     eprintln!(
         "bench: counters: `ip netns exec {0} conntrack -S` and `conntrack -C` before and after \
          every run, which starts after `conntrack -F`",
-        client.name()
+        ctx.conntrack_ns.name()
     );
 
-    // Warm-up, one full flood: neighbour resolution, page cache, and the slab caches grown
-    // to hold N entries, so that the first run does not pay for them.
-    flush(&client)?;
-    ctx.send(opts.flows, true)?;
+    // Warm-up, one full flood or a short run: neighbour resolution, page cache, the
+    // servers' first requests, and the slab caches grown, so that the first run does not
+    // pay for them.
+    flush(ctx.conntrack_ns)?;
+    bed.drive(&ctx, true)?;
 
     let mut runs = Vec::new();
     for round in 1..=opts.rounds {
@@ -238,7 +274,7 @@ pub fn cmd(opts: &Options) -> Result<()> {
         for mode in order {
             check_interrupt()?;
             let run = ctx.run(mode, round)?;
-            eprintln!("{}", run.log_line(opts.rounds));
+            eprintln!("{}", run.log_line(opts.rounds, opts.workload.unit()));
             runs.push(run);
         }
     }
@@ -250,7 +286,10 @@ pub fn cmd(opts: &Options) -> Result<()> {
     if opts.json {
         let out = json!({
             "command": command,
-            "flows": opts.flows,
+            "workload": bed.describe(opts),
+            "unit": opts.workload.unit(),
+            "duration_s": (opts.workload != Workload::Flood).then_some(opts.duration),
+            "flows": (opts.workload == Workload::Flood).then_some(opts.flows),
             "rounds": opts.rounds,
             "batch": opts.batch,
             "environment": env,
@@ -260,7 +299,7 @@ pub fn cmd(opts: &Options) -> Result<()> {
         });
         println!("{out:#}");
     } else {
-        print_table(&command, opts, &env, &summary);
+        print_table(&command, opts, &bed.describe(opts), &env, &summary);
         if let Some(a) = agent {
             print_agent(&a);
         }
@@ -281,16 +320,25 @@ pub fn cmd(opts: &Options) -> Result<()> {
 
 struct Ctx<'a> {
     opts: &'a Options,
-    client: &'a Netns,
+    bed: &'a Bed,
+    /// Where the workload's entries are made (flood: the client; http: the NAT; dns:
+    /// the server) and listeners attach.
+    conntrack_ns: &'a Netns,
     ctscope: &'a Path,
     flood: &'a Path,
+    dir: &'a Path,
     ready: PathBuf,
 }
 
 impl Ctx<'_> {
-    /// One run: empty table, listener (if any) attached, flood, drain, counters.
+    /// The `watch` mode's agent socket (also `--agent`'s).
+    fn agent_socket(&self) -> PathBuf {
+        self.dir.join("agent.sock")
+    }
+
+    /// One run: empty table, listener (if any) attached, workload, drain, counters.
     fn run(&self, mode: Mode, round: u32) -> Result<Run> {
-        flush(self.client)?;
+        flush(self.conntrack_ns)?;
         let mut run = Run::new(mode, round);
         let mut listener = match mode {
             Mode::None => None,
@@ -302,15 +350,15 @@ impl Ctx<'_> {
                 }
             },
         };
-        let before = counters(self.client);
-        let entries_before = entries(self.client);
-        let sender = self.send(self.opts.flows, false)?;
+        let before = counters(self.conntrack_ns);
+        let created_before = self.bed.created();
+        let sender = self.bed.drive(self, false)?;
+        run.entries = self.bed.created().saturating_sub(created_before);
         if let Some(l) = listener.as_ref().filter(|_| mode.counts_events()) {
-            l.drain(sender.sent);
+            l.drain(run.entries);
         }
         let tally = listener.take().map(Listener::stop).transpose()?;
-        let after = counters(self.client);
-        run.entries = entries(self.client).saturating_sub(entries_before);
+        let after = counters(self.conntrack_ns);
         run.counters = after
             .iter()
             .map(|(k, v)| (k.clone(), v.saturating_sub(*before.get(k).unwrap_or(&0))))
@@ -338,7 +386,7 @@ impl Ctx<'_> {
 
     /// Runs ct-flood in the client namespace and returns its report.
     fn send(&self, flows: u64, echo: bool) -> Result<Sender> {
-        let mut send = self.client.command(self.flood);
+        let mut send = self.conntrack_ns.command(self.flood);
         send.args(["--src", &format!("{CLIENT_ADDR}:{SPORT}")])
             .args(["--dst", FLOW_FIRST])
             .args(["--flows", &flows.to_string()])

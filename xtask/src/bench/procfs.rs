@@ -1,6 +1,6 @@
 //! Costs read from /proc and getrusage: resident memory, CPU time, BPF run time.
 
-use std::fs;
+use std::{collections::HashMap, fs};
 
 /// Resident memory of process `pid` outside BPF maps (the ring buffer's pages count once
 /// touched, whatever the table holds), summed from /proc/PID/smaps.
@@ -42,42 +42,62 @@ pub(super) fn cpu_seconds(pid: u32) -> Option<f64> {
     (hz > 0).then(|| ticks as f64 / hz as f64)
 }
 
-/// Total run time (s) and run count of the BPF programs process `pid` holds open, from
-/// the `run_time_ns` / `run_cnt` lines of its fdinfo (present while bpf_stats_enabled).
-pub(super) fn bpf_run_time(pid: u32) -> Option<(f64, u64)> {
-    let mut ns = 0u64;
-    let mut runs = 0u64;
-    let mut progs = 0;
-    for entry in fs::read_dir(format!("/proc/{pid}/fdinfo")).ok()?.flatten() {
+/// One BPF program's accounted run time (kernel.bpf_stats_enabled).
+#[derive(Clone, Debug)]
+pub(super) struct BpfProg {
+    /// The program's name as loaded (its function in ct-ebpf, at most 15 bytes): the
+    /// hook it serves, e.g. `t2_dev_queue` on `net_dev_queue`.
+    pub(super) name: String,
+    pub(super) run_ns: u64,
+    pub(super) runs: u64,
+}
+
+/// The BPF programs process `pid` holds open, from the `prog_id`, `run_time_ns` and
+/// `run_cnt` lines of its fdinfo, named from the kernel's list of loaded programs.
+/// Empty when none ran (bpf_stats_enabled off: see --bpf-stats).
+pub(super) fn bpf_programs(pid: u32) -> Vec<BpfProg> {
+    let mut found: Vec<(u32, u64, u64)> = Vec::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let Ok(info) = fs::read_to_string(entry.path()) else {
             continue;
         };
         if !info.contains("prog_tag:") {
             continue;
         }
-        progs += 1;
         let field = |name: &str| {
             info.lines()
                 .find_map(|l| l.strip_prefix(name))
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .unwrap_or(0)
         };
-        let (prog_ns, prog_runs) = (field("run_time_ns:"), field("run_cnt:"));
-        if prog_runs > 0 {
-            // Which program is which: its type (26 tracing = tp_btf, 17 raw_tracepoint)
-            // and how often it ran tell them apart.
-            eprintln!(
-                "bench: BPF program type {} ran {prog_runs} times, {:.0} ns per run, {:.3} s",
-                field("prog_type:"),
-                prog_ns as f64 / prog_runs as f64,
-                prog_ns as f64 / 1e9
-            );
+        let id = field("prog_id:") as u32;
+        // One program held through two descriptors counts once.
+        if !found.iter().any(|f| f.0 == id) {
+            found.push((id, field("run_time_ns:"), field("run_cnt:")));
         }
-        ns += prog_ns;
-        runs += prog_runs;
     }
-    // No runs counted: bpf_stats_enabled is off (see --bpf-stats).
-    (progs > 0 && runs > 0).then(|| (ns as f64 / 1e9, runs))
+    if found.iter().all(|f| f.2 == 0) {
+        return Vec::new();
+    }
+    let names: HashMap<u32, String> = aya::programs::loaded_programs()
+        .flatten()
+        .map(|p| (p.id(), p.name_as_str().unwrap_or("?").to_owned()))
+        .collect();
+    found
+        .into_iter()
+        .map(|(id, run_ns, runs)| BpfProg {
+            name: names
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| format!("prog {id}")),
+            run_ns,
+            runs,
+        })
+        .collect()
 }
 
 /// CPU seconds (user + system) the calling thread used.

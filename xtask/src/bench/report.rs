@@ -11,13 +11,18 @@ use super::stats::Summary;
 use super::{Mode, NF_CONNTRACK_MAX, Options};
 use ctscope_tests::netns::Netns;
 
-pub(super) fn print_table(command: &str, opts: &Options, env: &Value, summary: &[Summary]) {
+pub(super) fn print_table(
+    command: &str,
+    opts: &Options,
+    workload: &str,
+    env: &Value,
+    summary: &[Summary],
+) {
+    let unit = opts.workload.unit();
     println!("$ {command}");
     println!(
-        "{} new UDP flows per run from one socket (sendmmsg, batches of {}), {} round(s), \
-         modes interleaved and rotated; kernel {}, {} CPUs, load average at start {}, {}",
-        opts.flows,
-        opts.batch,
+        "{workload}; {} round(s), modes interleaved and rotated; kernel {}, {} CPUs, load \
+         average at start {}, {}",
         opts.rounds,
         env["kernel"].as_str().unwrap_or("?"),
         env["cpus"],
@@ -26,12 +31,12 @@ pub(super) fn print_table(command: &str, opts: &Options, env: &Value, summary: &
     );
     println!();
     let header = [
-        "mode",
-        "flows",
-        "flows/s median",
+        unit,
+        &format!("{unit}/s median"),
         "min",
         "max",
         "slowdown",
+        "spread",
         "ns/flow",
         "entries",
         "events",
@@ -39,14 +44,19 @@ pub(super) fn print_table(command: &str, opts: &Options, env: &Value, summary: &
         "lost %",
         "loss reports",
         "listener CPU s",
+        "CPU ns/flow",
         "BPF s",
         "BPF ns/flow",
-        "insert",
         "insert_failed",
         "drop",
     ];
     let dash = || "-".to_owned();
-    let mut rows = vec![header.map(str::to_owned).to_vec()];
+    let mut rows = vec![
+        std::iter::once("mode")
+            .chain(header)
+            .map(str::to_owned)
+            .collect::<Vec<_>>(),
+    ];
     for s in summary {
         let rate = |i: usize| {
             s.rate
@@ -54,7 +64,7 @@ pub(super) fn print_table(command: &str, opts: &Options, env: &Value, summary: &
         };
         let reports = match (s.mode, s.loss_reports) {
             (_, None) => dash(),
-            (Mode::Ctscope, Some(n)) => format!("{n} lost"),
+            (Mode::Ctscope | Mode::Watch, Some(n)) => format!("{n} lost"),
             (_, Some(n)) => format!("{n} ENOBUFS"),
         };
         rows.push(vec![
@@ -63,7 +73,10 @@ pub(super) fn print_table(command: &str, opts: &Options, env: &Value, summary: &
             rate(0),
             rate(1),
             rate(2),
-            s.slowdown_pct.map_or_else(dash, |p| format!("{p:.1} %")),
+            s.slowdown_pct
+                .map_or_else(dash, |p| format!("{:.1} %", p.0)),
+            s.slowdown_pct
+                .map_or_else(dash, |p| format!("{:.1}..{:.1}", p.1, p.2)),
             s.added_ns.map_or_else(dash, |n| format!("{n:+.0}")),
             s.entries.to_string(),
             s.events.map_or_else(dash, |n| n.to_string()),
@@ -71,17 +84,82 @@ pub(super) fn print_table(command: &str, opts: &Options, env: &Value, summary: &
             s.lost_pct().map_or_else(dash, |p| format!("{p:.2}")),
             reports,
             s.cpu.map_or_else(dash, |c| format!("{c:.2}")),
+            s.cpu_ns_per_flow().map_or_else(dash, |n| format!("{n:.0}")),
             s.bpf.map_or_else(dash, |c| format!("{c:.3}")),
             s.bpf_ns_per_flow().map_or_else(dash, |n| format!("{n:.0}")),
-            s.counter("insert").to_string(),
             s.counter("insert_failed").to_string(),
             s.counter("drop").to_string(),
         ]);
     }
-    let widths: Vec<usize> = (0..header.len())
+    print_rows(&rows);
+    for s in summary {
+        for e in &s.errors {
+            println!("{}: {e}", s.mode);
+        }
+    }
+    println!();
+    println!(
+        "{unit}, entries, events, lost and counters are totals over the rounds; {unit}/s per \
+         run is the client's own measurement. slowdown and ns/flow: medians over rounds of \
+         each round's own comparison with its `none` run (1 - rate/rate without a listener; \
+         1/rate - 1/rate without a listener, the client's time per {unit} added); spread: \
+         the lowest and highest slowdown of a round. entries: conntrack entries created \
+         (new flows: the flood's conntrack -C delta; http and dns count them with nft just \
+         before conntrack confirms them); lost = entries - events; loss reports: the count \
+         in ctscope's `lost` records (the agent's status for `watch`), or conntrack -E's \
+         ENOBUFS warnings (each hides an unknown number of events); listener CPU s: its \
+         user + system time from attached to stopped; CPU ns/flow: the same per entry; BPF \
+         s: run time of ctscope's BPF programs (kernel.bpf_stats_enabled, every namespace's \
+         packets included), in the kernel and not in listener CPU; BPF ns/flow: the same \
+         per entry; insert_failed, drop: conntrack -S deltas in the namespace conntrack \
+         runs in. `ctscope watch`'s events are the agent's `new` count, all namespaces."
+    );
+    if opts.per_program {
+        print_programs(summary);
+    }
+}
+
+/// Per ctscope mode, each BPF program's share (`--per-program`).
+fn print_programs(summary: &[Summary]) {
+    let mut rows = vec![
+        [
+            "mode", "program", "runs", "run s", "ns/run", "ns/flow", "share %",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ];
+    for s in summary {
+        let total: u64 = s.bpf_programs.iter().map(|p| p.run_ns).sum();
+        for p in s.bpf_programs.iter().filter(|p| p.runs > 0) {
+            rows.push(vec![
+                s.mode.label().to_owned(),
+                p.name.clone(),
+                p.runs.to_string(),
+                format!("{:.3}", p.run_ns as f64 / 1e9),
+                format!("{:.0}", p.run_ns as f64 / p.runs as f64),
+                match s.entries {
+                    0 => "-".to_owned(),
+                    n => format!("{:.0}", p.run_ns as f64 / n as f64),
+                },
+                format!("{:.1}", p.run_ns as f64 * 100.0 / total.max(1) as f64),
+            ]);
+        }
+    }
+    println!();
+    if rows.len() == 1 {
+        println!("BPF programs: no run times (give --bpf-stats)");
+        return;
+    }
+    println!("BPF programs (run time over all rounds; ns/flow: per entry created):");
+    print_rows(&rows);
+}
+
+/// Columns padded to their widest cell; the first left-aligned, the others right.
+fn print_rows(rows: &[Vec<String>]) {
+    let widths: Vec<usize> = (0..rows[0].len())
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
-    for row in &rows {
+    for row in rows {
         let cells: Vec<String> = row
             .iter()
             .zip(&widths)
@@ -93,24 +171,6 @@ pub(super) fn print_table(command: &str, opts: &Options, env: &Value, summary: &
             .collect();
         println!("{}", cells.join("  ").trim_end());
     }
-    for s in summary {
-        for e in &s.errors {
-            println!("{}: {e}", s.mode);
-        }
-    }
-    println!();
-    println!(
-        "flows, entries, events, lost and counters are totals over the rounds; flows/s per run \
-         is the sender's own measurement. slowdown and ns/flow: medians over rounds of each \
-         round's own comparison with its `none` run (1 - rate/rate without a listener; \
-         1/rate - 1/rate without a listener, the sender time per flow added). entries: conntrack entries created (conntrack -C \
-         delta); lost = entries - events; loss reports: the count in ctscope's `lost` records, \
-         or conntrack -E's ENOBUFS warnings (each hides an unknown number of events); listener \
-         CPU s: its user + system time; BPF s: run time of ctscope's BPF programs \
-         (kernel.bpf_stats_enabled), in the kernel and not in listener CPU; BPF ns/flow: the \
-         same per flow sent; insert, insert_failed, drop: conntrack -S deltas in \
-         the client namespace."
-    );
 }
 
 /// What the table header says about the machine.

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
+use super::procfs::BpfProg;
 use super::{Mode, Options, Sender};
 
 pub(super) struct Run {
@@ -12,7 +13,7 @@ pub(super) struct Run {
     pub(super) round: u32,
     /// None when the listener could not start (`error` says why).
     pub(super) sender: Option<Sender>,
-    /// Conntrack entries the run created (`conntrack -C` after minus before).
+    /// Conntrack entries the run created (see `Bed::created`): its new flows.
     pub(super) entries: u64,
     /// Deltas of `conntrack -S`, summed over CPUs.
     pub(super) counters: BTreeMap<String, u64>,
@@ -25,7 +26,8 @@ pub(super) struct Run {
     /// CPU seconds of the listener and of xtask's thread counting its lines.
     pub(super) cpu: Option<f64>,
     pub(super) reader_cpu: Option<f64>,
-    pub(super) bpf: Option<(f64, u64)>,
+    /// The listener's BPF programs and their run times (ctscope modes, --bpf-stats).
+    pub(super) bpf: Vec<BpfProg>,
     pub(super) stderr: Vec<String>,
     pub(super) error: Option<String>,
 }
@@ -43,7 +45,7 @@ impl Run {
             shown: None,
             cpu: None,
             reader_cpu: None,
-            bpf: None,
+            bpf: Vec::new(),
             stderr: Vec::new(),
             error: None,
         }
@@ -51,6 +53,14 @@ impl Run {
 
     pub(super) fn counter(&self, key: &str) -> u64 {
         self.counters.get(key).copied().unwrap_or(0)
+    }
+
+    /// Run time (s) and runs of all its BPF programs, if they were accounted.
+    pub(super) fn bpf_total(&self) -> Option<(f64, u64)> {
+        (!self.bpf.is_empty()).then(|| {
+            let ns: u64 = self.bpf.iter().map(|p| p.run_ns).sum();
+            (ns as f64 / 1e9, self.bpf.iter().map(|p| p.runs).sum())
+        })
     }
 
     /// The sender's rate, for a run that completed without an error (the runs the
@@ -67,11 +77,11 @@ impl Run {
         self.events.map(|e| self.entries.saturating_sub(e))
     }
 
-    pub(super) fn log_line(&self, rounds: u32) -> String {
+    pub(super) fn log_line(&self, rounds: u32, unit: &str) -> String {
         let mut line = format!("round {}/{} {}:", self.round, rounds, self.mode);
         if let Some(s) = &self.sender {
             line += &format!(
-                " {} flows in {:.3} s ({:.0} flows/s), {} send errors; {} new entries; \
+                " {} {unit} in {:.3} s ({:.0} {unit}/s), {} errors; {} new entries; \
                  insert +{} insert_failed +{} drop +{}",
                 s.flows,
                 s.seconds,
@@ -89,13 +99,15 @@ impl Run {
         if let (Some(events), Some(lost)) = (self.events, self.lost()) {
             line += &format!("; {events} events, {lost} lost");
             match self.mode {
-                Mode::Ctscope => line += &format!(" ({} in lost records)", self.loss_reports_n()),
+                Mode::Ctscope | Mode::Watch => {
+                    line += &format!(" ({} in lost records)", self.loss_reports_n())
+                }
                 _ => line += &format!(" ({} ENOBUFS warnings)", self.loss_reports_n()),
             }
             if let (Some(cpu), Some(reader)) = (self.cpu, self.reader_cpu) {
                 line += &format!("; listener CPU {cpu:.2} s (line counting {reader:.2} s)");
             }
-            if let Some((secs, runs)) = self.bpf {
+            if let Some((secs, runs)) = self.bpf_total() {
                 line += &format!("; BPF {secs:.3} s in {runs} program runs");
             }
         }
@@ -129,8 +141,9 @@ impl Run {
             "conntrack_shown": self.shown,
             "listener_cpu_seconds": self.cpu,
             "reader_cpu_seconds": self.reader_cpu,
-            "bpf_seconds": self.bpf.map(|b| b.0),
-            "bpf_runs": self.bpf.map(|b| b.1),
+            "bpf_seconds": self.bpf_total().map(|b| b.0),
+            "bpf_runs": self.bpf_total().map(|b| b.1),
+            "bpf_programs": programs_json(&self.bpf, self.entries),
             "error": self.error,
         })
     }
@@ -145,7 +158,8 @@ pub(super) struct Summary {
     pub(super) send_errors: u64,
     /// (median, min, max) flows/s.
     pub(super) rate: Option<(f64, f64, f64)>,
-    pub(super) slowdown_pct: Option<f64>,
+    /// (median, min, max) over rounds of each round's own slowdown against `none`.
+    pub(super) slowdown_pct: Option<(f64, f64, f64)>,
     /// Sender time per flow this mode adds (median over rounds of the round's own
     /// difference to `none`): the cost in a unit that does not depend on how fast the
     /// machine makes a flow.
@@ -158,6 +172,8 @@ pub(super) struct Summary {
     pub(super) cpu: Option<f64>,
     /// BPF programs' run time (s), over all rounds (ctscope only).
     pub(super) bpf: Option<f64>,
+    /// Per program (by name), over all rounds.
+    pub(super) bpf_programs: Vec<BpfProg>,
     pub(super) counters: BTreeMap<String, u64>,
     pub(super) errors: Vec<String>,
 }
@@ -172,10 +188,20 @@ impl Summary {
         (self.entries > 0).then(|| lost as f64 * 100.0 / self.entries as f64)
     }
 
-    /// BPF run time per flow sent: unlike the flow rate, barely moved by other load.
+    /// Nanoseconds per new flow (entry created) of `seconds` over all rounds.
+    fn per_flow(&self, seconds: Option<f64>) -> Option<f64> {
+        let s = seconds?;
+        (self.entries > 0).then(|| s * 1e9 / self.entries as f64)
+    }
+
+    /// BPF run time per new flow: unlike the flow rate, barely moved by other load.
     pub(super) fn bpf_ns_per_flow(&self) -> Option<f64> {
-        let bpf = self.bpf?;
-        (self.sent > 0).then(|| bpf * 1e9 / self.sent as f64)
+        self.per_flow(self.bpf)
+    }
+
+    /// The listener's own CPU time (user + system) per new flow.
+    pub(super) fn cpu_ns_per_flow(&self) -> Option<f64> {
+        self.per_flow(self.cpu)
     }
 
     pub(super) fn to_json(&self) -> Value {
@@ -186,7 +212,7 @@ impl Summary {
             "sent": self.sent,
             "send_errors": self.send_errors,
             "rate": self.rate.map(|(median, min, max)| json!({"median": median, "min": min, "max": max})),
-            "slowdown_pct": self.slowdown_pct,
+            "slowdown_pct": self.slowdown_pct.map(|(median, min, max)| json!({"median": median, "min": min, "max": max})),
             "added_ns_per_flow": self.added_ns,
             "entries": self.entries,
             "events": self.events,
@@ -196,6 +222,8 @@ impl Summary {
             "listener_cpu_seconds": self.cpu,
             "bpf_seconds": self.bpf,
             "bpf_ns_per_flow": self.bpf_ns_per_flow(),
+            "listener_cpu_ns_per_flow": self.cpu_ns_per_flow(),
+            "bpf_programs": programs_json(&self.bpf_programs, self.entries),
             "counters": self.counters,
             "errors": self.errors,
         })
@@ -246,23 +274,53 @@ pub(super) fn summarize(opts: &Options, runs: &[Run]) -> Vec<Summary> {
             cpu: listening.then(|| done.iter().filter_map(|r| r.cpu).sum()),
             bpf: done
                 .iter()
-                .filter_map(|r| r.bpf.map(|b| b.0))
+                .filter_map(|r| r.bpf_total().map(|b| b.0))
                 .reduce(|a, b| a + b),
+            bpf_programs: by_program(done.iter().flat_map(|r| &r.bpf)),
             counters,
             errors,
         });
     }
     for s in out.iter_mut().filter(|s| s.mode != Mode::None) {
         let pairs = paired(runs, s.mode);
-        let median_of = |f: fn(f64, f64) -> f64| {
+        let spread = |f: fn(f64, f64) -> f64| {
             let mut v: Vec<f64> = pairs.iter().map(|&(rate, base)| f(rate, base)).collect();
             v.sort_by(f64::total_cmp);
-            median_min_max(&v).map(|m| m.0)
+            median_min_max(&v)
         };
-        s.slowdown_pct = median_of(|rate, base| (1.0 - rate / base) * 100.0);
-        s.added_ns = median_of(|rate, base| (1.0 / rate - 1.0 / base) * 1e9);
+        s.slowdown_pct = spread(|rate, base| (1.0 - rate / base) * 100.0);
+        s.added_ns = spread(|rate, base| (1.0 / rate - 1.0 / base) * 1e9).map(|m| m.0);
     }
     out
+}
+
+/// Programs of the same name (one per hook, loaded again each run) summed.
+fn by_program<'a>(progs: impl Iterator<Item = &'a BpfProg>) -> Vec<BpfProg> {
+    let mut out: Vec<BpfProg> = Vec::new();
+    for p in progs {
+        match out.iter_mut().find(|o| o.name == p.name) {
+            Some(o) => (o.run_ns, o.runs) = (o.run_ns + p.run_ns, o.runs + p.runs),
+            None => out.push(p.clone()),
+        }
+    }
+    out.sort_by_key(|p| std::cmp::Reverse(p.run_ns));
+    out
+}
+
+/// Each program's run time, runs, and nanoseconds per run and per new flow.
+fn programs_json(progs: &[BpfProg], flows: u64) -> Value {
+    progs
+        .iter()
+        .map(|p| {
+            json!({
+                "name": p.name,
+                "run_ns": p.run_ns,
+                "runs": p.runs,
+                "ns_per_run": (p.runs > 0).then(|| p.run_ns as f64 / p.runs as f64),
+                "ns_per_flow": (flows > 0).then(|| p.run_ns as f64 / flows as f64),
+            })
+        })
+        .collect()
 }
 
 /// (rate of `mode`, rate without a listener) for every round that ran both: a round's
@@ -322,6 +380,9 @@ mod tests {
             run(Mode::Ctscope, 3, 450.0),
         ];
         let opts = Options {
+            workload: super::super::Workload::Flood,
+            duration: 10,
+            per_program: false,
             flows: 100,
             rounds: 3,
             batch: 64,
@@ -332,7 +393,7 @@ mod tests {
         };
         let summary = summarize(&opts, &runs);
         let ctscope = summary.iter().find(|s| s.mode == Mode::Ctscope).unwrap();
-        let slowdown = ctscope.slowdown_pct.unwrap();
+        let slowdown = ctscope.slowdown_pct.unwrap().0;
         assert!((slowdown - 10.0).abs() < 1e-9, "slowdown {slowdown}");
         // Per round: 1/900 - 1/1000, 1/900 - 1/500 and 1/450 - 1/500 s per flow.
         let added = ctscope.added_ns.unwrap();
