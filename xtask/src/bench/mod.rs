@@ -26,6 +26,7 @@ mod host;
 mod listener;
 mod procfs;
 mod report;
+mod scale;
 mod stats;
 
 use ctscope_tests::netns::{self, Netns};
@@ -99,6 +100,11 @@ pub struct Options {
     /// run, which would count against ctscope's flow rate.
     #[arg(long)]
     bpf_stats: bool,
+    /// Instead of the flood runs: the agent holding N entries across namespaces (memory
+    /// per entry, `list` against `conntrack -L`, latencies while events flow, resync
+    /// CPU, memory after the table drains); see xtask/src/bench/scale.rs.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    scale: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -168,14 +174,13 @@ pub fn cmd(opts: &Options) -> Result<()> {
              run `sudo -E env PATH=\"$PATH\" cargo xtask bench`"
         );
     }
+    if let Some(n) = opts.scale {
+        return scale::cmd(n, opts.json, &shown_command());
+    }
     if opts.modes.is_empty() {
         bail!("--modes needs at least one mode");
     }
-    let command = {
-        let mut c = Command::new("cargo");
-        c.arg("xtask").args(env::args_os().skip(1));
-        cmd::show(&c)
-    };
+    let command = shown_command();
     setup::ensure(&setup::Needs {
         tests: true,
         vm: false,
@@ -277,6 +282,13 @@ pub fn cmd(opts: &Options) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// This run's command line, as the report shows it.
+fn shown_command() -> String {
+    let mut c = Command::new("cargo");
+    c.arg("xtask").args(env::args_os().skip(1));
+    cmd::show(&c)
 }
 
 struct Ctx<'a> {
