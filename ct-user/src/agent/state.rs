@@ -20,7 +20,7 @@ use super::{
     outbox::{Outbox, Push},
     protocol::{Header, NsLifetimes, PROTOCOL, Request, Scope},
     server::Incoming,
-    table::{Fields, Merge, Note, Row, Table},
+    table::{Fields, Merge, Note, RowRef, Table},
 };
 use crate::{
     attribution::{AgentStats, Attributed, Kernel, unexplained},
@@ -241,16 +241,16 @@ impl Agent {
         let watched = self.watched(ev.netns);
         watched.attributed.count(&ev);
         watched.counts.count(&ev);
-        if let Some((key, row)) = self.table.apply(&ev, Stamp::of_wall(ev.ts, now))
-            && row.birth_known
+        if let Some(dead) = self.table.apply(&ev, Stamp::of_wall(ev.ts, now))
+            && dead.birth_known
         {
             // The event has the entry's last status and TCP state; the row, the rest.
-            let mut last = row.entry(&key);
+            let mut last = dead.entry;
             last.status = ev.status;
             if let (Some(state), Some(tcp)) = (ev.tcp_state, last.tcp.as_mut()) {
                 tcp.state = state;
             }
-            let lived = ev.ts - row.first_seen;
+            let lived = ev.ts - dead.first_seen;
             self.lifetimes
                 .entry(ev.netns)
                 .or_default()
@@ -465,7 +465,11 @@ impl Agent {
         let now = Stamp::now();
         let mut out = Vec::with_capacity((self.table.len() * 160).min(room));
         let mut rows = 0;
-        for row in self.table.rows().filter(|r| scope.covers(r.netns)) {
+        let scoped: Box<dyn Iterator<Item = RowRef>> = match scope {
+            Scope::All => Box::new(self.table.rows()),
+            Scope::Netns(n) => Box::new(self.table.rows_of(n)),
+        };
+        for row in scoped {
             let entry = row.entry_at(now);
             if !filter.matches(&entry) {
                 continue;
@@ -616,7 +620,7 @@ struct AgentRow<'a> {
 
 fn write_row(
     out: &mut Vec<u8>,
-    row: &Row,
+    row: &RowRef,
     entry: &Entry,
     tag: bool,
     json: bool,
@@ -626,11 +630,11 @@ fn write_row(
         let r = AgentRow {
             entry,
             netns: row.netns,
-            first_seen: row.first_seen,
-            birth_known: row.birth_known,
-            fields_from: row.fields,
-            fields_at: row.fields_at,
-            notes: &row.notes,
+            first_seen: row.first_seen(),
+            birth_known: row.birth_known(),
+            fields_from: row.fields(),
+            fields_at: row.fields_at(),
+            notes: row.notes(),
         };
         serde_json::to_writer(&mut *out, &r)?;
         out.push(b'\n');
