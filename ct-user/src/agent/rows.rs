@@ -369,6 +369,11 @@ impl<A: Addr> Rows<A> {
         self.slots.iter()
     }
 
+    /// A copy of the slots (without the index).
+    pub fn copy(&self) -> Vec<Slot<A>> {
+        self.slots.clone()
+    }
+
     fn hash(&self, key: &SlotKey<A>) -> u64 {
         hash(key)
     }

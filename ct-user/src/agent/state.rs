@@ -5,6 +5,10 @@
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -20,7 +24,7 @@ use super::{
     outbox::{Outbox, Push},
     protocol::{Header, NsLifetimes, PROTOCOL, Request, Scope},
     server::Incoming,
-    table::{Fields, Merge, Note, RowRef, Table},
+    table::{Fields, Merge, Note, RowRef, RowsCopy, Table},
 };
 use crate::{
     attribution::{AgentStats, Attributed, Kernel, unexplained},
@@ -185,8 +189,9 @@ pub struct Agent {
     lifetimes: HashMap<u32, Lifetimes>,
     /// Those of namespaces since forgotten: the metrics' histogram must not go down.
     lifetimes_gone: Lifetimes,
-    /// Bytes per row of the last listing, text and JSON: what the next will cost.
-    row_bytes: [usize; 2],
+    /// Bytes per row of the last listing, text and JSON: what the next will cost (set
+    /// by the thread that renders it).
+    row_bytes: Arc<[AtomicUsize; 2]>,
 }
 
 impl Agent {
@@ -217,7 +222,7 @@ impl Agent {
             subscribers: Vec::new(),
             lifetimes: HashMap::new(),
             lifetimes_gone: Lifetimes::default(),
-            row_bytes: [0; 2],
+            row_bytes: Arc::default(),
         }
     }
 
@@ -411,10 +416,7 @@ impl Agent {
                 scope,
                 filter,
                 json,
-            } => match self.list(scope, &filter, json, reply.room()) {
-                Some(body) => Ok(body),
-                None => return reply.refuse(),
-            },
+            } => return self.list(scope, filter, json, reply),
             Request::Get {
                 netns,
                 zone,
@@ -441,49 +443,42 @@ impl Agent {
         reply.answer(answer);
     }
 
-    /// The listing, or `None` when it would be longer than `room` (what the answer
-    /// budget would take): refused before it is built when the last listing's row size
-    /// says so, else as soon as it grows past it. Stalled clients must not also cost
-    /// the agent's time.
-    fn list(
-        &mut self,
-        scope: Scope,
-        filter: &ct_netlink::TupleFilter,
-        json: bool,
-        room: usize,
-    ) -> Option<Vec<u8>> {
-        let row_bytes = &mut self.row_bytes[usize::from(json)];
+    /// Answers a listing from a copy of the rows, rendered on a thread of its own so
+    /// the loop goes on meanwhile. Refused (the answer budget's error) when it would be
+    /// longer than the room the budget has: before it is built when the last listing's
+    /// row size says so, else as soon as it grows past it. Stalled clients must not also
+    /// cost the agent's time.
+    fn list(&mut self, scope: Scope, filter: ct_netlink::TupleFilter, json: bool, reply: Outbox) {
+        let room = reply.room();
+        let sizes = self.row_bytes.clone();
+        let row_bytes = sizes[usize::from(json)].load(Ordering::Relaxed);
         if filter.is_empty() && room < usize::MAX {
             let rows = match scope {
                 Scope::All => self.table.len(),
                 Scope::Netns(n) => self.table.count(n),
             };
-            if rows * *row_bytes > room {
-                return None;
+            if rows * row_bytes > room {
+                return reply.refuse();
             }
         }
+        let snapshot = self.table.snapshot(match scope {
+            Scope::All => None,
+            Scope::Netns(n) => Some(n),
+        });
         let now = Stamp::now();
-        let mut out = Vec::with_capacity((self.table.len() * 160).min(room));
-        let mut rows = 0;
-        let scoped: Box<dyn Iterator<Item = RowRef>> = match scope {
-            Scope::All => Box::new(self.table.rows()),
-            Scope::Netns(n) => Box::new(self.table.rows_of(n)),
-        };
-        for row in scoped {
-            let entry = row.entry_at(now);
-            if !filter.matches(&entry) {
-                continue;
+        tokio::task::spawn_blocking(move || {
+            match render_list(&snapshot, &filter, scope.tags(), json, now, room) {
+                Some((mut body, per_row)) => {
+                    if let Some(per_row) = per_row {
+                        sizes[usize::from(json)].store(per_row, Ordering::Relaxed);
+                    }
+                    let mut all = Header::line(None);
+                    all.append(&mut body);
+                    reply.answer(all);
+                }
+                None => reply.refuse(),
             }
-            let _ = write_row(&mut out, &row, &entry, scope.tags(), json, now.wall);
-            rows += 1;
-            if out.len() > room {
-                return None;
-            }
-        }
-        if let Some(per_row) = out.len().checked_div(rows) {
-            *row_bytes = per_row;
-        }
-        Some(out)
+        });
     }
 
     fn top(&self, scope: Scope, by: top::TopBy, n: usize, json: bool) -> Vec<u8> {
@@ -616,6 +611,33 @@ struct AgentRow<'a> {
     fields_at: Stamp,
     #[serde(skip_serializing_if = "<[Note]>::is_empty")]
     notes: &'a [Note],
+}
+
+/// The listing of a snapshot's rows that `filter` takes, and its bytes per row; `None`
+/// once it grows past `room`.
+fn render_list(
+    snapshot: &RowsCopy,
+    filter: &ct_netlink::TupleFilter,
+    tags: bool,
+    json: bool,
+    now: Stamp,
+    room: usize,
+) -> Option<(Vec<u8>, Option<usize>)> {
+    let mut out = Vec::with_capacity((snapshot.len() * 160).min(room));
+    let mut rows = 0;
+    for row in snapshot.rows() {
+        let entry = row.entry_at(now);
+        if !filter.matches(&entry) {
+            continue;
+        }
+        let _ = write_row(&mut out, &row, &entry, tags, json, now.wall);
+        rows += 1;
+        if out.len() > room {
+            return None;
+        }
+    }
+    let per_row = out.len().checked_div(rows);
+    Some((out, per_row))
 }
 
 fn write_row(

@@ -249,6 +249,41 @@ pub struct Merge {
     pub refreshed: u64,
 }
 
+/// A copy of some namespaces' rows, to render away from the agent's loop: a listing of a
+/// million rows takes seconds, and events, status and other clients must not wait for it.
+/// Copying is a few tens of milliseconds per million rows.
+#[derive(Debug, Default)]
+pub struct RowsCopy {
+    ns: Vec<NsCopy>,
+}
+
+/// One namespace's rows, copied: its inode, IPv4 and IPv6 rows.
+type NsCopy = (u32, Vec<Slot<V4>>, Vec<Slot<V6>>);
+
+impl RowsCopy {
+    pub fn len(&self) -> usize {
+        self.ns.iter().map(|(_, a, b)| a.len() + b.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn rows(&self) -> impl Iterator<Item = RowRef<'_>> {
+        self.ns.iter().flat_map(|(netns, v4, v6)| {
+            let netns = *netns;
+            let v4 = v4.iter().map(move |s| RowRef {
+                netns,
+                slot: AnyRef::V4(s),
+            });
+            v4.chain(v6.iter().map(move |s| RowRef {
+                netns,
+                slot: AnyRef::V6(s),
+            }))
+        })
+    }
+}
+
 /// Where a row set aside is found: namespace, zone, original tuple.
 type GoneKey = (u32, u16, Tuple);
 
@@ -302,6 +337,17 @@ impl Table {
                 slot: AnyRef::V6(s),
             });
         v4.chain(v6)
+    }
+
+    /// A copy of the rows of one namespace (`Some`), or of all.
+    pub fn snapshot(&self, netns: Option<u32>) -> RowsCopy {
+        let ns = self
+            .ns
+            .iter()
+            .filter(|(n, _)| netns.is_none_or(|want| want == **n))
+            .map(|(&n, ns)| (n, ns.v4.copy(), ns.v6.copy()))
+            .collect();
+        RowsCopy { ns }
     }
 
     /// Rows of one namespace.
@@ -838,5 +884,19 @@ mod tests {
         assert_eq!(t.len(), 1, "conntrack -L hides NAT-clash entries too");
         let reply = tuple(&reversed(&side(1000, 53)), 17);
         assert!(t.get(7, 0, &reply).is_some());
+    }
+
+    #[test]
+    fn a_snapshot_keeps_the_rows_it_copied() {
+        let mut t = Table::default();
+        t.apply(&event(EventKind::New, 1000, 10.0), Stamp::at(10.0));
+        t.merge_dump(8, at(vec![dumped(1000, 25)], 15.0));
+        let all = t.snapshot(None);
+        let one = t.snapshot(Some(7));
+        t.apply(&event(EventKind::Destroy, 1000, 16.0), Stamp::at(16.0));
+        assert_eq!(t.len(), 1);
+        assert_eq!(all.len(), 2);
+        let rows: Vec<_> = one.rows().map(|r| (r.netns, r.entry().timeout)).collect();
+        assert_eq!(rows, [(7, Some(30))]);
     }
 }
