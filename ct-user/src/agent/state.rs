@@ -382,6 +382,13 @@ impl Agent {
             .retain_mut(|s| s.pay_lost() != Push::Closed);
     }
 
+    /// The watch loop's second: subscribers tended, and memory the table no longer
+    /// needs handed back.
+    pub fn tend(&mut self) {
+        self.tend_subscribers();
+        self.table.release_memory();
+    }
+
     /// Answers one request. Errors go into the answer's header.
     pub async fn answer(&mut self, inc: Incoming) {
         let Incoming { request, reply } = inc;

@@ -302,9 +302,6 @@ pub struct Table {
 /// How many rows removed by dumps wait for their `destroy` (the oldest go first).
 const GONE_KEPT: usize = 1 << 16;
 
-/// Rows dropped after which the allocator is asked to hand free memory back.
-const TRIM_EVERY: usize = 1 << 16;
-
 impl Table {
     pub fn len(&self) -> usize {
         self.ns.values().map(Ns::len).sum()
@@ -393,7 +390,6 @@ impl Table {
         for s in unseen6 {
             self.bury(netns, V6::owned(s));
         }
-        self.trim();
         merge
     }
 
@@ -415,20 +411,14 @@ impl Table {
         }
         self.gone.retain(|k, _| k.0 != netns);
         self.gone_order.retain(|k| k.0 != netns);
-        self.trim();
     }
 
-    /// Hands free memory back to the system once many rows went: the rows' storage
-    /// shrinks as they go, but glibc keeps freed heap memory unless asked.
-    fn trim(&mut self) {
-        if self.dropped < TRIM_EVERY {
-            return;
-        }
-        self.dropped = 0;
-        #[cfg(target_env = "gnu")]
-        // SAFETY: malloc_trim only releases free memory; it has no preconditions.
-        unsafe {
-            libc::malloc_trim(0);
+    /// Hands free memory back to the system if rows went since the last time: their
+    /// storage shrinks as they go, but the allocator keeps what was freed unless asked.
+    /// The agent's loop calls it every second, not per row.
+    pub fn release_memory(&mut self) {
+        if std::mem::take(&mut self.dropped) > 0 {
+            crate::sys::memory::trim();
         }
     }
 
@@ -450,7 +440,6 @@ impl Table {
                 };
                 if dead.is_some() {
                     self.dropped += 1;
-                    self.trim();
                 }
                 dead
             }
