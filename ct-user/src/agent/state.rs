@@ -7,7 +7,7 @@ use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -24,7 +24,7 @@ use super::{
     outbox::{Outbox, Push},
     protocol::{Header, NsLifetimes, PROTOCOL, Request, Scope},
     server::Incoming,
-    table::{Fields, Merge, Note, RowRef, RowsCopy, Table},
+    table::{Fields, Merge, Note, RowRef, Table},
 };
 use crate::{
     attribution::{AgentStats, Attributed, Kernel, unexplained},
@@ -192,6 +192,8 @@ pub struct Agent {
     /// Bytes per row of the last listing, text and JSON: what the next will cost (set
     /// by the thread that renders it).
     row_bytes: Arc<[AtomicUsize; 2]>,
+    /// A listing renders on a thread of its own (until it is handed to its client).
+    listing: Arc<AtomicBool>,
 }
 
 impl Agent {
@@ -223,6 +225,7 @@ impl Agent {
             lifetimes: HashMap::new(),
             lifetimes_gone: Lifetimes::default(),
             row_bytes: Arc::default(),
+            listing: Arc::default(),
         }
     }
 
@@ -468,23 +471,36 @@ impl Agent {
                 return reply.refuse();
             }
         }
-        let snapshot = self.table.snapshot(match scope {
+        let now = Stamp::now();
+        let netns = match scope {
             Scope::All => None,
             Scope::Netns(n) => Some(n),
-        });
-        let now = Stamp::now();
-        tokio::task::spawn_blocking(move || {
-            match render_list(&snapshot, &filter, scope.tags(), json, now, room) {
-                Some((mut body, per_row)) => {
-                    if let Some(per_row) = per_row {
-                        sizes[usize::from(json)].store(per_row, Ordering::Relaxed);
-                    }
-                    let mut all = Header::line(None);
-                    all.append(&mut body);
-                    reply.answer(all);
+        };
+        let answer = move |listing: Option<(Vec<u8>, Option<usize>)>| match listing {
+            Some((mut body, per_row)) => {
+                if let Some(per_row) = per_row {
+                    sizes[usize::from(json)].store(per_row, Ordering::Relaxed);
                 }
-                None => reply.refuse(),
+                let mut all = Header::line(None);
+                all.append(&mut body);
+                reply.answer(all);
             }
+            None => reply.refuse(),
+        };
+        if self.listing.swap(true, Ordering::AcqRel) {
+            // One listing renders on its own thread at a time: concurrent ones, each a
+            // copy and a body not yet charged to the answer budget, would grow the agent
+            // past it. The others render here, in turn, as before.
+            let rows = self.table.scoped_rows(netns);
+            return answer(render_list(rows, &filter, scope.tags(), json, now, room));
+        }
+        let snapshot = self.table.snapshot(netns);
+        let listing = self.listing.clone();
+        tokio::task::spawn_blocking(move || {
+            let rows = snapshot.rows();
+            answer(render_list(rows, &filter, scope.tags(), json, now, room));
+            // Charged to the budget now: the next listing may render beside the loop.
+            listing.store(false, Ordering::Release);
         });
     }
 
@@ -622,28 +638,28 @@ struct AgentRow<'a> {
 
 /// The listing of a snapshot's rows that `filter` takes, and its bytes per row; `None`
 /// once it grows past `room`.
-fn render_list(
-    snapshot: &RowsCopy,
+fn render_list<'a>(
+    rows: impl Iterator<Item = RowRef<'a>>,
     filter: &ct_netlink::TupleFilter,
     tags: bool,
     json: bool,
     now: Stamp,
     room: usize,
 ) -> Option<(Vec<u8>, Option<usize>)> {
-    let mut out = Vec::with_capacity((snapshot.len() * 160).min(room));
-    let mut rows = 0;
-    for row in snapshot.rows() {
+    let mut out = Vec::new();
+    let mut count = 0;
+    for row in rows {
         let entry = row.entry_at(now);
         if !filter.matches(&entry) {
             continue;
         }
         let _ = write_row(&mut out, &row, &entry, tags, json, now.wall);
-        rows += 1;
+        count += 1;
         if out.len() > room {
             return None;
         }
     }
-    let per_row = out.len().checked_div(rows);
+    let per_row = out.len().checked_div(count);
     Some((out, per_row))
 }
 

@@ -347,6 +347,14 @@ impl Table {
         RowsCopy { ns }
     }
 
+    /// The rows of one namespace (`Some`), or all, in place.
+    pub fn scoped_rows(&self, netns: Option<u32>) -> Box<dyn Iterator<Item = RowRef<'_>> + '_> {
+        match netns {
+            Some(n) => Box::new(self.rows_of(n)),
+            None => Box::new(self.rows()),
+        }
+    }
+
     /// Rows of one namespace.
     pub fn count(&self, netns: u32) -> usize {
         self.ns.get(&netns).map_or(0, Ns::len)
