@@ -16,6 +16,8 @@ mod agent;
 mod agent_clients;
 #[path = "integration/agent_early_drop.rs"]
 mod agent_early_drop;
+#[path = "integration/agent_scale.rs"]
+mod agent_scale;
 #[path = "integration/agent_socket.rs"]
 mod agent_socket;
 #[path = "integration/clash_resolve.rs"]
@@ -172,6 +174,16 @@ const ONCE: &[(&str, Needs, fn())] = &[
         "agent_client_bounds",
         Needs::Root,
         agent_clients::client_bounds,
+    ),
+    (
+        "agent_list_nonblocking",
+        Needs::Root,
+        agent_scale::list_does_not_block,
+    ),
+    (
+        "agent_client_timeout",
+        Needs::Root,
+        agent_scale::client_timeout,
     ),
     ("agent_metrics", Needs::Tier2Prometheus, metrics::scraped),
     ("alert_rules", Needs::Promtool, monitoring::alert_rules),

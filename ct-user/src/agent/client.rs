@@ -4,6 +4,7 @@
 use std::{
     io::{self, Write as _},
     path::Path,
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
@@ -18,8 +19,33 @@ use crate::sys::{netns::Tags, stdout};
 /// An answer's body, after its header said ok.
 pub type Body = BufReader<UnixStream>;
 
-/// Sends `request` to the agent at `path`. `Ok(None)` when no agent listens there.
+/// How long a client waits for the agent's answer to begin: a listing of millions of
+/// rows renders in seconds; an agent that says nothing for this long is wedged.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Sends `request` to the agent at `path`. `Ok(None)` when no agent listens there; an
+/// error when it does not begin to answer within [`ANSWER_TIMEOUT`].
 pub async fn ask(path: &Path, request: &Request) -> anyhow::Result<Option<Body>> {
+    ask_within(path, request, ANSWER_TIMEOUT).await
+}
+
+async fn ask_within(
+    path: &Path,
+    request: &Request,
+    wait: Duration,
+) -> anyhow::Result<Option<Body>> {
+    match tokio::time::timeout(wait, ask_now(path, request)).await {
+        Ok(answer) => answer,
+        Err(_) => bail!(
+            "the agent at {} did not answer within {} s (busy or wedged): pass --no-agent \
+             to read the kernel directly",
+            path.display(),
+            wait.as_secs_f64()
+        ),
+    }
+}
+
+async fn ask_now(path: &Path, request: &Request) -> anyhow::Result<Option<Body>> {
     let mut stream = match UnixStream::connect(path).await {
         Ok(s) => s,
         Err(e)
@@ -91,4 +117,27 @@ pub async fn copy_json_lines(body: &mut Body, tags: &mut Tags) -> anyhow::Result
     }
     stdout::check(out.flush())?;
     Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_wedged_agent_is_given_up_on_with_a_way_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        // Accepts and never answers, as an agent whose loop is stuck would.
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let hold = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(s);
+        });
+        let err = ask_within(&path, &Request::Status {}, Duration::from_millis(200))
+            .await
+            .expect_err("no answer");
+        assert!(err.to_string().contains("--no-agent"), "{err}");
+        hold.abort();
+    }
 }

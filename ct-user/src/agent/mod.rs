@@ -2,7 +2,7 @@
 //! attribution of insert_failed and drops, and lifetimes of ended flows, served to the
 //! CLI over a Unix socket.
 //!
-//! - [`table`]: the copy of the table (dumps, then events); [`stored`]: its compact rows.
+//! - [`table`]: the copy of the table (dumps, then events); [`rows`]: its compact rows.
 //! - [`crate::attribution`] (beside it, as `stats` renders it too): kernel counters beside
 //!   the events that explain them.
 //! - [`protocol`]: the socket's requests and framing (JSON lines).
@@ -21,10 +21,10 @@ pub mod http;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;
+pub mod rows;
 pub mod server;
 pub mod socket_file;
 pub mod state;
-pub mod stored;
 pub mod table;
 pub mod tui;
 pub mod view;

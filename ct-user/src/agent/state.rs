@@ -5,6 +5,10 @@
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -20,7 +24,7 @@ use super::{
     outbox::{Outbox, Push},
     protocol::{Header, NsLifetimes, PROTOCOL, Request, Scope},
     server::Incoming,
-    table::{Fields, Merge, Note, Row, Table},
+    table::{Fields, Merge, Note, RowRef, Table},
 };
 use crate::{
     attribution::{AgentStats, Attributed, Kernel, unexplained},
@@ -187,8 +191,11 @@ pub struct Agent {
     lifetimes: HashMap<u32, Lifetimes>,
     /// Those of namespaces since forgotten: the metrics' histogram must not go down.
     lifetimes_gone: Lifetimes,
-    /// Bytes per row of the last listing, text and JSON: what the next will cost.
-    row_bytes: [usize; 2],
+    /// Bytes per row of the last listing, text and JSON: what the next will cost (set
+    /// by the thread that renders it).
+    row_bytes: Arc<[AtomicUsize; 2]>,
+    /// A listing renders on a thread of its own (until it is handed to its client).
+    listing: Arc<AtomicBool>,
 }
 
 impl Agent {
@@ -220,7 +227,8 @@ impl Agent {
             subscribers: Vec::new(),
             lifetimes: HashMap::new(),
             lifetimes_gone: Lifetimes::default(),
-            row_bytes: [0; 2],
+            row_bytes: Arc::default(),
+            listing: Arc::default(),
         }
     }
 
@@ -244,16 +252,16 @@ impl Agent {
         let watched = self.watched(ev.netns);
         watched.attributed.count(&ev);
         watched.counts.count(&ev);
-        if let Some((key, row)) = self.table.apply(&ev, Stamp::of_wall(ev.ts, now))
-            && row.birth_known
+        if let Some(dead) = self.table.apply(&ev, Stamp::of_wall(ev.ts, now))
+            && dead.birth_known
         {
             // The event has the entry's last status and TCP state; the row, the rest.
-            let mut last = row.entry(&key);
+            let mut last = dead.entry;
             last.status = ev.status;
             if let (Some(state), Some(tcp)) = (ev.tcp_state, last.tcp.as_mut()) {
                 tcp.state = state;
             }
-            let lived = ev.ts - row.first_seen;
+            let lived = ev.ts - dead.first_seen;
             self.lifetimes
                 .entry(ev.netns)
                 .or_default()
@@ -380,6 +388,13 @@ impl Agent {
             .retain_mut(|s| s.pay_lost() != Push::Closed);
     }
 
+    /// The watch loop's second: subscribers tended, and memory the table no longer
+    /// needs handed back.
+    pub fn tend(&mut self) {
+        self.tend_subscribers();
+        self.table.release_memory();
+    }
+
     /// Answers one request. Errors go into the answer's header.
     pub async fn answer(&mut self, inc: Incoming) {
         let Incoming { request, reply } = inc;
@@ -414,10 +429,7 @@ impl Agent {
                 scope,
                 filter,
                 json,
-            } => match self.list(scope, &filter, json, reply.room()) {
-                Some(body) => Ok(body),
-                None => return reply.refuse(),
-            },
+            } => return self.list(scope, filter, json, reply),
             Request::Get {
                 netns,
                 zone,
@@ -444,45 +456,55 @@ impl Agent {
         reply.answer(answer);
     }
 
-    /// The listing, or `None` when it would be longer than `room` (what the answer
-    /// budget would take): refused before it is built when the last listing's row size
-    /// says so, else as soon as it grows past it. Stalled clients must not also cost
-    /// the agent's time.
-    fn list(
-        &mut self,
-        scope: Scope,
-        filter: &ct_netlink::TupleFilter,
-        json: bool,
-        room: usize,
-    ) -> Option<Vec<u8>> {
-        let row_bytes = &mut self.row_bytes[usize::from(json)];
+    /// Answers a listing from a copy of the rows, rendered on a thread of its own so
+    /// the loop goes on meanwhile. Refused (the answer budget's error) when it would be
+    /// longer than the room the budget has: before it is built when the last listing's
+    /// row size says so, else as soon as it grows past it. Stalled clients must not also
+    /// cost the agent's time.
+    fn list(&mut self, scope: Scope, filter: ct_netlink::TupleFilter, json: bool, reply: Outbox) {
+        let room = reply.room();
+        let sizes = self.row_bytes.clone();
+        let row_bytes = sizes[usize::from(json)].load(Ordering::Relaxed);
         if filter.is_empty() && room < usize::MAX {
             let rows = match scope {
                 Scope::All => self.table.len(),
                 Scope::Netns(n) => self.table.count(n),
             };
-            if rows * *row_bytes > room {
-                return None;
+            if rows * row_bytes > room {
+                return reply.refuse();
             }
         }
         let now = Stamp::now();
-        let mut out = Vec::with_capacity((self.table.len() * 160).min(room));
-        let mut rows = 0;
-        for row in self.table.rows().filter(|r| scope.covers(r.netns)) {
-            let entry = row.entry_at(now);
-            if !filter.matches(&entry) {
-                continue;
+        let netns = match scope {
+            Scope::All => None,
+            Scope::Netns(n) => Some(n),
+        };
+        let answer = move |listing: Option<(Vec<u8>, Option<usize>)>| match listing {
+            Some((mut body, per_row)) => {
+                if let Some(per_row) = per_row {
+                    sizes[usize::from(json)].store(per_row, Ordering::Relaxed);
+                }
+                let mut all = Header::line(None);
+                all.append(&mut body);
+                reply.answer(all);
             }
-            let _ = write_row(&mut out, &row, &entry, scope.tags(), json, now.wall);
-            rows += 1;
-            if out.len() > room {
-                return None;
-            }
+            None => reply.refuse(),
+        };
+        if self.listing.swap(true, Ordering::AcqRel) {
+            // One listing renders on its own thread at a time: concurrent ones, each a
+            // copy and a body not yet charged to the answer budget, would grow the agent
+            // past it. The others render here, in turn, as before.
+            let rows = self.table.scoped_rows(netns);
+            return answer(render_list(rows, &filter, scope.tags(), json, now, room));
         }
-        if let Some(per_row) = out.len().checked_div(rows) {
-            *row_bytes = per_row;
-        }
-        Some(out)
+        let snapshot = self.table.snapshot(netns);
+        let listing = self.listing.clone();
+        tokio::task::spawn_blocking(move || {
+            let rows = snapshot.rows();
+            answer(render_list(rows, &filter, scope.tags(), json, now, room));
+            // Charged to the budget now: the next listing may render beside the loop.
+            listing.store(false, Ordering::Release);
+        });
     }
 
     fn top(&self, scope: Scope, by: top::TopBy, n: usize, json: bool) -> Vec<u8> {
@@ -619,9 +641,36 @@ struct AgentRow<'a> {
     notes: &'a [Note],
 }
 
+/// The listing of a snapshot's rows that `filter` takes, and its bytes per row; `None`
+/// once it grows past `room`.
+fn render_list<'a>(
+    rows: impl Iterator<Item = RowRef<'a>>,
+    filter: &ct_netlink::TupleFilter,
+    tags: bool,
+    json: bool,
+    now: Stamp,
+    room: usize,
+) -> Option<(Vec<u8>, Option<usize>)> {
+    let mut out = Vec::new();
+    let mut count = 0;
+    for row in rows {
+        let entry = row.entry_at(now);
+        if !filter.matches(&entry) {
+            continue;
+        }
+        let _ = write_row(&mut out, &row, &entry, tags, json, now.wall);
+        count += 1;
+        if out.len() > room {
+            return None;
+        }
+    }
+    let per_row = out.len().checked_div(count);
+    Some((out, per_row))
+}
+
 fn write_row(
     out: &mut Vec<u8>,
-    row: &Row,
+    row: &RowRef,
     entry: &Entry,
     tag: bool,
     json: bool,
@@ -631,11 +680,11 @@ fn write_row(
         let r = AgentRow {
             entry,
             netns: row.netns,
-            first_seen: row.first_seen,
-            birth_known: row.birth_known,
-            fields_from: row.fields,
-            fields_at: row.fields_at,
-            notes: &row.notes,
+            first_seen: row.first_seen(),
+            birth_known: row.birth_known(),
+            fields_from: row.fields(),
+            fields_at: row.fields_at(),
+            notes: row.notes(),
         };
         serde_json::to_writer(&mut *out, &r)?;
         out.push(b'\n');

@@ -3,7 +3,8 @@
 //!
 //! Events carry births and deaths, not every later change (status bits, TCP state, a
 //! timeout refreshed by traffic), so each row says when and from where its fields were
-//! read; dumps refresh them (`ctscope watch --resync`).
+//! read; dumps refresh them (`ctscope watch --resync`). Rows are kept per namespace and
+//! address family in [`Rows`], compactly.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -11,39 +12,9 @@ use ct_common::{Cause, EventKind};
 use ct_netlink::{Entry, Status, TcpInfo, Tuple};
 use serde::Serialize;
 
-use super::stored::Stored;
+use super::rows::{Addr, CTuple, Rows, Slot, SlotKey};
 use crate::clock::Stamp;
 use crate::event::{CtEvent, Side};
-
-/// Rows are found by namespace, zone and original tuple: the kernel's own identity of a
-/// confirmed entry (its hash key).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Key {
-    pub netns: u32,
-    pub zone: u16,
-    pub orig: Tuple,
-}
-
-impl Key {
-    pub fn of_entry(netns: u32, e: &Entry) -> Self {
-        Key {
-            netns,
-            zone: e.zone.unwrap_or(0),
-            orig: Tuple {
-                zone: None,
-                ..e.orig.clone()
-            },
-        }
-    }
-
-    fn of_event(ev: &CtEvent, orig: &Side) -> Self {
-        Key {
-            netns: ev.netns,
-            zone: ev.zone,
-            orig: tuple(orig, ev.protonum),
-        }
-    }
-}
 
 /// A ct-netlink tuple from an event's side.
 pub fn tuple(s: &Side, proto: u8) -> Tuple {
@@ -94,45 +65,104 @@ pub enum NoteWhat {
 /// How many notes a row keeps (the oldest go first).
 const NOTES_KEPT: usize = 8;
 
-#[derive(Clone, Debug)]
-pub struct Row {
-    /// Fields as last read (without the original tuple: the key has it); the timeout is
-    /// the time left at `fields_at`.
-    stored: Stored,
-    pub netns: u32,
-    /// When the fields were read.
-    pub fields_at: Stamp,
-    pub fields: Fields,
-    /// Unix time the agent first knew the entry.
-    pub first_seen: f64,
-    /// True when `first_seen` is the entry's birth (its `new` event, or kernel
-    /// timestamps), false when the entry predates the agent's knowledge of it.
-    pub birth_known: bool,
-    pub notes: Vec<Note>,
-    /// The kernel address of the entry instance whose `new` event made the row, 0 when
-    /// a dump made it. A tuple outlives its instances (`conntrack -D` and the flow's next
-    /// packet, an early drop and a retry), so deaths are matched to instances.
-    pub ct: u64,
+type V4 = [u8; 4];
+type V6 = [u8; 16];
+
+/// One namespace's rows.
+#[derive(Debug, Default)]
+struct Ns {
+    v4: Rows<V4>,
+    v6: Rows<V6>,
 }
 
-/// A row with its key, as the table hands them out.
+impl Ns {
+    fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+}
+
+/// A slot of either family, borrowed.
+#[derive(Clone, Copy, Debug)]
+enum AnyRef<'a> {
+    V4(&'a Slot<V4>),
+    V6(&'a Slot<V6>),
+}
+
+/// A slot of either family, owned (rows set aside for their `destroy`).
+#[derive(Debug)]
+enum AnySlot {
+    V4(Slot<V4>),
+    V6(Box<Slot<V6>>),
+}
+
+/// Runs `$e` on the slot inside, whichever its family.
+macro_rules! on_slot {
+    ($s:expr, $x:ident => $e:expr) => {
+        match $s {
+            AnyRef::V4($x) => $e,
+            AnyRef::V6($x) => $e,
+        }
+    };
+}
+
+impl AnySlot {
+    fn as_ref(&self) -> AnyRef<'_> {
+        match self {
+            AnySlot::V4(s) => AnyRef::V4(s),
+            AnySlot::V6(s) => AnyRef::V6(s),
+        }
+    }
+}
+
+/// How each family's rows are found, set aside and borrowed.
+trait Family: Addr + 'static {
+    fn rows(ns: &Ns) -> &Rows<Self>;
+    fn rows_mut(ns: &mut Ns) -> &mut Rows<Self>;
+    fn owned(s: Slot<Self>) -> AnySlot;
+    fn borrowed(s: &Slot<Self>) -> AnyRef<'_>;
+}
+
+impl Family for V4 {
+    fn rows(ns: &Ns) -> &Rows<Self> {
+        &ns.v4
+    }
+    fn rows_mut(ns: &mut Ns) -> &mut Rows<Self> {
+        &mut ns.v4
+    }
+    fn owned(s: Slot<Self>) -> AnySlot {
+        AnySlot::V4(s)
+    }
+    fn borrowed(s: &Slot<Self>) -> AnyRef<'_> {
+        AnyRef::V4(s)
+    }
+}
+
+impl Family for V6 {
+    fn rows(ns: &Ns) -> &Rows<Self> {
+        &ns.v6
+    }
+    fn rows_mut(ns: &mut Ns) -> &mut Rows<Self> {
+        &mut ns.v6
+    }
+    fn owned(s: Slot<Self>) -> AnySlot {
+        AnySlot::V6(Box::new(s))
+    }
+    fn borrowed(s: &Slot<Self>) -> AnyRef<'_> {
+        AnyRef::V6(s)
+    }
+}
+
+/// A row and its namespace, as the table hands them out.
 #[derive(Clone, Copy, Debug)]
 pub struct RowRef<'a> {
-    pub key: &'a Key,
-    pub row: &'a Row,
-}
-
-impl std::ops::Deref for RowRef<'_> {
-    type Target = Row;
-    fn deref(&self) -> &Row {
-        self.row
-    }
+    pub netns: u32,
+    slot: AnyRef<'a>,
 }
 
 impl RowRef<'_> {
     /// The entry as last read.
     pub fn entry(&self) -> Entry {
-        self.row.entry(self.key)
+        on_slot!(self.slot, s => s.entry())
     }
 
     /// The entry with its timeout counted down to `now`.
@@ -142,41 +172,72 @@ impl RowRef<'_> {
             ..self.entry()
         }
     }
-}
-
-impl Row {
-    /// The entry as last read; `key` is this row's.
-    pub fn entry(&self, key: &Key) -> Entry {
-        self.stored.entry(&key.orig)
-    }
 
     /// Seconds left at `now`, as the kernel would print them. Both the kernel and the
     /// stored value round down, so the stored value is on average half a second short.
     pub fn remaining(&self, now: Stamp) -> Option<u32> {
-        let t = f64::from(self.stored.timeout()?);
-        let elapsed = now.kernel - self.fields_at.kernel;
-        Some((t + 0.5 - elapsed).max(0.0).floor() as u32)
+        let (timeout, at) = on_slot!(self.slot, s => (s.timeout(), s.fields_at));
+        remaining(timeout?, at, now)
     }
 
-    /// Whether a `destroy` or `early_drop` is about this row's instance: the addresses
-    /// agree (or one is unknown), and the row was read no later than the death. Addresses
-    /// are reused once freed: a row read after the death is a later instance.
-    fn died_as(&self, ev: &CtEvent) -> bool {
-        let same = self.ct == 0 || ev.ct == 0 || self.ct == ev.ct;
-        same && self.fields_at.wall <= ev.ts
+    pub fn first_seen(&self) -> f64 {
+        on_slot!(self.slot, s => s.first_seen)
     }
 
-    /// Whether a `new` event is of a later instance than the one this row was born of.
-    fn is_older_instance_than(&self, ev: &CtEvent) -> bool {
-        self.birth_known && self.ct != 0 && ev.ct != 0 && self.ct != ev.ct
+    /// True when `first_seen` is the entry's birth (its `new` event, or kernel
+    /// timestamps), false when the entry predates the agent's knowledge of it.
+    pub fn birth_known(&self) -> bool {
+        on_slot!(self.slot, s => s.birth_known())
     }
 
-    fn note(&mut self, ts: f64, what: NoteWhat, cause: Option<Cause>) {
-        if self.notes.len() == NOTES_KEPT {
-            self.notes.remove(0);
-        }
-        self.notes.push(Note { ts, what, cause });
+    pub fn fields(&self) -> Fields {
+        on_slot!(self.slot, s => s.fields())
     }
+
+    /// When the fields were read.
+    pub fn fields_at(&self) -> Stamp {
+        on_slot!(self.slot, s => s.fields_at)
+    }
+
+    pub fn notes(&self) -> &[Note] {
+        on_slot!(self.slot, s => s.notes())
+    }
+}
+
+fn remaining(timeout: u32, at: Stamp, now: Stamp) -> Option<u32> {
+    let elapsed = now.kernel - at.kernel;
+    Some((f64::from(timeout) + 0.5 - elapsed).max(0.0).floor() as u32)
+}
+
+/// A row a `destroy` or `early_drop` removed: what the lifetimes need of it.
+#[derive(Clone, Debug)]
+pub struct Dead {
+    pub entry: Entry,
+    pub first_seen: f64,
+    pub birth_known: bool,
+}
+
+impl Dead {
+    fn of(s: AnyRef) -> Self {
+        on_slot!(s, s => Dead {
+            entry: s.entry(),
+            first_seen: s.first_seen,
+            birth_known: s.birth_known(),
+        })
+    }
+}
+
+/// Whether a `destroy` or `early_drop` is about this row's instance: the addresses agree
+/// (or one is unknown), and the row was read no later than the death. Addresses are
+/// reused once freed: a row read after the death is a later instance.
+fn died_as<A: Addr>(row: &Slot<A>, ev: &CtEvent) -> bool {
+    let same = row.ct == 0 || ev.ct == 0 || row.ct == ev.ct;
+    same && row.fields_at.wall <= ev.ts
+}
+
+/// Whether a `new` event is of a later instance than the one this row was born of.
+fn is_older_instance_than<A: Addr>(row: &Slot<A>, ev: &CtEvent) -> bool {
+    row.birth_known() && row.ct != 0 && ev.ct != 0 && row.ct != ev.ct
 }
 
 /// What a dump changed: entries the events had not brought in, entries the events had
@@ -188,14 +249,54 @@ pub struct Merge {
     pub refreshed: u64,
 }
 
+/// A copy of some namespaces' rows, to render away from the agent's loop: a listing of a
+/// million rows takes seconds, and events, status and other clients must not wait for it.
+/// Copying is a few tens of milliseconds per million rows.
+#[derive(Debug, Default)]
+pub struct RowsCopy {
+    ns: Vec<NsCopy>,
+}
+
+/// One namespace's rows, copied: its inode, IPv4 and IPv6 rows.
+type NsCopy = (u32, Vec<Slot<V4>>, Vec<Slot<V6>>);
+
+impl RowsCopy {
+    pub fn len(&self) -> usize {
+        self.ns.iter().map(|(_, a, b)| a.len() + b.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn rows(&self) -> impl Iterator<Item = RowRef<'_>> {
+        self.ns.iter().flat_map(|(netns, v4, v6)| {
+            let netns = *netns;
+            let v4 = v4.iter().map(move |s| RowRef {
+                netns,
+                slot: AnyRef::V4(s),
+            });
+            v4.chain(v6.iter().map(move |s| RowRef {
+                netns,
+                slot: AnyRef::V6(s),
+            }))
+        })
+    }
+}
+
+/// Where a row set aside is found: namespace, zone, original tuple.
+type GoneKey = (u32, u16, Tuple);
+
 #[derive(Debug, Default)]
 pub struct Table {
-    rows: HashMap<Key, Row>,
+    ns: HashMap<u32, Ns>,
     /// Rows a dump no longer had, kept a while for their `destroy`: a dump skips expired
     /// entries the gc worker has not reaped yet, so their event comes after the dump.
-    gone: HashMap<Key, Row>,
+    gone: HashMap<GoneKey, AnySlot>,
     /// `gone`'s keys, oldest first.
-    gone_order: VecDeque<Key>,
+    gone_order: VecDeque<GoneKey>,
+    /// Rows dropped since memory was last handed back to the system.
+    dropped: usize,
 }
 
 /// How many rows removed by dumps wait for their `destroy` (the oldest go first).
@@ -203,29 +304,65 @@ const GONE_KEPT: usize = 1 << 16;
 
 impl Table {
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.ns.values().map(Ns::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.len() == 0
     }
 
+    /// Every row.
     pub fn rows(&self) -> impl Iterator<Item = RowRef<'_>> {
-        self.rows.iter().map(|(key, row)| RowRef { key, row })
+        self.ns.keys().flat_map(|&n| self.rows_of(n))
+    }
+
+    /// The rows of one namespace.
+    pub fn rows_of(&self, netns: u32) -> impl Iterator<Item = RowRef<'_>> {
+        let ns = self.ns.get(&netns);
+        let v4 = ns
+            .into_iter()
+            .flat_map(|n| n.v4.iter())
+            .map(move |s| RowRef {
+                netns,
+                slot: AnyRef::V4(s),
+            });
+        let v6 = ns
+            .into_iter()
+            .flat_map(|n| n.v6.iter())
+            .map(move |s| RowRef {
+                netns,
+                slot: AnyRef::V6(s),
+            });
+        v4.chain(v6)
+    }
+
+    /// A copy of the rows of one namespace (`Some`), or of all.
+    pub fn snapshot(&self, netns: Option<u32>) -> RowsCopy {
+        let ns = self
+            .ns
+            .iter()
+            .filter(|(n, _)| netns.is_none_or(|want| want == **n))
+            .map(|(&n, ns)| (n, ns.v4.copy(), ns.v6.copy()))
+            .collect();
+        RowsCopy { ns }
+    }
+
+    /// The rows of one namespace (`Some`), or all, in place.
+    pub fn scoped_rows(&self, netns: Option<u32>) -> Box<dyn Iterator<Item = RowRef<'_>> + '_> {
+        match netns {
+            Some(n) => Box::new(self.rows_of(n)),
+            None => Box::new(self.rows()),
+        }
     }
 
     /// Rows of one namespace.
     pub fn count(&self, netns: u32) -> usize {
-        self.rows.keys().filter(|k| k.netns == netns).count()
+        self.ns.get(&netns).map_or(0, Ns::len)
     }
 
-    /// Rows per namespace, in one pass.
+    /// Rows per namespace.
     pub fn counts(&self) -> HashMap<u32, usize> {
-        let mut counts = HashMap::new();
-        for k in self.rows.keys() {
-            *counts.entry(k.netns).or_default() += 1;
-        }
-        counts
+        self.ns.iter().map(|(&n, ns)| (n, ns.len())).collect()
     }
 
     /// Replaces one namespace's rows by a dump (each entry with the time it was read),
@@ -233,67 +370,87 @@ impl Table {
     /// any event that came after the dump started is applied: events already applied
     /// are either in the dump or gone from the kernel.
     pub fn merge_dump(&mut self, netns: u32, entries: Vec<(Entry, Stamp)>) -> Merge {
-        let mut old: HashMap<Key, Row> = HashMap::new();
-        let kept = std::mem::take(&mut self.rows);
-        for (k, row) in kept {
-            if k.netns == netns {
-                old.insert(k, row);
-            } else {
-                self.rows.insert(k, row);
-            }
-        }
+        let ns = self.ns.entry(netns).or_default();
+        ns.v4.unsee_all();
+        ns.v6.unsee_all();
         let mut merge = Merge::default();
         for (entry, at) in entries {
             if entry.status.contains(Status::NAT_CLASH) {
                 continue;
             }
-            let key = Key::of_entry(netns, &entry);
-            let row = match old.remove(&key) {
-                Some(mut row) => {
-                    merge.refreshed += 1;
-                    row.stored = Stored::new(entry);
-                    row.fields_at = at;
-                    row.fields = Fields::Dump;
-                    row
-                }
-                None => {
-                    merge.added += 1;
-                    from_dump(netns, entry, at)
-                }
+            let refreshed = match entry.orig.src.is_ipv4() {
+                true => merge_one::<V4>(ns, entry, at),
+                false => merge_one::<V6>(ns, entry, at),
             };
-            self.rows.insert(key, row);
+            match refreshed {
+                Some(true) => merge.refreshed += 1,
+                Some(false) => merge.added += 1,
+                None => {}
+            }
         }
-        merge.removed = old.len() as u64;
-        old.into_iter().for_each(|(k, row)| self.bury(k, row));
+        let unseen4 = ns.v4.take_unseen();
+        let unseen6 = ns.v6.take_unseen();
+        merge.removed = (unseen4.len() + unseen6.len()) as u64;
+        self.dropped += unseen4.len() + unseen6.len();
+        for s in unseen4 {
+            self.bury(netns, V4::owned(s));
+        }
+        for s in unseen6 {
+            self.bury(netns, V6::owned(s));
+        }
         merge
     }
 
-    fn bury(&mut self, key: Key, row: Row) {
+    fn bury(&mut self, netns: u32, slot: AnySlot) {
         if self.gone_order.len() == GONE_KEPT
             && let Some(oldest) = self.gone_order.pop_front()
         {
             self.gone.remove(&oldest);
         }
+        let key = on_slot!(slot.as_ref(), s => (netns, s.key().zone, s.key().orig.tuple()));
         self.gone_order.push_back(key.clone());
-        self.gone.insert(key, row);
+        self.gone.insert(key, slot);
     }
 
     /// Drops every row of a namespace that is gone.
     pub fn forget(&mut self, netns: u32) {
-        self.rows.retain(|k, _| k.netns != netns);
-        self.gone.retain(|k, _| k.netns != netns);
+        if let Some(ns) = self.ns.remove(&netns) {
+            self.dropped += ns.len();
+        }
+        self.gone.retain(|k, _| k.0 != netns);
+        self.gone_order.retain(|k| k.0 != netns);
+    }
+
+    /// Hands free memory back to the system if rows went since the last time: their
+    /// storage shrinks as they go, but the allocator keeps what was freed unless asked.
+    /// The agent's loop calls it every second, not per row.
+    pub fn release_memory(&mut self) {
+        if std::mem::take(&mut self.dropped) > 0 {
+            crate::sys::memory::trim();
+        }
     }
 
     /// Applies one event (`at`: its time); returns the row a `destroy` or `early_drop`
     /// removed.
-    pub fn apply(&mut self, ev: &CtEvent, at: Stamp) -> Option<(Key, Row)> {
-        let key = Key::of_event(ev, &ev.orig);
+    pub fn apply(&mut self, ev: &CtEvent, at: Stamp) -> Option<Dead> {
         match ev.kind {
             EventKind::New => {
-                self.born(key, ev, at);
+                match ev.orig.src.is_ipv4() {
+                    true => self.born::<V4>(ev, at),
+                    false => self.born::<V6>(ev, at),
+                }
                 None
             }
-            EventKind::Destroy | EventKind::EarlyDrop => self.died(&key, ev),
+            EventKind::Destroy | EventKind::EarlyDrop => {
+                let dead = match ev.orig.src.is_ipv4() {
+                    true => self.died::<V4>(ev),
+                    false => self.died::<V6>(ev),
+                };
+                if dead.is_some() {
+                    self.dropped += 1;
+                }
+                dead
+            }
             EventKind::ClashResolved => {
                 // The loser shares the winner's original tuple: merged into it, or made a
                 // hidden reply-only entry beside it.
@@ -301,17 +458,12 @@ impl Table {
                     Some(Cause::NatClashReplyOnly) => NoteWhat::NatClashReplyOnly,
                     _ => NoteWhat::WonClash,
                 };
-                if let Some(row) = self.rows.get_mut(&key) {
-                    row.note(ev.ts, what, ev.cause);
-                }
+                self.note(ev, &ev.orig, what);
                 None
             }
             EventKind::InsertFailed => {
                 if let Some(w) = &ev.winner {
-                    let key = Key::of_event(ev, &w.orig);
-                    if let Some(row) = self.rows.get_mut(&key) {
-                        row.note(ev.ts, NoteWhat::WonInsertFailed, ev.cause);
-                    }
+                    self.note(ev, &w.orig, NoteWhat::WonInsertFailed);
                 }
                 None
             }
@@ -319,101 +471,129 @@ impl Table {
         }
     }
 
+    fn note(&mut self, ev: &CtEvent, orig: &Side, what: NoteWhat) {
+        let note = Note {
+            ts: ev.ts,
+            what,
+            cause: ev.cause,
+        };
+        match orig.src.is_ipv4() {
+            true => self.note_on::<V4>(ev, orig, note),
+            false => self.note_on::<V6>(ev, orig, note),
+        }
+    }
+
+    fn note_on<A: Family>(&mut self, ev: &CtEvent, orig: &Side, note: Note) {
+        let Some(key) = key_of::<A>(ev.zone, &tuple(orig, ev.protonum)) else {
+            return;
+        };
+        if let Some(row) = self
+            .ns
+            .get_mut(&ev.netns)
+            .and_then(|ns| A::rows_mut(ns).get_mut(&key))
+        {
+            row.note(note, NOTES_KEPT);
+        }
+    }
+
     /// Removes the row of the instance a `destroy`/`early_drop` is about: the live row,
     /// or one set aside (by a dump, or by a later instance of the same tuple).
-    fn died(&mut self, key: &Key, ev: &CtEvent) -> Option<(Key, Row)> {
-        if self.rows.get(key).is_some_and(|r| r.died_as(ev)) {
-            return self.rows.remove_entry(key);
+    fn died<A: Family>(&mut self, ev: &CtEvent) -> Option<Dead> {
+        let orig = tuple(&ev.orig, ev.protonum);
+        let key = key_of::<A>(ev.zone, &orig)?;
+        if let Some(rows) = self.ns.get_mut(&ev.netns).map(A::rows_mut)
+            && rows.get(&key).is_some_and(|r| died_as(r, ev))
+        {
+            return rows.remove(&key).map(|s| Dead::of(A::borrowed(&s)));
         }
-        if self.gone.get(key).is_some_and(|r| r.died_as(ev)) {
-            return self.gone.remove_entry(key);
+        let gone_key = (ev.netns, ev.zone, orig);
+        let set_aside = self
+            .gone
+            .get(&gone_key)
+            .is_some_and(|s| on_slot!(s.as_ref(), r => died_as(r, ev)));
+        if set_aside {
+            return self.gone.remove(&gone_key).map(|s| Dead::of(s.as_ref()));
         }
         None
     }
 
-    fn born(&mut self, key: Key, ev: &CtEvent, at: Stamp) {
-        let netns = ev.netns;
-        let fresh = from_event(ev);
-        if self
-            .rows
+    fn born<A: Family>(&mut self, ev: &CtEvent, at: Stamp) {
+        let Some(mut fresh) = Slot::<A>::new(from_event(ev), at, Fields::Event) else {
+            return;
+        };
+        fresh.set_birth(ev.ts, true);
+        fresh.ct = ev.ct;
+        let key = *fresh.key();
+        let rows = A::rows_mut(self.ns.entry(ev.netns).or_default());
+        if rows
             .get(&key)
-            .is_some_and(|r| r.is_older_instance_than(ev))
-            && let Some(older) = self.rows.remove(&key)
+            .is_some_and(|r| is_older_instance_than(r, ev))
+            && let Some(older) = rows.remove(&key)
         {
             // Its destroy may still come (held while the counters settle): set aside, so
             // the destroy finds it and its lifetime is counted.
-            self.bury(key.clone(), older);
+            self.bury(ev.netns, A::owned(older));
         }
-        match self.rows.get_mut(&key) {
+        let rows = A::rows_mut(self.ns.entry(ev.netns).or_default());
+        match rows.get_mut(&key) {
             // A dump read after the event already has fresher fields; the event still
             // dates the birth.
             Some(row) if row.fields_at.wall > ev.ts => {
-                if !row.birth_known {
-                    row.first_seen = ev.ts;
-                    row.birth_known = true;
+                if !row.birth_known() {
+                    row.set_birth(ev.ts, true);
                 }
             }
             Some(row) => {
-                row.stored = Stored::new(fresh);
-                row.fields_at = at;
-                row.fields = Fields::Event;
+                row.refresh(fresh);
                 row.ct = ev.ct;
             }
-            None => {
-                self.rows.insert(
-                    key,
-                    Row {
-                        stored: Stored::new(fresh),
-                        netns,
-                        fields_at: at,
-                        fields: Fields::Event,
-                        first_seen: ev.ts,
-                        birth_known: true,
-                        notes: Vec::new(),
-                        ct: ev.ct,
-                    },
-                );
-            }
+            None => rows.insert(fresh),
         }
     }
 
     /// The row whose original or reply tuple is `t` in this namespace and zone.
     pub fn get(&self, netns: u32, zone: u16, t: &Tuple) -> Option<RowRef<'_>> {
-        let key = Key {
-            netns,
-            zone,
-            orig: Tuple {
-                zone: None,
-                ..t.clone()
-            },
-        };
-        if let Some((key, row)) = self.rows.get_key_value(&key) {
-            return Some(RowRef { key, row });
+        match t.src.is_ipv4() {
+            true => self.get_in::<V4>(netns, zone, t),
+            false => self.get_in::<V6>(netns, zone, t),
         }
-        self.rows().find(|r| {
-            r.key.netns == netns
-                && r.key.zone == zone
-                && Tuple {
-                    zone: None,
-                    ..r.row.stored.reply().clone()
-                } == key.orig
+    }
+
+    fn get_in<A: Family>(&self, netns: u32, zone: u16, t: &Tuple) -> Option<RowRef<'_>> {
+        let rows = A::rows(self.ns.get(&netns)?);
+        let key = key_of::<A>(zone, t)?;
+        let wanted = Tuple {
+            zone: None,
+            ..t.clone()
+        };
+        let slot = rows.get(&key).or_else(|| {
+            rows.iter()
+                .find(|s| s.key().zone == zone && s.reply() == wanted)
+        })?;
+        Some(RowRef {
+            netns,
+            slot: A::borrowed(slot),
         })
     }
 }
 
-fn from_dump(netns: u32, entry: Entry, at: Stamp) -> Row {
+/// A row's key: zone and original tuple (its own zone aside).
+fn key_of<A: Addr>(zone: u16, t: &Tuple) -> Option<SlotKey<A>> {
+    let orig = CTuple::of(&Tuple {
+        zone: None,
+        ..t.clone()
+    })?;
+    Some(SlotKey { zone, orig })
+}
+
+/// Merges one dumped entry into its family's rows: `Some(true)` refreshed, `Some(false)`
+/// added.
+fn merge_one<A: Family>(ns: &mut Ns, entry: Entry, at: Stamp) -> Option<bool> {
     // With nf_conntrack_timestamp on, the kernel dates the birth itself.
     let start = entry.timestamp.map(|t| t.start as f64 / 1e9);
-    Row {
-        stored: Stored::new(entry),
-        netns,
-        fields_at: at,
-        fields: Fields::Dump,
-        first_seen: start.unwrap_or(at.wall),
-        birth_known: start.is_some(),
-        notes: Vec::new(),
-        ct: 0,
-    }
+    let mut slot = Slot::<A>::new(entry, at, Fields::Dump)?;
+    slot.set_birth(start.unwrap_or(at.wall), start.is_some());
+    Some(A::rows_mut(ns).merge(slot))
 }
 
 /// What a `new` event tells about the entry, in ct-netlink's shape.
@@ -510,7 +690,7 @@ mod tests {
         let mut t = Table::default();
         t.apply(&event(EventKind::New, 1000, 10.0), Stamp::at(10.0));
         assert_eq!(t.count(7), 1);
-        let (_, gone) = t
+        let gone = t
             .apply(&event(EventKind::Destroy, 1000, 12.0), Stamp::at(12.0))
             .expect("the row");
         assert_eq!(gone.first_seen, 10.0);
@@ -532,7 +712,7 @@ mod tests {
         let mut t = Table::default();
         t.apply(&event_of(EventKind::New, 1000, 10.0, 0xa0), Stamp::at(10.0));
         t.apply(&event_of(EventKind::New, 1000, 20.1, 0xb0), Stamp::at(20.1));
-        let (_, old) = t
+        let old = t
             .apply(
                 &event_of(EventKind::Destroy, 1000, 20.0, 0xa0),
                 Stamp::at(20.2),
@@ -602,12 +782,12 @@ mod tests {
         );
         let key = tuple(&side(1000, 53), 17);
         let row = t.get(7, 0, &key).expect("kept");
-        assert_eq!(row.first_seen, 10.0, "first seen survives the refresh");
-        assert_eq!(row.fields, Fields::Dump);
+        assert_eq!(row.first_seen(), 10.0, "first seen survives the refresh");
+        assert_eq!(row.fields(), Fields::Dump);
         assert!(row.entry().status.contains(Status::SEEN_REPLY));
         assert!(t.get(7, 0, &tuple(&side(1001, 53), 17)).is_none());
         let added = t.get(7, 0, &tuple(&side(1002, 53), 17)).expect("added");
-        assert!(!added.birth_known);
+        assert!(!added.birth_known());
     }
 
     #[test]
@@ -617,7 +797,7 @@ mod tests {
         // Expired: the dump skips it before the gc worker reaps it.
         t.merge_dump(7, Vec::new());
         assert!(t.is_empty());
-        let (_, row) = t
+        let row = t
             .apply(&event(EventKind::Destroy, 1000, 45.0), Stamp::at(45.0))
             .expect("the row the dump dropped");
         assert_eq!(row.first_seen, 10.0);
@@ -634,8 +814,8 @@ mod tests {
         t.apply(&event(EventKind::New, 1000, 10.0), Stamp::at(10.0));
         let row = t.get(7, 0, &tuple(&side(1000, 53), 17)).unwrap();
         assert_eq!(row.entry().timeout, Some(25));
-        assert_eq!(row.first_seen, 10.0);
-        assert!(row.birth_known);
+        assert_eq!(row.first_seen(), 10.0);
+        assert!(row.birth_known());
     }
 
     #[test]
@@ -681,7 +861,7 @@ mod tests {
         });
         t.apply(&failed, Stamp::at(12.0));
         let row = t.get(7, 0, &tuple(&side(1000, 53), 17)).unwrap();
-        let whats: Vec<_> = row.notes.iter().map(|n| (n.what, n.cause)).collect();
+        let whats: Vec<_> = row.notes().iter().map(|n| (n.what, n.cause)).collect();
         assert_eq!(
             whats,
             [
@@ -701,5 +881,19 @@ mod tests {
         assert_eq!(t.len(), 1, "conntrack -L hides NAT-clash entries too");
         let reply = tuple(&reversed(&side(1000, 53)), 17);
         assert!(t.get(7, 0, &reply).is_some());
+    }
+
+    #[test]
+    fn a_snapshot_keeps_the_rows_it_copied() {
+        let mut t = Table::default();
+        t.apply(&event(EventKind::New, 1000, 10.0), Stamp::at(10.0));
+        t.merge_dump(8, at(vec![dumped(1000, 25)], 15.0));
+        let all = t.snapshot(None);
+        let one = t.snapshot(Some(7));
+        t.apply(&event(EventKind::Destroy, 1000, 16.0), Stamp::at(16.0));
+        assert_eq!(t.len(), 1);
+        assert_eq!(all.len(), 2);
+        let rows: Vec<_> = one.rows().map(|r| (r.netns, r.entry().timeout)).collect();
+        assert_eq!(rows, [(7, Some(30))]);
     }
 }

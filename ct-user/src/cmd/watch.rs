@@ -58,6 +58,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
         return status(&path).await;
     }
     let bpf = check_caps(args)?;
+    crate::sys::memory::map_large_blocks();
     let budget = Budget::new(usize::from(args.answer_budget_mib) << 20);
     let mut server = Server::bind(&path, budget)?;
     let mut metrics = match args.metrics {
@@ -119,7 +120,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
             }
             Some(inc) = server.next() => agent.answer(inc).await,
             Some(ask) = metrics.next() => ask.answer(agent.metrics()),
-            _ = tend.tick() => agent.tend_subscribers(),
+            _ = tend.tick() => agent.tend(),
             () = until(agent.resync.next) => {
                 round_ended = None;
                 dumps.round(&mut agent);

@@ -48,9 +48,29 @@ pub(super) fn flush(ns: &Netns) -> Result<()> {
     Ok(())
 }
 
+/// Addresses of a client and server pair: the veth's ends (`/prefix`) and the flows'
+/// destination network.
+pub(super) struct Wiring<'a> {
+    pub(super) client: &'a str,
+    pub(super) server: &'a str,
+    pub(super) prefix: u8,
+    pub(super) flows: &'a str,
+}
+
+/// The flood bench's pair, wired.
+pub(super) fn configure(client: &Netns, server: &Netns) -> Result<()> {
+    let wiring = Wiring {
+        client: CLIENT_ADDR,
+        server: SERVER_ADDR,
+        prefix: 24,
+        flows: FLOW_NET,
+    };
+    configure_with(client, server, &wiring)
+}
+
 /// The veth between client and server, routes, and the ruleset. Both namespaces have
 /// loopback up and IPv6 off (no router solicitations or MLD reports in the table).
-pub(super) fn configure(client: &Netns, server: &Netns) -> Result<()> {
+pub(super) fn configure_with(client: &Netns, server: &Netns, w: &Wiring) -> Result<()> {
     let ip =
         |ns: &Netns, args: &[&str]| cmd::run(Command::new("ip").args(["-n", ns.name()]).args(args));
     ip(
@@ -70,15 +90,27 @@ pub(super) fn configure(client: &Netns, server: &Netns) -> Result<()> {
     )?;
     ip(
         client,
-        &["addr", "add", &format!("{CLIENT_ADDR}/24"), "dev", "bench0"],
+        &[
+            "addr",
+            "add",
+            &format!("{}/{}", w.client, w.prefix),
+            "dev",
+            "bench0",
+        ],
     )?;
     ip(
         server,
-        &["addr", "add", &format!("{SERVER_ADDR}/24"), "dev", "bench1"],
+        &[
+            "addr",
+            "add",
+            &format!("{}/{}", w.server, w.prefix),
+            "dev",
+            "bench1",
+        ],
     )?;
     ip(client, &["link", "set", "bench0", "up"])?;
     ip(server, &["link", "set", "bench1", "up"])?;
-    ip(client, &["route", "add", FLOW_NET, "via", SERVER_ADDR])?;
+    ip(client, &["route", "add", w.flows, "via", w.server])?;
     // A `ct` expression makes the kernel register conntrack's hooks in this namespace.
     cmd::run(client.command("nft").arg(
         "add table inet ctbench; \
@@ -93,7 +125,7 @@ pub(super) fn configure(client: &Netns, server: &Netns) -> Result<()> {
             .command("sysctl")
             .args(["-qw", "net.ipv4.conf.all.forwarding=1"]),
     )?;
-    ip(server, &["route", "add", "blackhole", FLOW_NET])?;
+    ip(server, &["route", "add", "blackhole", w.flows])?;
     Ok(())
 }
 

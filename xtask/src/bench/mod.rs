@@ -35,6 +35,7 @@ mod host;
 mod listener;
 mod procfs;
 mod report;
+mod scale;
 mod stats;
 mod workload;
 
@@ -116,6 +117,11 @@ pub struct Options {
     /// run, which would count against ctscope's flow rate.
     #[arg(long)]
     bpf_stats: bool,
+    /// Instead of the flood runs: the agent holding N entries across namespaces (memory
+    /// per entry, `list` against `conntrack -L`, latencies while events flow, resync
+    /// CPU, memory after the table drains); see xtask/src/bench/scale.rs.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    scale: Option<u64>,
     /// With --bpf-stats: also print each BPF program's run time per new flow (which hook
     /// costs what); --json always has it.
     #[arg(long)]
@@ -199,17 +205,16 @@ pub fn cmd(opts: &Options) -> Result<()> {
              run `sudo -E env PATH=\"$PATH\" cargo xtask bench`"
         );
     }
+    if let Some(n) = opts.scale {
+        return scale::cmd(n, opts.json, &shown_command());
+    }
     if opts.modes.is_empty() {
         bail!("--modes needs at least one mode");
     }
     if opts.agent && opts.workload != Workload::Flood {
         bail!("--agent measures the agent on the flood: drop --workload or --agent");
     }
-    let command = {
-        let mut c = Command::new("cargo");
-        c.arg("xtask").args(env::args_os().skip(1));
-        cmd::show(&c)
-    };
+    let command = shown_command();
     setup::ensure(&setup::Needs {
         tests: true,
         vm: false,
@@ -316,6 +321,13 @@ pub fn cmd(opts: &Options) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// This run's command line, as the report shows it.
+fn shown_command() -> String {
+    let mut c = Command::new("cargo");
+    c.arg("xtask").args(env::args_os().skip(1));
+    cmd::show(&c)
 }
 
 struct Ctx<'a> {

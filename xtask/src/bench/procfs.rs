@@ -2,22 +2,35 @@
 
 use std::{collections::HashMap, fs};
 
-/// Resident memory of process `pid` outside BPF maps (the ring buffer's pages count once
-/// touched, whatever the table holds), summed from /proc/PID/smaps.
+/// Resident memory of process `pid` outside BPF maps, summed from /proc/PID/smaps: what
+/// the process allocated. Mappings of BPF maps (`anon_inode:bpf-map`: the ring buffer's
+/// pages, once touched, whatever the table holds) are the kernel's memory and left out.
 pub(super) fn rss_bytes(pid: u32) -> Option<u64> {
+    smaps_rss(pid).map(|(outside, _)| outside)
+}
+
+/// Resident memory of process `pid` in mappings of BPF maps.
+pub(super) fn bpf_mapped_bytes(pid: u32) -> Option<u64> {
+    smaps_rss(pid).map(|(_, bpf)| bpf)
+}
+
+/// Resident bytes outside and inside BPF map mappings.
+fn smaps_rss(pid: u32) -> Option<(u64, u64)> {
     let smaps = fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
-    let mut total = 0;
+    let (mut outside, mut inside) = (0, 0);
     let mut bpf = false;
     for line in smaps.lines() {
         if let Some(kib) = line.strip_prefix("Rss:") {
-            if !bpf {
-                total += kib
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .ok()?
-                    * 1024;
+            let bytes = kib
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()?
+                * 1024;
+            match bpf {
+                true => inside += bytes,
+                false => outside += bytes,
             }
         } else if line
             .split_whitespace()
@@ -28,7 +41,7 @@ pub(super) fn rss_bytes(pid: u32) -> Option<u64> {
             bpf = line.contains("bpf");
         }
     }
-    Some(total)
+    Some((outside, inside))
 }
 
 /// utime + stime of process `pid`, from /proc/PID/stat.

@@ -390,6 +390,7 @@ mod tests {
             json: false,
             agent: false,
             bpf_stats: false,
+            scale: None,
         };
         let summary = summarize(&opts, &runs);
         let ctscope = summary.iter().find(|s| s.mode == Mode::Ctscope).unwrap();
