@@ -12,13 +12,13 @@ use std::{
 
 use ctscope_tests::{
     agent::{self, Agent},
-    kernel, traffic, wait,
+    traffic, wait,
 };
 use serde_json::Value;
 
 use crate::{
     agent::args,
-    common::{Ctx, UDP_PORT, Watch, event_wait, note},
+    common::{Ctx, UDP_PORT, Watch, big_udp_table, event_wait, note},
 };
 
 /// The agent's limits (ct-user/src/agent/outbox.rs), as the tests check them.
@@ -50,22 +50,9 @@ fn header_error(line: &str) -> String {
 /// read, and more connections than the agent serves: each is refused with the limit
 /// named, memory stays bounded, and `status` answers throughout.
 pub fn client_bounds() {
-    let ctx = Ctx::new(Watch::KernelOnly, BOUNDS_SUBNET, |p| {
-        p.c.sysctl("net.netfilter.nf_conntrack_udp_timeout", "600");
-    });
+    // A big table makes big answers.
+    let (ctx, _sink, max) = big_udp_table(BOUNDS_SUBNET, 8000);
     let p = &ctx.pair;
-    let _sink = traffic::UdpSink::bind(&p.s, SocketAddrV4::new(p.s_addr, UDP_PORT));
-    // A big table makes big answers; leave room below the (global) table limit.
-    let max: u16 = kernel::read_global("net.netfilter.nf_conntrack_max")
-        .parse::<u32>()
-        .map_or(8000, |m| m.saturating_sub(1000).clamp(1000, 8000) as u16);
-    let (failed, _) = traffic::udp_spray(
-        &p.c,
-        SocketAddrV4::new(p.c_addr, 40000),
-        p.s_addr,
-        20000..20000 + max,
-    );
-    assert_eq!(failed, 0, "sends failed");
     // Tier 3: no BPF, so the trial runs wherever root does; no resync during it.
     let budget = ANSWER_BUDGET_MIB.to_string();
     let agent = Agent::start(&[

@@ -4,7 +4,6 @@
 
 use std::{
     io::{BufRead as _, BufReader, ErrorKind, Read as _},
-    net::SocketAddrV4,
     os::unix::net::{UnixListener, UnixStream},
     process::Command,
     time::{Duration, Instant},
@@ -12,10 +11,10 @@ use std::{
 
 use ctscope_tests::{
     agent::{self, Agent},
-    ctscope, kernel, traffic,
+    ctscope,
 };
 
-use crate::common::{Ctx, UDP_PORT, Watch, note};
+use crate::common::{big_udp_table, note};
 
 /// The client namespace's subnet (10.200.N.0/24).
 const LIST_SUBNET: u8 = 95;
@@ -27,22 +26,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
 /// `watch --status` on another: the status answer arrives while the listing has not
 /// (its header comes once it is rendered), and the listing then has every entry.
 pub fn list_does_not_block() {
-    let ctx = Ctx::new(Watch::KernelOnly, LIST_SUBNET, |p| {
-        p.c.sysctl("net.netfilter.nf_conntrack_udp_timeout", "600");
-    });
-    let p = &ctx.pair;
-    let _sink = traffic::UdpSink::bind(&p.s, SocketAddrV4::new(p.s_addr, UDP_PORT));
-    // Leave room below the (global) table limit.
-    let max: u16 = kernel::read_global("net.netfilter.nf_conntrack_max")
-        .parse::<u32>()
-        .map_or(8000, |m| m.saturating_sub(1000).clamp(1000, 40000) as u16);
-    let (failed, _) = traffic::udp_spray(
-        &p.c,
-        SocketAddrV4::new(p.c_addr, 40000),
-        p.s_addr,
-        20000..20000 + max,
-    );
-    assert_eq!(failed, 0, "sends failed");
+    let (ctx, _sink, max) = big_udp_table(LIST_SUBNET, 40000);
     let agent = Agent::start(&["--tier", "3", "--resync", "3600"]);
     let mut list = agent.connect(&agent::request_line(&["list", "--json", "--all-netns"]));
     std::thread::sleep(Duration::from_millis(20));

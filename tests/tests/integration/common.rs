@@ -1,14 +1,14 @@
 //! What every scenario shares: deciding what can run here, and a client/server namespace
 //! pair with conntrack enabled in the client and (optionally) ctscope watching it.
 
-use std::time::Duration;
+use std::{net::SocketAddrV4, time::Duration};
 
 use ctscope_tests::{
     cmd,
     ctscope::{self, Events, EventsOpts, Probe},
-    deploy, events,
+    deploy, events, kernel,
     netns::{self, Netns, Pair},
-    nft, prometheus, wait,
+    nft, prometheus, traffic, wait,
 };
 use serde_json::Value;
 
@@ -265,6 +265,31 @@ pub fn event_wait() -> Duration {
 /// A client namespace `c` (conntrack enabled) and server `s` over veth, and ctscope
 /// watching `c` when asked (or the other way round: [`Ctx::server`]). ctscope is
 /// declared first so it stops before the namespaces are deleted (fields drop in order).
+/// A pair on 10.200.`subnet`.0/24 whose client holds up to `cap` UDP entries (600 s
+/// timeout) to the server's sink, kept 1 000 below the global table limit: the big tables
+/// the agent's answers are tested on. Returns the pair, the sink (keep it) and how many
+/// entries were made.
+pub fn big_udp_table(subnet: u8, cap: u16) -> (Ctx, traffic::UdpSink, u16) {
+    let ctx = Ctx::new(Watch::KernelOnly, subnet, |p| {
+        p.c.sysctl("net.netfilter.nf_conntrack_udp_timeout", "600");
+    });
+    let p = &ctx.pair;
+    let sink = traffic::UdpSink::bind(&p.s, SocketAddrV4::new(p.s_addr, UDP_PORT));
+    let max: u16 = kernel::read_global("net.netfilter.nf_conntrack_max")
+        .parse::<u32>()
+        .map_or(8000, |m| {
+            m.saturating_sub(1000).clamp(1000, u32::from(cap)) as u16
+        });
+    let (failed, _) = traffic::udp_spray(
+        &p.c,
+        SocketAddrV4::new(p.c_addr, 40000),
+        p.s_addr,
+        20000..20000 + max,
+    );
+    assert_eq!(failed, 0, "sends failed");
+    (ctx, sink, max)
+}
+
 pub struct Ctx {
     pub events: Option<Events>,
     pub pair: Pair,
