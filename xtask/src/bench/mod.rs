@@ -215,19 +215,11 @@ pub fn cmd(opts: &Options) -> Result<()> {
         bail!("--agent measures the agent on the flood: drop --workload or --agent");
     }
     let command = shown_command();
-    setup::ensure(&setup::Needs {
-        tests: true,
-        vm: false,
-    })?;
-    let ctscope = cargo::build_ctscope(true)?;
-    let flood = cargo::build_bin("xtask", "ct-flood", true)?;
-    catch_interrupts();
-
-    netns::remove_stale();
-    let tmp = tempfile::Builder::new()
-        .prefix("ctscope-bench-")
-        .tempdir()
-        .context("creating a temporary directory")?;
+    let Prepared {
+        ctscope,
+        flood,
+        tmp,
+    } = prepare("ctscope-bench-")?;
     let bed = Bed::new(opts, tmp.path())?;
     let _max = raise_conntrack_max(bed.max_entries(opts))?;
     let _stats = match opts.bpf_stats && opts.modes.iter().any(|m| m.runs_ctscope()) {
@@ -321,6 +313,34 @@ pub fn cmd(opts: &Options) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// What every bench run starts from: the packages it needs, release builds of ctscope and
+/// ct-flood, and a temporary directory; Ctrl-C is caught and stale namespaces are gone.
+pub(super) struct Prepared {
+    pub ctscope: PathBuf,
+    pub flood: PathBuf,
+    pub tmp: tempfile::TempDir,
+}
+
+pub(super) fn prepare(tmp_prefix: &str) -> Result<Prepared> {
+    setup::ensure(&setup::Needs {
+        tests: true,
+        vm: false,
+    })?;
+    let ctscope = cargo::build_ctscope(true)?;
+    let flood = cargo::build_bin("xtask", "ct-flood", true)?;
+    catch_interrupts();
+    netns::remove_stale();
+    let tmp = tempfile::Builder::new()
+        .prefix(tmp_prefix)
+        .tempdir()
+        .context("creating a temporary directory")?;
+    Ok(Prepared {
+        ctscope,
+        flood,
+        tmp,
+    })
 }
 
 /// This run's command line, as the report shows it.

@@ -33,16 +33,14 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use ctscope_tests::netns::{self, Netns};
+use ctscope_tests::netns::Netns;
 use serde_json::{Value, json};
 
-use super::host::{
-    Wiring, catch_interrupts, check_interrupt, configure_with, entries, raise_conntrack_max,
-};
+use super::host::{Wiring, check_interrupt, configure_with, entries, raise_conntrack_max};
 use super::listener::signal;
 use super::procfs::{bpf_mapped_bytes, cpu_seconds, rss_bytes};
-use super::{READY_TIMEOUT, SPORT};
-use crate::{cargo, cmd, setup};
+use super::{Prepared, READY_TIMEOUT, SPORT, prepare};
+use crate::cmd;
 
 /// Client namespaces the entries are spread over.
 pub(super) const NAMESPACES: usize = 4;
@@ -68,20 +66,16 @@ struct Pair {
 
 pub(super) fn cmd(n: u64, json_out: bool, command: &str) -> Result<()> {
     if n > 250 * PORTS * NAMESPACES as u64 {
-        bail!("--scale takes at most {} entries", 250 * PORTS * 4);
+        bail!(
+            "--scale takes at most {} entries",
+            250 * PORTS * NAMESPACES as u64
+        );
     }
-    setup::ensure(&setup::Needs {
-        tests: true,
-        vm: false,
-    })?;
-    let ctscope = cargo::build_ctscope(true)?;
-    let flood = cargo::build_bin("xtask", "ct-flood", true)?;
-    catch_interrupts();
-    netns::remove_stale();
-    let tmp = tempfile::Builder::new()
-        .prefix("ctscope-scale-")
-        .tempdir()
-        .context("creating a temporary directory")?;
+    let Prepared {
+        ctscope,
+        flood,
+        tmp,
+    } = prepare("ctscope-scale-")?;
     let pairs = (0..NAMESPACES).map(pair).collect::<Result<Vec<_>>>()?;
     let _max = raise_conntrack_max(n + 2 * CHURN_STEP)?;
     let bench = Scale {
