@@ -51,7 +51,7 @@ fn exit_status(e: &anyhow::Error) -> ExitCode {
 fn run(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Probe(args) => cmd::probe::run(args),
-        Command::Watch(args) => runtime()?.block_on(cmd::watch::run(args)),
+        Command::Watch(args) => agent_runtime()?.block_on(cmd::watch::run(args)),
         Command::Events(args) => runtime()?.block_on(cmd::events::run(args)),
         Command::List(args) => runtime()?.block_on(cmd::list::run(args)),
         Command::Count(args) => runtime()?.block_on(cmd::count::run(args)),
@@ -71,6 +71,16 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// The agent's: its loop (events, merges, requests) runs on the main thread, its dumps'
+/// reading and decoding and its clients' connections on two workers, so a dump of a big
+/// namespace does not take the loop's time.
+fn agent_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()?)
 }

@@ -185,6 +185,7 @@ const ONCE: &[(&str, Needs, fn())] = &[
         Needs::Root,
         agent_scale::client_timeout,
     ),
+    ("events_stalled_reader", Needs::Tier2, flood::stalled_reader),
     ("agent_metrics", Needs::Tier2Prometheus, metrics::scraped),
     ("alert_rules", Needs::Promtool, monitoring::alert_rules),
     (

@@ -1,10 +1,10 @@
 //! The agent's dumps, and the order of dumps and events: every namespace is dumped in the
 //! background (at start, every `--resync`, after a loss, when a new namespace shows up),
-//! and events of a namespace being dumped wait until its dump is merged, so a merge never
-//! undoes an event that came after the dump started.
+//! [`MAX_DUMPS`] at a time, and events of a namespace being dumped wait until its dump is
+//! merged, so a merge never undoes an event that came after the dump started.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     path::PathBuf,
     pin::Pin,
     task::{Context, Poll},
@@ -30,6 +30,12 @@ use crate::{
 /// well under a millisecond.
 const YIELD_EVERY: usize = 256;
 
+/// Namespaces dumped at once. A round over big namespaces takes them in turn: one dump's
+/// entries in memory and one merge at a time, rather than every namespace's together
+/// (at a million entries in four namespaces, dumped together, the merges held the agent's
+/// loop for seconds).
+const MAX_DUMPS: usize = 2;
+
 /// A namespace's dump, as it came back: each entry with the time it was read, and the
 /// time its task was busy (polled).
 pub struct Dumped {
@@ -47,6 +53,8 @@ pub struct Dumps {
     /// Which namespace each task dumps (to clean up after a task that failed).
     tasks: HashMap<tokio::task::Id, u32>,
     in_flight: HashSet<u32>,
+    /// Waiting for a dump slot, in the order asked.
+    queued: VecDeque<(u32, PathBuf)>,
     /// Asked for again while in flight (a loss during the dump): dump once more.
     again: HashSet<u32>,
     held: HashMap<u32, Vec<CtEvent>>,
@@ -85,7 +93,7 @@ impl RoundCost {
 
 impl Dumps {
     pub fn idle(&self) -> bool {
-        self.in_flight.is_empty()
+        self.in_flight.is_empty() && self.queued.is_empty()
     }
 
     /// True when the dumps that just ended closed a round (dumps of single namespaces do
@@ -126,10 +134,19 @@ impl Dumps {
     }
 
     fn start(&mut self, netns: u32, path: PathBuf) {
-        if !self.in_flight.insert(netns) {
+        if self.in_flight.contains(&netns) {
             self.again.insert(netns);
-            return;
+        } else if self.in_flight.len() >= MAX_DUMPS {
+            if !self.queued.iter().any(|(n, _)| *n == netns) {
+                self.queued.push_back((netns, path));
+            }
+        } else {
+            self.spawn(netns, path);
         }
+    }
+
+    fn spawn(&mut self, netns: u32, path: PathBuf) {
+        self.in_flight.insert(netns);
         let task = self.set.spawn(async move {
             let (entries, busy) = Polled::new(async move { dump(&path).await }).await;
             Dumped {
@@ -223,7 +240,10 @@ impl Dumps {
         if self.again.remove(&d.netns)
             && let Some(path) = netns::path_of(d.netns)
         {
-            self.start(d.netns, path);
+            self.queued.push_back((d.netns, path));
+        }
+        if let Some((netns, path)) = self.queued.pop_front() {
+            self.start(netns, path);
         }
     }
 }

@@ -103,6 +103,8 @@ pub struct Totals {
     pub lost_by_kind: BTreeMap<&'static str, u64>,
     /// Full reseeds after losses.
     pub reseeds: u64,
+    /// The most events read from the ring buffer and waiting for the agent at once.
+    pub backlog_peak: usize,
     /// Dumps merged (seeds, resyncs and reseeds, per namespace).
     pub dumps: u64,
     /// What dumps corrected, summed.

@@ -1,17 +1,46 @@
-//! Reads the ring buffer asynchronously and turns the per-CPU loss counters into `lost`
-//! records, so a full buffer is always reported, never silent.
+//! Reads the ring buffer on a thread of its own and turns the per-CPU loss counters into
+//! `lost` records, so a full buffer is always reported, never silent.
+//!
+//! The thread only drains and decodes: whatever the consumer is busy with (the agent
+//! merging a dump of half a million entries, a slow stdout), the kernel's ring keeps room
+//! and the events wait in memory instead. Past [`BACKLOG_EVENTS`] waiting, the thread stops
+//! draining, the ring fills and the BPF side counts what it cannot write: the loss is
+//! still counted and reported, and memory stays bounded.
 
-use std::{io, ptr};
+use std::{
+    io, ptr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    thread,
+    time::Duration,
+};
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use ct_common::{Event, EventKind, KernelLayout, RawCtEvent, stat};
-use tokio::io::unix::AsyncFd;
+use tokio::{
+    io::unix::AsyncFd,
+    sync::{mpsc, oneshot},
+    time::{MissedTickBehavior, interval},
+};
 
 use crate::{
     bpf::loader::Probes,
     clock::Clock,
     event::{CtEvent, Lost, LostAt, LostKind, Record, decode},
 };
+
+/// The BPF side wakes the reader only for a backlog; below that the reader polls.
+const RING_POLL: Duration = Duration::from_millis(10);
+
+/// Decoded events that may wait for the consumer (~200 B each: ~100 MiB at most). At
+/// 100 000 events/s that is five seconds of a consumer that does nothing else, on top of
+/// what the kernel's ring holds.
+pub const BACKLOG_EVENTS: usize = 1 << 19;
+
+/// How long the thread waits before it looks again when the backlog is full.
+const FULL_WAIT: Duration = Duration::from_millis(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReaderError {
@@ -22,17 +51,21 @@ pub enum ReaderError {
         name: &'static str,
         source: aya::maps::MapError,
     },
-    #[error("registering the ring buffer with tokio: {0}")]
+    #[error("starting the ring buffer's reader thread: {0}")]
     Io(#[from] io::Error),
 }
 
+/// The consumer's end: batches of decoded events from the thread, and the loss counters.
 pub struct EventReader {
-    ring: AsyncFd<RingBuf<MapData>>,
+    batches: mpsc::UnboundedReceiver<Vec<CtEvent>>,
+    /// Events sent by the thread and not yet taken here.
+    backlog: Arc<AtomicUsize>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<io::Result<()>>>,
+    /// The most events waiting at once, as a read found them.
+    peak: usize,
     stats: PerCpuArray<MapData, u64>,
     lost_seen: [u64; EventKind::COUNT],
-    clock: Clock,
-    /// Offsets to parse raw entry copies with (the ones the BPF side was given).
-    layout: KernelLayout,
 }
 
 impl EventReader {
@@ -47,33 +80,90 @@ impl EventReader {
             name: "STATS",
             source,
         })?;
-        // SAFETY: the ring buffer's fd is owned by the RingBuf moved into the AsyncFd, so it
-        // stays open for exactly as long as the registration.
-        let ring = unsafe { AsyncFd::register(ring) }
-            .map_err(|e| io::Error::other(format!("registering the ring buffer: {e}")))?;
-        let mut reader = Self {
+        let (tx, batches) = mpsc::unbounded_channel();
+        let (stop, stopped) = oneshot::channel();
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let pump = Pump {
             ring,
-            stats,
-            lost_seen: [0; EventKind::COUNT],
             clock,
             layout: probes.layout,
+            tx,
+            backlog: backlog.clone(),
+        };
+        let thread = thread::Builder::new()
+            .name("ctscope-ring".into())
+            .spawn(move || pump.run(stopped))?;
+        let mut reader = Self {
+            batches,
+            backlog,
+            stop: Some(stop),
+            thread: Some(thread),
+            peak: 0,
+            stats,
+            lost_seen: [0; EventKind::COUNT],
         };
         // Losses before we started reading are not ours to report.
         reader.lost_seen = reader.lost_totals();
         Ok(reader)
     }
 
-    /// Waits until the ring buffer has data, then appends every decoded event to `batch`.
+    /// Waits for events, then appends every decoded event waiting to `batch`. Cancel-safe.
+    /// An error when the reader thread has ended (it says why).
     pub async fn read(&mut self, batch: &mut Vec<CtEvent>) -> io::Result<()> {
-        let mut guard = self.ring.readable_mut().await?;
-        drain(guard.get_inner_mut(), &self.clock, &self.layout, batch);
-        guard.clear_ready();
+        let Some(first) = self.batches.recv().await else {
+            return Err(self.ended());
+        };
+        self.peak = self.peak.max(self.backlog());
+        self.took(first, batch);
+        while let Ok(more) = self.batches.try_recv() {
+            self.took(more, batch);
+        }
         Ok(())
     }
 
-    /// Reads whatever is there without waiting (at shutdown).
-    pub fn drain_now(&mut self, batch: &mut Vec<CtEvent>) {
-        drain(self.ring.get_mut(), &self.clock, &self.layout, batch);
+    /// At exit: stops the thread after its last drain and takes everything it read.
+    pub async fn finish(&mut self, batch: &mut Vec<CtEvent>) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        while let Some(more) = self.batches.recv().await {
+            self.took(more, batch);
+        }
+        if let Some(Err(e)) = self.join() {
+            log::warn!("reading the last events: {e}");
+        }
+    }
+
+    /// Events decoded and not yet taken.
+    pub fn backlog(&self) -> usize {
+        self.backlog.load(Ordering::Relaxed)
+    }
+
+    /// The most events that waited at once (`watch --status`'s `backlog_peak`): how near
+    /// the consumer came to [`BACKLOG_EVENTS`].
+    pub fn backlog_peak(&self) -> usize {
+        self.peak
+    }
+
+    fn took(&self, events: Vec<CtEvent>, batch: &mut Vec<CtEvent>) {
+        self.backlog.fetch_sub(events.len(), Ordering::Relaxed);
+        batch.extend(events);
+    }
+
+    fn ended(&mut self) -> io::Error {
+        match self.join() {
+            Some(Err(e)) => e,
+            _ => io::Error::other("the ring buffer's reader thread ended"),
+        }
+    }
+
+    fn join(&mut self) -> Option<io::Result<()>> {
+        let handle = self.thread.take()?;
+        Some(
+            handle.join().unwrap_or_else(|_| {
+                Err(io::Error::other("the ring buffer's reader thread panicked"))
+            }),
+        )
     }
 
     /// Losses since the last call, one record per kind that lost events.
@@ -109,6 +199,72 @@ impl EventReader {
             *total = self.stat(stat::LOST_BASE + k as u32);
         }
         totals
+    }
+}
+
+/// The thread's half: drains the ring into batches while the backlog has room.
+struct Pump {
+    ring: RingBuf<MapData>,
+    clock: Clock,
+    layout: KernelLayout,
+    tx: mpsc::UnboundedSender<Vec<CtEvent>>,
+    backlog: Arc<AtomicUsize>,
+}
+
+impl Pump {
+    /// Until `stop` fires or the consumer goes away; the last drain is sent whatever the
+    /// backlog, so nothing read is dropped at exit.
+    fn run(self, stop: oneshot::Receiver<()>) -> io::Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(self.pump(stop))
+    }
+
+    async fn pump(self, mut stop: oneshot::Receiver<()>) -> io::Result<()> {
+        let Pump {
+            ring,
+            clock,
+            layout,
+            tx,
+            backlog,
+        } = self;
+        // SAFETY: the ring buffer's fd is owned by the RingBuf moved into the AsyncFd, so
+        // it stays open for exactly as long as the registration.
+        let mut ring = unsafe { AsyncFd::register(ring) }?;
+        let mut poll = interval(RING_POLL);
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut batch = Vec::new();
+        loop {
+            let stopping = if backlog.load(Ordering::Relaxed) >= BACKLOG_EVENTS {
+                // Full: leave the events in the ring, where the BPF side counts a loss.
+                tokio::select! {
+                    _ = tokio::time::sleep(FULL_WAIT) => continue,
+                    _ = &mut stop => true,
+                }
+            } else {
+                tokio::select! {
+                    // Readiness cleared before the drain: a record written after it
+                    // wakes the next wait.
+                    r = ring.readable_mut() => {
+                        r?.clear_ready();
+                        false
+                    }
+                    _ = poll.tick() => false,
+                    _ = &mut stop => true,
+                }
+            };
+            drain(ring.get_mut(), &clock, &layout, &mut batch);
+            if !batch.is_empty() {
+                backlog.fetch_add(batch.len(), Ordering::Relaxed);
+                if tx.send(std::mem::take(&mut batch)).is_err() {
+                    return Ok(());
+                }
+            }
+            if stopping {
+                return Ok(());
+            }
+        }
     }
 }
 

@@ -102,6 +102,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
             w = source.wait() => {
                 let mut out = Output::default();
                 source.handle(w?, &mut out).await;
+                agent.totals.backlog_peak = source.backlog_peak();
                 dumps.take(&mut agent, out).await;
             }
             Some(done) = dumps.set.join_next_with_id() => {

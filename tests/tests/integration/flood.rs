@@ -2,9 +2,19 @@
 //! and nothing may be lost. Also prints the rate the events came at (a figure for the
 //! record, not an assertion: the VMs run under TCG and the machines are shared).
 
-use std::net::SocketAddrV4;
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddrV4,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
-use ctscope_tests::{events, kernel, traffic};
+use ctscope_tests::{ctscope, events, kernel, traffic, wait};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use serde_json::Value;
 
 use crate::common::{Ctx, Watch, event_wait, note};
 
@@ -60,4 +70,77 @@ pub fn run(watch: Watch) {
             news.len() as f64 / span
         ));
     }
+}
+
+/// The subnet of [`stalled_reader`].
+const STALLED_SUBNET: u8 = 81;
+
+/// New flows made while nobody reads ctscope's stdout: more than its 1 MiB ring buffer
+/// holds (~3 500 records).
+const STALLED_FLOWS: u16 = 20_000;
+
+/// A reader that stops reading: with a 1 MiB ring buffer and a stdout nobody reads while
+/// [`STALLED_FLOWS`] flows are made, every `new` still arrives once the pipe is read
+/// again, and nothing is lost: the events wait in ctscope's memory, not in the kernel's
+/// ring, which the ring reader's own thread keeps draining.
+pub fn stalled_reader() {
+    let ctx = Ctx::new(Watch::KernelOnly, STALLED_SUBNET, |_| {});
+    let p = &ctx.pair;
+    let ready = tempfile::NamedTempFile::new().expect("a ready-file path");
+    let ready_path = ready.path().to_path_buf();
+    drop(ready);
+    let mut child = Command::new(ctscope::binary_or_panic())
+        .args(["events", "--json", "--ring-size", "1048576", "--netns"])
+        .arg(ctx.inode.to_string())
+        .arg("--ready-file")
+        .arg(&ready_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ctscope events");
+    let attached = wait::poll(ctscope::ready_timeout(), Duration::from_millis(50), || {
+        ready_path.exists().then_some(())
+    });
+    assert!(attached.is_some(), "ctscope events never became ready");
+    let src = SocketAddrV4::new(p.c_addr, SPORT);
+    let ports = FIRST_PORT..FIRST_PORT + STALLED_FLOWS;
+    let (failed, _) = traffic::udp_spray(&p.c, src, p.s_addr, ports);
+    assert_eq!(failed, 0, "sends failed");
+    // Nobody reads: the pipe fills after a few hundred lines and ctscope's writes block.
+    std::thread::sleep(Duration::from_secs(2));
+    let stdout = child.stdout.take().expect("stdout piped");
+    let lines = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
+            .collect::<Vec<_>>()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).expect("SIGINT ctscope");
+    let status = child.wait().expect("wait for ctscope");
+    let evs = lines.join().expect("the reader thread");
+    assert!(status.success(), "ctscope events exited {status}");
+    let lost: Vec<&Value> = evs.iter().filter(|e| events::kind(e) == "lost").collect();
+    assert!(
+        lost.is_empty(),
+        "events lost while stdout stalled: {lost:?}"
+    );
+    let news = events::select(&evs, "new", ctx.inode, Some("udp"));
+    let mut dports: Vec<u64> = news
+        .iter()
+        .filter_map(|e| e["orig"]["dport"].as_u64())
+        .collect();
+    dports.sort_unstable();
+    dports.dedup();
+    assert_eq!(
+        dports.len(),
+        usize::from(STALLED_FLOWS),
+        "one `new` per flow after the stall"
+    );
+    note(format!(
+        "stalled reader: {} new events after a 2 s stall, 0 lost",
+        news.len()
+    ));
 }

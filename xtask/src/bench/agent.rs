@@ -34,6 +34,17 @@ pub(super) fn new_events(status: &Value) -> u64 {
     status["totals"]["events"]["new"].as_u64().unwrap_or(0)
 }
 
+/// What the agent did to stay in step with the kernel: reseeds after losses, dumps
+/// merged, and the most events that waited for its loop at once.
+pub(super) fn upkeep(status: &Value) -> Value {
+    let t = &status["totals"];
+    serde_json::json!({
+        "reseeds": t["reseeds"],
+        "dumps": t["dumps"],
+        "backlog_peak": t["backlog_peak"],
+    })
+}
+
 /// Events its ring buffer lost.
 pub(super) fn lost(status: &Value) -> u64 {
     status["totals"]["lost"].as_u64().unwrap_or(0)

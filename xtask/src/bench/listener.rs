@@ -49,6 +49,8 @@ pub(super) struct Tally {
     /// CPU seconds of xtask's thread that counted the listener's lines.
     pub(super) reader_cpu: f64,
     pub(super) loss_reports: u64,
+    /// `watch`: [`agent::upkeep`] at the end.
+    pub(super) upkeep: Option<serde_json::Value>,
     pub(super) shown: Option<u64>,
     pub(super) stderr: Vec<String>,
     pub(super) status: ExitStatus,
@@ -178,15 +180,13 @@ impl Listener {
             .zip(self.ready_cpu)
             .map(|(now, ready)| now - ready);
         let bpf = bpf_programs(self.child.id());
-        let agent_lost = self
-            .socket
-            .as_deref()
-            .and_then(agent::status)
-            .map(|status| {
-                self.events
-                    .store(agent::new_events(&status), Ordering::Relaxed);
-                agent::lost(&status)
-            });
+        let last = self.socket.as_deref().and_then(agent::status);
+        if let Some(status) = &last {
+            self.events
+                .store(agent::new_events(status), Ordering::Relaxed);
+        }
+        let agent_lost = last.as_ref().map(agent::lost);
+        let upkeep = last.as_ref().map(agent::upkeep);
         signal(&self.child, libc::SIGINT);
         let start = Instant::now();
         let status = loop {
@@ -225,6 +225,7 @@ impl Listener {
                 Mode::Watch => agent_lost.unwrap_or(0),
                 _ => enobufs,
             },
+            upkeep,
             shown,
             stderr: kept,
             status,

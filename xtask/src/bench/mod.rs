@@ -401,6 +401,7 @@ impl Ctx<'_> {
                 run.events = Some(t.events);
                 run.loss_reports = Some(t.loss_reports);
             }
+            run.upkeep = t.upkeep;
             run.shown = t.shown;
             run.cpu = t.cpu;
             run.reader_cpu = Some(t.reader_cpu);

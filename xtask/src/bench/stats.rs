@@ -21,6 +21,8 @@ pub(super) struct Run {
     pub(super) events: Option<u64>,
     /// ctscope: the `count` of its `lost` records; conntrack -E: its ENOBUFS warnings.
     pub(super) loss_reports: Option<u64>,
+    /// `watch`: reseeds, dumps and the backlog peak (`agent::upkeep`).
+    pub(super) upkeep: Option<serde_json::Value>,
     /// conntrack -E: "N flow events have been shown." at exit.
     pub(super) shown: Option<u64>,
     /// CPU seconds of the listener and of xtask's thread counting its lines.
@@ -42,6 +44,7 @@ impl Run {
             counters: BTreeMap::new(),
             events: None,
             loss_reports: None,
+            upkeep: None,
             shown: None,
             cpu: None,
             reader_cpu: None,
@@ -104,6 +107,12 @@ impl Run {
                 }
                 _ => line += &format!(" ({} ENOBUFS warnings)", self.loss_reports_n()),
             }
+            if let Some(u) = &self.upkeep {
+                line += &format!(
+                    "; agent: {} reseeds, {} dumps, backlog peak {}",
+                    u["reseeds"], u["dumps"], u["backlog_peak"]
+                );
+            }
             if let (Some(cpu), Some(reader)) = (self.cpu, self.reader_cpu) {
                 line += &format!("; listener CPU {cpu:.2} s (line counting {reader:.2} s)");
             }
@@ -138,6 +147,7 @@ impl Run {
             "events": self.events,
             "lost": self.lost(),
             "loss_reports": self.loss_reports,
+            "agent_upkeep": self.upkeep,
             "conntrack_shown": self.shown,
             "listener_cpu_seconds": self.cpu,
             "reader_cpu_seconds": self.reader_cpu,

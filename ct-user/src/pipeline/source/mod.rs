@@ -96,6 +96,15 @@ impl EventSource {
         }
     }
 
+    /// The most events read and not yet handled at once (0 on tier 3, whose socket
+    /// buffers them in the kernel).
+    pub fn backlog_peak(&self) -> usize {
+        match &self.backend {
+            Backend::Ring(r) => r.backlog_peak(),
+            Backend::Netlink(_) => 0,
+        }
+    }
+
     /// Tier 3: the inode of the one namespace it watches.
     pub fn netns(&self) -> Option<u32> {
         match &self.backend {

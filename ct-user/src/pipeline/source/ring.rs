@@ -15,9 +15,6 @@ use crate::{
     pipeline::settle::{Discarded, Settler},
 };
 
-/// The BPF side wakes the reader only for a backlog; below that the reader polls.
-const RING_POLL: Duration = Duration::from_millis(10);
-
 /// How long tier-2 candidates wait before they are settled against the counters.
 const SETTLE_EVERY: Duration = Duration::from_millis(100);
 
@@ -31,7 +28,6 @@ pub struct Ring {
     reader: EventReader,
     tier2: Option<Tier2>,
     settle: Interval,
-    poll: Interval,
     /// Holds the programs attached while the ring is read.
     probes: Probes,
 }
@@ -59,7 +55,6 @@ impl Ring {
             reader,
             tier2,
             settle: ticker(SETTLE_EVERY),
-            poll: ticker(RING_POLL),
             probes,
         })
     }
@@ -68,19 +63,20 @@ impl Ring {
         self.probes.tier
     }
 
+    /// The most decoded events that waited for the consumer at once.
+    pub fn backlog_peak(&self) -> usize {
+        self.reader.backlog_peak()
+    }
+
     /// What the hooks are ("fentry", "kprobes", ...): [`Probes::hooks_label`].
     pub fn hooks_label(&self) -> &'static str {
         self.probes.hooks_label()
     }
 
-    /// Waits for ring data (or the poll), or a settling round. Cancel-safe.
+    /// Waits for ring data or a settling round. Cancel-safe.
     pub async fn wait(&mut self, raw: &mut Vec<CtEvent>) -> io::Result<Wake> {
         tokio::select! {
             r = self.reader.read(raw) => r.map(|()| Wake::Events),
-            _ = self.poll.tick() => {
-                self.reader.drain_now(raw);
-                Ok(Wake::Events)
-            }
             _ = self.settle.tick() => Ok(Wake::Settle),
         }
     }
@@ -112,7 +108,7 @@ impl Ring {
 
     /// At exit: whatever the ring holds, and every candidate settled.
     pub async fn finish(&mut self, raw: &mut Vec<CtEvent>, out: &mut Output) {
-        self.reader.drain_now(raw);
+        self.reader.finish(raw).await;
         self.route(raw, out);
         if let Some(t) = self.tier2.as_mut() {
             out.events.extend(t.settler.settle().await);
