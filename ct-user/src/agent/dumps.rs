@@ -298,6 +298,31 @@ mod tests {
         assert_eq!(empty.scaled(0), Duration::from_millis(3));
     }
 
+    /// Dumps that cannot open their namespace fail at once: enough to see the order.
+    #[tokio::test]
+    async fn namespaces_are_dumped_in_turn() {
+        let mut agent = Agent::new(2, "", Vec::new());
+        let mut dumps = Dumps::default();
+        for netns in 1..=5 {
+            dumps.start(netns, PathBuf::from(format!("/nonexistent/netns-{netns}")));
+        }
+        dumps.start(1, PathBuf::from("/nonexistent/netns-1"));
+        assert_eq!(dumps.in_flight.len(), MAX_DUMPS);
+        assert_eq!(
+            dumps.queued.len(),
+            5 - MAX_DUMPS,
+            "each namespace queued once"
+        );
+        let mut joined = 0;
+        while let Some(done) = dumps.set.join_next_with_id().await {
+            dumps.joined(&mut agent, done);
+            joined += 1;
+            assert!(dumps.in_flight.len() <= MAX_DUMPS);
+        }
+        assert_eq!(joined, 5, "every namespace dumped once");
+        assert!(dumps.idle());
+    }
+
     #[tokio::test]
     async fn waiting_is_not_work() {
         let (out, busy) = Polled::new(async {

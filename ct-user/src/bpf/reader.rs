@@ -39,6 +39,10 @@ const RING_POLL: Duration = Duration::from_millis(10);
 /// what the kernel's ring holds.
 pub const BACKLOG_EVENTS: usize = 1 << 19;
 
+/// Events one read takes at most beyond its first batch: the consumer's buffer stays
+/// small (it keeps its capacity), and the rest waits for the next read.
+const TAKE_MAX: usize = 16_384;
+
 /// How long the thread waits before it looks again when the backlog is full.
 const FULL_WAIT: Duration = Duration::from_millis(5);
 
@@ -115,7 +119,9 @@ impl EventReader {
         };
         self.peak = self.peak.max(self.backlog());
         self.took(first, batch);
-        while let Ok(more) = self.batches.try_recv() {
+        while batch.len() < TAKE_MAX
+            && let Ok(more) = self.batches.try_recv()
+        {
             self.took(more, batch);
         }
         Ok(())

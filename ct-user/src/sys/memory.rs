@@ -8,13 +8,16 @@ const MMAP_THRESHOLD: i32 = 256 << 10;
 
 /// Maps large blocks (row storage, dumps, listings) on their own for the rest of the
 /// process, so freeing one returns it at once. Setting the threshold also stops glibc
-/// from raising it.
+/// from raising it. Also keeps every thread on one heap: the agent's dumps are decoded
+/// on worker threads and freed on its loop's, and a heap per thread kept those frees
+/// resident (at 300 000 entries, 287 B per entry instead of 129).
 pub fn map_large_blocks() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only changes the allocator's tuning; called before the agent's
-    // threads allocate much, and glibc serialises it against them anyway.
+    // threads start, and glibc serialises it against them anyway.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
 

@@ -20,6 +20,9 @@ use crate::{
     event::{CtEvent, Record},
 };
 
+/// Events' room the source's buffer keeps between reads.
+const RAW_KEPT: usize = 16_384;
+
 /// How often loss counters are checked when no event wakes the reader.
 const LOSS_POLL: Duration = Duration::from_millis(200);
 
@@ -167,6 +170,8 @@ impl EventSource {
             Backend::Ring(r) => r.route(&mut self.raw, out),
             Backend::Netlink(_) => out.events.append(&mut self.raw),
         }
+        // A burst (a flush of a big table) must not leave its size behind.
+        self.raw.shrink_to(RAW_KEPT);
     }
 
     fn check_losses(&mut self, out: &mut Output) {
