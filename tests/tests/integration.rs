@@ -12,6 +12,8 @@
 
 #[path = "integration/agent.rs"]
 mod agent;
+#[path = "integration/agent_census.rs"]
+mod agent_census;
 #[path = "integration/agent_clients.rs"]
 mod agent_clients;
 #[path = "integration/agent_early_drop.rs"]
@@ -184,6 +186,11 @@ const ONCE: &[(&str, Needs, fn())] = &[
         "agent_client_timeout",
         Needs::Root,
         agent_scale::client_timeout,
+    ),
+    (
+        "agent_census",
+        Needs::Root,
+        agent_census::agrees_with_the_dump,
     ),
     ("agent_metrics", Needs::Tier2Prometheus, metrics::scraped),
     ("alert_rules", Needs::Promtool, monitoring::alert_rules),
