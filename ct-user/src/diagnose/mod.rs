@@ -1,6 +1,7 @@
-//! `ctscope diagnose`'s pure part: what was read from the kernel ([`Evidence`]), a summary
-//! of one ctnetlink dump ([`Composition`]), the memory estimate, and the rules
-//! ([`rules`]) that turn them into [`Finding`]s. No I/O here, so every rule is unit-tested.
+//! `ctscope diagnose`'s pure part: what was read from the kernel ([`Evidence`]), what the
+//! table holds ([`Composition`], counted from a dump or the agent's rows by [`census`]),
+//! the memory estimate, and the rules ([`rules`]) that turn them into [`Finding`]s. No
+//! I/O here, so every rule is unit-tested.
 
 pub mod census;
 pub mod rules;
