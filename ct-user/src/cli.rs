@@ -98,14 +98,16 @@ pub enum Command {
     Expect(ExpectArgs),
     /// A one-shot report of findings (table fill and memory, hash load, drops, SNAT
     /// clashes, the DNS race, timeouts, helpers), each with its evidence and what to do.
-    /// Exit status 0 even with findings.
+    /// What the table holds comes from one dump, or from the agent's live table when one
+    /// runs. Exit status 0 even with findings.
     Diagnose(DiagnoseArgs),
     /// Who fills the table: the top keys (source, destination, port, ...) of one dump, or
     /// of the agent's live table when one runs, with entry counts and shares.
     Top(TopArgs),
     /// Timeouts per namespace: the nf_conntrack_*timeout* sysctls next to what the table
-    /// holds (entries and seconds left per protocol and state) and how long ended flows
-    /// lived (from the agent), with warnings about timeouts that fill the table.
+    /// holds (entries and seconds left per protocol and state; from one dump, or from the
+    /// agent's live table when one runs) and how long ended flows lived (from the agent),
+    /// with warnings about timeouts that fill the table.
     Timeouts(TimeoutsArgs),
 }
 
@@ -727,7 +729,9 @@ pub struct DiagnoseArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// With an agent running, the insert_failed causes its events gave are evidence too.
+    /// With an agent running, the table's composition is counted from its table instead
+    /// of a dump (--no-agent dumps), and the insert_failed causes its events gave are
+    /// evidence too.
     #[command(flatten)]
     pub from: ReportArgs,
 }
@@ -738,7 +742,8 @@ pub struct TimeoutsArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Lifetimes of ended flows come from a running agent.
+    /// With an agent running, the entries and seconds left are counted from its table
+    /// instead of a dump (--no-agent dumps), and lifetimes of ended flows come from it.
     #[command(flatten)]
     pub from: ReportArgs,
 }

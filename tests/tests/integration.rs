@@ -12,6 +12,8 @@
 
 #[path = "integration/agent.rs"]
 mod agent;
+#[path = "integration/agent_census.rs"]
+mod agent_census;
 #[path = "integration/agent_clients.rs"]
 mod agent_clients;
 #[path = "integration/agent_early_drop.rs"]
@@ -186,6 +188,11 @@ const ONCE: &[(&str, Needs, fn())] = &[
         agent_scale::client_timeout,
     ),
     ("events_stalled_reader", Needs::Tier2, flood::stalled_reader),
+    (
+        "agent_census",
+        Needs::Root,
+        agent_census::agrees_with_the_dump,
+    ),
     ("agent_metrics", Needs::Tier2Prometheus, metrics::scraped),
     ("alert_rules", Needs::Promtool, monitoring::alert_rules),
     (

@@ -79,6 +79,19 @@ async fn ask_now(path: &Path, request: &Request) -> anyhow::Result<Option<Body>>
     Ok(Some(body))
 }
 
+/// Reads a body of JSON Lines, one `T` per line.
+pub async fn json_lines<T: serde::de::DeserializeOwned>(body: &mut Body) -> anyhow::Result<Vec<T>> {
+    let mut out = Vec::new();
+    let mut line = String::new();
+    while body.read_line(&mut line).await? > 0 {
+        let item = serde_json::from_str(&line)
+            .with_context(|| format!("the agent sent an unexpected line: {line:?}"))?;
+        out.push(item);
+        line.clear();
+    }
+    Ok(out)
+}
+
 /// Copies the body to stdout; returns how many lines it had. A closed stdout
 /// (`ctscope list | head`) is [`stdout::Closed`].
 pub async fn copy_lines(body: &mut Body) -> anyhow::Result<u64> {

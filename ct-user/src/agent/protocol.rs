@@ -74,6 +74,9 @@ pub enum Request {
     /// `ctscope timeouts`: how long ended flows lived, one [`NsLifetimes`] line per
     /// namespace asked for.
     Lifetimes { netns: Vec<u32> },
+    /// `ctscope diagnose` and `timeouts`: what the agent's table holds, one [`NsCensus`]
+    /// line per namespace asked for, so they need not dump it.
+    Census { netns: Vec<u32> },
     /// `ctscope stats`: counters, attribution and the unexplained remainder.
     Stats { scope: Scope, json: bool },
     /// `ctscope events`: the agent's event stream from now on.
@@ -159,6 +162,15 @@ pub struct NsLifetimes {
     pub lifetimes: crate::lifetimes::Lifetimes,
 }
 
+/// One namespace's table as the `census` answer carries it: counted from the agent's
+/// rows (seconds left counted down to the answer), or `None` when the agent does not
+/// know the namespace (the CLI dumps it then).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NsCensus {
+    pub netns: u32,
+    pub census: Option<crate::diagnose::census::Census>,
+}
+
 /// The first line of every answer.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Header {
@@ -207,7 +219,7 @@ mod tests {
             }
             seen += 1;
         }
-        assert!(seen >= 7, "one seed per operation, found {seen}");
+        assert!(seen >= 8, "one seed per operation, found {seen}");
     }
 
     use std::net::IpAddr;
@@ -246,6 +258,7 @@ mod tests {
                 json: true,
             },
             Request::Lifetimes { netns: vec![1, 2] },
+            Request::Census { netns: vec![3] },
             Request::Stats {
                 scope: Scope::Netns(3),
                 json: false,
@@ -272,6 +285,7 @@ mod tests {
                 | Request::Get { .. }
                 | Request::Top { .. }
                 | Request::Lifetimes { .. }
+                | Request::Census { .. }
                 | Request::Stats { .. }
                 | Request::Events { .. }
                 | Request::Status {} => {}

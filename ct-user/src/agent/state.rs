@@ -22,7 +22,7 @@ use super::{
     counts::Counts,
     metrics::{NsSnapshot, Snapshot},
     outbox::{Outbox, Push},
-    protocol::{Header, NsLifetimes, PROTOCOL, Request, Scope},
+    protocol::{Header, NsCensus, NsLifetimes, PROTOCOL, Request, Scope},
     server::Incoming,
     table::{Fields, Merge, Note, RowRef, Table},
 };
@@ -445,6 +445,7 @@ impl Agent {
                 Ok(self.status())
             }
             Request::Lifetimes { netns } => Ok(self.lifetimes(&netns)),
+            Request::Census { netns } => Ok(self.census(&netns)),
             Request::Events { .. } => unreachable!("handled above"),
         };
         let answer = match body {
@@ -581,6 +582,23 @@ impl Agent {
             let ns = NsLifetimes {
                 netns: n,
                 lifetimes: self.lifetimes.get(&n).cloned().unwrap_or_default(),
+            };
+            let _ = serde_json::to_writer(&mut out, &ns);
+            out.push(b'\n');
+        }
+        out
+    }
+
+    /// Each namespace's rows counted as `diagnose` and `timeouts` count a dump, their
+    /// seconds left counted down to now. Counted in the loop: under 0.1 s per million
+    /// rows, less than copying them aside for a thread (as `list` does) would hold it.
+    fn census(&self, netns: &[u32]) -> Vec<u8> {
+        let now = Stamp::now();
+        let mut out = Vec::new();
+        for &n in netns {
+            let ns = NsCensus {
+                netns: n,
+                census: self.knows(n).then(|| self.table.census(n, now)),
             };
             let _ = serde_json::to_writer(&mut out, &ns);
             out.push(b'\n');

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use super::rows::{Addr, CTuple, Rows, Slot, SlotKey};
 use crate::clock::Stamp;
+use crate::diagnose::census::{Census, Counter};
 use crate::event::{CtEvent, Side};
 
 /// A ct-netlink tuple from an event's side.
@@ -355,6 +356,16 @@ impl Table {
         }
     }
 
+    /// One namespace's rows counted as a dump of it would be, with their seconds left
+    /// at `now`.
+    pub fn census(&self, netns: u32, now: Stamp) -> Census {
+        let mut counter = Counter::default();
+        for row in self.rows_of(netns) {
+            counter.add(&row.entry_at(now));
+        }
+        counter.finish()
+    }
+
     /// Rows of one namespace.
     pub fn count(&self, netns: u32) -> usize {
         self.ns.get(&netns).map_or(0, Ns::len)
@@ -683,6 +694,58 @@ mod tests {
         e.timeout = Some(timeout);
         e.status = Status(Status::CONFIRMED | Status::SEEN_REPLY);
         e
+    }
+
+    /// Entries of every kind a row stores: UDP (inline), TCP with its state, IPv6, NAT
+    /// bits, a helper (kept whole beside the slot).
+    fn assorted() -> Vec<Entry> {
+        let mut table: Vec<Entry> = (0..40).map(|p| dumped(p, 100 + u32::from(p))).collect();
+        let mut tcp = dumped(41, 431_000);
+        tcp.orig.proto = 6;
+        tcp.reply.proto = 6;
+        tcp.proto = 6;
+        tcp.status = Status(Status::CONFIRMED | Status::SEEN_REPLY | Status::SRC_NAT);
+        tcp.tcp = Some(TcpInfo {
+            state: ct_netlink::TcpState::from_name("ESTABLISHED").unwrap(),
+            wscale_orig: None,
+            wscale_reply: None,
+            flags_orig: None,
+            flags_reply: None,
+        });
+        let mut helped = tcp.clone();
+        helped.orig.src_port = Some(42);
+        helped.reply.dst_port = Some(42);
+        helped.helper = Some("ftp".into());
+        let v6 = |ip: &str| ip.parse::<IpAddr>().unwrap();
+        let orig = Tuple::ports(17, v6("fd00::1"), v6("fd00::2"), 5000, 53);
+        let mut six = Entry::new(orig.clone(), orig.inverted());
+        six.family = ct_netlink::Family::Ipv6;
+        six.timeout = Some(7);
+        table.extend([tcp, helped, six]);
+        table
+    }
+
+    #[test]
+    fn census_counts_the_rows_as_a_dump_of_them_is_counted() {
+        let mut t = Table::default();
+        let dump = assorted();
+        t.merge_dump(7, at(dump.clone(), 10.0));
+        t.merge_dump(8, at(vec![dumped(1, 5)], 10.0));
+        assert_eq!(t.census(7, Stamp::at(10.0)), Census::of(&dump));
+        // An event's row counts too, and every row's seconds left count down.
+        t.apply(&event(EventKind::New, 5000, 12.0), Stamp::at(12.0));
+        let mut later: Vec<Entry> = dump
+            .into_iter()
+            .map(|e| Entry {
+                timeout: e.timeout.map(|t| t.saturating_sub(10)),
+                ..e
+            })
+            .collect();
+        let mut born = dumped(5000, 22);
+        born.status = Status(Status::CONFIRMED);
+        later.push(born);
+        assert_eq!(t.census(7, Stamp::at(20.0)), Census::of(&later));
+        assert_eq!(t.census(9, Stamp::at(20.0)), Census::default());
     }
 
     #[test]

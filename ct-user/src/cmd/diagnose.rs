@@ -1,6 +1,7 @@
-//! `ctscope diagnose`: reads sysctls (inside each namespace), per-CPU counters, one
-//! ctnetlink dump and, with an agent running, the insert_failed causes its events gave,
-//! and prints the findings of [`crate::diagnose::rules`].
+//! `ctscope diagnose`: reads sysctls (inside each namespace), per-CPU counters, what the
+//! table holds (counted by a running agent from its table, else from one ctnetlink dump)
+//! and, with an agent running, the insert_failed causes its events gave, and prints the
+//! findings of [`crate::diagnose::rules`].
 
 use std::{cmp::Reverse, collections::BTreeMap, io, path::Path};
 
@@ -8,14 +9,14 @@ use ct_netlink::CpuStats;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::Target;
+use super::{Target, agent_census, say_census_source};
 use crate::{
     agent::{
         self,
         protocol::{Request, Scope},
     },
     cli::DiagnoseArgs,
-    diagnose::{Causes, Composition, Evidence, Finding, Memory, StructSizes, rules},
+    diagnose::{Causes, Evidence, Finding, Memory, StructSizes, census::Census, rules},
     render::findings::{block, header},
     sys::stdout,
 };
@@ -33,10 +34,16 @@ pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
         findings: Vec::new(),
         evidence: Vec::new(),
     };
-    for target in Target::from_args(&args.from.netns)? {
-        let Some(mut ev) = gather(&target, &sizes).await? else {
+    let targets = Target::from_args(&args.from.netns)?;
+    let mut counted = agent_census(&args.from.agent, &targets).await?;
+    let mut agents = 0;
+    for target in &targets {
+        let census = counted.remove(&target.inode()?);
+        let agent_counted = census.is_some();
+        let Some(mut ev) = gather(target, &sizes, census).await? else {
             continue;
         };
+        agents += usize::from(agent_counted);
         if let Some(path) = args.from.agent.socket() {
             ev.causes = causes(&path, ev.netns).await?;
         }
@@ -46,10 +53,12 @@ pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
         report.evidence.push(ev);
     }
     if args.json {
-        stdout::line(serde_json::to_string(&report)?)
+        stdout::line(serde_json::to_string(&report)?)?;
     } else {
-        stdout::print(text(&report))
+        stdout::print(text(&report))?;
     }
+    say_census_source(agents, report.evidence.len());
+    Ok(())
 }
 
 /// What the agent's events said about namespace `netns`, if an agent runs and watches it.
@@ -90,18 +99,25 @@ async fn causes(socket: &Path, netns: u64) -> io::Result<Option<Causes>> {
     }))
 }
 
-/// Reads one namespace; `None` when --all-netns skips it.
-async fn gather(target: &Target, sizes: &StructSizes) -> anyhow::Result<Option<Evidence>> {
+/// Reads one namespace, its table as `counted` by the agent, else dumped; `None` when
+/// --all-netns skips it.
+async fn gather(
+    target: &Target,
+    sizes: &StructSizes,
+    counted: Option<Census>,
+) -> anyhow::Result<Option<Evidence>> {
     let read = target
-        .run(async |ct| {
-            Ok((
-                ct.stats_cpu().await?,
-                ct.stats_global().await?,
-                ct.dump(None).await?,
-            ))
+        .run(async move |ct| {
+            let cpus = ct.stats_cpu().await?;
+            let global = ct.stats_global().await?;
+            let table = match counted {
+                Some(census) => census.composition,
+                None => Census::of(&ct.dump(None).await?).composition,
+            };
+            Ok((cpus, global, table))
         })
         .await?;
-    let Some((cpus, global, entries)) = read else {
+    let Some((cpus, global, table)) = read else {
         return Ok(None);
     };
     let Some(sysctls) = target.sysctls()? else {
@@ -132,7 +148,7 @@ async fn gather(target: &Target, sizes: &StructSizes) -> anyhow::Result<Option<E
             .collect(),
         entries: entries_now,
         max_entries,
-        table: Composition::of(&entries),
+        table,
         causes: None,
     }))
 }

@@ -17,7 +17,7 @@ pub mod top;
 pub mod watch;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     io,
     path::{Path, PathBuf},
 };
@@ -26,8 +26,12 @@ use anyhow::Context as _;
 use ct_netlink::Conntrack;
 
 use crate::{
-    agent::protocol::Scope,
-    cli::NetnsArgs,
+    agent::{
+        self,
+        protocol::{NsCensus, Request, Scope},
+    },
+    cli::{AgentArgs, NetnsArgs},
+    diagnose::census::Census,
     sys::caps::{self, Cap},
     sys::netns,
     sys::sysctl,
@@ -189,6 +193,53 @@ pub fn agent_scope(args: &NetnsArgs) -> anyhow::Result<Scope> {
         return Ok(Scope::All);
     }
     Ok(Scope::Netns(netns_inode(args.netns.as_deref())?))
+}
+
+/// The tables of `targets` as a running agent (`ctscope watch`) counted them, by
+/// namespace inode: those it knows. Empty with --no-agent or no agent; an agent that
+/// does not answer is warned about, and the caller dumps instead.
+pub async fn agent_census(
+    agent: &AgentArgs,
+    targets: &[Target],
+) -> anyhow::Result<HashMap<u64, Census>> {
+    let Some(path) = agent.socket() else {
+        return Ok(HashMap::new());
+    };
+    let netns = targets
+        .iter()
+        .map(|t| Ok(t.inode()? as u32))
+        .collect::<anyhow::Result<_>>()?;
+    let asked = async {
+        let Some(mut body) = agent::client::ask(&path, &Request::Census { netns }).await? else {
+            return Ok(Vec::new());
+        };
+        agent::client::json_lines::<NsCensus>(&mut body).await
+    };
+    match asked.await {
+        Ok(lines) => Ok(lines
+            .into_iter()
+            .filter_map(|ns| Some((u64::from(ns.netns), ns.census?)))
+            .collect()),
+        Err(e) => {
+            eprintln!("ctscope: warning: dumping the table instead of asking the agent: {e:#}");
+            Ok(HashMap::new())
+        }
+    }
+}
+
+/// Says on stderr whose table figures a report shows when the agent gave some:
+/// `counted` of `reported` namespaces came from its table, the others from a dump.
+pub fn say_census_source(counted: usize, reported: usize) {
+    match counted {
+        0 => {}
+        n if n == reported => {
+            eprintln!("ctscope: table figures from the agent's table (--no-agent dumps it).")
+        }
+        n => eprintln!(
+            "ctscope: table figures from the agent's table for {n} of {reported} namespaces, \
+             the others dumped (--no-agent dumps all)."
+        ),
+    }
 }
 
 /// The inode of `--netns NS`, or of ctscope's own namespace.

@@ -1,13 +1,15 @@
-//! `ctscope diagnose`'s pure part: what was read from the kernel ([`Evidence`]), a summary
-//! of one ctnetlink dump ([`Composition`]), the memory estimate, and the rules
-//! ([`rules`]) that turn them into [`Finding`]s. No I/O here, so every rule is unit-tested.
+//! `ctscope diagnose`'s pure part: what was read from the kernel ([`Evidence`]), what the
+//! table holds ([`Composition`], counted from a dump or the agent's rows by [`census`]),
+//! the memory estimate, and the rules ([`rules`]) that turn them into [`Finding`]s. No
+//! I/O here, so every rule is unit-tested.
 
+pub mod census;
 pub mod rules;
 
 use std::collections::BTreeMap;
 
-use ct_netlink::{Entry, Status, proto};
-use serde::Serialize;
+use ct_netlink::Entry;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::sys::workload::Workload;
@@ -119,10 +121,11 @@ pub fn pct(a: u64, b: u64) -> f64 {
     (ratio(a, b) * 1000.0).round() / 10.0
 }
 
-/// What one ctnetlink dump held.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+/// What one ctnetlink dump (or the agent's table) held; counted by [`census::Counter`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Composition {
-    /// Entries in the dump (it may differ from `nf_conntrack_count` by what came and went).
+    /// Entries in the dump, or rows in the agent's table (either may differ from
+    /// `nf_conntrack_count` by what came and went).
     pub dumped: u64,
     pub by_proto: BTreeMap<String, u64>,
     /// TCP entries by state.
@@ -139,31 +142,7 @@ pub struct Composition {
 
 impl Composition {
     pub fn of(entries: &[Entry]) -> Self {
-        let mut c = Composition::default();
-        for e in entries {
-            c.add(e);
-        }
-        c
-    }
-
-    fn add(&mut self, e: &Entry) {
-        self.dumped += 1;
-        *self
-            .by_proto
-            .entry(proto::name(e.proto).to_owned())
-            .or_insert(0) += 1;
-        if let Some(tcp) = &e.tcp {
-            *self
-                .tcp_states
-                .entry(tcp.state.name().to_owned())
-                .or_insert(0) += 1;
-        }
-        let udp = e.proto == proto::UDP;
-        self.udp_unreplied += u64::from(udp && e.status.is_unreplied());
-        self.dns_udp += u64::from(udp && e.orig.dst_port == Some(53));
-        self.src_nat += u64::from(e.status.contains(Status::SRC_NAT));
-        self.dst_nat += u64::from(e.status.contains(Status::DST_NAT));
-        self.with_helper += u64::from(e.helper.is_some());
+        census::Census::of(entries).composition
     }
 
     pub fn tcp_state(&self, state: &str) -> u64 {
@@ -256,7 +235,7 @@ pub fn mib(bytes: u64) -> String {
 mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
-    use ct_netlink::{TcpInfo, TcpState, Tuple};
+    use ct_netlink::{Status, TcpInfo, TcpState, Tuple, proto};
 
     use super::*;
 

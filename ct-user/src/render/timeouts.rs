@@ -7,12 +7,11 @@ use std::{
     io::{self, Write},
 };
 
-use ct_netlink::{Entry, proto};
 use serde::Serialize;
 
 use crate::{
-    diagnose::{Evidence, Finding},
-    lifetimes::{Histogram, Lifetimes, state_label},
+    diagnose::{Evidence, Finding, census::StateCount},
+    lifetimes::{Histogram, Lifetimes},
     render::findings::{block, header},
     sys::workload::Workload,
 };
@@ -25,11 +24,11 @@ pub struct Report {
     pub names: Vec<String>,
     #[serde(flatten)]
     pub workload: Workload,
-    /// Entries in the dump.
+    /// Entries in the dump (or rows in the agent's table).
     pub dumped: u64,
     /// The `nf_conntrack_*timeout*` sysctls, `nf_conntrack_max` and `nf_conntrack_count`.
     pub sysctls: BTreeMap<String, u64>,
-    /// The dump per protocol and state.
+    /// The dump (or the agent's table) per protocol and state.
     pub table: Vec<StateRow>,
     /// Absent when no agent collects them.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -43,8 +42,8 @@ pub struct Report {
 /// The entries of one protocol and state, and the timeout that governs them.
 #[derive(Debug, PartialEq, Serialize)]
 pub struct StateRow {
-    pub proto: &'static str,
-    pub state: &'static str,
+    pub proto: String,
+    pub state: String,
     pub entries: u64,
     /// The sysctl that sets these entries' timeout, when this kernel has one.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -67,29 +66,20 @@ pub fn shown(sysctls: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// The entries per protocol and state (sorted by both), with the seconds they have left.
-pub fn rows(entries: &[Entry], sysctls: &BTreeMap<String, u64>) -> Vec<StateRow> {
-    let mut groups: BTreeMap<(&'static str, &'static str), (u64, Histogram)> = BTreeMap::new();
-    for e in entries {
-        let (count, left) = groups
-            .entry((proto::name(e.proto), state_label(e)))
-            .or_default();
-        *count += 1;
-        if let Some(t) = e.timeout {
-            left.add(f64::from(t));
-        }
-    }
-    groups
+/// The entries per protocol and state as counted (sorted by both), each beside the
+/// sysctl that governs it.
+pub fn rows(states: Vec<StateCount>, sysctls: &BTreeMap<String, u64>) -> Vec<StateRow> {
+    states
         .into_iter()
-        .map(|((proto, state), (entries, remaining))| {
-            let sysctl = governing(proto, state, sysctls);
+        .map(|s| {
+            let sysctl = governing(&s.proto, &s.state, sysctls);
             StateRow {
-                proto,
-                state,
-                entries,
                 timeout: sysctl.as_ref().and_then(|k| sysctls.get(k).copied()),
                 sysctl,
-                remaining,
+                proto: s.proto,
+                state: s.state,
+                entries: s.entries,
+                remaining: s.remaining,
             }
         })
         .collect()
@@ -163,7 +153,7 @@ fn table_cells(rows: &[StateRow]) -> Vec<Vec<String>> {
     ];
     let mut cells = vec![head.map(String::from).to_vec()];
     for r in rows {
-        let mut row = vec![r.proto.into(), r.state.into(), r.entries.to_string()];
+        let mut row = vec![r.proto.clone(), r.state.clone(), r.entries.to_string()];
         row.extend(spread(&r.remaining));
         row.push(r.timeout.map_or("-".into(), |t| t.to_string()));
         row.push(r.sysctl.clone().unwrap_or_else(|| "-".into()));
@@ -244,13 +234,17 @@ fn align(rows: &[Vec<String>]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use ct_netlink::Status;
+    use ct_netlink::{Entry, Status, proto};
 
     use super::*;
     use crate::{
-        diagnose::{Composition, rules},
+        diagnose::{Composition, census::Census, rules},
         lifetimes,
     };
+
+    fn rows(dump: &[Entry], sysctls: &BTreeMap<String, u64>) -> Vec<StateRow> {
+        super::rows(Census::of(dump).states, sysctls)
+    }
 
     fn entry(p: u8, status: u32, timeout: u32) -> Entry {
         let mut e = lifetimes::tests::entry(p, status);
@@ -289,7 +283,10 @@ mod tests {
             entry(proto::GRE, 0, 30),
         ];
         let rows = rows(&dump, &sysctls());
-        let keys: Vec<_> = rows.iter().map(|r| (r.proto, r.state, r.entries)).collect();
+        let keys: Vec<_> = rows
+            .iter()
+            .map(|r| (r.proto.as_str(), r.state.as_str(), r.entries))
+            .collect();
         assert_eq!(
             keys,
             [
