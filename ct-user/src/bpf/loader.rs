@@ -292,7 +292,8 @@ pub fn load(opts: LoadOptions) -> Result<Probes, LoadError> {
     }
     raise_memlock();
     let kernel_btf = ct_btf::KernelBtf::load()?;
-    let (mut layout, notes) = ct_btf::layout_of(&kernel_btf)?;
+    let (mut layout, mut notes) = ct_btf::layout_of(&kernel_btf)?;
+    let code = super::code::ranges(&layout, &mut notes);
     if opts.parsed_records {
         layout.ct_raw_bytes = ABSENT;
     }
@@ -303,6 +304,7 @@ pub fn load(opts: LoadOptions) -> Result<Probes, LoadError> {
     );
     let mut ebpf = EbpfLoader::new()
         .override_global("LAYOUT", &layout, true)
+        .override_global("CODE", &code, true)
         .override_global("EARLY_DROP_ATTACHED", &early_drop, true)
         .override_global("FLOOR", &opts.floor.map_or(floor::NONE, Floor::code), true)
         .map_max_entries("EVENTS", ring_bytes)
