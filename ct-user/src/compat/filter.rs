@@ -8,7 +8,7 @@ use ct_netlink::{Entry, proto};
 use super::{
     Fail, labels,
     output::{is_dnat, is_dpat, is_snat, is_spat},
-    parse::{AddrArg, Cmd, NatArg, Parsed, opt},
+    parse::{AddrArg, Cmd, NatArg, Parsed, TableArg, opt},
 };
 
 /// `-l`: the entry has every label asked for.
@@ -141,14 +141,21 @@ pub(super) fn reply_matches(p: &Parsed, e: &Entry) -> bool {
         && (!ports_filter(e) || eq(p.l4.reply_dport, e.reply.dst_port))
 }
 
+/// Whether `-u` goes to the kernel's dump filter (`-L` of the main table), which decides
+/// alone, as it does for conntrack.
+pub(super) fn kernel_filters_status(p: &Parsed) -> bool {
+    p.cmd == Some(Cmd::List) && p.table == TableArg::Conntrack && p.options & opt::STATUS != 0
+}
+
 /// -L, -D and -E filters (conntrack's nfct_filter).
 pub(super) fn matches(p: &Parsed, e: &Entry) -> bool {
     let mark_ok = p
         .mark
         .is_none_or(|(v, mask)| e.mark.is_some_and(|m| m & mask == v));
-    // -L also filters in the kernel on (status, mask), so negated names and UNREPLIED
-    // count there; -D and -E only require the named bits, as conntrack does.
-    let status_ok = p.options & opt::STATUS == 0 || {
+    // -L of the main table filters in the kernel on (status, mask) (what it returned is
+    // what conntrack prints); -L of the other tables applies that mask here, and -D and
+    // -E only require the named bits, as conntrack does.
+    let status_ok = p.options & opt::STATUS == 0 || kernel_filters_status(p) || {
         let mask = if p.cmd == Some(Cmd::List) {
             p.status_mask | p.status
         } else {
