@@ -159,7 +159,7 @@ impl KernelBtf {
             Some("char") => 1,
             _ => {
                 notes.push(format!(
-                    "kmem_cache_free tracepoint does not name the cache ({args:?}): no tier 2"
+                    "kmem_cache_free tracepoint does not name the cache ({args:?})"
                 ));
                 ABSENT
             }

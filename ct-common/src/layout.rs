@@ -130,3 +130,35 @@ impl KernelLayout {
 #[cfg(feature = "user")]
 // SAFETY: repr(C), only u32 fields, no padding (size asserted above).
 unsafe impl aya::Pod for KernelLayout {}
+
+/// Address ranges `[start, end)` of kernel functions, from /proc/kallsyms, for facts the
+/// kernel's BTF cannot give: on kernels whose tracepoints lack an argument (5.10: no drop
+/// reason in `kfree_skb`, no cache in `kmem_cache_free`), the caller's address decides.
+/// `[0, 0]` where the loader did not need or could not read a range.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CodeRanges {
+    /// `nf_hook_slow`: a `kfree_skb` called from here is a netfilter hook's drop.
+    pub nf_hook_slow: [u64; 2],
+    /// `nf_conntrack_free`: a `kmem_cache_free` called from here frees a `struct nf_conn`.
+    pub ct_free: [u64; 2],
+}
+
+impl CodeRanges {
+    pub const fn none() -> Self {
+        Self {
+            nf_hook_slow: [0; 2],
+            ct_free: [0; 2],
+        }
+    }
+}
+
+/// Whether `addr` lies in `range` (`[start, end)`); never for an empty range.
+#[inline(always)]
+pub fn in_range(addr: u64, range: [u64; 2]) -> bool {
+    addr >= range[0] && addr < range[1]
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), only u64 fields, no padding.
+unsafe impl aya::Pod for CodeRanges {}

@@ -14,7 +14,7 @@ pub use event::{
     Cause, DestroyReason, Event, EventKind, FLAG_FROM_CTNETLINK, FLAG_HAS_WINNER, FLAG_RAW_CT,
     FLAG_UNVERIFIED, Tuple,
 };
-pub use layout::{ABSENT, KernelLayout};
+pub use layout::{ABSENT, CodeRanges, KernelLayout, in_range};
 pub use raw::{RAW_CT_BYTES, RawCtEvent, RawHead};
 
 /// Benchmark floors (`ctscope events --floor`, `cargo xtask bench`): how far tier 2 goes,

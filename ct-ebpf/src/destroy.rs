@@ -19,6 +19,12 @@ use crate::{
     },
 };
 
+/// Set to 1 by the loader when `ct_delete_enter` is on `nf_ct_delete`'s `.part` clone
+/// (5.10): the compiler inlined the head, `test_and_set_bit(IPS_DYING_BIT)`, into every
+/// caller, so the clone runs only for the first delete, with DYING already set.
+#[unsafe(no_mangle)]
+static DELETE_AFTER_DYING: u32 = 0;
+
 #[kprobe]
 pub fn ct_delete_enter(ctx: ProbeContext) -> u32 {
     let Some(ct) = ctx.arg::<u64>(0) else {
@@ -36,9 +42,11 @@ pub fn fe_ct_delete_enter(ctx: FEntryContext) -> u32 {
 #[inline(always)]
 fn on_delete(ct: u64, portid: u32) -> u32 {
     let status = ct_status(ct);
+    // SAFETY: volatile read of a loader-set u32 global.
+    let after_dying = unsafe { core::ptr::read_volatile(&DELETE_AFTER_DYING) } != 0;
     // Already dying: a second delete of the same entry (it returns false); unconfirmed:
     // never in the table. Neither is a removal from the table.
-    if status & IPS_DYING != 0 || status & IPS_CONFIRMED == 0 {
+    if (status & IPS_DYING != 0 && !after_dying) || status & IPS_CONFIRMED == 0 {
         return 0;
     }
     let flags = current();

@@ -6,15 +6,14 @@ use ct_common::stat;
 
 use crate::{
     emit::count,
-    kernel::{off, skb_ct},
+    kernel::{netfilter_drop, skb_ct},
 };
 
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn kfree_skb(ctx: BtfTracePointContext) -> u32 {
-    // tp_btf args: (skb, location, reason[, rx_sk]).
+    // tp_btf args: (skb, location[, reason[, rx_sk]]); no reason before 5.17.
     let skb: u64 = ctx.arg(0);
-    let reason: u32 = ctx.arg::<u64>(2) as u32;
-    if reason != off(|l| &l.drop_reason_netfilter) {
+    if !netfilter_drop(|i| ctx.arg(i)) {
         return 0;
     }
     count(if skb_ct(skb) != 0 {

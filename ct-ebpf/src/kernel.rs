@@ -1,11 +1,15 @@
 //! Reads of kernel memory at offsets from the loader-set `LAYOUT` global.
 
 use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_jiffies64};
-use ct_common::{ABSENT, Event, KernelLayout, Tuple};
+use ct_common::{ABSENT, CodeRanges, Event, KernelLayout, Tuple, in_range};
 
 /// Field offsets of the running kernel, written by the loader before load.
 #[unsafe(no_mangle)]
 static LAYOUT: KernelLayout = KernelLayout::absent();
+
+/// Code addresses of the running kernel (kallsyms), written by the loader before load.
+#[unsafe(no_mangle)]
+static CODE: CodeRanges = CodeRanges::none();
 
 pub const IPS_CONFIRMED: u64 = 1 << 3;
 pub const IPS_DYING: u64 = 1 << 9;
@@ -25,6 +29,26 @@ pub const IP_CT_NEW: u64 = 2;
 pub fn off(field: fn(&KernelLayout) -> &u32) -> u32 {
     // SAFETY: LAYOUT is a plain static; a volatile read of one of its u32 fields is sound.
     unsafe { core::ptr::read_volatile(field(&LAYOUT)) }
+}
+
+/// Whether `addr` is inside the function `range` picks from `CODE`.
+#[inline(always)]
+pub fn called_from(addr: u64, range: fn(&CodeRanges) -> &[u64; 2]) -> bool {
+    // SAFETY: CODE is a plain static; a volatile read of one of its arrays is sound.
+    in_range(addr, unsafe { core::ptr::read_volatile(range(&CODE)) })
+}
+
+/// Whether a `kfree_skb` tracepoint hit is a netfilter hook's drop: by its drop reason
+/// (`args` index 2) where the kernel has one, else by its location (index 1) inside
+/// `nf_hook_slow`. The reason is read only on kernels that have it: the verifier follows
+/// the constant branch, so on 5.10 the program never touches a third argument.
+#[inline(always)]
+pub fn netfilter_drop(arg: impl Fn(usize) -> u64) -> bool {
+    let want = off(|l| &l.drop_reason_netfilter);
+    if want != ABSENT {
+        return arg(2) as u32 == want;
+    }
+    called_from(arg(1), |c| &c.nf_hook_slow)
 }
 
 /// Reads a `T` at `base + offset`; `None` for an absent field, a null base or a fault.

@@ -27,8 +27,8 @@ use crate::{
     entry::{Entry, Fields},
     kernel::{
         IP_CT_ESTABLISHED, IP_CT_NEW, IPPROTO_TCP, IPS_CONFIRMED, IPS_DYING, IPS_NAT_CLASH,
-        TCP_CONNTRACK_CLOSE, TCP_CONNTRACK_TIME_WAIT, ct_status, deadline_left, fill_from_ct,
-        net_inum, off, read, skb_ct,
+        TCP_CONNTRACK_CLOSE, TCP_CONNTRACK_TIME_WAIT, called_from, ct_status, deadline_left,
+        fill_from_ct, net_inum, netfilter_drop, off, read, skb_ct,
     },
 };
 
@@ -97,10 +97,19 @@ pub fn t2_ct_free(ctx: RawTracePointContext) -> i32 {
     if empty() {
         return 0;
     }
-    // Args: (call_site, ptr, s) — `s` is the cache, or its name before 6.2.
+    // Args: (call_site, ptr, s) — `s` is the cache, or its name before 6.2; 5.10 has
+    // only (call_site, ptr), and the call site tells (`s` is then never read: the
+    // verifier follows the constant branch, and the attach checks the arguments read).
     let ptr: u64 = ctx.arg(1);
-    let s: u64 = ctx.arg(2);
-    if ptr == 0 || !is_ct_cache(s) {
+    if ptr == 0 {
+        return 0;
+    }
+    let ct = if off(|l| &l.kmem_free_arg_is_name) == ABSENT {
+        called_from(ctx.arg(0), |c| &c.ct_free)
+    } else {
+        is_ct_cache(ctx.arg(2))
+    };
+    if !ct {
         return 0;
     }
     forget(ptr);
@@ -264,8 +273,7 @@ pub fn t2_nf_drop(ctx: BtfTracePointContext) -> u32 {
         return 0;
     }
     let skb: u64 = ctx.arg(0);
-    let reason: u32 = ctx.arg::<u64>(2) as u32;
-    if reason != off(|l| &l.drop_reason_netfilter) {
+    if !netfilter_drop(|i| ctx.arg(i)) {
         return 0;
     }
     let ct = skb_ct(skb);

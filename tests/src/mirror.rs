@@ -7,12 +7,17 @@ use serde_json::Value;
 
 use crate::{agent::Agent, netns::Netns};
 
-/// `conntrack -L` lines keyed by everything but the timeout (the third field).
+/// `conntrack -L` lines keyed by everything but the timeout (the third field) and the
+/// reference count (`use=`): 5.10's dump holds a reference on the entry where each batch
+/// ends, so one listing shows `use=2` where another, cut elsewhere, shows `use=1`.
 pub fn by_line(text: &str) -> BTreeMap<String, u64> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
-            let mut f: Vec<&str> = l.split_whitespace().collect();
+            let mut f: Vec<&str> = l
+                .split_whitespace()
+                .filter(|f| !f.starts_with("use="))
+                .collect();
             let timeout = f.get(2).and_then(|t| t.parse().ok()).unwrap_or(0);
             if f.len() > 2 {
                 f.remove(2);

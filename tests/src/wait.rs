@@ -20,6 +20,13 @@ pub fn poll<T>(
     }
 }
 
+/// How long expired entries may wait for the gc worker (`CTSCOPE_TEST_GC_SECS`, default
+/// 150 s): its interval adapts up to 60 s on current kernels, and 5.10's worker scans
+/// 1/128 of the table per run, a full pass every 2 minutes.
+pub fn gc_secs() -> Duration {
+    env_secs("CTSCOPE_TEST_GC_SECS", 150)
+}
+
 /// Reads a duration in seconds from the environment (for slow VMs), else `default`.
 pub fn env_secs(var: &str, default: u64) -> Duration {
     let secs = std::env::var(var)

@@ -14,16 +14,27 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::ValueEnum;
 
-use crate::{apt::Apt, cargo, cmd};
+use crate::{
+    apt::{Apt, Repo},
+    cargo, cmd,
+};
 
 /// The Debian flavour we boot. `cloud-amd64` has everything the tests need (netfilter,
 /// nf_tables, NAT, veth and nf_conntrack_netlink as modules; virtio and the 8250 serial
 /// console built in; kprobes and module BTF) and is less than half the size of `amd64`.
 const FLAVOUR: &str = "cloud-amd64";
 const STAMP: &str = ".complete";
+/// The bullseye suite (its final point release), signed with keys that Debian's archive
+/// keyring (on every Debian machine) carries. Not bullseye-security: its index lists newer
+/// kernels whose files the mirror no longer serves (404).
+const BULLSEYE_SOURCES: &str = "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] \
+                                http://deb.debian.org/debian bullseye main\n";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Series {
+    /// Debian 11's kernel (bullseye): BTF in vmlinux but none in modules.
+    #[value(name = "5.10")]
+    V5_10,
     /// Debian 12's own kernel (bookworm).
     #[value(name = "6.1")]
     V6_1,
@@ -33,10 +44,15 @@ pub enum Series {
 }
 
 impl Series {
-    pub const ALL: [Series; 2] = [Series::V6_1, Series::V6_12];
+    /// Every kernel `setup` fetches and `vm-test --kernel` accepts.
+    pub const ALL: [Series; 3] = [Series::V5_10, Series::V6_1, Series::V6_12];
+    /// The kernels `vm-test` boots when none is named (CI's VM stage). 5.10 is asked
+    /// for explicitly: a third kernel on two cores would lengthen the stage by half.
+    pub const DEFAULT: [Series; 2] = [Series::V6_1, Series::V6_12];
 
     pub fn name(self) -> &'static str {
         match self {
+            Series::V5_10 => "5.10",
             Series::V6_1 => "6.1",
             Series::V6_12 => "6.12",
         }
@@ -46,25 +62,39 @@ impl Series {
     /// fail, rather than skip, a trial of this tier that cannot run.
     pub fn required_tier(self) -> u8 {
         match self {
-            Series::V6_1 | Series::V6_12 => 1,
+            Series::V5_10 | Series::V6_1 | Series::V6_12 => 1,
         }
     }
 
     /// What `uname -r` of this series starts with, before the ABI/patch number.
     fn release_prefix(self) -> &'static str {
         match self {
-            Series::V6_1 => "6.1.0-", // 6.1.0-56-cloud-amd64
-            Series::V6_12 => "6.12.", // 6.12.117+deb12-cloud-amd64
+            Series::V5_10 => "5.10.0-", // 5.10.0-32-cloud-amd64
+            Series::V6_1 => "6.1.0-",   // 6.1.0-56-cloud-amd64
+            Series::V6_12 => "6.12.",   // 6.12.117+deb12-cloud-amd64
         }
     }
 
     /// The apt-cache regex matching this series' unsigned image packages.
     fn package_regex(self) -> String {
         let middle = match self {
+            Series::V5_10 => r"5\.10\.0-[0-9]+",
             Series::V6_1 => r"6\.1\.0-[0-9]+",
             Series::V6_12 => r"6\.12\.[0-9]+\+deb12",
         };
         format!("^linux-image-{middle}-{FLAVOUR}-unsigned$")
+    }
+
+    /// Where apt finds this series: bookworm's kernels come from the machine's own
+    /// sources (a Debian 12 machine), bullseye's from lists of our own in the cache.
+    fn repo(self) -> Result<Repo> {
+        Ok(match self {
+            Series::V5_10 => Repo::Private {
+                dir: cache_dir()?.join("apt-bullseye"),
+                sources: BULLSEYE_SOURCES,
+            },
+            Series::V6_1 | Series::V6_12 => Repo::System,
+        })
     }
 
     /// The number that orders releases of this series (ABI number or patch level).
@@ -157,7 +187,8 @@ pub fn require(series: Series) -> Result<Kernel> {
 
 /// Finds the newest package of `series`, downloads and unpacks it into the cache.
 pub fn install(series: Series, apt: &mut Apt) -> Result<Kernel> {
-    let package = newest_package(series, apt)?;
+    let repo = series.repo()?;
+    let package = newest_package(series, &repo, apt)?;
     let release = release_of(&package)?;
     let cache = cache_dir()?;
     let dir = cache.join(&release);
@@ -166,7 +197,7 @@ pub fn install(series: Series, apt: &mut Apt) -> Result<Kernel> {
         fs::remove_dir_all(&partial)?;
     }
     fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
-    let deb = download(&package, &partial, apt)?;
+    let deb = download(&package, &partial, &repo, apt)?;
     cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&partial))?;
     fs::remove_file(&deb)?; // 30 MB we no longer need
     let kernel = Kernel {
@@ -186,24 +217,34 @@ pub fn install(series: Series, apt: &mut Apt) -> Result<Kernel> {
     Ok(Kernel { dir, ..kernel })
 }
 
-/// The newest `series` package apt knows of; refreshes apt's lists once if it knows none
-/// (a fresh machine or container has no lists at all).
-fn newest_package(series: Series, apt: &mut Apt) -> Result<String> {
-    if let Some(pkg) = search_newest(series)? {
+/// The newest `series` package apt knows of; refreshes the machine's lists once if it knows
+/// none (a fresh machine or container has no lists at all).
+fn newest_package(series: Series, repo: &Repo, apt: &mut Apt) -> Result<String> {
+    // Our own lists are only read here: refresh them first, so they always name the
+    // current release and follow any change of BULLSEYE_SOURCES.
+    if matches!(repo, Repo::Private { .. }) {
+        apt.update_repo(repo)?;
+    }
+    if let Some(pkg) = search_newest(series, repo)? {
         return Ok(pkg);
     }
-    apt.update()?;
-    search_newest(series)?.with_context(|| {
+    apt.update_repo(repo)?;
+    search_newest(series, repo)?.with_context(|| {
         format!(
             "apt knows no package matching {} (Debian 12 ships 6.12 in bookworm-security and \
-             bookworm-backports: is one of them in the apt sources?)",
-            series.package_regex()
+             bookworm-backports: is one of them in the apt sources? 5.10 comes from bullseye, \
+             through the lists in {})",
+            series.package_regex(),
+            cache_dir()
+                .unwrap_or_default()
+                .join("apt-bullseye")
+                .display()
         )
     })
 }
 
-fn search_newest(series: Series) -> Result<Option<String>> {
-    let out = cmd::output(Command::new("apt-cache").args([
+fn search_newest(series: Series, repo: &Repo) -> Result<Option<String>> {
+    let out = cmd::output(repo.command("apt-cache").args([
         "search",
         "--names-only",
         &series.package_regex(),
@@ -226,15 +267,15 @@ fn release_of(package: &str) -> Result<String> {
 
 /// `apt-get download` into `dir`; retried once after `apt-get update`, because stale lists
 /// point at files the mirror has since dropped.
-fn download(package: &str, dir: &Path, apt: &mut Apt) -> Result<PathBuf> {
-    let mut get = Command::new("apt-get");
+fn download(package: &str, dir: &Path, repo: &Repo, apt: &mut Apt) -> Result<PathBuf> {
+    let mut get = repo.command("apt-get");
     get.args(["download", "-q", package]).current_dir(dir);
     if cmd::is_root() {
         // apt would drop to user _apt, who cannot write into our cache dir, and say so.
         get.args(["-o", "APT::Sandbox::User=root"]);
     }
     if cmd::run(&mut get).is_err() {
-        apt.update()?;
+        apt.update_repo(repo)?;
         cmd::run(&mut get)?;
     }
     let deb = fs::read_dir(dir)?
@@ -284,6 +325,8 @@ mod tests {
         assert_eq!(Series::V6_1.ordinal("6.12.117+deb12-cloud-amd64"), None);
         assert_eq!(Series::V6_12.ordinal("6.1.0-56-cloud-amd64"), None);
         assert_eq!(Series::V6_1.ordinal("6.1.0-56-amd64"), None);
+        assert_eq!(Series::V5_10.ordinal("5.10.0-32-cloud-amd64"), Some(32));
+        assert_eq!(Series::V6_1.ordinal("5.10.0-32-cloud-amd64"), None);
     }
 
     #[test]

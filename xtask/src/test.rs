@@ -19,7 +19,7 @@ pub struct Options {
     /// Run only these stages (repeatable); `setup` always runs first.
     #[arg(long, value_enum)]
     only: Vec<Stage>,
-    /// Kernels for the `vm` stage (repeatable); default: all.
+    /// Kernels for the `vm` stage (repeatable); default: 6.1 and 6.12 (5.10 only when named).
     #[arg(long, value_enum)]
     kernel: Vec<Series>,
 }

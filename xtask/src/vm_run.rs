@@ -1,4 +1,4 @@
-//! `cargo xtask vm-run --kernel 6.1|6.12 --script FILE [--timeout SECS] [--keep]`:
+//! `cargo xtask vm-run --kernel 5.10|6.1|6.12 --script FILE [--timeout SECS] [--keep]`:
 //! builds ctscope and an initramfs, boots the kernel under qemu, runs FILE as root inside
 //! and exits with FILE's exit status.
 use std::{

@@ -291,6 +291,20 @@ impl Kallsyms {
         Self { names }
     }
 
+    /// The one `func.part.N` symbol: the tail of a function whose head the compiler
+    /// inlined into its callers, which then call the tail directly, past `func`.
+    pub fn part_of(&self, func: &str) -> Option<String> {
+        let prefix = format!("{func}.part.");
+        let mut parts = self.names.iter().filter(|(name, n)| {
+            **n == 1
+                && name
+                    .strip_prefix(&prefix)
+                    .is_some_and(|num| num.chars().all(|c| c.is_ascii_digit()))
+        });
+        let (name, _) = parts.next()?;
+        parts.next().is_none().then(|| name.clone())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
     }
@@ -366,6 +380,21 @@ ffffffff81000020 d nf_conntrack_max
         assert_eq!(k.resolve("dup"), Resolution::Ambiguous(2));
         assert_eq!(k.resolve("nf_conntrack_max"), Resolution::Missing);
         assert_eq!(k.resolve("gc"), Resolution::Missing);
+    }
+
+    #[test]
+    fn a_single_part_clone_is_found() {
+        let k = Kallsyms::parse(
+            "ffffffffc028da80 t nf_ct_delete.part.0\t[nf_conntrack]\n\
+             ffffffffc028db00 T nf_ct_delete\t[nf_conntrack]\n\
+             ffffffffc028dc00 t two.part.0\nffffffffc028dd00 t two.part.1\n",
+        );
+        assert_eq!(
+            k.part_of("nf_ct_delete"),
+            Some("nf_ct_delete.part.0".into())
+        );
+        assert_eq!(k.part_of("two"), None);
+        assert_eq!(k.part_of("gc_worker"), None);
     }
 
     #[test]

@@ -280,6 +280,10 @@ impl LoadOptions {
     }
 }
 
+/// The function whose every call ends a confirmed entry, and the program on it.
+const DELETE: &str = "nf_ct_delete";
+const DELETE_HOOK: &str = "ct_delete_enter";
+
 /// Loads the object and attaches the best tier this kernel allows (tier 1, else 2), or
 /// the tier `opts.tier`. Tier 3 needs no BPF and is the caller's fallback on error.
 pub fn load(opts: LoadOptions) -> Result<Probes, LoadError> {
@@ -292,7 +296,8 @@ pub fn load(opts: LoadOptions) -> Result<Probes, LoadError> {
     }
     raise_memlock();
     let kernel_btf = ct_btf::KernelBtf::load()?;
-    let (mut layout, notes) = ct_btf::layout_of(&kernel_btf)?;
+    let (mut layout, mut notes) = ct_btf::layout_of(&kernel_btf)?;
+    let code = super::code::ranges(&layout, &mut notes);
     if opts.parsed_records {
         layout.ct_raw_bytes = ABSENT;
     }
@@ -301,9 +306,13 @@ pub fn load(opts: LoadOptions) -> Result<Probes, LoadError> {
     let early_drop = u32::from(
         support.kprobes && matches!(kallsyms.resolve("early_drop"), Resolution::Found(_)),
     );
+    let delete_part = support.kprobes.then(|| kallsyms.part_of(DELETE)).flatten();
+    let after_dying = u32::from(delete_part.is_some());
     let mut ebpf = EbpfLoader::new()
         .override_global("LAYOUT", &layout, true)
+        .override_global("CODE", &code, true)
         .override_global("EARLY_DROP_ATTACHED", &early_drop, true)
+        .override_global("DELETE_AFTER_DYING", &after_dying, true)
         .override_global("FLOOR", &opts.floor.map_or(floor::NONE, Floor::code), true)
         .map_max_entries("EVENTS", ring_bytes)
         .load(OBJECT)
@@ -315,6 +324,9 @@ pub fn load(opts: LoadOptions) -> Result<Probes, LoadError> {
     if forced != Some(Tier::Tracepoints) {
         let trampolines = Trampolines::new(OBJECT, &ebpf, kernel_btf);
         let mut attach_one = |spec: &HookSpec| {
+            if let (DELETE_HOOK, Some(part)) = (spec.program, &delete_part) {
+                return attach_delete_part(&mut ebpf, spec, part);
+            }
             let fentry = trampolines.as_ref().map_err(String::as_str);
             let (status, link) =
                 attach_tier1(&mut ebpf, spec, &kallsyms, support, btf.as_ref(), fentry);
@@ -563,6 +575,31 @@ fn attach_kprobe(
     let symbol = resolve_any(kallsyms, spec.targets)?;
     *target = Some(symbol.clone());
     prog.attach(&symbol, 0).map(drop).map_err(|e| describe(&e))
+}
+
+/// `ct_delete_enter` on `nf_ct_delete`'s `.part` clone `part` (5.10): the compiler inlined
+/// nf_ct_delete's head (setting IPS_DYING) into conntrack's own callers (gc, early_drop,
+/// lookups), which then call the clone directly; a probe on `nf_ct_delete` would see only
+/// the deletes from other modules (ctnetlink). No fentry twin: it would miss them too.
+fn attach_delete_part(ebpf: &mut Ebpf, spec: &HookSpec, part: &str) -> HookStatus {
+    let result = program::<KProbe>(ebpf, spec.program).and_then(|prog| {
+        prog.load().map_err(|e| describe(&e))?;
+        prog.attach(part, 0).map(drop).map_err(|e| describe(&e))
+    });
+    HookStatus {
+        name: spec.program,
+        kind: spec.kind,
+        target: Some(part.to_owned()),
+        available: result.is_ok(),
+        reason: Some(match result {
+            Ok(()) => format!(
+                "on the clone {part}: nf_conntrack's callers run nf_ct_delete's inlined head \
+                 (setting DYING) and call the clone directly (fentry not used: it would miss them)"
+            ),
+            Err(e) => e,
+        }),
+        role: spec.role,
+    }
 }
 
 fn attach_tp_btf(ebpf: &mut Ebpf, spec: &HookSpec, btf: Option<&Btf>) -> Result<(), String> {

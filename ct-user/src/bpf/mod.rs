@@ -2,6 +2,7 @@
 //! BPF object at the best tier ([`loader`]), reading its ring buffer into events
 //! ([`reader`]), and `ctscope probe`'s report of all that ([`probe`]).
 
+pub mod code;
 pub mod hooks;
 pub mod loader;
 pub mod probe;

@@ -41,6 +41,14 @@ impl Trampolines {
             return Err(format!("fentry not tried: {NO_FENTRY_ENV} is set"));
         }
         let module = btf.object_names().contains(&CONNTRACK);
+        if !module && is_module(CONNTRACK) {
+            // 5.10: BTF in vmlinux only (module BTF came in 5.11), so nf_conntrack's
+            // functions have no prototype a trampoline could be built from.
+            return Err(format!(
+                "fentry not used: the {CONNTRACK} module has no BTF (no /sys/kernel/btf/{CONNTRACK}: \
+                 a kernel without module BTF), and fentry needs its functions' BTF"
+            ));
+        }
         let (name, object_fd) = if module {
             let fd = raw_load::kernel_btf_fd(CONNTRACK)
                 .map_err(|e| {
@@ -126,6 +134,14 @@ impl Trampolines {
         )?;
         raw_load::attach_tracing(prog.as_fd())
     }
+}
+
+/// Whether `name` is a loaded module (built-in code has no `initstate`).
+fn is_module(name: &str) -> bool {
+    std::path::Path::new("/sys/module")
+        .join(name)
+        .join("initstate")
+        .exists()
 }
 
 #[cfg(test)]

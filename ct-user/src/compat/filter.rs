@@ -8,7 +8,7 @@ use ct_netlink::{Entry, proto};
 use super::{
     Fail, labels,
     output::{is_dnat, is_dpat, is_snat, is_spat},
-    parse::{AddrArg, Cmd, NatArg, Parsed, opt},
+    parse::{AddrArg, Cmd, NatArg, Parsed, TableArg, opt},
 };
 
 /// `-l`: the entry has every label asked for.
@@ -141,15 +141,22 @@ pub(super) fn reply_matches(p: &Parsed, e: &Entry) -> bool {
         && (!ports_filter(e) || eq(p.l4.reply_dport, e.reply.dst_port))
 }
 
+/// Whether `-u` goes to the kernel's dump filter (`-L` of the main table), as conntrack
+/// sends it.
+pub(super) fn kernel_filters_status(p: &Parsed) -> bool {
+    p.cmd == Some(Cmd::List) && p.table == TableArg::Conntrack && p.options & opt::STATUS != 0
+}
+
 /// -L, -D and -E filters (conntrack's nfct_filter).
 pub(super) fn matches(p: &Parsed, e: &Entry) -> bool {
     let mark_ok = p
         .mark
         .is_none_or(|(v, mask)| e.mark.is_some_and(|m| m & mask == v));
-    // -L also filters in the kernel on (status, mask), so negated names and UNREPLIED
-    // count there; -D and -E only require the named bits, as conntrack does.
+    // -L of the other tables applies (status, mask) here; everything else requires the
+    // named bits, as conntrack's own filter does, and -L of the main table also hands
+    // the mask to the kernel (which 5.17+ applies and older kernels ignore).
     let status_ok = p.options & opt::STATUS == 0 || {
-        let mask = if p.cmd == Some(Cmd::List) {
+        let mask = if p.cmd == Some(Cmd::List) && !kernel_filters_status(p) {
             p.status_mask | p.status
         } else {
             p.status

@@ -21,7 +21,7 @@ use crate::{
 
 use super::{
     Fail,
-    filter::{check_masks, eq, labels_match, matches, update_matches},
+    filter::{check_masks, eq, kernel_filters_status, labels_match, matches, update_matches},
     labels, output,
     parse::{Cmd, Parsed, ProtoKind, TableArg, ev, opt, out},
     prefix,
@@ -155,14 +155,6 @@ pub async fn run(p: &Parsed, so: &mut CStdout) -> Result<(), Fail> {
 
 /// `-L [table]`: dump, filter as conntrack does, print.
 async fn list(p: &Parsed, cmd: Cmd, ct: &mut Conntrack, so: &mut CStdout) -> Result<(), Fail> {
-    // conntrack hands `-u` to the kernel's dump filter, which refuses an
-    // empty status mask (`-u UNSET`, or only SRC_NAT/DST_NAT).
-    if p.table == TableArg::Conntrack
-        && p.options & opt::STATUS != 0
-        && p.status | p.status_mask == 0
-    {
-        return Err(Fail::Other("Operation failed: invalid parameters".into()));
-    }
     if p.table == TableArg::Conntrack
         && p.options & opt::COMPARISON != 0
         && p.options & opt::ZERO != 0
@@ -182,6 +174,10 @@ async fn list(p: &Parsed, cmd: Cmd, ct: &mut Conntrack, so: &mut CStdout) -> Res
         family: p.family.filter(|_| plain),
         table,
         mark: p.mark.filter(|_| plain),
+        // conntrack hands `-u` to the kernel's dump filter and prints what comes back:
+        // 5.17+ filters (and refuses an empty mask: `-u UNSET`, or only SRC_NAT/DST_NAT,
+        // "invalid parameters"), older kernels ignore it and list everything.
+        status: kernel_filters_status(p).then_some((p.status, p.status_mask | p.status)),
         zero_counters: p.options & opt::ZERO != 0,
         ..DumpFilter::default()
     };

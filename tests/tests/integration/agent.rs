@@ -347,7 +347,7 @@ pub fn lifetimes(tier: &'static [&'static str]) {
     let agent = Agent::start(&args(tier, &["--resync", "1"]));
     traffic::udp_flows(&p.c, p.c_addr, &traffic::ports(29000, 10), udp);
     traffic::tcp_connections(&p.c, tcp, 3);
-    let gc = wait::env_secs("CTSCOPE_TEST_GC_SECS", 90);
+    let gc = wait::gc_secs();
     let empty = wait::poll(gc, Duration::from_millis(500), || {
         (kernel::ct_count(&p.c) == 0).then_some(())
     });
