@@ -111,8 +111,9 @@ impl EventReader {
         Ok(reader)
     }
 
-    /// Waits for events, then appends every decoded event waiting to `batch`. Cancel-safe.
-    /// An error when the reader thread has ended (it says why).
+    /// Waits for events, then appends the decoded events waiting to `batch` (the first
+    /// batch, then more up to [`TAKE_MAX`]). Cancel-safe. An error when the reader thread
+    /// has ended (it says why).
     pub async fn read(&mut self, batch: &mut Vec<CtEvent>) -> io::Result<()> {
         let Some(first) = self.batches.recv().await else {
             return Err(self.ended());
