@@ -34,7 +34,7 @@ use crate::{
 /// The BPF side wakes the reader only for a backlog; below that the reader polls.
 const RING_POLL: Duration = Duration::from_millis(10);
 
-/// Decoded events that may wait for the consumer (~200 B each: ~100 MiB at most). At
+/// Decoded events that may wait for the consumer (320 B each: 160 MiB at most). At
 /// 100 000 events/s that is five seconds of a consumer that does nothing else, on top of
 /// what the kernel's ring holds.
 pub const BACKLOG_EVENTS: usize = 1 << 19;
