@@ -262,9 +262,6 @@ pub fn event_wait() -> Duration {
     wait::env_secs("CTSCOPE_TEST_EVENT_SECS", 20)
 }
 
-/// A client namespace `c` (conntrack enabled) and server `s` over veth, and ctscope
-/// watching `c` when asked (or the other way round: [`Ctx::server`]). ctscope is
-/// declared first so it stops before the namespaces are deleted (fields drop in order).
 /// A pair on 10.200.`subnet`.0/24 whose client holds up to `cap` UDP entries (600 s
 /// timeout) to the server's sink, kept 1 000 below the global table limit: the big tables
 /// the agent's answers are tested on. Returns the pair, the sink (keep it) and how many
@@ -290,6 +287,9 @@ pub fn big_udp_table(subnet: u8, cap: u16) -> (Ctx, traffic::UdpSink, u16) {
     (ctx, sink, max)
 }
 
+/// A client namespace `c` (conntrack enabled) and server `s` over veth, and ctscope
+/// watching `c` when asked (or the other way round: [`Ctx::server`]). ctscope is
+/// declared first so it stops before the namespaces are deleted (fields drop in order).
 pub struct Ctx {
     pub events: Option<Events>,
     pub pair: Pair,
