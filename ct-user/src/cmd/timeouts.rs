@@ -64,14 +64,13 @@ async fn lifetimes_from_agent(
     let Some(mut body) = agent::client::ask(&path, &request).await? else {
         return Ok(None);
     };
-    let mut out = BTreeMap::new();
-    let mut line = String::new();
-    while tokio::io::AsyncBufReadExt::read_line(&mut body, &mut line).await? > 0 {
-        let ns: NsLifetimes = serde_json::from_str(&line)?;
-        out.insert(u64::from(ns.netns), ns.lifetimes);
-        line.clear();
-    }
-    Ok(Some(out))
+    let lines = agent::client::json_lines::<NsLifetimes>(&mut body).await?;
+    Ok(Some(
+        lines
+            .into_iter()
+            .map(|ns| (u64::from(ns.netns), ns.lifetimes))
+            .collect(),
+    ))
 }
 
 /// Reads one namespace, its table as `counted` by the agent, else dumped; `None` when
