@@ -41,7 +41,7 @@ pub const BACKLOG_EVENTS: usize = 1 << 19;
 
 /// Events one read takes at most beyond its first batch: the consumer's buffer stays
 /// small (it keeps its capacity), and the rest waits for the next read.
-const TAKE_MAX: usize = 16_384;
+pub const TAKE_MAX: usize = 16_384;
 
 /// How long the thread waits before it looks again when the backlog is full.
 const FULL_WAIT: Duration = Duration::from_millis(5);

@@ -16,12 +16,9 @@ use tokio::time::{Interval, MissedTickBehavior, interval};
 
 use crate::{
     bpf::loader::{Probes, Tier},
-    bpf::reader::ReaderError,
+    bpf::reader::{self, ReaderError},
     event::{CtEvent, Record},
 };
-
-/// Events' room the source's buffer keeps between reads.
-const RAW_KEPT: usize = 16_384;
 
 /// How often loss counters are checked when no event wakes the reader.
 const LOSS_POLL: Duration = Duration::from_millis(200);
@@ -170,8 +167,9 @@ impl EventSource {
             Backend::Ring(r) => r.route(&mut self.raw, out),
             Backend::Netlink(_) => out.events.append(&mut self.raw),
         }
-        // A burst (a flush of a big table) must not leave its size behind.
-        self.raw.shrink_to(RAW_KEPT);
+        // A burst (a flush of a big table) must not leave its size behind: keep room for
+        // what one read takes.
+        self.raw.shrink_to(reader::TAKE_MAX);
     }
 
     fn check_losses(&mut self, out: &mut Output) {
