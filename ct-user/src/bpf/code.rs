@@ -2,7 +2,7 @@
 //! (5.10): whose `kfree_skb` is a netfilter drop and whose `kmem_cache_free` frees a
 //! conntrack entry, when the tracepoints carry no drop reason and no cache.
 
-use std::{collections::BTreeSet, fs};
+use std::collections::BTreeSet;
 
 use ct_common::{ABSENT, CodeRanges, KernelLayout};
 
@@ -11,17 +11,17 @@ const NF_HOOK_SLOW: &str = "nf_hook_slow";
 /// Where conntrack returns an entry to its slab.
 const CT_FREE: &str = "nf_conntrack_free";
 
-/// The ranges `layout` needs (none on kernels whose tracepoints say it themselves), with a
-/// note per range saying what it decides and where it came from, or why it is missing.
-pub fn ranges(layout: &KernelLayout, notes: &mut Vec<String>) -> CodeRanges {
+/// The ranges `layout` needs (none on kernels whose tracepoints say it themselves), from
+/// the text of /proc/kallsyms, with a note per range saying what it decides and where it
+/// came from, or why it is missing.
+pub fn ranges(layout: &KernelLayout, kallsyms: &str, notes: &mut Vec<String>) -> CodeRanges {
     let mut code = CodeRanges::none();
     let need_drop = layout.drop_reason_netfilter == ABSENT;
     let need_free = layout.kmem_free_arg_is_name == ABSENT;
     if !need_drop && !need_free {
         return code;
     }
-    let text = fs::read_to_string("/proc/kallsyms").unwrap_or_default();
-    let symbols = TextSymbols::parse(&text);
+    let symbols = TextSymbols::parse(kallsyms);
     let mut fill = |func: &str, slot: &mut [u64; 2], what: &str| match symbols.range(func) {
         Some(range) => {
             *slot = range;
@@ -136,7 +136,7 @@ ffffffffc0a03000 t dup
         layout.drop_reason_netfilter = 12;
         layout.kmem_free_arg_is_name = 0;
         let mut notes = Vec::new();
-        assert_eq!(ranges(&layout, &mut notes), CodeRanges::none());
+        assert_eq!(ranges(&layout, SAMPLE, &mut notes), CodeRanges::none());
         assert!(notes.is_empty());
     }
 }

@@ -2,7 +2,7 @@
 //! function to the symbol this kernel actually has (compilers rename static functions
 //! to `name.isra.0`, `name.constprop.0`, `name.part.0`; `.cold` parts are never targets).
 
-use std::{collections::HashMap, fs, io};
+use std::collections::HashMap;
 
 /// How a program attaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -258,12 +258,13 @@ pub struct Kallsyms {
 }
 
 impl Kallsyms {
-    pub fn read() -> io::Result<Self> {
-        let mut syms = Self::parse(&fs::read_to_string("/proc/kallsyms")?);
+    /// The text symbols of /proc/kallsyms's `text`, less those [`HIDE_SYMBOL_ENV`] hides.
+    pub fn of(text: &str) -> Self {
+        let mut syms = Self::parse(text);
         if let Ok(hidden) = std::env::var(HIDE_SYMBOL_ENV) {
             syms.hide(hidden.split(',').filter(|s| !s.is_empty()));
         }
-        Ok(syms)
+        syms
     }
 
     /// Forgets `funcs` and their compiler clones, as if the kernel lacked them.

@@ -297,11 +297,13 @@ pub fn load(opts: LoadOptions) -> Result<Probes, LoadError> {
     raise_memlock();
     let kernel_btf = ct_btf::KernelBtf::load()?;
     let (mut layout, mut notes) = ct_btf::layout_of(&kernel_btf)?;
-    let code = super::code::ranges(&layout, &mut notes);
+    // Read once: the hooks' symbols and, on kernels that need them, the code ranges.
+    let kallsyms_text = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+    let code = super::code::ranges(&layout, &kallsyms_text, &mut notes);
     if opts.parsed_records {
         layout.ct_raw_bytes = ABSENT;
     }
-    let kallsyms = Kallsyms::read().unwrap_or_default();
+    let kallsyms = Kallsyms::of(&kallsyms_text);
     let support = Support::detect();
     let early_drop = u32::from(
         support.kprobes && matches!(kallsyms.resolve("early_drop"), Resolution::Found(_)),
