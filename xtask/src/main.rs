@@ -8,6 +8,7 @@ mod build;
 mod cargo;
 mod cmd;
 mod cpio;
+mod disk;
 mod fuzz;
 mod initramfs;
 mod kernels;

@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, ValueEnum};
 
-use crate::{cargo, cmd, fuzz, kernels::Series, setup, soak, vm_test};
+use crate::{cargo, cmd, disk, fuzz, kernels::Series, setup, soak, vm_test};
 
 #[derive(Args)]
 pub struct Options {
@@ -98,10 +98,17 @@ fn selected(opts: &Options, stage: Stage) -> bool {
 
 fn run_stage(opts: &Options, stage: Stage) -> Result<()> {
     match stage {
-        Stage::Setup => setup::ensure(&setup::Needs {
-            tests: true,
-            vm: selected(opts, Stage::Vm),
-        }),
+        Stage::Setup => {
+            disk::ensure_room(
+                &cargo::target_dir()?,
+                disk::TEST_RUN_GIB,
+                "`cargo xtask test`",
+            )?;
+            setup::ensure(&setup::Needs {
+                tests: true,
+                vm: selected(opts, Stage::Vm),
+            })
+        }
         Stage::Fmt => {
             cmd::run(cmd::cargo().args(["fmt", "--all", "--", "--check"]))?;
             // fuzz/ is its own workspace, outside `--all`.
