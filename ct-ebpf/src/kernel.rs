@@ -67,6 +67,20 @@ pub fn skb_ct(skb: u64) -> u64 {
     read::<u64>(skb, off(|l| &l.skb_nfct)).unwrap_or(0) & !7
 }
 
+/// `skb->_nfct` loaded straight from a BTF-typed `struct sk_buff *` (a `tp_btf`
+/// argument): no helper call, for the hook that runs on every packet of the machine.
+#[inline(always)]
+pub fn btf_skb_nfct(skb: *const u8) -> u64 {
+    let offset = off(|l| &l.skb_nfct);
+    if skb.is_null() || offset == ABSENT {
+        return 0;
+    }
+    // SAFETY: `skb` is the verifier's PTR_TO_BTF_ID for `struct sk_buff`, and `offset`
+    // comes from frozen .rodata, so the verifier knows it, checks it against sk_buff's
+    // BTF and turns the load into a fault-safe probe load.
+    unsafe { core::ptr::read_volatile(skb.add(offset as usize) as *const u64) }
+}
+
 #[inline(always)]
 pub fn ct_status(ct: u64) -> u64 {
     read::<u64>(ct, off(|l| &l.ct_status)).unwrap_or(0)

@@ -27,8 +27,8 @@ use crate::{
     entry::{Entry, Fields},
     kernel::{
         IP_CT_ESTABLISHED, IP_CT_NEW, IPPROTO_TCP, IPS_CONFIRMED, IPS_DYING, IPS_NAT_CLASH,
-        TCP_CONNTRACK_CLOSE, TCP_CONNTRACK_TIME_WAIT, called_from, ct_status, deadline_left,
-        fill_from_ct, net_inum, netfilter_drop, off, read, skb_ct,
+        TCP_CONNTRACK_CLOSE, TCP_CONNTRACK_TIME_WAIT, btf_skb_nfct, called_from, ct_status,
+        deadline_left, fill_from_ct, net_inum, netfilter_drop, off, read, skb_ct,
     },
 };
 
@@ -143,8 +143,7 @@ pub fn t2_dev_queue(ctx: BtfTracePointContext) -> u32 {
     if empty() {
         return 0;
     }
-    let skb: u64 = ctx.arg(0);
-    let nfct: u64 = read(skb, off(|l| &l.skb_nfct)).unwrap_or(0);
+    let nfct = btf_skb_nfct(ctx.arg(0));
     let ct = nfct & !7;
     // Original direction after a reply: the entry left before and was reported then (or
     // is older than ctscope, and the agent's dump has it). Spares the first-seen lookup
