@@ -12,12 +12,44 @@ use std::{
     net::IpAddr,
 };
 
+use ct_common::Cause;
 use ct_netlink::{Entry, Family, Status, TcpInfo, Tuple};
 use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
+use serde::Serialize;
 
-use super::table::{Fields, Note};
 use crate::clock::Stamp;
+
+/// Where a row's fields were last read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fields {
+    /// A ctnetlink dump: every field as `conntrack -L` shows it.
+    Dump,
+    /// The entry's `new` event: tuples, status, TCP state, mark, zone and timeout.
+    Event,
+}
+
+/// Something that happened to an entry besides its birth.
+#[derive(Clone, Debug, Serialize)]
+pub struct Note {
+    pub ts: f64,
+    pub what: NoteWhat,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
+}
+
+/// What happened beside a row's entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoteWhat {
+    /// A loser was dropped against it.
+    WonInsertFailed,
+    /// A loser was merged into it.
+    WonClash,
+    /// A reply-only entry was made beside it.
+    NatClashReplyOnly,
+}
 
 /// An address as stored: 4 or 16 bytes.
 pub trait Addr: Copy + Eq + Hash + std::fmt::Debug {

@@ -23,8 +23,9 @@ use super::{
     metrics::{NsSnapshot, Snapshot},
     outbox::{Outbox, Push},
     protocol::{Header, NsCensus, NsLifetimes, PROTOCOL, Request, Scope},
+    rows::{Fields, Note},
     server::Incoming,
-    table::{Fields, Merge, Note, RowRef, Table},
+    table::{Merge, RowRef, Table},
 };
 use crate::{
     attribution::{AgentStats, Attributed, Kernel, unexplained},

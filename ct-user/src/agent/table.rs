@@ -12,7 +12,7 @@ use ct_common::{Cause, EventKind};
 use ct_netlink::{Entry, Status, TcpInfo, Tuple};
 use serde::Serialize;
 
-use super::rows::{Addr, CTuple, Rows, Slot, SlotKey};
+use super::rows::{Addr, CTuple, Fields, Note, NoteWhat, Rows, Slot, SlotKey};
 use crate::clock::Stamp;
 use crate::diagnose::census::{Census, Counter};
 use crate::event::{CtEvent, Side};
@@ -30,37 +30,6 @@ pub fn tuple(s: &Side, proto: u8) -> Tuple {
         icmp_id: s.id,
         zone: None,
     }
-}
-
-/// Where a row's fields were last read from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Fields {
-    /// A ctnetlink dump: every field as `conntrack -L` shows it.
-    Dump,
-    /// The entry's `new` event: tuples, status, TCP state, mark, zone and timeout.
-    Event,
-}
-
-/// Something that happened to an entry besides its birth.
-#[derive(Clone, Debug, Serialize)]
-pub struct Note {
-    pub ts: f64,
-    pub what: NoteWhat,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cause: Option<Cause>,
-}
-
-/// What happened beside a row's entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NoteWhat {
-    /// A loser was dropped against it.
-    WonInsertFailed,
-    /// A loser was merged into it.
-    WonClash,
-    /// A reply-only entry was made beside it.
-    NatClashReplyOnly,
 }
 
 /// How many notes a row keeps (the oldest go first).
