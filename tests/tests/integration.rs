@@ -91,6 +91,9 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("netns_exit", destroy_reasons::netns_exit),
     ("clash_resolve", clash_resolve::merged),
     ("clash_resolve_dnat", clash_resolve::dnat),
+    // IPv6 twins (issue 16): the same assertions with IPv6 tuples.
+    ("udp_tcp_flows_v6", udp_tcp_flows::run6),
+    ("clash_resolve_v6", clash_resolve::merged6),
 ];
 
 /// Scenarios that also run as `kp_<name>`: tier 1 kept on kprobes (`CTSCOPE_NO_FENTRY=1`),
