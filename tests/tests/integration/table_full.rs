@@ -1,12 +1,13 @@
 //! With the global nf_conntrack_max lowered to 8, 20 new UDP flows from `c` overflow the
 //! table: every flow the kernel drops (`drop` delta, EPERM at the sender) is one
-//! `table_full` event.
+//! `table_full` event. The IPv6 twin ([`run6`]) sends IPv6 flows.
 
-use std::{collections::BTreeSet, net::SocketAddrV4};
+use std::{collections::BTreeSet, net::SocketAddr};
 
 use ctscope_tests::{
     events::{self, Tuple},
     kernel::{self, CtStats, SysctlGuard},
+    netns::Family,
     traffic,
 };
 
@@ -16,9 +17,18 @@ const MAX: u64 = 8;
 const FLOWS: usize = 20;
 
 pub fn run(watch: Watch) {
-    let mut ctx = Ctx::new(watch, 3, |_| {});
+    fill(watch, Family::V4, 3);
+}
+
+/// The IPv6 twin, on fd00:200:104::/64.
+pub fn run6(watch: Watch) {
+    fill(watch, Family::V6, 104);
+}
+
+fn fill(watch: Watch, family: Family, subnet: u8) {
+    let mut ctx = Ctx::of(watch, family, subnet, |_| {});
     let p = &ctx.pair;
-    let dst = SocketAddrV4::new(p.s_addr, UDP_PORT);
+    let dst = SocketAddr::new(p.s_ip(), UDP_PORT);
     let _sink = traffic::UdpSink::bind(&p.s, dst);
     let ports = traffic::ports(21000, FLOWS);
 
@@ -26,7 +36,7 @@ pub fn run(watch: Watch) {
     let results = {
         // nf_conntrack_max is global: keep the lowered value for as short as possible.
         let _max = SysctlGuard::set("net.netfilter.nf_conntrack_max", MAX);
-        traffic::udp_flows(&p.c, p.c_addr, &ports, dst)
+        traffic::udp_flows(&p.c, p.c_ip(), &ports, dst)
     };
     let delta = CtStats::read(&p.c).since(&before);
 
@@ -49,7 +59,7 @@ pub fn run(watch: Watch) {
         "entries left in c: {delta}"
     );
 
-    let (c_addr, s_addr, inode) = (p.c_addr, p.s_addr, ctx.inode);
+    let (c_addr, s_addr, inode) = (p.c_ip(), p.s_ip(), ctx.inode);
     ctx.wait_events(event_wait(), |ev| {
         Ctx::count(ev, "table_full", inode, None) as u64 >= drops
     });
