@@ -42,6 +42,8 @@ mod deploy;
 mod destroy_reasons;
 #[path = "integration/diagnose.rs"]
 mod diagnose;
+#[path = "integration/dual_stack.rs"]
+mod dual_stack;
 #[path = "integration/early_drop.rs"]
 mod early_drop;
 #[path = "integration/flood.rs"]
@@ -173,6 +175,7 @@ const ONCE: &[(&str, Needs, fn())] = &[
     ("diagnose_table_full", Needs::Root, diagnose::table_full),
     ("diagnose_snat_clash", Needs::Root, diagnose::snat_clash),
     ("diagnose_top_dport", Needs::Root, diagnose::top_dport),
+    ("dual_stack", Needs::Root, dual_stack::run),
     ("timeouts", Needs::Root, timeouts::run),
     ("workload_names", Needs::Root, workload::run),
     ("workload_pod_names", Needs::Containerd, workload::pod_names),
