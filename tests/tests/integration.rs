@@ -96,6 +96,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     // IPv6 twins (issue 16): the same assertions with IPv6 tuples.
     ("udp_tcp_flows_v6", udp_tcp_flows::run6),
     ("clash_resolve_v6", clash_resolve::merged6),
+    ("clash_resolve_dnat_v6", clash_resolve::dnat6),
     ("snat_port_clash_v6", snat_port_clash::run6),
     ("table_full_v6", table_full::run6),
     ("early_drop_v6", early_drop::run6),

@@ -71,17 +71,28 @@ fn merged_in(watch: Watch, family: Family, subnet: u8) {
 }
 
 pub fn dnat(watch: Watch) {
-    let ctx = Ctx::new(watch, 21, |p| {
-        p.s.ip(&[
-            "addr",
-            "add",
-            &format!("{}/24", second_backend(p)),
-            "dev",
-            "vs",
-        ]);
+    dnat_in(watch, Family::V4, 21);
+}
+
+/// [`dnat`] with ip6 DNAT to two IPv6 backends (fd00:200:107::2 and ::4).
+pub fn dnat6(watch: Watch) {
+    dnat_in(watch, Family::V6, 107);
+}
+
+fn dnat_in(watch: Watch, family: Family, subnet: u8) {
+    let ctx = Ctx::of(watch, family, subnet, |p| {
+        let backend = match p.family {
+            Family::V4 => format!("{}/24", second_backend(p)),
+            Family::V6 => format!("{}/64", second_backend(p)),
+        };
+        let mut argv = vec!["addr", "add", &backend, "dev", "vs"];
+        if p.family == Family::V6 {
+            argv.push("nodad"); // usable at once
+        }
+        p.s.ip(&argv);
         nft::apply(&p.c, &dnat_two_backends(p));
     });
-    let p_backends = (ctx.pair.s_addr, second_backend(&ctx.pair));
+    let p_backends = (ctx.pair.s_ip(), second_backend(&ctx.pair));
     let Some(clashes) = race_and_check(ctx, &["merged", "nat_clash_reply_only"]) else {
         return;
     };
@@ -194,24 +205,34 @@ fn race_and_check(mut ctx: Ctx, causes: &[&str]) -> Option<Vec<Value>> {
     Some(clashes.into_iter().cloned().collect())
 }
 
-/// A second address on `s`, the other DNAT backend.
-fn second_backend(p: &Pair) -> std::net::Ipv4Addr {
-    let [a, b, c, _] = p.s_addr.octets();
-    std::net::Ipv4Addr::new(a, b, c, 4)
+/// A second address on `s` in the pair's family, the other DNAT backend (host 4).
+fn second_backend(p: &Pair) -> IpAddr {
+    match p.s_ip() {
+        IpAddr::V4(a) => {
+            let [a, b, c, _] = a.octets();
+            std::net::Ipv4Addr::new(a, b, c, 4).into()
+        }
+        IpAddr::V6(a) => {
+            let mut segments = a.segments();
+            segments[7] = 4;
+            std::net::Ipv6Addr::from(segments).into()
+        }
+    }
 }
 
 /// DNAT of the race's destination ports to one of two backends at random.
 fn dnat_two_backends(p: &Pair) -> String {
     let last = FIRST_PORT + ROUNDS - 1;
+    let family = if p.family == Family::V6 { "ip6" } else { "ip" };
     format!(
-        "table ip ctst_dnat {{
+        "table {family} ctst_dnat {{
     chain out {{
         type nat hook output priority -100;
         udp dport {FIRST_PORT}-{last} dnat to numgen random mod 2 map {{ 0 : {}, 1 : {} }}
     }}
 }}
 ",
-        p.s_addr,
+        p.s_ip(),
         second_backend(p)
     )
 }
