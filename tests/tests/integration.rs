@@ -106,7 +106,15 @@ const SCENARIOS: &[(&str, Scenario)] = &[
 /// the fallback for kernels that refuse fentry. Between them they use every kprobe and
 /// kretprobe of the plan: confirm, clash, alloc and early_drop, delete and free; `flood`
 /// prints its send rate next to the fentry run's, in the same VM.
-const KPROBE_SCENARIOS: &[&str] = &["udp_tcp_flows", "snat_port_clash", "table_full", "flood"];
+const KPROBE_SCENARIOS: &[&str] = &[
+    "udp_tcp_flows",
+    "snat_port_clash",
+    "table_full",
+    "flood",
+    // IPv6 through the same kprobes (the short ones).
+    "snat_port_clash_v6",
+    "table_full_v6",
+];
 
 /// Scenarios that also run as `t2p_<name>`: tier 2 with `--parsed-records`, the path
 /// kernels take whose `struct nf_conn` does not fit a raw record. Together they cover
@@ -120,6 +128,10 @@ const PARSED_SCENARIOS: &[&str] = &[
     "tcp_close",
     "clash_resolve",
     "clash_resolve_dnat",
+    // IPv6 entries parsed in BPF: new, insert_failed, table_full and merges.
+    "snat_port_clash_v6",
+    "table_full_v6",
+    "clash_resolve_v6",
 ];
 
 /// Trials that run once, with what each needs: probing, the ctnetlink commands against
