@@ -326,20 +326,30 @@ pub const ICMPV6_ECHO_REPLY: u8 = 129;
 
 /// Sends one ICMPv6 echo request to `dst` per id, from a raw socket in `ns`: one new
 /// conntrack entry per id (the id is the ICMP tuple's "port"); `dst`'s kernel answers.
-/// The kernel computes ICMPv6 checksums of raw sockets (RFC 3542).
-pub fn icmpv6_echoes(ns: &Netns, dst: Ipv6Addr, ids: &[u16]) {
+/// The kernel computes ICMPv6 checksums of raw sockets (RFC 3542). Returns each send's
+/// result in order (EPERM when netfilter dropped it), as [`udp_flows`] does.
+pub fn icmpv6_echoes(ns: &Netns, dst: Ipv6Addr, ids: &[u16]) -> Vec<io::Result<()>> {
     use socket2::{Domain, Protocol, SockAddr, Socket, Type};
     let ids = ids.to_vec();
     ns.run(move || {
         let socket = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))
             .unwrap_or_else(|e| panic!("raw ICMPv6 socket: {e}"));
         let to = SockAddr::from(SocketAddrV6::new(dst, 0, 0, 0));
-        for id in ids {
-            let [i0, i1] = id.to_be_bytes();
-            let request = [ICMPV6_ECHO_REQUEST, 0, 0, 0, i0, i1, 0, 1, b'c', b't'];
-            socket
-                .send_to(&request, &to)
-                .unwrap_or_else(|e| panic!("ICMPv6 echo id {id} to {dst}: {e}"));
+        ids.iter()
+            .map(|id| {
+                let [i0, i1] = id.to_be_bytes();
+                let request = [ICMPV6_ECHO_REQUEST, 0, 0, 0, i0, i1, 0, 1, b'c', b't'];
+                socket.send_to(&request, &to).map(drop)
+            })
+            .collect()
+    })
+}
+
+/// Panics naming the first failed send of `results` (one per item of `what`).
+pub fn assert_sent<T: std::fmt::Debug>(what: &[T], results: &[io::Result<()>]) {
+    for (item, r) in what.iter().zip(results) {
+        if let Err(e) = r {
+            panic!("send {item:?}: {e}");
         }
-    });
+    }
 }

@@ -34,7 +34,7 @@ pub fn run() {
     let IpAddr::V6(s6) = p.addr(Family::V6, 1) else {
         unreachable!("an IPv6 server address")
     };
-    traffic::icmpv6_echoes(&p.c, s6, &[ECHO_ID]);
+    traffic::assert_sent(&[ECHO_ID], &traffic::icmpv6_echoes(&p.c, s6, &[ECHO_ID]));
     let (n4, n6) = (V4_FLOWS as u64, V6_FLOWS as u64 + 1);
     let total = n4 + n6;
     let conntrack_count: u64 = p.c.exec(&["conntrack", "-C"]).trim().parse().expect("-C");

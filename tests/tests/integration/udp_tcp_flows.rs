@@ -63,7 +63,7 @@ fn flows(watch: Watch, family: Family, subnet: u8) {
     let icmp_ids = match p.s_ip() {
         IpAddr::V6(dst) => {
             let ids = traffic::ports(ICMP_FIRST_ID, ICMP_FLOWS);
-            traffic::icmpv6_echoes(&p.c, dst, &ids);
+            traffic::assert_sent(&ids, &traffic::icmpv6_echoes(&p.c, dst, &ids));
             ids
         }
         IpAddr::V4(_) => Vec::new(),
