@@ -245,6 +245,7 @@ type AgentScenario = fn(&'static [&'static str]);
 
 const AGENT: &[(&str, AgentScenario)] = &[
     ("agent_mirror", agent::mirror),
+    ("agent_dual_stack", agent::dual_stack),
     ("agent_recreate", agent::recreate),
     (
         "agent_recreate_early_drop",
