@@ -65,16 +65,17 @@ pub fn udp_flows(
 pub fn udp_answered_flows(
     client: &Netns,
     server: &Netns,
-    src: Ipv4Addr,
+    src: impl Into<IpAddr>,
     ports: &[u16],
-    dst: SocketAddrV4,
+    dst: impl Into<SocketAddr>,
 ) {
+    let (src, dst) = (src.into(), dst.into());
     let echo = server
         .run(move || UdpSocket::bind(dst).unwrap_or_else(|e| panic!("bind UDP echo {dst}: {e}")));
     let wait = Some(Duration::from_secs(10));
     echo.set_read_timeout(wait).expect("set_read_timeout");
     for &port in ports {
-        let from = SocketAddrV4::new(src, port);
+        let from = SocketAddr::new(src, port);
         let socket = client
             .run(move || UdpSocket::bind(from).unwrap_or_else(|e| panic!("bind UDP {from}: {e}")));
         socket.set_read_timeout(wait).expect("set_read_timeout");

@@ -100,6 +100,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("snat_port_clash_v6", snat_port_clash::run6),
     ("table_full_v6", table_full::run6),
     ("early_drop_v6", early_drop::run6),
+    ("server_side_v6", server_side::run6),
 ];
 
 /// Scenarios that also run as `kp_<name>`: tier 1 kept on kprobes (`CTSCOPE_NO_FENTRY=1`),

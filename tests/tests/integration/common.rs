@@ -311,11 +311,11 @@ impl Ctx {
         Self::watching(watch, Pair::of(family, subnet), |p| &p.c, setup)
     }
 
-    /// Like [`Ctx::new`], but conntrack runs in the server namespace `s` instead, and
+    /// Like [`Ctx::of`], but conntrack runs in the server namespace `s` instead, and
     /// ctscope watches `s`: entries made by inbound traffic, whose first packet to leave
     /// is the server's answer.
-    pub fn server(watch: Watch, subnet: u8, setup: impl FnOnce(&Pair)) -> Self {
-        Self::watching(watch, Pair::new(subnet), |p| &p.s, setup)
+    pub fn server(watch: Watch, family: Family, subnet: u8, setup: impl FnOnce(&Pair)) -> Self {
+        Self::watching(watch, Pair::of(family, subnet), |p| &p.s, setup)
     }
 
     fn watching(
