@@ -536,15 +536,35 @@ fn packet_tuple(skb: u64, e: &mut Event) {
     } else {
         ip + ihl
     };
-    let mut ports: [u16; 2] = read(l4, 0).unwrap_or([0; 2]);
+    let ports: [u16; 2] = read(l4, 0).unwrap_or([0; 2]);
+    e.reply.src = e.orig.dst;
+    e.reply.dst = e.orig.src;
     if e.l4proto == IPPROTO_ICMP || e.l4proto == IPPROTO_ICMPV6 {
-        // Tuples hold the ICMP id as "source" and type/code as "destination".
-        ports = [read(l4, 4).unwrap_or(0), ports[0]];
+        // Tuples hold the ICMP id as "source" and type/code as "destination"; the reply
+        // keeps the id and has the answer's type, as the kernel inverts it.
+        let id: u16 = read(l4, 4).unwrap_or(0);
+        let [ty, code] = ports[0].to_le_bytes();
+        e.orig.sport = id;
+        e.orig.dport = ports[0];
+        e.reply.sport = id;
+        e.reply.dport = u16::from_le_bytes([icmp_answer_type(e.l4proto, ty), code]);
+        return;
     }
     e.orig.sport = ports[0];
     e.orig.dport = ports[1];
-    e.reply.src = e.orig.dst;
-    e.reply.dst = e.orig.src;
     e.reply.sport = ports[1];
     e.reply.dport = ports[0];
+}
+
+/// The type answering ICMP(v6) query type `ty` (echo, timestamp, information, address
+/// mask; ICMPv6 echo and node information), as conntrack's reply tuple has it; other
+/// types unchanged (they make no entry).
+#[inline(always)]
+fn icmp_answer_type(l4proto: u8, ty: u8) -> u8 {
+    match (l4proto, ty) {
+        (IPPROTO_ICMP, 8) => 0,
+        (IPPROTO_ICMP, 13 | 15 | 17) => ty + 1,
+        (IPPROTO_ICMPV6, 128 | 139) => ty + 1,
+        _ => ty,
+    }
 }

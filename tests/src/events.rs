@@ -1,6 +1,6 @@
 //! Reading ctscope's JSON event objects (one per line of `ctscope events --json`).
 
-use std::{fmt, net::Ipv4Addr};
+use std::{fmt, net::IpAddr};
 
 use serde_json::Value;
 
@@ -101,7 +101,8 @@ pub struct Tuple {
 }
 
 impl Tuple {
-    pub fn new(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Self {
+    pub fn new(src: impl Into<IpAddr>, sport: u16, dst: impl Into<IpAddr>, dport: u16) -> Self {
+        let (src, dst): (IpAddr, IpAddr) = (src.into(), dst.into());
         Tuple {
             src: src.to_string(),
             dst: dst.to_string(),
@@ -152,6 +153,7 @@ impl fmt::Display for Tuple {
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::net::Ipv4Addr;
 
     #[test]
     fn tuples_and_filters() {

@@ -157,6 +157,7 @@ pub fn short_timeouts(ns: &Netns, secs: u32) {
         "tcp_timeout_close_wait",
         "tcp_timeout_fin_wait",
         "tcp_timeout_last_ack",
+        "icmpv6_timeout",
     ] {
         ns.sysctl(
             &format!("net.netfilter.nf_conntrack_{key}"),

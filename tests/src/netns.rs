@@ -2,7 +2,7 @@
 //! between them, and running code inside one.
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::unix::fs::MetadataExt,
     path::PathBuf,
     sync::atomic::{AtomicU32, Ordering},
@@ -160,15 +160,36 @@ pub fn sysctl_path(key: &str) -> PathBuf {
     PathBuf::from("/proc/sys").join(key.replace('.', "/"))
 }
 
+/// An address family a scenario's traffic uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// The name ctscope gives it in an event's `family` (and `-f`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        }
+    }
+}
+
 /// Two namespaces, client `c` and server `s`, joined by veth `vc` (in c) and `vs` (in s)
-/// on 10.200.`subnet`.0/24: c is .1, s is .2. Names are fixed because each link lives
-/// only inside its own fresh namespace.
+/// on 10.200.`subnet`.0/24: c is .1, s is .2. A dual-stack pair ([`Pair::dual`]) also has
+/// fd00:200:`subnet`::/64, c ::1 and s ::2. Names are fixed because each link lives only
+/// inside its own fresh namespace.
 #[derive(Debug)]
 pub struct Pair {
     pub c: Netns,
     pub s: Netns,
     pub c_addr: Ipv4Addr,
     pub s_addr: Ipv4Addr,
+    /// The family [`Pair::c_ip`] and [`Pair::s_ip`] answer for.
+    pub family: Family,
+    six: Option<[Ipv6Addr; 2]>,
 }
 
 /// The client-side veth name, as used in nft `oifname` rules.
@@ -177,6 +198,7 @@ pub const C_IF: &str = "vc";
 pub const S_IF: &str = "vs";
 
 impl Pair {
+    /// An IPv4-only pair.
     pub fn new(subnet: u8) -> Self {
         let (c, s) = (Netns::new(), Netns::new());
         let c_addr = Ipv4Addr::new(10, 200, subnet, 1);
@@ -202,6 +224,62 @@ impl Pair {
             s,
             c_addr,
             s_addr,
+            family: Family::V4,
+            six: None,
+        }
+    }
+
+    /// A pair of `family` on `subnet`: IPv4 only for [`Family::V4`], dual-stack (see
+    /// [`Pair::dual`]) for [`Family::V6`].
+    pub fn of(family: Family, subnet: u8) -> Self {
+        match family {
+            Family::V4 => Self::new(subnet),
+            Family::V6 => Self::dual(subnet, Family::V6),
+        }
+    }
+
+    /// A dual-stack pair: the IPv4 one plus IPv6 on the veth only (fd00:200:`subnet`::1
+    /// and ::2, no duplicate address detection, so usable at once; no router
+    /// solicitations). Neighbour discovery and MLD stay out of conntrack (the kernel
+    /// leaves them untracked). `family` is the one [`Pair::c_ip`] and [`Pair::s_ip`] give.
+    pub fn dual(subnet: u8, family: Family) -> Self {
+        let mut pair = Self::new(subnet);
+        let six = [1, 2].map(|host| {
+            format!("fd00:200:{subnet}::{host}")
+                .parse::<Ipv6Addr>()
+                .expect("an IPv6 address")
+        });
+        for (ns, ifname, addr) in [(&pair.c, C_IF, six[0]), (&pair.s, S_IF, six[1])] {
+            for (key, value) in [
+                ("accept_dad", "0"),
+                ("router_solicitations", "0"),
+                ("accept_ra", "0"),
+                ("disable_ipv6", "0"),
+            ] {
+                ns.sysctl(&format!("net.ipv6.conf.{ifname}.{key}"), value);
+            }
+            ns.ip(&["addr", "add", &format!("{addr}/64"), "dev", ifname, "nodad"]);
+        }
+        pair.six = Some(six);
+        pair.family = family;
+        pair
+    }
+
+    /// The client's address in [`Pair::family`].
+    pub fn c_ip(&self) -> IpAddr {
+        self.addr(self.family, 0)
+    }
+
+    /// The server's address in [`Pair::family`].
+    pub fn s_ip(&self) -> IpAddr {
+        self.addr(self.family, 1)
+    }
+
+    /// Host `i` (0 client, 1 server) in `family`; panics for IPv6 on an IPv4-only pair.
+    pub fn addr(&self, family: Family, i: usize) -> IpAddr {
+        match family {
+            Family::V4 => [self.c_addr, self.s_addr][i].into(),
+            Family::V6 => self.six.expect("an IPv6 address on an IPv4-only pair")[i].into(),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! nftables rulesets applied inside a namespace (`ip netns exec NS nft -f -`).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use crate::netns::Netns;
 
@@ -16,10 +16,14 @@ pub const CT_ENABLE: &str = "table inet ctst_ct {
 
 /// Source NAT of every UDP packet to port 53 leaving `oifname` to the single `to:port`:
 /// the second concurrent flow cannot get a unique tuple, so its confirm clashes in the
-/// reply direction (DESIGN.md's insert_failed reproducer).
-pub fn snat_single_port(oifname: &str, to: Ipv4Addr, port: u16) -> String {
+/// reply direction (DESIGN.md's insert_failed reproducer). An IPv6 `to` makes it ip6 NAT.
+pub fn snat_single_port(oifname: &str, to: impl Into<IpAddr>, port: u16) -> String {
+    let (family, to) = match to.into() {
+        IpAddr::V4(a) => ("ip", a.to_string()),
+        IpAddr::V6(a) => ("ip6", format!("[{a}]")),
+    };
     format!(
-        "table ip ctst_nat {{
+        "table {family} ctst_nat {{
     chain post {{
         type nat hook postrouting priority 100;
         oifname \"{oifname}\" udp dport 53 snat to {to}:{port}

@@ -4,7 +4,10 @@
 
 use std::{
     io::{self, Read},
-    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{
+        IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream,
+        UdpSocket,
+    },
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -24,7 +27,8 @@ pub struct UdpSink {
 }
 
 impl UdpSink {
-    pub fn bind(ns: &Netns, addr: SocketAddrV4) -> Self {
+    pub fn bind(ns: &Netns, addr: impl Into<SocketAddr>) -> Self {
+        let addr = addr.into();
         let socket = ns.run(move || {
             UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind UDP sink {addr}: {e}"))
         });
@@ -37,16 +41,17 @@ impl UdpSink {
 /// netfilter dropped the packet, e.g. table full).
 pub fn udp_flows(
     ns: &Netns,
-    src: Ipv4Addr,
+    src: impl Into<IpAddr>,
     ports: &[u16],
-    dst: SocketAddrV4,
+    dst: impl Into<SocketAddr>,
 ) -> Vec<io::Result<()>> {
+    let (src, dst) = (src.into(), dst.into());
     let ports = ports.to_vec();
     ns.run(move || {
         ports
             .iter()
             .map(|&port| {
-                let socket = UdpSocket::bind(SocketAddrV4::new(src, port))
+                let socket = UdpSocket::bind(SocketAddr::new(src, port))
                     .unwrap_or_else(|e| panic!("bind UDP {src}:{port}: {e}"));
                 socket.send_to(b"ctscope", dst).map(drop)
             })
@@ -60,16 +65,17 @@ pub fn udp_flows(
 pub fn udp_answered_flows(
     client: &Netns,
     server: &Netns,
-    src: Ipv4Addr,
+    src: impl Into<IpAddr>,
     ports: &[u16],
-    dst: SocketAddrV4,
+    dst: impl Into<SocketAddr>,
 ) {
+    let (src, dst) = (src.into(), dst.into());
     let echo = server
         .run(move || UdpSocket::bind(dst).unwrap_or_else(|e| panic!("bind UDP echo {dst}: {e}")));
     let wait = Some(Duration::from_secs(10));
     echo.set_read_timeout(wait).expect("set_read_timeout");
     for &port in ports {
-        let from = SocketAddrV4::new(src, port);
+        let from = SocketAddr::new(src, port);
         let socket = client
             .run(move || UdpSocket::bind(from).unwrap_or_else(|e| panic!("bind UDP {from}: {e}")));
         socket.set_read_timeout(wait).expect("set_read_timeout");
@@ -131,7 +137,7 @@ impl<T: Send + 'static> Served<T> {
     /// non-blocking so the loop can notice `stop` without a wake-up connection.
     fn start(
         ns: &Netns,
-        addr: SocketAddrV4,
+        addr: SocketAddr,
         serve: impl FnOnce(TcpListener, &AtomicBool) -> T + Send + 'static,
     ) -> Self {
         let listener = ns.run(move || {
@@ -176,7 +182,8 @@ impl<T> Drop for Served<T> {
 pub struct TcpCloser(Served<usize>);
 
 impl TcpCloser {
-    pub fn start(ns: &Netns, addr: SocketAddrV4) -> Self {
+    pub fn start(ns: &Netns, addr: impl Into<SocketAddr>) -> Self {
+        let addr = addr.into();
         TcpCloser(Served::start(ns, addr, move |listener, stop| {
             let mut accepted = 0;
             while !stop.load(Ordering::Relaxed) {
@@ -209,7 +216,8 @@ pub struct TcpHolder {
 }
 
 impl TcpHolder {
-    pub fn start(ns: &Netns, addr: SocketAddrV4) -> Self {
+    pub fn start(ns: &Netns, addr: impl Into<SocketAddr>) -> Self {
+        let addr = addr.into();
         let served = Served::start(ns, addr, |listener, stop| {
             let mut open: Vec<TcpStream> = Vec::new();
             let mut buf = [0u8; 4096];
@@ -234,11 +242,12 @@ impl TcpHolder {
 /// Opens `n` TCP connections from `ns` to `dst` (served by a [`TcpCloser`]), waits for the
 /// server's FIN on each, then closes: every conntrack entry ends in TIME_WAIT.
 /// Returns the client source ports, all distinct because the connections overlap.
-pub fn tcp_connections(ns: &Netns, dst: SocketAddrV4, n: usize) -> Vec<u16> {
+pub fn tcp_connections(ns: &Netns, dst: impl Into<SocketAddr>, n: usize) -> Vec<u16> {
+    let dst = dst.into();
     ns.run(move || {
         let streams: Vec<TcpStream> = (0..n)
             .map(|i| {
-                TcpStream::connect_timeout(&dst.into(), Duration::from_secs(10))
+                TcpStream::connect_timeout(&dst, Duration::from_secs(10))
                     .unwrap_or_else(|e| panic!("TCP connect #{i} to {dst}: {e}"))
             })
             .collect();
@@ -272,7 +281,12 @@ pub struct SnatClash {
 /// Two UDP sockets send to `dst` (port 53, matched by [`crate::nft::snat_single_port`])
 /// from `src:ports[0]` then `src:ports[1]`. Both are rewritten to the one SNAT tuple; the
 /// second is dropped at confirm and `sendto` fails with EPERM.
-pub fn snat_clash(ns: &Netns, src: Ipv4Addr, ports: [u16; 2], dst: SocketAddrV4) -> SnatClash {
+pub fn snat_clash(
+    ns: &Netns,
+    src: impl Into<IpAddr>,
+    ports: [u16; 2],
+    dst: impl Into<SocketAddr>,
+) -> SnatClash {
     let mut results = udp_flows(ns, src, &ports, dst).into_iter();
     SnatClash {
         ports,
@@ -304,4 +318,39 @@ pub fn is_eperm(r: &io::Result<()>) -> bool {
 
 fn libc_eperm() -> i32 {
     nix::errno::Errno::EPERM as i32
+}
+
+/// ICMPv6 echo request, the type conntrack tracks as a new ICMPv6 flow.
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+/// Its answer, the type of the entry's reply tuple.
+pub const ICMPV6_ECHO_REPLY: u8 = 129;
+
+/// Sends one ICMPv6 echo request to `dst` per id, from a raw socket in `ns`: one new
+/// conntrack entry per id (the id is the ICMP tuple's "port"); `dst`'s kernel answers.
+/// The kernel computes ICMPv6 checksums of raw sockets (RFC 3542). Returns each send's
+/// result in order (EPERM when netfilter dropped it), as [`udp_flows`] does.
+pub fn icmpv6_echoes(ns: &Netns, dst: Ipv6Addr, ids: &[u16]) -> Vec<io::Result<()>> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let ids = ids.to_vec();
+    ns.run(move || {
+        let socket = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))
+            .unwrap_or_else(|e| panic!("raw ICMPv6 socket: {e}"));
+        let to = SockAddr::from(SocketAddrV6::new(dst, 0, 0, 0));
+        ids.iter()
+            .map(|id| {
+                let [i0, i1] = id.to_be_bytes();
+                let request = [ICMPV6_ECHO_REQUEST, 0, 0, 0, i0, i1, 0, 1, b'c', b't'];
+                socket.send_to(&request, &to).map(drop)
+            })
+            .collect()
+    })
+}
+
+/// Panics naming the first failed send of `results` (one per item of `what`).
+pub fn assert_sent<T: std::fmt::Debug>(what: &[T], results: &[io::Result<()>]) {
+    for (item, r) in what.iter().zip(results) {
+        if let Err(e) = r {
+            panic!("send {item:?}: {e}");
+        }
+    }
 }

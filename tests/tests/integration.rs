@@ -42,6 +42,8 @@ mod deploy;
 mod destroy_reasons;
 #[path = "integration/diagnose.rs"]
 mod diagnose;
+#[path = "integration/dual_stack.rs"]
+mod dual_stack;
 #[path = "integration/early_drop.rs"]
 mod early_drop;
 #[path = "integration/flood.rs"]
@@ -91,13 +93,29 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("netns_exit", destroy_reasons::netns_exit),
     ("clash_resolve", clash_resolve::merged),
     ("clash_resolve_dnat", clash_resolve::dnat),
+    // IPv6 twins (issue 16): the same assertions with IPv6 tuples.
+    ("udp_tcp_flows_v6", udp_tcp_flows::run6),
+    ("clash_resolve_v6", clash_resolve::merged6),
+    ("clash_resolve_dnat_v6", clash_resolve::dnat6),
+    ("snat_port_clash_v6", snat_port_clash::run6),
+    ("table_full_v6", table_full::run6),
+    ("early_drop_v6", early_drop::run6),
+    ("server_side_v6", server_side::run6),
 ];
 
 /// Scenarios that also run as `kp_<name>`: tier 1 kept on kprobes (`CTSCOPE_NO_FENTRY=1`),
 /// the fallback for kernels that refuse fentry. Between them they use every kprobe and
 /// kretprobe of the plan: confirm, clash, alloc and early_drop, delete and free; `flood`
 /// prints its send rate next to the fentry run's, in the same VM.
-const KPROBE_SCENARIOS: &[&str] = &["udp_tcp_flows", "snat_port_clash", "table_full", "flood"];
+const KPROBE_SCENARIOS: &[&str] = &[
+    "udp_tcp_flows",
+    "snat_port_clash",
+    "table_full",
+    "flood",
+    // IPv6 through the same kprobes (the short ones).
+    "snat_port_clash_v6",
+    "table_full_v6",
+];
 
 /// Scenarios that also run as `t2p_<name>`: tier 2 with `--parsed-records`, the path
 /// kernels take whose `struct nf_conn` does not fit a raw record. Together they cover
@@ -111,6 +129,10 @@ const PARSED_SCENARIOS: &[&str] = &[
     "tcp_close",
     "clash_resolve",
     "clash_resolve_dnat",
+    // IPv6 entries parsed in BPF: new, insert_failed, table_full and merges.
+    "snat_port_clash_v6",
+    "table_full_v6",
+    "clash_resolve_v6",
 ];
 
 /// Trials that run once, with what each needs: probing, the ctnetlink commands against
@@ -167,6 +189,7 @@ const ONCE: &[(&str, Needs, fn())] = &[
     ("diagnose_table_full", Needs::Root, diagnose::table_full),
     ("diagnose_snat_clash", Needs::Root, diagnose::snat_clash),
     ("diagnose_top_dport", Needs::Root, diagnose::top_dport),
+    ("dual_stack", Needs::Root, dual_stack::run),
     ("timeouts", Needs::Root, timeouts::run),
     ("workload_names", Needs::Root, workload::run),
     ("workload_pod_names", Needs::Containerd, workload::pod_names),
@@ -223,6 +246,7 @@ type AgentScenario = fn(&'static [&'static str]);
 
 const AGENT: &[(&str, AgentScenario)] = &[
     ("agent_mirror", agent::mirror),
+    ("agent_dual_stack", agent::dual_stack),
     ("agent_recreate", agent::recreate),
     (
         "agent_recreate_early_drop",

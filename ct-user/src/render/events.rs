@@ -90,11 +90,16 @@ pub fn text_line(ev: &CtEvent, timestamp: bool) -> String {
         s.push_str("] ");
     }
     for n in &ev.nat {
-        s.push_str(&format!("nat={}:{}", n.kind.name(), n.addr));
-        if let Some(p) = n.port {
-            s.push_str(&format!(":{p}"));
+        // With a port, an IPv6 address is bracketed (`[A]:P`, as `--src-nat` takes it):
+        // else its last group and the port cannot be told apart.
+        match n.port {
+            Some(p) => s.push_str(&format!(
+                "nat={}:{} ",
+                n.kind.name(),
+                std::net::SocketAddr::new(n.addr, p)
+            )),
+            None => s.push_str(&format!("nat={}:{} ", n.kind.name(), n.addr)),
         }
-        s.push(' ');
     }
     s.push_str(&format!("netns={}", ev.netns));
     s
@@ -168,6 +173,29 @@ mod tests {
             text_line(&new_udp(), false),
             "    [NEW] udp      17 30 src=10.0.0.1 dst=10.0.0.2 sport=1234 dport=53 [UNREPLIED] \
              src=10.0.0.2 dst=10.0.0.1 sport=53 dport=1234 mark=0 netns=7"
+        );
+    }
+
+    #[test]
+    fn nat_mappings_bracket_ipv6_with_a_port() {
+        use crate::event::{Nat, NatKind};
+        let mut ev = new_udp();
+        let nat = |addr: &str, port| Nat {
+            kind: NatKind::Snat,
+            addr: addr.parse().unwrap(),
+            port,
+        };
+        ev.nat = vec![
+            nat("fd00:200::1", Some(40000)),
+            nat("fd00:200::1", None),
+            nat("10.0.0.9", Some(40000)),
+        ];
+        let line = text_line(&ev, false);
+        assert!(
+            line.ends_with(
+                "nat=snat:[fd00:200::1]:40000 nat=snat:fd00:200::1 nat=snat:10.0.0.9:40000 netns=7"
+            ),
+            "{line}"
         );
     }
 

@@ -5,7 +5,7 @@
 //! the table follows its own namespace's ctnetlink events between dumps.
 
 use std::{
-    net::{SocketAddrV4, UdpSocket},
+    net::{SocketAddr, SocketAddrV4, UdpSocket},
     time::Duration,
 };
 
@@ -13,7 +13,7 @@ use ctscope_tests::{
     agent::Agent,
     kernel::{self, CtStats, SysctlGuard},
     mirror::compare,
-    netns::{self, Netns},
+    netns::{self, Family, Netns},
     nft, traffic, wait,
 };
 use serde_json::Value;
@@ -111,6 +111,36 @@ pub fn mirror(tier: &'static [&'static str]) {
     assert_count(assert_same(&agent, &p.c, "after a resync"), 38, &p.c);
     check_get(&agent, p, 25100);
     check_top(&agent, &p.c);
+    agent.stop();
+}
+
+/// A dual-stack namespace: IPv4 and IPv6 UDP flows build the agent's rows from events
+/// alone (`--resync 0`, no dump after the seed), and they equal `conntrack -L`, both
+/// families (issue 16).
+pub fn dual_stack(tier: &'static [&'static str]) {
+    const FLOWS: usize = 10;
+    let ctx = Ctx::of(Watch::KernelOnly, Family::V6, 108, |p| {
+        p.c.sysctl("net.netfilter.nf_conntrack_udp_timeout", "600");
+    });
+    let p = &ctx.pair;
+    let agent = Agent::start(&args(tier, &["--resync", "0"]));
+    let dumps = agent.total("dumps");
+    for (family, first) in [(Family::V4, 25000), (Family::V6, 25100)] {
+        let udp = SocketAddr::new(p.addr(family, 1), UDP_PORT);
+        let _sink = traffic::UdpSink::bind(&p.s, udp);
+        let ports = traffic::ports(first, FLOWS);
+        let sent = traffic::udp_flows(&p.c, p.addr(family, 0), &ports, udp);
+        traffic::assert_sent(&ports, &sent);
+    }
+    let listed = assert_same(&agent, &p.c, "dual-stack, events only");
+    assert_count(listed, 2 * FLOWS, &p.c);
+    let v6 = p.c.exec(&["conntrack", "-L", "-f", "ipv6"]);
+    assert_eq!(v6.lines().count(), FLOWS, "IPv6 entries:\n{v6}");
+    assert_eq!(
+        agent.total("dumps"),
+        dumps,
+        "a dump ran: the events were to build these rows"
+    );
     agent.stop();
 }
 

@@ -8,6 +8,8 @@
 //! backends: their reply tuples differ, so instead of merging the kernel inserts the loser
 //! reply-only with IPS_NAT_CLASH (`nat_clash_reply_only`); still `clash_resolve` +1.
 //!
+//! Both have IPv6 twins (`merged6`, `dnat6`): the race to an IPv6 resolver address.
+//!
 //! How often the race is won depends on scheduling (most of the 3000 rounds on a two-CPU
 //! host; a handful in the VMs, whose vCPUs take turns on one host thread); the scenarios
 //! assert equality with the kernel's count, whatever it is, and note it.
@@ -15,7 +17,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     hint,
-    net::{SocketAddrV4, UdpSocket},
+    net::{IpAddr, SocketAddr, UdpSocket},
     sync::{
         Arc,
         atomic::{AtomicU32, Ordering},
@@ -26,7 +28,7 @@ use std::{
 use ctscope_tests::{
     events::{self, Tuple},
     kernel::CtStats,
-    netns::Pair,
+    netns::{Family, Pair},
     nft, traffic,
 };
 
@@ -40,7 +42,16 @@ const FIRST_PORT: u16 = 33000;
 const SPORT: u16 = 5454;
 
 pub fn merged(watch: Watch) {
-    let ctx = Ctx::new(watch, 20, |_| {});
+    merged_in(watch, Family::V4, 20);
+}
+
+/// [`merged`] to an IPv6 resolver address (fd00:200:102::2).
+pub fn merged6(watch: Watch) {
+    merged_in(watch, Family::V6, 102);
+}
+
+fn merged_in(watch: Watch, family: Family, subnet: u8) {
+    let ctx = Ctx::of(watch, family, subnet, |_| {});
     let Some(clashes) = race_and_check(ctx, &["merged"]) else {
         return;
     };
@@ -60,17 +71,28 @@ pub fn merged(watch: Watch) {
 }
 
 pub fn dnat(watch: Watch) {
-    let ctx = Ctx::new(watch, 21, |p| {
-        p.s.ip(&[
-            "addr",
-            "add",
-            &format!("{}/24", second_backend(p)),
-            "dev",
-            "vs",
-        ]);
+    dnat_in(watch, Family::V4, 21);
+}
+
+/// [`dnat`] with ip6 DNAT to two IPv6 backends (fd00:200:107::2 and ::4).
+pub fn dnat6(watch: Watch) {
+    dnat_in(watch, Family::V6, 107);
+}
+
+fn dnat_in(watch: Watch, family: Family, subnet: u8) {
+    let ctx = Ctx::of(watch, family, subnet, |p| {
+        let backend = match p.family {
+            Family::V4 => format!("{}/24", second_backend(p)),
+            Family::V6 => format!("{}/64", second_backend(p)),
+        };
+        let mut argv = vec!["addr", "add", &backend, "dev", "vs"];
+        if p.family == Family::V6 {
+            argv.push("nodad"); // usable at once
+        }
+        p.s.ip(&argv);
         nft::apply(&p.c, &dnat_two_backends(p));
     });
-    let p_backends = (ctx.pair.s_addr, second_backend(&ctx.pair));
+    let p_backends = (ctx.pair.s_ip(), second_backend(&ctx.pair));
     let Some(clashes) = race_and_check(ctx, &["merged", "nat_clash_reply_only"]) else {
         return;
     };
@@ -110,10 +132,10 @@ pub fn dnat(watch: Watch) {
 /// (`None` when ctscope is not watching).
 fn race_and_check(mut ctx: Ctx, causes: &[&str]) -> Option<Vec<Value>> {
     let p = &ctx.pair;
-    let _sink = traffic::UdpSink::bind(&p.s, SocketAddrV4::new(p.s_addr, UDP_PORT));
+    let _sink = traffic::UdpSink::bind(&p.s, SocketAddr::new(p.s_ip(), UDP_PORT));
     let before = CtStats::read(&p.c);
-    let (src, dst) = (SocketAddrV4::new(p.c_addr, SPORT), p.s_addr);
-    let (c_addr, s_addr) = (p.c_addr.to_string(), p.s_addr.to_string());
+    let (src, dst) = (SocketAddr::new(p.c_ip(), SPORT), p.s_ip());
+    let (c_addr, s_addr) = (p.c_ip().to_string(), p.s_ip().to_string());
     let failed = p.c.run(move || race(src, dst));
     let delta = CtStats::read(&p.c).since(&before);
     assert_eq!(failed, 0, "sends failed; kernel delta {delta}");
@@ -183,24 +205,34 @@ fn race_and_check(mut ctx: Ctx, causes: &[&str]) -> Option<Vec<Value>> {
     Some(clashes.into_iter().cloned().collect())
 }
 
-/// A second address on `s`, the other DNAT backend.
-fn second_backend(p: &Pair) -> std::net::Ipv4Addr {
-    let [a, b, c, _] = p.s_addr.octets();
-    std::net::Ipv4Addr::new(a, b, c, 4)
+/// A second address on `s` in the pair's family, the other DNAT backend (host 4).
+fn second_backend(p: &Pair) -> IpAddr {
+    match p.s_ip() {
+        IpAddr::V4(a) => {
+            let [a, b, c, _] = a.octets();
+            std::net::Ipv4Addr::new(a, b, c, 4).into()
+        }
+        IpAddr::V6(a) => {
+            let mut segments = a.segments();
+            segments[7] = 4;
+            std::net::Ipv6Addr::from(segments).into()
+        }
+    }
 }
 
 /// DNAT of the race's destination ports to one of two backends at random.
 fn dnat_two_backends(p: &Pair) -> String {
     let last = FIRST_PORT + ROUNDS - 1;
+    let family = if p.family == Family::V6 { "ip6" } else { "ip" };
     format!(
-        "table ip ctst_dnat {{
+        "table {family} ctst_dnat {{
     chain out {{
         type nat hook output priority -100;
         udp dport {FIRST_PORT}-{last} dnat to numgen random mod 2 map {{ 0 : {}, 1 : {} }}
     }}
 }}
 ",
-        p.s_addr,
+        p.s_ip(),
         second_backend(p)
     )
 }
@@ -208,7 +240,7 @@ fn dnat_two_backends(p: &Pair) -> String {
 /// Each round, both threads send one datagram to the same destination port from the
 /// same socket, released together by a spinning barrier (a sleeping one wakes the second
 /// thread microseconds late, after the first has confirmed). Returns failed sends.
-fn race(src: SocketAddrV4, dst: std::net::Ipv4Addr) -> usize {
+fn race(src: SocketAddr, dst: IpAddr) -> usize {
     let socket = Arc::new(UdpSocket::bind(src).unwrap_or_else(|e| panic!("bind {src}: {e}")));
     let arrivals = Arc::new(AtomicU32::new(0));
     let sender = |socket: Arc<UdpSocket>, arrivals: Arc<AtomicU32>| {
@@ -220,7 +252,7 @@ fn race(src: SocketAddrV4, dst: std::net::Ipv4Addr) -> usize {
                     while arrivals.load(Ordering::Acquire) < release {
                         hint::spin_loop();
                     }
-                    let dst = SocketAddrV4::new(dst, FIRST_PORT + round);
+                    let dst = SocketAddr::new(dst, FIRST_PORT + round);
                     socket.send_to(b"A?", dst).is_err()
                 })
                 .count()

@@ -7,7 +7,7 @@ use ctscope_tests::{
     cmd,
     ctscope::{self, Events, EventsOpts, Probe},
     deploy, events, kernel,
-    netns::{self, Netns, Pair},
+    netns::{self, Family, Netns, Pair},
     nft, prometheus, traffic, wait,
 };
 use serde_json::Value;
@@ -303,23 +303,27 @@ impl Ctx {
     /// Builds the pair on 10.200.`subnet`.0/24, enables conntrack in `c`, runs `setup`
     /// (rulesets, timeouts), then starts ctscope filtered to `c` if `watch` says so.
     pub fn new(watch: Watch, subnet: u8, setup: impl FnOnce(&Pair)) -> Self {
-        Self::watching(watch, subnet, |p| &p.c, setup)
+        Self::watching(watch, Pair::new(subnet), |p| &p.c, setup)
     }
 
-    /// Like [`Ctx::new`], but conntrack runs in the server namespace `s` instead, and
+    /// [`Ctx::new`] on a pair of `family` (IPv6: dual-stack, see [`Pair::of`]).
+    pub fn of(watch: Watch, family: Family, subnet: u8, setup: impl FnOnce(&Pair)) -> Self {
+        Self::watching(watch, Pair::of(family, subnet), |p| &p.c, setup)
+    }
+
+    /// Like [`Ctx::of`], but conntrack runs in the server namespace `s` instead, and
     /// ctscope watches `s`: entries made by inbound traffic, whose first packet to leave
     /// is the server's answer.
-    pub fn server(watch: Watch, subnet: u8, setup: impl FnOnce(&Pair)) -> Self {
-        Self::watching(watch, subnet, |p| &p.s, setup)
+    pub fn server(watch: Watch, family: Family, subnet: u8, setup: impl FnOnce(&Pair)) -> Self {
+        Self::watching(watch, Pair::of(family, subnet), |p| &p.s, setup)
     }
 
     fn watching(
         watch: Watch,
-        subnet: u8,
+        pair: Pair,
         side: fn(&Pair) -> &Netns,
         setup: impl FnOnce(&Pair),
     ) -> Self {
-        let pair = Pair::new(subnet);
         nft::apply(side(&pair), nft::CT_ENABLE);
         setup(&pair);
         let inode = side(&pair).inode();

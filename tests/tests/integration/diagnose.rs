@@ -15,21 +15,26 @@ use crate::common::{Ctx, UDP_PORT, Watch, note};
 
 /// `ctscope ARGS --netns NS`, required to exit 0; stdout as JSON.
 pub fn ctscope_json(ns: &Netns, args: &[&str]) -> Value {
+    let stdout = ctscope_stdout(ns, args);
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("ctscope {args:?}: not one JSON object ({e}):\n{stdout}"))
+}
+
+/// `ctscope ARGS --netns NS`, required to exit 0; its stdout.
+pub fn ctscope_stdout(ns: &Netns, args: &[&str]) -> String {
     let bin = ctscope::binary_or_panic();
     let out = Command::new(&bin)
         .args(args)
         .args(["--netns", ns.name()])
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
-    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "ctscope {args:?} failed ({}): {}",
         out.status,
         String::from_utf8_lossy(&out.stderr).trim()
     );
-    serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("ctscope {args:?}: not one JSON object ({e}):\n{stdout}"))
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The finding `id` of a diagnose report; panics listing the ids when it is absent.

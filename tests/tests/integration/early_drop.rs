@@ -4,14 +4,15 @@
 //!
 //! early_drop scans only 8 buckets next to the new entry's, so the bucket count must be
 //! small for evictions to find victims; `nf_conntrack_buckets` (global, init-netns only)
-//! resizes the hash at runtime and is restored afterwards.
+//! resizes the hash at runtime and is restored afterwards. The IPv6 twin ([`run6`]) sends
+//! IPv6 flows.
 
-use std::{collections::BTreeSet, net::SocketAddrV4};
+use std::{collections::BTreeSet, net::SocketAddr};
 
 use ctscope_tests::{
     events::{self, Tuple},
     kernel::{self, CtStats, SysctlGuard},
-    netns::Netns,
+    netns::{Family, Netns},
     traffic,
 };
 
@@ -22,12 +23,21 @@ const MAX: u64 = 200;
 const FLOWS: usize = 1000;
 
 pub fn run(watch: Watch) {
+    evict(watch, Family::V4, 5);
+}
+
+/// The IPv6 twin, on fd00:200:105::/64.
+pub fn run6(watch: Watch) {
+    evict(watch, Family::V6, 105);
+}
+
+fn evict(watch: Watch, family: Family, subnet: u8) {
     // Long timeouts: an entry absent at the end was evicted, not expired.
-    let mut ctx = Ctx::new(watch, 5, |p| {
+    let mut ctx = Ctx::of(watch, family, subnet, |p| {
         p.c.sysctl("net.netfilter.nf_conntrack_udp_timeout", "600")
     });
     let p = &ctx.pair;
-    let dst = SocketAddrV4::new(p.s_addr, UDP_PORT);
+    let dst = SocketAddr::new(p.s_ip(), UDP_PORT);
     let _sink = traffic::UdpSink::bind(&p.s, dst);
     let ports = traffic::ports(23000, FLOWS);
 
@@ -36,7 +46,7 @@ pub fn run(watch: Watch) {
         // Global settings: restored as soon as the flows are sent (guards drop in reverse).
         let _buckets = SysctlGuard::set("net.netfilter.nf_conntrack_buckets", BUCKETS);
         let _max = SysctlGuard::set("net.netfilter.nf_conntrack_max", MAX);
-        traffic::udp_flows(&p.c, p.c_addr, &ports, dst)
+        traffic::udp_flows(&p.c, p.c_ip(), &ports, dst)
     };
     let delta = CtStats::read(&p.c).since(&before);
 
@@ -62,11 +72,11 @@ pub fn run(watch: Watch) {
     );
 
     // The evicted flows: sent, not dropped, and no longer in the table.
-    let left = table_sports(&p.c);
+    let left = table_sports(&p.c, family);
     let mut evictable: BTreeSet<Tuple> = ports
         .iter()
         .filter(|port| !dropped.contains(port) && !left.contains(port))
-        .map(|&port| Tuple::new(p.c_addr, port, p.s_addr, UDP_PORT))
+        .map(|&port| Tuple::new(p.c_ip(), port, p.s_ip(), UDP_PORT))
         .collect();
     let inode = ctx.inode;
     ctx.wait_events(event_wait(), |ev| {
@@ -107,9 +117,9 @@ pub fn run(watch: Watch) {
     );
 }
 
-/// Source ports of the UDP entries in `ns`'s table (their original direction).
-fn table_sports(ns: &Netns) -> BTreeSet<u16> {
-    ns.exec(&["conntrack", "-L", "-p", "udp"])
+/// Source ports of the UDP entries of `family` in `ns`'s table (their original direction).
+fn table_sports(ns: &Netns, family: Family) -> BTreeSet<u16> {
+    ns.exec(&["conntrack", "-L", "-f", family.name(), "-p", "udp"])
         .lines()
         .filter_map(|l| l.split_whitespace().find_map(|f| f.strip_prefix("sport=")))
         .map(|p| p.parse().unwrap_or_else(|_| panic!("bad sport={p}")))

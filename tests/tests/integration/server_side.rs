@@ -4,12 +4,15 @@
 //! an entry first on egress, so this is the path its `new` takes for servers: N answered
 //! UDP flows, N accepted TCP connections and N datagrams to a closed port (answered with
 //! ICMP port unreachable) give exactly N `new` events each, with the client's tuples.
+//! The IPv6 twin ([`run6`]) does the same over IPv6 (ICMPv6 port unreachable).
 
-use std::{collections::BTreeSet, net::SocketAddrV4};
+use std::{collections::BTreeSet, net::SocketAddr};
 
 use ctscope_tests::{
     events::{self, Tuple},
-    kernel, traffic,
+    kernel,
+    netns::Family,
+    traffic,
 };
 use serde_json::Value;
 
@@ -20,34 +23,47 @@ const FLOWS: usize = 10;
 const CLOSED_PORT: u16 = 5399;
 
 pub fn run(watch: Watch) {
-    let mut ctx = Ctx::server(watch, 9, |p| {
+    serve(watch, Family::V4, 9);
+}
+
+/// The IPv6 twin, on fd00:200:109::/64.
+pub fn run6(watch: Watch) {
+    serve(watch, Family::V6, 109);
+}
+
+fn serve(watch: Watch, family: Family, subnet: u8) {
+    let mut ctx = Ctx::server(watch, family, subnet, |p| {
         // The server answers every datagram to the closed port (no per-peer ICMP limit).
-        p.s.sysctl("net.ipv4.icmp_ratelimit", "0");
+        let key = match p.family {
+            Family::V4 => "net.ipv4.icmp_ratelimit",
+            Family::V6 => "net.ipv6.icmp.ratelimit",
+        };
+        p.s.sysctl(key, "0");
     });
     let p = &ctx.pair;
+    let (c_addr, s_addr) = (p.c_ip(), p.s_ip());
     let udp_ports = traffic::ports(21000, FLOWS);
-    let udp_dst = SocketAddrV4::new(p.s_addr, UDP_PORT);
-    traffic::udp_answered_flows(&p.c, &p.s, p.c_addr, &udp_ports, udp_dst);
+    let udp_dst = SocketAddr::new(s_addr, UDP_PORT);
+    traffic::udp_answered_flows(&p.c, &p.s, c_addr, &udp_ports, udp_dst);
 
-    let server = traffic::TcpCloser::start(&p.s, SocketAddrV4::new(p.s_addr, TCP_PORT));
-    let tcp_ports = traffic::tcp_connections(&p.c, SocketAddrV4::new(p.s_addr, TCP_PORT), FLOWS);
+    let server = traffic::TcpCloser::start(&p.s, SocketAddr::new(s_addr, TCP_PORT));
+    let tcp_ports = traffic::tcp_connections(&p.c, SocketAddr::new(s_addr, TCP_PORT), FLOWS);
     assert_eq!(server.stop(), FLOWS, "connections the server accepted");
 
     let closed_ports = traffic::ports(22000, FLOWS);
-    let closed_dst = SocketAddrV4::new(p.s_addr, CLOSED_PORT);
-    for (port, r) in closed_ports.iter().zip(traffic::udp_flows(
-        &p.c,
-        p.c_addr,
-        &closed_ports,
-        closed_dst,
-    )) {
+    let closed_dst = SocketAddr::new(s_addr, CLOSED_PORT);
+    for (port, r) in
+        closed_ports
+            .iter()
+            .zip(traffic::udp_flows(&p.c, c_addr, &closed_ports, closed_dst))
+    {
         r.unwrap_or_else(|e| panic!("UDP to the closed port from {port}: {e}"));
     }
 
     let tuples = |ports: &[u16], dport| -> BTreeSet<Tuple> {
         ports
             .iter()
-            .map(|&sp| Tuple::new(p.c_addr, sp, p.s_addr, dport))
+            .map(|&sp| Tuple::new(c_addr, sp, s_addr, dport))
             .collect()
     };
     let want_udp: BTreeSet<Tuple> = tuples(&udp_ports, UDP_PORT)

@@ -2,13 +2,15 @@
 //! 40000. The second clashes in the reply direction at confirm and is dropped: the kernel
 //! counts insert_failed=1 and drop=1, the sender gets EPERM, and ctscope reports one
 //! `insert_failed` with cause `nat_port_clash` naming the first flow as the winner.
+//! The IPv6 twin ([`run6`]) does the same with ip6 NAT.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use ctscope_tests::{
     events::{self, Tuple},
     kernel::CtStats,
-    netns, nft, traffic,
+    netns::{self, Family},
+    nft, traffic,
 };
 
 use crate::common::{Ctx, Watch, event_wait, note};
@@ -18,18 +20,27 @@ const SNAT_PORT: u16 = 40000;
 const PORTS: [u16; 2] = [33001, 33002];
 
 pub fn run(watch: Watch) {
-    let mut ctx = Ctx::new(watch, 2, |p| {
+    clash(watch, Family::V4, 2);
+}
+
+/// The IPv6 twin, ip6 NAT on fd00:200:103::/64.
+pub fn run6(watch: Watch) {
+    clash(watch, Family::V6, 103);
+}
+
+fn clash(watch: Watch, family: Family, subnet: u8) {
+    let mut ctx = Ctx::of(watch, family, subnet, |p| {
         nft::apply(
             &p.c,
-            &nft::snat_single_port(netns::C_IF, p.c_addr, SNAT_PORT),
+            &nft::snat_single_port(netns::C_IF, p.c_ip(), SNAT_PORT),
         )
     });
     let p = &ctx.pair;
-    let dst = SocketAddrV4::new(p.s_addr, DNS_PORT);
+    let dst = SocketAddr::new(p.s_ip(), DNS_PORT);
     let _sink = traffic::UdpSink::bind(&p.s, dst);
 
     let before = CtStats::read(&p.c);
-    let clash = traffic::snat_clash(&p.c, p.c_addr, PORTS, dst);
+    let clash = traffic::snat_clash(&p.c, p.c_ip(), PORTS, dst);
     let delta = CtStats::read(&p.c).since(&before);
 
     clash.first.as_ref().expect("the first flow must pass");
@@ -43,7 +54,7 @@ pub fn run(watch: Watch) {
     assert_eq!(delta.get("insert_failed"), 1, "kernel counters: {delta}");
     assert_eq!(delta.get("drop"), 1, "kernel counters: {delta}");
 
-    let (c_addr, s_addr, inode) = (p.c_addr, p.s_addr, ctx.inode);
+    let (c_addr, s_addr, inode) = (p.c_ip(), p.s_ip(), ctx.inode);
     ctx.wait_events(event_wait(), |ev| {
         Ctx::count(ev, "insert_failed", inode, None) >= 1
     });

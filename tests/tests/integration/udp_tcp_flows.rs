@@ -1,16 +1,19 @@
 //! N UDP flows and N TCP connections give exactly N `new` events per protocol with the
 //! right tuples, and once the short timeouts expire, N `destroy` events with reason
-//! `timeout`; the kernel's entry count goes N+N → 0 alongside.
+//! `timeout`; the kernel's entry count goes N+N → 0 alongside. The IPv6 twin
+//! ([`run6`]) adds N ICMPv6 echo flows, and every tuple and `family` is IPv6.
 
 use std::{
     collections::BTreeSet,
-    net::SocketAddrV4,
+    net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
 
 use ctscope_tests::{
     events::{self, Tuple},
-    kernel, traffic, wait,
+    kernel,
+    netns::{Family, Pair},
+    traffic, wait,
 };
 use serde_json::Value;
 
@@ -18,6 +21,9 @@ use crate::common::{Ctx, TCP_PORT, UDP_PORT, Watch, event_wait, note};
 
 const UDP_FLOWS: usize = 20;
 const TCP_FLOWS: usize = 10;
+/// ICMPv6 echo flows of the IPv6 twin (ids from [`ICMP_FIRST_ID`]).
+const ICMP_FLOWS: usize = 10;
+const ICMP_FIRST_ID: u16 = 700;
 /// Seconds; every UDP and closing-TCP timeout in `c`. Long enough that nothing expires
 /// while a slow VM is still making traffic (that could reap entries on lookup instead).
 const TIMEOUT: u32 = 5;
@@ -28,22 +34,40 @@ fn gc_wait() -> Duration {
 }
 
 pub fn run(watch: Watch) {
-    let mut ctx = Ctx::new(watch, 1, |p| kernel::short_timeouts(&p.c, TIMEOUT));
+    flows(watch, Family::V4, 1);
+}
+
+/// The IPv6 twin, on fd00:200:101::/64.
+pub fn run6(watch: Watch) {
+    flows(watch, Family::V6, 101);
+}
+
+fn flows(watch: Watch, family: Family, subnet: u8) {
+    let mut ctx = Ctx::of(watch, family, subnet, |p| {
+        kernel::short_timeouts(&p.c, TIMEOUT)
+    });
     let p = &ctx.pair;
-    let _sink = traffic::UdpSink::bind(&p.s, SocketAddrV4::new(p.s_addr, UDP_PORT));
-    let server = traffic::TcpCloser::start(&p.s, SocketAddrV4::new(p.s_addr, TCP_PORT));
+    let _sink = traffic::UdpSink::bind(&p.s, SocketAddr::new(p.s_ip(), UDP_PORT));
+    let server = traffic::TcpCloser::start(&p.s, SocketAddr::new(p.s_ip(), TCP_PORT));
 
     let started = Instant::now();
     let udp_ports = traffic::ports(20000, UDP_FLOWS);
-    let udp_dst = SocketAddrV4::new(p.s_addr, UDP_PORT);
+    let udp_dst = SocketAddr::new(p.s_ip(), UDP_PORT);
     for (port, r) in udp_ports
         .iter()
-        .zip(traffic::udp_flows(&p.c, p.c_addr, &udp_ports, udp_dst))
+        .zip(traffic::udp_flows(&p.c, p.c_ip(), &udp_ports, udp_dst))
     {
         r.unwrap_or_else(|e| panic!("UDP flow from port {port}: {e}"));
     }
-    let tcp_ports =
-        traffic::tcp_connections(&p.c, SocketAddrV4::new(p.s_addr, TCP_PORT), TCP_FLOWS);
+    let tcp_ports = traffic::tcp_connections(&p.c, SocketAddr::new(p.s_ip(), TCP_PORT), TCP_FLOWS);
+    let icmp_ids = match p.s_ip() {
+        IpAddr::V6(dst) => {
+            let ids = traffic::ports(ICMP_FIRST_ID, ICMP_FLOWS);
+            traffic::assert_sent(&ids, &traffic::icmpv6_echoes(&p.c, dst, &ids));
+            ids
+        }
+        IpAddr::V4(_) => Vec::new(),
+    };
     assert_eq!(
         server.stop(),
         TCP_FLOWS,
@@ -54,16 +78,18 @@ pub fn run(watch: Watch) {
     if started.elapsed() < Duration::from_secs(TIMEOUT.into()) {
         assert_eq!(
             kernel::ct_count(&p.c),
-            (UDP_FLOWS + TCP_FLOWS) as u64,
+            (UDP_FLOWS + TCP_FLOWS + icmp_ids.len()) as u64,
             "kernel entry count in c after the traffic"
         );
     }
-    let expected = Expected::new(&ctx, &udp_ports, &tcp_ports);
+    let expected = Expected::new(&ctx, &udp_ports, &tcp_ports, &icmp_ids);
 
     let inode = ctx.inode;
+    let icmp_flows = icmp_ids.len();
     ctx.wait_events(event_wait(), |ev| {
         Ctx::count(ev, "new", inode, Some("udp")) >= UDP_FLOWS
             && Ctx::count(ev, "new", inode, Some("tcp")) >= TCP_FLOWS
+            && Ctx::count(ev, "new", inode, Some("icmpv6")) >= icmp_flows
     });
     let expiring = Instant::now();
     let gone = wait::poll(gc_wait(), Duration::from_millis(500), || {
@@ -82,6 +108,7 @@ pub fn run(watch: Watch) {
     ctx.wait_events(event_wait(), |ev| {
         Ctx::count(ev, "destroy", inode, Some("udp")) >= UDP_FLOWS
             && Ctx::count(ev, "destroy", inode, Some("tcp")) >= TCP_FLOWS
+            && Ctx::count(ev, "destroy", inode, Some("icmpv6")) >= icmp_flows
     });
 
     if let Some(evs) = ctx.finish() {
@@ -89,23 +116,28 @@ pub fn run(watch: Watch) {
             expected.check_new(&evs, proto);
             expected.check_destroy(&evs, proto);
         }
+        if icmp_flows > 0 {
+            expected.check_icmpv6(&evs, &ctx.pair);
+        }
     }
 }
 
 /// The original tuples the traffic must have produced, per protocol.
 struct Expected {
     inode: u64,
+    family: Family,
     udp: BTreeSet<Tuple>,
     tcp: BTreeSet<Tuple>,
+    icmp_ids: BTreeSet<u16>,
 }
 
 impl Expected {
-    fn new(ctx: &Ctx, udp_ports: &[u16], tcp_ports: &[u16]) -> Self {
+    fn new(ctx: &Ctx, udp_ports: &[u16], tcp_ports: &[u16], icmp_ids: &[u16]) -> Self {
         let p = &ctx.pair;
         let tuples = |ports: &[u16], dport| -> BTreeSet<Tuple> {
             ports
                 .iter()
-                .map(|&sp| Tuple::new(p.c_addr, sp, p.s_addr, dport))
+                .map(|&sp| Tuple::new(p.c_ip(), sp, p.s_ip(), dport))
                 .collect()
         };
         let tcp = tuples(tcp_ports, TCP_PORT);
@@ -116,8 +148,10 @@ impl Expected {
         );
         Expected {
             inode: ctx.inode,
+            family: p.family,
             udp: tuples(udp_ports, UDP_PORT),
             tcp,
+            icmp_ids: icmp_ids.iter().copied().collect(),
         }
     }
 
@@ -143,7 +177,7 @@ impl Expected {
                 Tuple::of(e, "orig").reversed(),
                 "reply tuple: {e}"
             );
-            assert_eq!(e["family"], "ipv4", "family: {e}");
+            assert_eq!(e["family"], self.family.name(), "family: {e}");
         }
     }
 
@@ -182,6 +216,47 @@ impl Expected {
                     "closed TCP connection's state: {e}"
                 );
             }
+        }
+    }
+}
+
+impl Expected {
+    /// One `new` and one `destroy` (reason `timeout`) per echo id: orig an echo request
+    /// from c to s, reply the echo reply back, the id in both.
+    fn check_icmpv6(&self, evs: &[Value], p: &Pair) {
+        let (c, s) = (p.c_ip().to_string(), p.s_ip().to_string());
+        for kind in ["new", "destroy"] {
+            let got = events::select(evs, kind, self.inode, Some("icmpv6"));
+            let ids: BTreeSet<u16> = got
+                .iter()
+                .filter_map(|e| e["orig"]["id"].as_u64().and_then(|i| u16::try_from(i).ok()))
+                .collect();
+            assert_eq!(
+                (got.len(), &ids),
+                (self.icmp_ids.len(), &self.icmp_ids),
+                "icmpv6 `{kind}` events by echo id:\n{}",
+                events::sample(&got)
+            );
+            events::assert_each(&got, &format!("icmpv6 `{kind}`"), |e| {
+                let side = |dir: &str, src: &str, dst: &str, ty: u8| {
+                    let v = &e[dir];
+                    (v["src"] == src && v["dst"] == dst && v["type"] == ty && v["code"] == 0)
+                        .then_some(())
+                        .ok_or(format!("{dir} is not {src} -> {dst} type {ty} code 0"))
+                };
+                side("orig", &c, &s, traffic::ICMPV6_ECHO_REQUEST)?;
+                side("reply", &s, &c, traffic::ICMPV6_ECHO_REPLY)?;
+                if e["reply"]["id"] != e["orig"]["id"] {
+                    return Err("the reply's id is not the request's".into());
+                }
+                if e["family"] != "ipv6" {
+                    return Err("family is not ipv6".into());
+                }
+                if kind == "destroy" && e["reason"] != "timeout" {
+                    return Err("destroyed, but not by `timeout`".into());
+                }
+                Ok(())
+            });
         }
     }
 }
