@@ -126,6 +126,7 @@ pub enum Event {
 /// A subscription to conntrack events.
 pub struct EventListener {
     sock: TokioSocket,
+    groups: EventGroups,
     buf: Vec<u8>,
     pending: VecDeque<Event>,
     overruns: u64,
@@ -146,10 +147,23 @@ impl EventListener {
         configure(&sock, groups, opts.recv_buffer)?;
         Ok(EventListener {
             sock: socket::into_tokio(sock)?,
+            groups,
             buf: Vec::with_capacity(RECV_BUF),
             pending: VecDeque::new(),
             overruns: 0,
         })
+    }
+
+    /// Leaves the event groups: the kernel queues nothing more, and what the socket
+    /// already holds can still be read, so a reader that stops can take all of it.
+    pub fn unsubscribe(&self) -> Result<()> {
+        for group in self.groups.multicast_groups() {
+            self.sock
+                .socket_ref()
+                .drop_membership(group)
+                .map_err(|e| Error::from_io("unsubscribe", e))?;
+        }
+        Ok(())
     }
 
     /// Overruns (ENOBUFS) seen so far.

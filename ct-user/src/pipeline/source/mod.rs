@@ -153,7 +153,7 @@ impl EventSource {
         match &mut self.backend {
             Backend::Ring(r) => r.finish(&mut self.raw, out).await,
             Backend::Netlink(n) => {
-                if let Err(e) = n.drain_now(&mut self.raw) {
+                if let Err(e) = n.finish(&mut self.raw).await {
                     log::warn!("reading the last ctnetlink events: {e}");
                 }
                 out.events.append(&mut self.raw);

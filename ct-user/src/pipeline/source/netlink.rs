@@ -99,6 +99,28 @@ impl Netlink {
         Ok(())
     }
 
+    /// At exit: leaves the event groups, then takes everything the socket holds. Those
+    /// events happened before the stop; left unread (a burst waiting in the socket) they
+    /// would be gone without a `lost` record. Overruns read meanwhile are counted by the
+    /// drop counter, which the caller's last loss check reads.
+    pub async fn finish(&mut self, raw: &mut Vec<CtEvent>) -> io::Result<()> {
+        self.listener.unsubscribe().map_err(io::Error::other)?;
+        // Unconstrained: once tokio's per-task budget is spent its sockets answer Pending
+        // with data still queued, which would end the drain early.
+        tokio::task::unconstrained(async {
+            loop {
+                let taken = raw.len();
+                self.drain_now(raw)?;
+                // Nothing arrives after leaving the groups, so this ends with the queue.
+                let overran = std::mem::take(&mut self.overran);
+                if raw.len() == taken && !overran {
+                    return Ok(());
+                }
+            }
+        })
+        .await
+    }
+
     fn take(&mut self, ev: Event, raw: &mut Vec<CtEvent>) {
         match ev {
             Event::Conntrack { kind, entry } if kind != EventKind::Update => {
