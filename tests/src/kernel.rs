@@ -166,6 +166,47 @@ pub fn short_timeouts(ns: &Netns, secs: u32) {
     }
 }
 
+/// Whether this kernel charges BPF maps to RLIMIT_MEMLOCK (before 5.11; from 5.11 on the
+/// memory cgroup pays): a one-entry array map is created with the soft limit at 0, as the
+/// running kernel answers, not its version string. The trials run one at a time, so no
+/// process is spawned while the limit is lowered.
+pub fn bpf_maps_charge_memlock() -> bool {
+    let mut saved = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY (all calls below): getrlimit/setrlimit read or write only the struct passed;
+    // bpf(BPF_MAP_CREATE) reads `attr`, a zeroed union as large as we pass, and returns a
+    // new fd that we close.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut saved) } != 0 {
+        return false;
+    }
+    let zero = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: saved.rlim_max,
+    };
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &zero) } != 0 {
+        return false;
+    }
+    // union bpf_attr for BPF_MAP_CREATE: map_type ARRAY (2), key 4, value 4, 1 entry.
+    let mut attr = [0u32; 16];
+    attr[..4].copy_from_slice(&[2, 4, 4, 1]);
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0, // BPF_MAP_CREATE
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    let refused = fd < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    if fd >= 0 {
+        unsafe { libc::close(fd as i32) };
+    }
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &saved) };
+    refused
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,6 +36,10 @@ pub enum LoadError {
         "the kernel refused to load BPF programs ({0}): run as root, or grant CAP_BPF and CAP_PERFMON (and CAP_NET_ADMIN for ctnetlink)"
     )]
     Permission(String),
+    #[error(
+        "the kernel refused to create BPF maps ({why}) although ctscope holds CAP_BPF and CAP_PERFMON: RLIMIT_MEMLOCK is {kib} KiB and could not be raised, and kernels before 5.11 charge BPF maps to it. Grant CAP_SYS_RESOURCE (Kubernetes: add SYS_RESOURCE) or raise the limit (systemd: LimitMEMLOCK=infinity; docker: --ulimit memlock=-1)"
+    )]
+    Memlock { why: String, kib: u64 },
     #[error("--ring-size must be a power of two multiple of the page size (4096), got {0}")]
     RingSize(u32),
     #[error(
@@ -294,7 +298,7 @@ pub fn load(opts: LoadOptions) -> Result<Probes, LoadError> {
     if !ring_bytes.is_power_of_two() || ring_bytes < 4096 {
         return Err(LoadError::RingSize(ring_bytes));
     }
-    raise_memlock();
+    let memlock_kept = raise_memlock();
     let kernel_btf = ct_btf::KernelBtf::load()?;
     let (mut layout, mut notes) = ct_btf::layout_of(&kernel_btf)?;
     // Read once: the hooks' symbols and, on kernels that need them, the code ranges.
@@ -318,7 +322,7 @@ pub fn load(opts: LoadOptions) -> Result<Probes, LoadError> {
         .override_global("FLOOR", &opts.floor.map_or(floor::NONE, Floor::code), true)
         .map_max_entries("EVENTS", ring_bytes)
         .load(OBJECT)
-        .map_err(permission_or)?;
+        .map_err(|e| permission_or(e, memlock_kept))?;
     let btf = Btf::from_sys_fs().ok();
     let mut hooks = Vec::new();
     let mut links = Vec::new();
@@ -674,27 +678,50 @@ fn describe(e: &ProgramError) -> String {
     }
 }
 
-fn permission_or(e: aya::EbpfError) -> LoadError {
+/// A refusal of the load: [`LoadError::Memlock`] when ctscope holds the capabilities and
+/// kept a finite RLIMIT_MEMLOCK (`memlock_kept`, bytes), else [`LoadError::Permission`].
+fn permission_or(e: aya::EbpfError, memlock_kept: Option<u64>) -> LoadError {
     let text = format!("{e:?}");
-    if text.contains("PermissionDenied") || text.contains("EPERM") || text.contains("os error 1)") {
-        LoadError::Permission(crate::sys::error_text::render(&e))
-    } else {
-        LoadError::Ebpf(e)
+    if !(text.contains("PermissionDenied")
+        || text.contains("EPERM")
+        || text.contains("os error 1)"))
+    {
+        return LoadError::Ebpf(e);
+    }
+    let why = crate::sys::error_text::render(&e);
+    let capable = caps::Caps::current()
+        .missing(&[caps::Cap::Bpf, caps::Cap::Perfmon])
+        .is_empty();
+    match memlock_kept {
+        Some(bytes) if capable => LoadError::Memlock {
+            why,
+            kib: bytes / 1024,
+        },
+        _ => LoadError::Permission(why),
     }
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK. Raising it can fail (containers,
-/// microVMs) and is not needed on newer kernels, so failure is only logged.
-fn raise_memlock() {
+/// microVMs, no CAP_SYS_RESOURCE) and is not needed on newer kernels, so failure is only
+/// logged; the finite limit kept is returned to explain a refused load.
+fn raise_memlock() -> Option<u64> {
     let rlim = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,
     };
     // SAFETY: setrlimit reads the struct we pass; no other effect on memory.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
-        log::debug!(
-            "setrlimit(RLIMIT_MEMLOCK) failed: {}",
-            io::Error::last_os_error()
-        );
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } == 0 {
+        return None;
     }
+    log::debug!(
+        "setrlimit(RLIMIT_MEMLOCK) failed: {}",
+        io::Error::last_os_error()
+    );
+    let mut kept = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we pass and nothing else.
+    let read = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut kept) } == 0;
+    (read && kept.rlim_cur != libc::RLIM_INFINITY).then_some(kept.rlim_cur)
 }

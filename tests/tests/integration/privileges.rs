@@ -283,15 +283,20 @@ fn watch_warns(
 }
 
 /// `setpriv` arguments that keep only CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN.
+/// Plus CAP_SYS_RESOURCE where the kernel charges BPF maps to RLIMIT_MEMLOCK (before
+/// 5.11), as README's *Privileges* says.
 fn only_bpf_perfmon_net_admin() -> Vec<String> {
-    [
-        "setpriv",
-        "--bounding-set=-all,+bpf,+perfmon,+net_admin",
-        "--inh-caps=-all",
-        "--",
+    let memlock = if kernel::bpf_maps_charge_memlock() {
+        ",+sys_resource"
+    } else {
+        ""
+    };
+    vec![
+        "setpriv".into(),
+        format!("--bounding-set=-all,+bpf,+perfmon,+net_admin{memlock}"),
+        "--inh-caps=-all".into(),
+        "--".into(),
     ]
-    .map(String::from)
-    .into()
 }
 
 pub fn capabilities_tier2() {
