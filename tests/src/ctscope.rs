@@ -89,6 +89,12 @@ impl Probe {
         self.0["kernel"].as_str().unwrap_or("?")
     }
 
+    /// What the BTF reader and the loader noted (facts decided from elsewhere than BTF).
+    pub fn notes(&self) -> Vec<&str> {
+        let notes = self.0["notes"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        notes.iter().filter_map(Value::as_str).collect()
+    }
+
     pub fn hooks(&self) -> &[Value] {
         self.0["hooks"].as_array().map(Vec::as_slice).unwrap_or(&[])
     }

@@ -10,6 +10,8 @@ use ct_common::{ABSENT, CodeRanges, KernelLayout};
 const NF_HOOK_SLOW: &str = "nf_hook_slow";
 /// Where conntrack returns an entry to its slab.
 const CT_FREE: &str = "nf_conntrack_free";
+/// In a note whose fact is undecidable because /proc/kallsyms hides an address.
+pub const HIDDEN: &str = "has no address in /proc/kallsyms";
 
 /// The ranges `layout` needs (none on kernels whose tracepoints say it themselves), from
 /// the text of /proc/kallsyms, with a note per range saying what it decides and where it
@@ -31,8 +33,8 @@ pub fn ranges(layout: &KernelLayout, kallsyms: &str, notes: &mut Vec<String>) ->
             ));
         }
         None => notes.push(format!(
-            "{what}: undecidable: {func} has no address in /proc/kallsyms (not root, or \
-             kptr_restrict hides addresses)"
+            "{what}: undecidable: {func} {HIDDEN}: reading kernel addresses there takes \
+             CAP_SYSLOG (or root), and kernel.kptr_restrict below 2"
         )),
     };
     if need_drop {

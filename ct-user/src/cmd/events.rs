@@ -12,7 +12,10 @@ use tokio::{
 
 use crate::{
     agent::{self, client::Body, protocol::Request},
-    bpf::loader::{self, Floor, LoadError, LoadOptions, Probes, Tier},
+    bpf::{
+        code,
+        loader::{self, Floor, LoadError, LoadOptions, Probes, Tier},
+    },
     cli::EventsArgs,
     event::{CtEvent, Record},
     pipeline::filter::Filter,
@@ -319,6 +322,13 @@ pub fn announce(probes: &Probes) {
         probes.tier_reason,
         probes.tier.sees()
     );
+    // Only 5.10-class kernels need code addresses, and without them drops or destroys
+    // go unseen: say so where the user looks, not only in `probe`.
+    for note in probes.notes.iter().filter(|n| n.contains(code::HIDDEN)) {
+        if !caps::warn_without(Cap::Syslog, note) {
+            eprintln!("ctscope: warning: {note}");
+        }
+    }
     if probes.tier == Tier::Tracepoints && probes.layout.ct_raw_bytes == ct_common::ABSENT {
         eprintln!(
             "ctscope: tier 2 reads entry fields one by one (--parsed-records, or this \

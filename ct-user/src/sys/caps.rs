@@ -20,6 +20,8 @@ pub enum Cap {
     Perfmon,
     /// Loading programs and maps.
     Bpf,
+    /// Kernel addresses in /proc/kallsyms (5.10's code ranges).
+    Syslog,
 }
 
 impl Cap {
@@ -30,6 +32,7 @@ impl Cap {
             Cap::SysAdmin => 21,
             Cap::Perfmon => 38,
             Cap::Bpf => 39,
+            Cap::Syslog => 34,
         }
     }
 
@@ -40,6 +43,7 @@ impl Cap {
             Cap::SysAdmin => "CAP_SYS_ADMIN",
             Cap::Perfmon => "CAP_PERFMON",
             Cap::Bpf => "CAP_BPF",
+            Cap::Syslog => "CAP_SYSLOG",
         }
     }
 }

@@ -17,7 +17,7 @@ use std::{
 };
 
 use ctscope_tests::{
-    ctscope::{self, Events, EventsOpts},
+    ctscope::{self, Events, EventsOpts, Probe},
     events, kernel,
     netns::{Netns, Pair},
     nft, traffic,
@@ -283,17 +283,21 @@ fn watch_warns(
 }
 
 /// `setpriv` arguments that keep only CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN.
-/// Plus CAP_SYS_RESOURCE where the kernel charges BPF maps to RLIMIT_MEMLOCK (before
-/// 5.11), as README's *Privileges* says.
+/// Plus, as README's *Privileges* says, CAP_SYS_RESOURCE where the kernel charges BPF
+/// maps to RLIMIT_MEMLOCK (before 5.11), and CAP_SYSLOG where tier 2 tells an entry's
+/// free by its caller's address in /proc/kallsyms (5.10's tracepoints do not say).
 fn only_bpf_perfmon_net_admin() -> Vec<String> {
-    let memlock = if kernel::bpf_maps_charge_memlock() {
-        ",+sys_resource"
-    } else {
-        ""
-    };
+    let mut caps = String::from("-all,+bpf,+perfmon,+net_admin");
+    if kernel::bpf_maps_charge_memlock() {
+        caps.push_str(",+sys_resource");
+    }
+    let probe = Probe::run().expect("ctscope probe");
+    if probe.notes().iter().any(|n| n.contains("/proc/kallsyms")) {
+        caps.push_str(",+syslog");
+    }
     vec![
         "setpriv".into(),
-        format!("--bounding-set=-all,+bpf,+perfmon,+net_admin{memlock}"),
+        format!("--bounding-set={caps}"),
         "--inh-caps=-all".into(),
         "--".into(),
     ]
