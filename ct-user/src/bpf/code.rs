@@ -54,6 +54,19 @@ pub fn ranges(layout: &KernelLayout, kallsyms: &str, notes: &mut Vec<String>) ->
     code
 }
 
+/// The lines of a /proc/kallsyms text as (address, kind, name), malformed lines skipped.
+pub fn kallsyms_lines(text: &str) -> impl Iterator<Item = (&str, &str, &str)> {
+    text.lines().filter_map(|line| {
+        let mut fields = line.split_whitespace();
+        Some((fields.next()?, fields.next()?, fields.next()?))
+    })
+}
+
+/// Whether a kallsyms kind is a function's (text).
+pub fn is_text(kind: &str) -> bool {
+    matches!(kind, "t" | "T")
+}
+
 /// Text symbol addresses, and every symbol address to find where a function ends.
 struct TextSymbols<'a> {
     text: Vec<(&'a str, u64)>,
@@ -64,13 +77,7 @@ impl<'a> TextSymbols<'a> {
     fn parse(kallsyms: &'a str) -> Self {
         let mut text = Vec::new();
         let mut all = BTreeSet::new();
-        for line in kallsyms.lines() {
-            let mut fields = line.split_whitespace();
-            let (Some(addr), Some(kind), Some(name)) =
-                (fields.next(), fields.next(), fields.next())
-            else {
-                continue;
-            };
+        for (addr, kind, name) in kallsyms_lines(kallsyms) {
             let Ok(addr) = u64::from_str_radix(addr, 16) else {
                 continue;
             };
@@ -78,7 +85,7 @@ impl<'a> TextSymbols<'a> {
                 continue; // Hidden: kptr_restrict, or not root.
             }
             all.insert(addr);
-            if matches!(kind, "t" | "T") {
+            if is_text(kind) {
                 text.push((name, addr));
             }
         }

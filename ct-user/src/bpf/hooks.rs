@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use super::code;
+
 /// How a program attaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -278,16 +280,8 @@ impl Kallsyms {
 
     pub fn parse(text: &str) -> Self {
         let mut names = HashMap::new();
-        for line in text.lines() {
-            let mut fields = line.split_whitespace();
-            let (Some(_addr), Some(kind), Some(name)) =
-                (fields.next(), fields.next(), fields.next())
-            else {
-                continue;
-            };
-            if matches!(kind, "t" | "T") {
-                *names.entry(name.to_string()).or_insert(0) += 1;
-            }
+        for (_, _, name) in code::kallsyms_lines(text).filter(|(_, kind, _)| code::is_text(kind)) {
+            *names.entry(name.to_string()).or_insert(0) += 1;
         }
         Self { names }
     }
